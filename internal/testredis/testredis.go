@@ -1,0 +1,84 @@
+// Package testredis gives tests a real Redis server.
+//
+// The test command (scripts/test) starts a private redis-server and exports
+// its address as FERRY_TEST_REDIS_URL. Run on its own (go test), the helper
+// starts a redis-server from PATH on a free loopback port instead. With
+// neither, the test fails: Redis tests never skip silently.
+package testredis
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// EnvURL names the variable holding the URL of an already running server.
+const EnvURL = "FERRY_TEST_REDIS_URL"
+
+var (
+	startOnce sync.Once
+	started   string
+	startErr  error
+)
+
+// URL returns the URL of a Redis server for t. Tests share one server; give
+// each test its own key prefix (Prefix) so they never see each other's keys.
+func URL(t testing.TB) string {
+	t.Helper()
+	if u := os.Getenv(EnvURL); u != "" {
+		return u
+	}
+	startOnce.Do(func() { started, startErr = start() })
+	if startErr != nil {
+		t.Fatalf("no Redis for this test: set %s or install redis-server (scripts/test does both): %v", EnvURL, startErr)
+	}
+	return started
+}
+
+// Prefix returns a key prefix unique to t.
+func Prefix(t testing.TB) string {
+	return fmt.Sprintf("test:%s:%d:", t.Name(), time.Now().UnixNano())
+}
+
+// start runs redis-server on a free loopback port for the rest of the test
+// binary's life. On Linux the kernel kills it when the test process exits.
+func start() (string, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return "", err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	dir, err := os.MkdirTemp("", "ferry-redis-")
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir,
+		"--logfile", filepath.Join(dir, "redis.log"))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = dieWithParent()
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	go func() { _ = cmd.Wait(); os.RemoveAll(dir) }()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return "redis://" + addr + "/0", nil
+		}
+	}
+	cmd.Process.Kill()
+	return "", fmt.Errorf("redis-server did not start on %s", addr)
+}

@@ -1,0 +1,66 @@
+package bolt_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/store/bolt"
+	"github.com/ferryhq/ferry/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Devices {
+		s, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}
+
+// TestDurable checks that what one process wrote is there after a reopen.
+func TestDurable(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ferry.db")
+	s, err := bolt.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateDevice(ctx, store.Device{ID: "dev-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetDesired(ctx, "dev-1", 0, store.Desired{Version: 1, JobID: "j1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = bolt.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d, err := s.GetDevice(ctx, "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Desired.Version != 1 || d.Desired.JobID != "j1" {
+		t.Errorf("after reopen: %+v", d.Desired)
+	}
+}
+
+// TestLocked checks that a second process cannot open a file in use.
+func TestLocked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ferry.db")
+	s, err := bolt.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s2, err := bolt.Open(path); err == nil {
+		s2.Close()
+		t.Fatal("opened a database file that is in use")
+	}
+}

@@ -1,0 +1,115 @@
+// Package store defines what Ferry persists and the interfaces its backends
+// implement.
+//
+// Each need is one small interface; a backend lives in its own subpackage:
+// store/bolt is the embedded single-node default, store/redis the production
+// backend shared by many ferryd instances. Both pass the conformance suite in
+// store/storetest.
+//
+// Every write is safe to repeat: a backend may apply the same command twice
+// (a client retry after a lost reply), and the second application must
+// neither fail nor change anything.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors returned by backends. Callers test them with errors.Is.
+var (
+	// ErrNotFound: the device does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a compare-and-set saw another version than expected.
+	ErrConflict = errors.New("version conflict")
+)
+
+// Bundle names a TUF target.
+type Bundle struct {
+	TargetPath string `json:"target_path,omitempty"`
+	Length     uint64 `json:"length,omitempty"`
+	SHA256     string `json:"sha256,omitempty"`
+}
+
+// IsZero reports whether b names no target.
+func (b Bundle) IsZero() bool { return b == Bundle{} }
+
+// Desired is a device's desired document and its version.
+type Desired struct {
+	// Version grows by one on every change; 0 means never set.
+	Version uint64            `json:"version"`
+	JobID   string            `json:"job_id,omitempty"`
+	Bundle  Bundle            `json:"bundle,omitzero"`
+	Forced  bool              `json:"forced,omitempty"`
+	Config  map[string]string `json:"config,omitempty"`
+	SetBy   string            `json:"set_by,omitempty"`
+	SetAt   time.Time         `json:"set_at,omitzero"`
+}
+
+// Reported is what a device last said, and its version.
+type Reported struct {
+	// Version grows by one on every accepted write; 0 means never reported.
+	Version uint64 `json:"version"`
+	// DesiredVersion is the desired version the device last answered.
+	DesiredVersion uint64            `json:"desired_version,omitempty"`
+	Bundle         Bundle            `json:"bundle,omitzero"`
+	Config         map[string]string `json:"config,omitempty"`
+	AgentVersion   string            `json:"agent_version,omitempty"`
+	ReportedAt     time.Time         `json:"reported_at,omitzero"`
+	LastSeen       time.Time         `json:"last_seen,omitzero"`
+	Job            Job               `json:"job,omitzero"`
+}
+
+// Job is the state of a device's current (or last) job execution. Status and
+// Step hold the names of the protocol's enums ("SUCCEEDED", "DOWNLOADING").
+type Job struct {
+	ID             string    `json:"id,omitempty"`
+	DesiredVersion uint64    `json:"desired_version,omitempty"`
+	Status         string    `json:"status,omitempty"`
+	Step           string    `json:"step,omitempty"`
+	ErrorCode      string    `json:"error_code,omitempty"`
+	Message        string    `json:"message,omitempty"`
+	UpdatedAt      time.Time `json:"updated_at,omitzero"`
+}
+
+// Device is the stored document of one device.
+type Device struct {
+	ID        string            `json:"id"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"created_at,omitzero"`
+	Desired   Desired           `json:"desired"`
+	Reported  Reported          `json:"reported"`
+}
+
+// ListOptions selects a page of devices in id order.
+type ListOptions struct {
+	// After is the id the previous page ended with ("" for the first page).
+	After string
+	// Limit is the page size; it must be positive.
+	Limit int
+}
+
+// Devices stores device documents. Implementations are safe for concurrent
+// use by many goroutines and, for shared backends, many processes.
+type Devices interface {
+	// CreateDevice stores d if no device with its id exists, and returns the
+	// stored document either way; created tells which. The versions of d are
+	// ignored: a new device starts at version 0 of both documents.
+	CreateDevice(ctx context.Context, d Device) (stored Device, created bool, err error)
+	// GetDevice returns the device, or ErrNotFound.
+	GetDevice(ctx context.Context, id string) (Device, error)
+	// ListDevices returns up to opts.Limit devices with ids after opts.After,
+	// in id order.
+	ListDevices(ctx context.Context, opts ListOptions) ([]Device, error)
+	// SetDesired replaces the desired document if its version is still
+	// expect. d.Version must be expect+1. It returns the stored device;
+	// ErrConflict (with the stored device) when the version moved, and
+	// ErrNotFound when the device does not exist. Repeating a write that
+	// already succeeded returns success and changes nothing.
+	SetDesired(ctx context.Context, id string, expect uint64, d Desired) (Device, error)
+	// SetReported is SetDesired for the reported document.
+	SetReported(ctx context.Context, id string, expect uint64, r Reported) (Device, error)
+	// Close releases the backend's resources.
+	Close() error
+}

@@ -1,0 +1,315 @@
+// Package storetest is the conformance suite every store backend passes.
+//
+// A backend's test calls Run with a function that returns a fresh, empty
+// store for each subtest.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/ferryhq/ferry/store"
+)
+
+// Run runs the conformance suite against the stores newStore returns.
+func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, s store.Devices)
+	}{
+		{"CreateAndGet", testCreateAndGet},
+		{"CreateIsIdempotent", testCreateIsIdempotent},
+		{"GetMissing", testGetMissing},
+		{"CompareAndSet", testCompareAndSet},
+		{"RepeatedWriteIsHarmless", testRepeatedWrite},
+		{"DesiredAndReportedAreIndependent", testIndependentVersions},
+		{"ListPages", testListPages},
+		{"ConcurrentWriters", testConcurrentWriters},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t)
+			t.Cleanup(func() { s.Close() })
+			tt.run(t, s)
+		})
+	}
+}
+
+// at is a fixed time in a non-UTC zone, to catch backends that lose zones.
+var at = time.Date(2026, 11, 22, 10, 30, 0, 123456789, time.FixedZone("CET", 3600))
+
+func newDevice(id string) store.Device {
+	return store.Device{ID: id, Labels: map[string]string{"model": "gw2"}, CreatedAt: at}
+}
+
+func desired(version uint64, target string) store.Desired {
+	return store.Desired{
+		Version: version,
+		JobID:   fmt.Sprintf("job-%d", version),
+		Bundle:  store.Bundle{TargetPath: target, Length: 1024, SHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
+		Config:  map[string]string{"log.level": "debug"},
+		SetBy:   "operator:dev",
+		SetAt:   at,
+	}
+}
+
+func reported(version, answers uint64) store.Reported {
+	return store.Reported{
+		Version:        version,
+		DesiredVersion: answers,
+		Bundle:         store.Bundle{TargetPath: "fw-1.bin", Length: 1024, SHA256: "ab"},
+		AgentVersion:   "ferry-agent/test",
+		ReportedAt:     at,
+		Job:            store.Job{ID: "job-1", DesiredVersion: answers, Status: "SUCCEEDED", UpdatedAt: at},
+	}
+}
+
+func mustCreate(t *testing.T, s store.Devices, id string) store.Device {
+	t.Helper()
+	d, _, err := s.CreateDevice(context.Background(), newDevice(id))
+	if err != nil {
+		t.Fatalf("CreateDevice(%q): %v", id, err)
+	}
+	return d
+}
+
+// equalTime compares instants, not representations.
+var equalTime = cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })
+
+func testCreateAndGet(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	in := newDevice("dev-1")
+	in.Desired.Version, in.Reported.Version = 7, 9 // ignored: new devices start at 0
+	created, ok, err := s.CreateDevice(ctx, in)
+	if err != nil || !ok {
+		t.Fatalf("CreateDevice = %v, %v; want created", ok, err)
+	}
+	want := newDevice("dev-1")
+	if diff := cmp.Diff(want, created, equalTime); diff != "" {
+		t.Errorf("created device (-want +got):\n%s", diff)
+	}
+	got, err := s.GetDevice(ctx, "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got, equalTime); diff != "" {
+		t.Errorf("GetDevice (-want +got):\n%s", diff)
+	}
+}
+
+func testCreateIsIdempotent(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "fw-2.bin")); err != nil {
+		t.Fatal(err)
+	}
+	again := newDevice("dev-1")
+	again.Labels = map[string]string{"model": "other"}
+	got, created, err := s.CreateDevice(ctx, again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created {
+		t.Error("second CreateDevice reported created")
+	}
+	if got.Labels["model"] != "gw2" || got.Desired.Version != 1 {
+		t.Errorf("second CreateDevice changed the device: %+v", got)
+	}
+}
+
+func testGetMissing(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	if _, err := s.GetDevice(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetDevice(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.SetDesired(ctx, "nope", 0, desired(1, "x")); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetDesired(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.SetReported(ctx, "nope", 0, reported(1, 1)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetReported(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+func testCompareAndSet(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	steps := []struct {
+		name    string
+		expect  uint64
+		doc     store.Desired
+		wantErr error
+		wantVer uint64
+	}{
+		{"first write", 0, desired(1, "fw-1.bin"), nil, 1},
+		{"next write", 1, desired(2, "fw-2.bin"), nil, 2},
+		{"stale expect", 1, desired(2, "fw-3.bin"), store.ErrConflict, 2},
+		{"expect ahead", 5, desired(6, "fw-3.bin"), store.ErrConflict, 2},
+		{"version skips", 2, desired(4, "fw-3.bin"), errAny, 2},
+	}
+	for _, st := range steps {
+		got, err := s.SetDesired(ctx, "dev-1", st.expect, st.doc)
+		switch {
+		case st.wantErr == errAny && err == nil:
+			t.Errorf("%s: SetDesired succeeded, want an error", st.name)
+		case st.wantErr != errAny && !errors.Is(err, st.wantErr):
+			t.Errorf("%s: SetDesired error = %v, want %v", st.name, err, st.wantErr)
+		}
+		if st.wantErr == store.ErrConflict && got.Desired.Version != st.wantVer {
+			t.Errorf("%s: conflict returned version %d, want the current %d", st.name, got.Desired.Version, st.wantVer)
+		}
+		cur, err := s.GetDevice(ctx, "dev-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur.Desired.Version != st.wantVer {
+			t.Errorf("%s: stored version %d, want %d", st.name, cur.Desired.Version, st.wantVer)
+		}
+	}
+	cur, _ := s.GetDevice(ctx, "dev-1")
+	if diff := cmp.Diff(desired(2, "fw-2.bin"), cur.Desired, equalTime); diff != "" {
+		t.Errorf("a refused write changed the document (-want +got):\n%s", diff)
+	}
+}
+
+// errAny stands for "some error" in tables.
+var errAny = errors.New("any error")
+
+func testRepeatedWrite(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	for i := range 2 {
+		d, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "fw-1.bin"))
+		if err != nil {
+			t.Fatalf("SetDesired #%d: %v", i+1, err)
+		}
+		if d.Desired.Version != 1 {
+			t.Errorf("SetDesired #%d: version %d, want 1", i+1, d.Desired.Version)
+		}
+	}
+	for i := range 2 {
+		d, err := s.SetReported(ctx, "dev-1", 0, reported(1, 1))
+		if err != nil {
+			t.Fatalf("SetReported #%d: %v", i+1, err)
+		}
+		if d.Reported.Version != 1 {
+			t.Errorf("SetReported #%d: version %d, want 1", i+1, d.Reported.Version)
+		}
+	}
+	// The same expected version with other content is a conflict, not a repeat.
+	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "other.bin")); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("different write at a used version = %v, want ErrConflict", err)
+	}
+	got, _ := s.GetDevice(ctx, "dev-1")
+	if diff := cmp.Diff(desired(1, "fw-1.bin"), got.Desired, equalTime); diff != "" {
+		t.Errorf("desired after repeats (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(reported(1, 1), got.Reported, equalTime); diff != "" {
+		t.Errorf("reported after repeats (-want +got):\n%s", diff)
+	}
+}
+
+func testIndependentVersions(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetDesired(ctx, "dev-1", 1, desired(2, "b")); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.SetReported(ctx, "dev-1", 0, reported(1, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Desired.Version != 2 || d.Reported.Version != 1 || d.Desired.Bundle.TargetPath != "b" {
+		t.Errorf("after SetReported: desired v%d %q, reported v%d; want desired v2 \"b\", reported v1",
+			d.Desired.Version, d.Desired.Bundle.TargetPath, d.Reported.Version)
+	}
+}
+
+func testListPages(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	var want []string
+	for i := range 25 {
+		id := fmt.Sprintf("dev-%02d", 24-i) // created out of order
+		mustCreate(t, s, id)
+	}
+	for i := range 25 {
+		want = append(want, fmt.Sprintf("dev-%02d", i))
+	}
+	var got []string
+	after := ""
+	for pages := 0; ; pages++ {
+		if pages > 10 {
+			t.Fatal("ListDevices does not end")
+		}
+		page, err := s.ListDevices(ctx, store.ListOptions{After: after, Limit: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) > 10 {
+			t.Fatalf("page of %d devices, limit 10", len(page))
+		}
+		for _, d := range page {
+			got = append(got, d.ID)
+		}
+		if len(page) < 10 {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("listed ids (-want +got):\n%s", diff)
+	}
+	if _, err := s.ListDevices(ctx, store.ListOptions{Limit: 0}); err == nil {
+		t.Error("ListDevices with limit 0 succeeded")
+	}
+}
+
+// testConcurrentWriters runs read-modify-write loops from many goroutines on
+// one device: compare-and-set must neither lose an update nor apply one twice.
+func testConcurrentWriters(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	const writers, each = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for done := 0; done < each; {
+				cur, err := s.GetDevice(ctx, "dev-1")
+				if err != nil {
+					errs <- err
+					return
+				}
+				next := desired(cur.Desired.Version+1, fmt.Sprintf("w%d-%d", w, done))
+				_, err = s.SetDesired(ctx, "dev-1", cur.Desired.Version, next)
+				switch {
+				case err == nil:
+					done++
+				case !errors.Is(err, store.ErrConflict):
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	got, err := s.GetDevice(ctx, "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Desired.Version != writers*each {
+		t.Errorf("desired version %d after %d successful writes", got.Desired.Version, writers*each)
+	}
+}
