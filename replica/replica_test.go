@@ -1,0 +1,232 @@
+package replica_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/ferryhq/ferry/replica"
+	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/store/bolt"
+)
+
+const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+func newReplica(t *testing.T) *replica.Service {
+	t.Helper()
+	s, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return replica.New(replica.Config{Devices: s, Logger: slog.New(slog.DiscardHandler)})
+}
+
+func doc(target string) replica.Document {
+	return replica.Document{Bundle: store.Bundle{TargetPath: target, Length: 10, SHA256: sum}}
+}
+
+func TestSetDesired(t *testing.T) {
+	ctx := context.Background()
+	r := newReplica(t)
+	if _, err := r.SetDesired(ctx, "dev-1", doc("fw-1.bin"), "op", nil); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("SetDesired on unknown device = %v, want ErrNotFound", err)
+	}
+	if _, err := r.Register(ctx, "dev-1", map[string]string{"model": "gw2"}); err != nil {
+		t.Fatal(err)
+	}
+	d1, err := r.SetDesired(ctx, "dev-1", doc("fw-1.bin"), "op", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := r.SetDesired(ctx, "dev-1", doc("fw-2.bin"), "op", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d1.Desired.Version != 1 || d2.Desired.Version != 2 || d1.Desired.JobID == d2.Desired.JobID || d2.Desired.SetBy != "op" {
+		t.Errorf("versions %d, %d, jobs %q, %q", d1.Desired.Version, d2.Desired.Version, d1.Desired.JobID, d2.Desired.JobID)
+	}
+	stale := uint64(1)
+	if _, err := r.SetDesired(ctx, "dev-1", doc("fw-3.bin"), "op", &stale); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("SetDesired with a stale expected version = %v, want ErrConflict", err)
+	}
+	cur := uint64(2)
+	if d, err := r.SetDesired(ctx, "dev-1", doc("fw-3.bin"), "op", &cur); err != nil || d.Desired.Version != 3 {
+		t.Errorf("SetDesired with the current expected version = v%d, %v", d.Desired.Version, err)
+	}
+}
+
+func TestSetDesiredRefusesBadInput(t *testing.T) {
+	ctx := context.Background()
+	r := newReplica(t)
+	if _, err := r.Register(ctx, "dev-1", nil); err != nil {
+		t.Fatal(err)
+	}
+	good := store.Bundle{TargetPath: "a/fw.bin", Length: 1, SHA256: sum}
+	with := func(f func(*store.Bundle)) replica.Document {
+		b := good
+		f(&b)
+		return replica.Document{Bundle: b}
+	}
+	tests := []struct {
+		name, id, field string
+		doc             replica.Document
+	}{
+		{"bad device id", "../x", "device_id", replica.Document{Bundle: good}},
+		{"empty document", "dev-1", "document", replica.Document{}},
+		{"absolute path", "dev-1", "document.bundle.target_path", with(func(b *store.Bundle) { b.TargetPath = "/etc/passwd" })},
+		{"path traversal", "dev-1", "document.bundle.target_path", with(func(b *store.Bundle) { b.TargetPath = "a/../../x" })},
+		{"dot element", "dev-1", "document.bundle.target_path", with(func(b *store.Bundle) { b.TargetPath = "./x" })},
+		{"control character", "dev-1", "document.bundle.target_path", with(func(b *store.Bundle) { b.TargetPath = "x\n" })},
+		{"zero length", "dev-1", "document.bundle.length", with(func(b *store.Bundle) { b.Length = 0 })},
+		{"short hash", "dev-1", "document.bundle.sha256", with(func(b *store.Bundle) { b.SHA256 = "abc" })},
+		{"upper-case hash", "dev-1", "document.bundle.sha256", with(func(b *store.Bundle) { b.SHA256 = strings.ToUpper(sum) })},
+		{"empty config key", "dev-1", "document.config", replica.Document{Config: map[string]string{"": "x"}}},
+		{"huge config value", "dev-1", "document.config.k", replica.Document{Config: map[string]string{"k": strings.Repeat("x", 5000)}}},
+	}
+	for _, tt := range tests {
+		_, err := r.SetDesired(ctx, tt.id, tt.doc, "op", nil)
+		var ie *replica.InvalidError
+		if !errors.As(err, &ie) || ie.Field != tt.field {
+			t.Errorf("%s: error %v, want InvalidError on %s", tt.name, err, tt.field)
+		}
+	}
+	d, err := r.GetDevice(ctx, "dev-1")
+	if err != nil || d.Desired.Version != 0 {
+		t.Errorf("refused writes changed the device: v%d, %v", d.Desired.Version, err)
+	}
+}
+
+func TestReport(t *testing.T) {
+	ctx := context.Background()
+	r := newReplica(t)
+	if _, err := r.Register(ctx, "dev-1", nil); err != nil {
+		t.Fatal(err)
+	}
+	v1, _ := r.SetDesired(ctx, "dev-1", doc("fw-1.bin"), "op", nil)
+	v2, _ := r.SetDesired(ctx, "dev-1", doc("fw-2.bin"), "op", nil)
+	job1, job2 := v1.Desired.JobID, v2.Desired.JobID
+	ok := func(job string, v uint64) replica.Report {
+		return replica.Report{JobID: job, DesiredVersion: v, Status: replica.StatusSucceeded,
+			State: replica.State{Bundle: store.Bundle{TargetPath: "fw.bin", Length: 10, SHA256: sum}}}
+	}
+	steps := []struct {
+		name           string
+		report         replica.Report
+		wantAccepted   bool
+		wantSuperseded bool
+		wantCode       replica.RejectCode
+		wantReported   uint64 // reported desired version afterwards
+	}{
+		{"never set", ok("job-x", 3), false, false, replica.RejectUnknownVersion, 0},
+		{"zero version", ok(job1, 0), false, false, replica.RejectInvalid, 0},
+		{"not final", replica.Report{JobID: job2, DesiredVersion: 2, Status: replica.StatusInProgress}, false, false, replica.RejectInvalid, 0},
+		{"wrong job", ok(job1, 2), false, false, replica.RejectJobMismatch, 0},
+		{"superseded version", ok(job1, 1), true, true, 0, 1},
+		{"replayed", ok(job1, 1), false, false, replica.RejectStale, 1},
+		{"current version", ok(job2, 2), true, false, 0, 2},
+		{"out of order", ok(job1, 1), false, false, replica.RejectStale, 2},
+		{"repeated", ok(job2, 2), false, false, replica.RejectStale, 2},
+	}
+	for _, st := range steps {
+		out, err := r.Report(ctx, "dev-1", st.report)
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if out.Accepted != st.wantAccepted || out.Superseded != st.wantSuperseded || out.Code != st.wantCode {
+			t.Errorf("%s: outcome %+v; want accepted=%v superseded=%v code=%v", st.name, out, st.wantAccepted, st.wantSuperseded, st.wantCode)
+		}
+		if !out.Accepted && out.Reason == "" {
+			t.Errorf("%s: rejected without a reason", st.name)
+		}
+		d, _ := r.GetDevice(ctx, "dev-1")
+		if d.Reported.DesiredVersion != st.wantReported {
+			t.Errorf("%s: reported desired version %d, want %d", st.name, d.Reported.DesiredVersion, st.wantReported)
+		}
+	}
+}
+
+func TestProgress(t *testing.T) {
+	ctx := context.Background()
+	r := newReplica(t)
+	r.Register(ctx, "dev-1", nil)
+	d, _ := r.SetDesired(ctx, "dev-1", doc("fw-1.bin"), "op", nil)
+	job := d.Desired.JobID
+	tests := []struct {
+		name string
+		p    replica.Progress
+		want bool
+	}{
+		{"current job", replica.Progress{JobID: job, DesiredVersion: 1, Step: replica.StepDownloading}, true},
+		{"same step again", replica.Progress{JobID: job, DesiredVersion: 1, Step: replica.StepDownloading, Percent: 50}, false},
+		{"next step", replica.Progress{JobID: job, DesiredVersion: 1, Step: replica.StepInstalling}, true},
+		{"other job", replica.Progress{JobID: "job-x", DesiredVersion: 1, Step: replica.StepRebooting}, false},
+		{"other version", replica.Progress{JobID: job, DesiredVersion: 7, Step: replica.StepRebooting}, false},
+	}
+	for _, tt := range tests {
+		got, err := r.Progress(ctx, "dev-1", tt.p)
+		if err != nil || got != tt.want {
+			t.Errorf("%s: Progress = %v, %v; want %v", tt.name, got, err, tt.want)
+		}
+	}
+	cur, _ := r.GetDevice(ctx, "dev-1")
+	if cur.Reported.Job.Status != "IN_PROGRESS" || cur.Reported.Job.Step != "INSTALLING" {
+		t.Errorf("job after progress: %+v", cur.Reported.Job)
+	}
+}
+
+func TestSubscribe(t *testing.T) {
+	ctx := context.Background()
+	r := newReplica(t)
+	r.Register(ctx, "dev-1", nil)
+	r.Register(ctx, "dev-2", nil)
+	ch, cancel := r.Subscribe("dev-1")
+	defer cancel()
+	other, cancelOther := r.Subscribe("dev-2")
+	defer cancelOther()
+	for range 3 { // several changes collapse into one pending signal
+		if _, err := r.SetDesired(ctx, "dev-1", doc("fw.bin"), "op", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change signal")
+	}
+	select {
+	case <-ch:
+		t.Error("second signal pending after one read")
+	case <-other:
+		t.Error("dev-2 was told of dev-1's change")
+	default:
+	}
+}
+
+func TestChangedFields(t *testing.T) {
+	b1 := store.Bundle{TargetPath: "a", Length: 1, SHA256: sum}
+	b2 := store.Bundle{TargetPath: "b", Length: 1, SHA256: sum}
+	tests := []struct {
+		name string
+		d    store.Desired
+		r    store.Reported
+		want []string
+	}{
+		{"nothing", store.Desired{Bundle: b1}, store.Reported{Bundle: b1}, nil},
+		{"bundle", store.Desired{Bundle: b2}, store.Reported{Bundle: b1}, []string{"bundle"}},
+		{"forced", store.Desired{Bundle: b1, Forced: true}, store.Reported{Bundle: b1}, []string{"forced"}},
+		{"config", store.Desired{Config: map[string]string{"a": "1", "b": "2", "c": "3"}},
+			store.Reported{Bundle: b1, Config: map[string]string{"a": "1", "b": "9"}}, []string{"config.b", "config.c"}},
+	}
+	for _, tt := range tests {
+		if diff := cmp.Diff(tt.want, replica.ChangedFields(tt.d, tt.r)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
+		}
+	}
+}

@@ -1,0 +1,213 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ferryhq/ferry/store"
+)
+
+// JobStatus is the state of a job execution.
+type JobStatus string
+
+// Job states.
+const (
+	StatusQueued     JobStatus = "QUEUED"
+	StatusInProgress JobStatus = "IN_PROGRESS"
+	StatusSucceeded  JobStatus = "SUCCEEDED"
+	StatusFailed     JobStatus = "FAILED"
+	StatusRolledBack JobStatus = "ROLLED_BACK"
+	StatusRejected   JobStatus = "REJECTED" // the device refused the job
+	StatusCanceled   JobStatus = "CANCELED"
+	StatusTimedOut   JobStatus = "TIMED_OUT"
+)
+
+// Final reports whether a device may end a job with status s.
+func (s JobStatus) Final() bool {
+	switch s {
+	case StatusSucceeded, StatusFailed, StatusRolledBack, StatusRejected:
+		return true
+	}
+	return false
+}
+
+// Step is where an in-progress job is.
+type Step string
+
+// Job steps.
+const (
+	StepDownloading Step = "DOWNLOADING"
+	StepVerifying   Step = "VERIFYING"
+	StepInstalling  Step = "INSTALLING"
+	StepRebooting   Step = "REBOOTING"
+	StepConfirming  Step = "CONFIRMING"
+)
+
+// Report is what a device sends when a job ends.
+type Report struct {
+	JobID          string
+	DesiredVersion uint64
+	Status         JobStatus
+	Step           Step
+	ErrorCode      string
+	Message        string
+	State          State
+}
+
+// RejectCode says why a report was not recorded.
+type RejectCode int
+
+// Reasons for rejecting a report.
+const (
+	// RejectStale: the report answers a desired version older than one
+	// already reported, or repeats one (out of order or replayed).
+	RejectStale RejectCode = iota + 1
+	// RejectUnknownVersion: the report answers a version never set.
+	RejectUnknownVersion
+	// RejectJobMismatch: the job id does not belong to the desired version.
+	RejectJobMismatch
+	// RejectInvalid: the report is malformed.
+	RejectInvalid
+)
+
+// Outcome is the replica's answer to a report.
+type Outcome struct {
+	// Accepted is true when the report was recorded.
+	Accepted bool
+	// Superseded is true when an accepted report answered a desired version
+	// that had already been replaced; the device should get the newest Delta.
+	Superseded bool
+	// Code and Reason say why a report was rejected.
+	Code   RejectCode
+	Reason string
+	// Device is the device after the report (or as it stands, if rejected).
+	Device store.Device
+}
+
+// Report records a device's report of how a job ended. A report that cannot
+// be recorded is not an error: it gets an Outcome with Accepted false, and
+// nothing changes. Errors are the store's.
+func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, error) {
+	if reason := r.check(); reason != "" {
+		cur, err := s.devices.GetDevice(ctx, id)
+		return Outcome{Code: RejectInvalid, Reason: reason, Device: cur}, err
+	}
+	var out Outcome
+	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, error) {
+		out = s.judge(cur, r)
+		if !out.Accepted {
+			return store.Reported{}, errRejected
+		}
+		next := cur.Reported
+		next.DesiredVersion = r.DesiredVersion
+		next.Bundle, next.Config = r.State.Bundle, r.State.Config
+		next.ReportedAt = s.now().UTC()
+		next.LastSeen = next.ReportedAt
+		next.Job = store.Job{
+			ID:             r.JobID,
+			DesiredVersion: r.DesiredVersion,
+			Status:         string(r.Status),
+			Step:           string(r.Step),
+			ErrorCode:      r.ErrorCode,
+			Message:        r.Message,
+			UpdatedAt:      next.ReportedAt,
+		}
+		return next, nil
+	})
+	out.Device = dev
+	if errors.Is(err, errRejected) {
+		s.log.InfoContext(ctx, "report rejected", "device", id, "job", r.JobID, "desired_version", r.DesiredVersion, "reason", out.Reason)
+		return out, nil
+	}
+	if err != nil {
+		return Outcome{}, fmt.Errorf("report of %q: %w", id, err)
+	}
+	s.log.InfoContext(ctx, "report accepted", "device", id, "job", r.JobID, "desired_version", r.DesiredVersion,
+		"status", r.Status, "superseded", out.Superseded)
+	return out, nil
+}
+
+var errRejected = errors.New("report rejected")
+
+// check validates a report on its own; it returns why it is malformed.
+func (r Report) check() string {
+	if r.DesiredVersion == 0 {
+		return "desired_version must be positive"
+	}
+	if r.JobID == "" {
+		return "job_id is required"
+	}
+	if !r.Status.Final() {
+		return fmt.Sprintf("status %q does not end a job; send Progress for steps", r.Status)
+	}
+	for _, f := range []struct{ name, v string }{
+		{"job_id", r.JobID}, {"error_code", r.ErrorCode}, {"message", r.Message}, {"step", string(r.Step)},
+	} {
+		if err := validateText(f.name, f.v); err != nil {
+			return err.Error()
+		}
+	}
+	if err := r.State.validate("reported"); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// judge decides whether a well-formed report may be recorded on cur.
+func (s *Service) judge(cur store.Device, r Report) Outcome {
+	d, rep := cur.Desired, cur.Reported
+	switch {
+	case r.DesiredVersion > d.Version:
+		return Outcome{Code: RejectUnknownVersion, Reason: fmt.Sprintf("desired version %d was never set; current is %d", r.DesiredVersion, d.Version)}
+	case r.DesiredVersion <= rep.DesiredVersion:
+		// Reported.DesiredVersion moves only with final reports, so this
+		// report is out of order or a replay.
+		return Outcome{Code: RejectStale, Reason: fmt.Sprintf("a report for desired version %d is already recorded", rep.DesiredVersion)}
+	case r.DesiredVersion == d.Version && r.JobID != d.JobID:
+		return Outcome{Code: RejectJobMismatch, Reason: fmt.Sprintf("job %q does not carry desired version %d", r.JobID, d.Version)}
+	}
+	return Outcome{Accepted: true, Superseded: r.DesiredVersion < d.Version}
+}
+
+// Progress is what a device sends as a job moves through its steps.
+type Progress struct {
+	JobID          string
+	DesiredVersion uint64
+	Step           Step
+	Percent        uint32
+}
+
+// Progress records that a device's current job reached a step. Progress for
+// a job that is not the current one changes nothing and reports false.
+func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, error) {
+	if err := validateText("job_id", p.JobID); err != nil {
+		return false, err
+	}
+	if p.Percent > 100 {
+		return false, invalid("percent", "must be at most 100")
+	}
+	recorded := false
+	_, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, error) {
+		if p.DesiredVersion != cur.Desired.Version || p.JobID != cur.Desired.JobID || cur.Reported.DesiredVersion >= p.DesiredVersion {
+			return store.Reported{}, errRejected
+		}
+		if j := cur.Reported.Job; j.ID == p.JobID && j.Status == string(StatusInProgress) && j.Step == string(p.Step) {
+			return store.Reported{}, errRejected // already there; percent is not stored
+		}
+		next := cur.Reported
+		next.Job = store.Job{
+			ID:             p.JobID,
+			DesiredVersion: p.DesiredVersion,
+			Status:         string(StatusInProgress),
+			Step:           string(p.Step),
+			UpdatedAt:      s.now().UTC(),
+		}
+		recorded = true
+		return next, nil
+	})
+	if errors.Is(err, errRejected) {
+		return false, nil
+	}
+	return recorded, err
+}
