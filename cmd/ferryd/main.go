@@ -1,0 +1,104 @@
+// Command ferryd is the Ferry server. With no flags it runs with embedded
+// defaults: a data directory with a development PKI and the embedded store.
+//
+// Every flag can also be set through the environment variable named in its
+// help text (FERRY_ and the flag name in upper case, dashes as underscores).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/ferryhq/ferry/server"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "ferryd:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	cfg := server.DefaultConfig()
+	fs := flag.NewFlagSet("ferryd", flag.ContinueOnError)
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the embedded store and the development PKI")
+	fs.StringVar(&cfg.DeviceAddr, "device-addr", cfg.DeviceAddr, "device port (gRPC, mutual TLS)")
+	fs.StringVar(&cfg.APIAddr, "api-addr", cfg.APIAddr, "back-office port (Connect, gRPC health, metrics; HTTPS)")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis store, redis://host:port/db (default: embedded store)")
+	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "prefix of every Redis key")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "trust domain of device SPIFFE IDs")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "serving certificate chain, PEM (default: development PKI)")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "serving key, PEM")
+	fs.StringVar(&cfg.DeviceCAFile, "device-ca", "", "CA certificates that issue device certificates, PEM")
+	fs.StringVar(&cfg.OperatorKeysFile, "operator-keys", "", "operator API keys (hashed) and roles, JSON")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: ferryd [flags]\n\nFlags (or FERRY_<FLAG> environment variables):\n")
+		fs.PrintDefaults()
+	}
+	if err := setFromEnv(fs); err != nil {
+		return err
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	log, err := newLogger(*logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	srv, err := server.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}
+
+// setFromEnv applies FERRY_<NAME> variables to the flags; command-line flags
+// parsed afterwards win.
+func setFromEnv(fs *flag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "FERRY_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		f.Usage += " [$" + name + "]"
+		if v, ok := os.LookupEnv(name); ok && err == nil {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", name, e)
+			}
+		}
+	})
+	return err
+}
+
+func newLogger(format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+

@@ -1,0 +1,189 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"connectrpc.com/connect"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	ferrycreds "github.com/ferryhq/ferry/credentials"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
+	"github.com/ferryhq/ferry/proto/ferry/repository/v1/repositoryv1connect"
+)
+
+type deviceKey struct{}
+type operatorKey struct{}
+
+// deviceFromContext returns the device id the stream interceptor put in ctx.
+func deviceFromContext(ctx context.Context) (string, bool) {
+	id, ok := ctx.Value(deviceKey{}).(string)
+	return id, ok
+}
+
+// operatorFromContext returns the operator the API interceptor put in ctx.
+func operatorFromContext(ctx context.Context) ferrycreds.Operator {
+	op, _ := ctx.Value(operatorKey{}).(ferrycreds.Operator)
+	return op
+}
+
+// deviceIdentity is the device port's stream interceptor: it takes the
+// device id from the verified client certificate's SPIFFE ID, and refuses
+// the stream if there is none.
+func deviceIdentity(trustDomain string) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		id, err := peerDevice(ss.Context(), trustDomain)
+		if err != nil {
+			return status.Error(codes.Unauthenticated, err.Error())
+		}
+		return handler(srv, &identifiedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), deviceKey{}, id)})
+	}
+}
+
+// deviceIdentityUnary does the same for unary calls on the device port.
+func deviceIdentityUnary(trustDomain string) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		id, err := peerDevice(ctx, trustDomain)
+		if err != nil {
+			return nil, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return handler(context.WithValue(ctx, deviceKey{}, id), req)
+	}
+}
+
+func peerDevice(ctx context.Context, trustDomain string) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", fmt.Errorf("no peer")
+	}
+	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(tlsInfo.State.VerifiedChains) == 0 || len(tlsInfo.State.VerifiedChains[0]) == 0 {
+		return "", fmt.Errorf("a verified client certificate is required")
+	}
+	var leaf *x509.Certificate = tlsInfo.State.VerifiedChains[0][0]
+	id, err := ferrycreds.DeviceID(trustDomain, leaf)
+	if err != nil {
+		return "", fmt.Errorf("client certificate: %w", err)
+	}
+	return id, nil
+}
+
+type identifiedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *identifiedStream) Context() context.Context { return s.ctx }
+
+// Authenticator checks back-office credentials.
+type Authenticator interface {
+	Authenticate(apiKey string) (ferrycreds.Operator, error)
+}
+
+// procedureRoles names the role each back-office procedure needs. A
+// procedure missing here needs admin: new RPCs are closed until listed.
+var procedureRoles = map[string]ferrycreds.Role{
+	fleetv1connect.FleetServiceGetDeviceProcedure:        ferrycreds.RoleViewer,
+	fleetv1connect.FleetServiceListDevicesProcedure:      ferrycreds.RoleViewer,
+	fleetv1connect.FleetServiceGetFleetSummaryProcedure:  ferrycreds.RoleViewer,
+	fleetv1connect.FleetServiceWatchDevicesProcedure:     ferrycreds.RoleViewer,
+	fleetv1connect.FleetServiceListDeviceEventsProcedure: ferrycreds.RoleViewer,
+	fleetv1connect.FleetServiceGetAttestationProcedure:   ferrycreds.RoleViewer,
+	fleetv1connect.FleetServiceSetDesiredStateProcedure:  ferrycreds.RoleOperator,
+	fleetv1connect.FleetServiceAddDeviceProcedure:        ferrycreds.RoleAdmin,
+	fleetv1connect.FleetServiceRevokeDeviceProcedure:     ferrycreds.RoleAdmin,
+
+	fleetv1connect.RolloutServiceGetRolloutProcedure:    ferrycreds.RoleViewer,
+	fleetv1connect.RolloutServiceListRolloutsProcedure:  ferrycreds.RoleViewer,
+	fleetv1connect.RolloutServiceWatchRolloutProcedure:  ferrycreds.RoleViewer,
+	fleetv1connect.RolloutServiceCreateRolloutProcedure: ferrycreds.RoleOperator,
+	fleetv1connect.RolloutServicePauseRolloutProcedure:  ferrycreds.RoleOperator,
+	fleetv1connect.RolloutServiceResumeRolloutProcedure: ferrycreds.RoleOperator,
+	fleetv1connect.RolloutServiceCancelRolloutProcedure: ferrycreds.RoleOperator,
+
+	repositoryv1connect.RepositoryServiceListBundlesProcedure:    ferrycreds.RoleViewer,
+	repositoryv1connect.RepositoryServiceGetBundleProcedure:      ferrycreds.RoleViewer,
+	repositoryv1connect.RepositoryServiceUploadBlobProcedure:     ferrycreds.RoleRelease,
+	repositoryv1connect.RepositoryServicePublishTargetsProcedure: ferrycreds.RoleRelease,
+	repositoryv1connect.RepositoryServicePublishRootProcedure:    ferrycreds.RoleAdmin,
+}
+
+// roleFor returns the role a procedure needs.
+func roleFor(procedure string) ferrycreds.Role {
+	if r, ok := procedureRoles[procedure]; ok {
+		return r
+	}
+	if strings.HasPrefix(procedure, "/grpc.reflection.") {
+		return ferrycreds.RoleViewer
+	}
+	return ferrycreds.RoleAdmin
+}
+
+// authorize authenticates the bearer API key in h and checks that its
+// operator has the role need.
+func authorize(auth Authenticator, h http.Header, need ferrycreds.Role) (ferrycreds.Operator, error) {
+	key, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ferrycreds.Operator{}, connect.NewError(connect.CodeUnauthenticated,
+			fmt.Errorf("an operator credential is required: send \"Authorization: Bearer <API key>\""))
+	}
+	op, err := auth.Authenticate(strings.TrimSpace(key))
+	if err != nil {
+		return ferrycreds.Operator{}, connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("the API key is not valid"))
+	}
+	if !op.Role.Allows(need) {
+		return ferrycreds.Operator{}, connect.NewError(connect.CodePermissionDenied,
+			fmt.Errorf("operator %q has role %s; this call needs %s", op.Name, op.Role, need))
+	}
+	return op, nil
+}
+
+// operatorAuth is the back-office interceptor: every call needs an operator
+// credential with the procedure's role.
+type operatorAuth struct{ auth Authenticator }
+
+func (a operatorAuth) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		op, err := authorize(a.auth, req.Header(), roleFor(req.Spec().Procedure))
+		if err != nil {
+			return nil, err
+		}
+		return next(context.WithValue(ctx, operatorKey{}, op), req)
+	}
+}
+
+func (a operatorAuth) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (a operatorAuth) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		op, err := authorize(a.auth, conn.RequestHeader(), roleFor(conn.Spec().Procedure))
+		if err != nil {
+			return err
+		}
+		return next(context.WithValue(ctx, operatorKey{}, op), conn)
+	}
+}
+
+// requireOperator guards a plain HTTP handler (metrics) with the same check.
+func requireOperator(auth Authenticator, need ferrycreds.Role, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := authorize(auth, r.Header, need); err != nil {
+			code := http.StatusUnauthorized
+			if connect.CodeOf(err) == connect.CodePermissionDenied {
+				code = http.StatusForbidden
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

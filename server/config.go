@@ -1,0 +1,149 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/ferryhq/ferry/credentials"
+)
+
+// Config is ferryd's configuration. DefaultConfig gives every field a safe
+// default; flags and environment variables are mapped onto it in cmd/ferryd.
+type Config struct {
+	// DataDir holds the embedded store and the development PKI.
+	DataDir string
+	// DeviceAddr is the device port: gRPC, TLS 1.3, client certificate
+	// required.
+	DeviceAddr string
+	// APIAddr is the back-office port: Connect, gRPC health and reflection,
+	// Prometheus metrics, over HTTPS.
+	APIAddr string
+	// RedisURL selects the Redis store (redis:// or rediss://); empty means
+	// the embedded store in DataDir.
+	RedisURL string
+	// RedisPrefix is put in front of every Redis key.
+	RedisPrefix string
+	// TrustDomain of device SPIFFE IDs.
+	TrustDomain string
+
+	// TLS material. When all are empty, ferryd creates (once) and uses a
+	// development PKI under DataDir/pki.
+	TLSCertFile      string // serving certificate chain, PEM
+	TLSKeyFile       string // its key, PEM (PKCS #8)
+	DeviceCAFile     string // CA that issues device certificates, PEM
+	OperatorKeysFile string // operator API keys (hashed) and roles, JSON
+
+	// Dev controls the development PKI.
+	Dev DevConfig
+	// Device holds the device port's limits.
+	Device DeviceLimits
+	// ShutdownTimeout bounds a graceful stop; after it, connections are cut.
+	ShutdownTimeout time.Duration
+}
+
+// DevConfig controls the development PKI.
+type DevConfig struct {
+	// Devices are the ids of the development devices that get certificates
+	// and are registered in the store.
+	Devices []string
+	// Hosts the development server certificate is valid for.
+	Hosts []string
+	// CertTTL is the lifetime of development certificates.
+	CertTTL time.Duration
+}
+
+// DeviceLimits protect the device port. Each has a safe default.
+type DeviceLimits struct {
+	// MaxMessageBytes is the largest message a device may send.
+	MaxMessageBytes int
+	// MaxConcurrentStreams per connection; a device needs one.
+	MaxConcurrentStreams uint32
+	// KeepaliveMinTime is the shortest keepalive ping interval a device may
+	// use; faster pingers are disconnected.
+	KeepaliveMinTime time.Duration
+	// KeepaliveTime and KeepaliveTimeout: the server pings an idle
+	// connection after KeepaliveTime and closes it if no answer comes in
+	// KeepaliveTimeout.
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+	// HelloTimeout is how long a new stream may take to send Hello.
+	HelloTimeout time.Duration
+	// MessagesPerSecond and MessageBurst rate-limit each device's stream;
+	// a device over the limit has its stream closed (ResourceExhausted).
+	MessagesPerSecond float64
+	MessageBurst      int
+	// PingInterval is how often the server sends Ping on a quiet stream.
+	PingInterval time.Duration
+}
+
+// DefaultConfig returns the configuration ferryd runs with when given no
+// flags.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:     "ferry-data",
+		DeviceAddr:  "localhost:8444",
+		APIAddr:     "localhost:8443",
+		RedisPrefix: "ferry:",
+		TrustDomain: "ferry.local",
+		Dev: DevConfig{
+			Devices: []string{"dev-1", "dev-2", "dev-3"},
+			Hosts:   []string{"localhost", "127.0.0.1", "::1"},
+			CertTTL: 30 * 24 * time.Hour,
+		},
+		Device: DeviceLimits{
+			MaxMessageBytes:      256 << 10,
+			MaxConcurrentStreams: 4,
+			KeepaliveMinTime:     20 * time.Second,
+			KeepaliveTime:        2 * time.Minute,
+			KeepaliveTimeout:     20 * time.Second,
+			HelloTimeout:         10 * time.Second,
+			MessagesPerSecond:    10,
+			MessageBurst:         50,
+			PingInterval:         time.Minute,
+		},
+		ShutdownTimeout: 3 * time.Second,
+	}
+}
+
+// DevPKI reports whether ferryd uses the development PKI.
+func (c Config) DevPKI() bool {
+	return c.TLSCertFile == "" && c.TLSKeyFile == "" && c.DeviceCAFile == "" && c.OperatorKeysFile == ""
+}
+
+// Validate checks the configuration and says what is wrong.
+func (c Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	for name, addr := range map[string]string{"device address": c.DeviceAddr, "API address": c.APIAddr} {
+		_, _, err := net.SplitHostPort(addr)
+		check(err == nil, "%s %q: want host:port", name, addr)
+	}
+	check(c.DataDir != "", "data directory is required")
+	check(c.TrustDomain != "" && credentials.DeviceURI(c.TrustDomain, "x").Host == c.TrustDomain,
+		"trust domain %q is not a valid host name", c.TrustDomain)
+	if !c.DevPKI() {
+		check(c.TLSCertFile != "" && c.TLSKeyFile != "" && c.DeviceCAFile != "" && c.OperatorKeysFile != "",
+			"TLS certificate, TLS key, device CA and operator keys files go together: give all four, or none for the development PKI")
+	} else {
+		check(c.Dev.CertTTL >= time.Hour, "development certificate lifetime %v is under an hour", c.Dev.CertTTL)
+		for _, id := range c.Dev.Devices {
+			check(credentials.ValidDeviceID(id), "development device id %q is malformed", id)
+		}
+	}
+	d := c.Device
+	check(d.MaxMessageBytes >= 1<<10, "device max message size %d is under 1 KiB", d.MaxMessageBytes)
+	check(d.MaxConcurrentStreams >= 1, "device max concurrent streams must be at least 1")
+	check(d.KeepaliveMinTime > 0 && d.KeepaliveTime >= d.KeepaliveMinTime && d.KeepaliveTimeout > 0,
+		"device keepalive: want 0 < min time <= time, and a positive timeout")
+	check(d.HelloTimeout > 0, "device hello timeout must be positive")
+	check(d.MessagesPerSecond > 0 && d.MessageBurst >= 1, "device rate limit must be positive with a burst of at least 1")
+	check(d.PingInterval > 0, "device ping interval must be positive")
+	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
+	return errors.Join(errs...)
+}

@@ -1,0 +1,357 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	"github.com/ferryhq/ferry/replica"
+	"github.com/ferryhq/ferry/store"
+)
+
+// deviceService serves DeviceService.Sync. Each stream is a syncStream with
+// a receive loop (device messages, in order) and a send loop (the only
+// goroutine that sends), joined by a close signal.
+type deviceService struct {
+	devicev1.UnimplementedDeviceServiceServer
+	replica  *replica.Service
+	limits   DeviceLimits
+	log      *slog.Logger
+	metrics  *metrics
+	sessions *sessions
+}
+
+// errReplaced and errShuttingDown end streams from the outside.
+var (
+	errReplaced     = status.Error(codes.Aborted, "replaced by a newer stream of the same device")
+	errShuttingDown = status.Error(codes.Unavailable, "ferryd is shutting down; reconnect")
+)
+
+func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, devicev1.SyncResponse]) error {
+	ctx := gs.Context()
+	id, ok := deviceFromContext(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "no device identity")
+	}
+	log := s.log.With("device", id)
+
+	hello, err := s.receiveHello(ctx, gs)
+	if err != nil {
+		return err
+	}
+	dev, err := s.replica.Connect(ctx, id, replica.Hello{
+		AgentVersion: hello.GetAgentVersion(),
+		LastApplied:  hello.GetLastAppliedDesiredVersion(),
+		State:        stateFromProto(hello.GetReported()),
+	})
+	if err != nil {
+		return grpcError(ctx, log, err)
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	release := s.sessions.add(id, cancel)
+	defer release()
+	changed, unsubscribe := s.replica.Subscribe(id)
+	defer unsubscribe()
+
+	st := &syncStream{
+		svc:      s,
+		id:       id,
+		log:      log,
+		gs:       gs,
+		ctx:      ctx,
+		out:      make(chan *devicev1.SyncResponse, 8),
+		resend:   make(chan uint64, 1),
+		lastSent: hello.GetLastAppliedDesiredVersion(),
+		changed:  changed,
+		limiter:  rate.NewLimiter(rate.Limit(s.limits.MessagesPerSecond), s.limits.MessageBurst),
+	}
+	s.metrics.streams.Inc()
+	defer s.metrics.streams.Dec()
+	log.InfoContext(ctx, "device connected", "agent", hello.GetAgentVersion(),
+		"last_applied", hello.GetLastAppliedDesiredVersion(), "desired", dev.Desired.Version)
+
+	recvDone := make(chan error, 1)
+	go func() { recvDone <- st.receiveLoop() }()
+	err = st.sendLoop(dev, recvDone)
+	cancel(err)
+	log.InfoContext(ctx, "device disconnected", "reason", err)
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if cause := context.Cause(ctx); cause != nil && status.Code(cause) != codes.Unknown {
+		return cause
+	}
+	return err
+}
+
+// receiveHello waits for the stream's first message, which must be Hello.
+func (s *deviceService) receiveHello(ctx context.Context, gs grpc.BidiStreamingServer[devicev1.SyncRequest, devicev1.SyncResponse]) (*devicev1.Hello, error) {
+	type result struct {
+		msg *devicev1.SyncRequest
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		m, err := gs.Recv()
+		got <- result{m, err}
+	}()
+	timer := time.NewTimer(s.limits.HelloTimeout)
+	defer timer.Stop()
+	select {
+	case r := <-got:
+		if r.err != nil {
+			return nil, r.err
+		}
+		hello := r.msg.GetHello()
+		if hello == nil {
+			return nil, status.Error(codes.FailedPrecondition, "the first message of a stream must be Hello")
+		}
+		return hello, nil
+	case <-timer.C:
+		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %v", s.limits.HelloTimeout)
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// syncStream is one device's open stream.
+type syncStream struct {
+	svc *deviceService
+	id  string
+	log *slog.Logger
+	gs  grpc.BidiStreamingServer[devicev1.SyncRequest, devicev1.SyncResponse]
+	ctx context.Context
+
+	// out carries answers from the receive loop to the send loop.
+	out chan *devicev1.SyncResponse
+	// resend asks the send loop to send the newest Delta again to a device
+	// that reported on an older version.
+	resend chan uint64
+	// lastSent is the newest desired version the device has, or was sent.
+	// Only the send loop touches it.
+	lastSent uint64
+	limiter  *rate.Limiter
+	// changed signals that the device's desired state may have changed.
+	changed <-chan struct{}
+}
+
+// receiveLoop handles the device's messages in order until the stream ends.
+func (st *syncStream) receiveLoop() error {
+	for {
+		msg, err := st.gs.Recv()
+		if err != nil {
+			return err
+		}
+		if !st.limiter.Allow() {
+			return status.Errorf(codes.ResourceExhausted, "more than %g messages per second", st.svc.limits.MessagesPerSecond)
+		}
+		if err := st.handle(msg); err != nil {
+			return err
+		}
+	}
+}
+
+func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
+	ctx := st.ctx
+	switch m := msg.GetMessage().(type) {
+	case *devicev1.SyncRequest_Report:
+		st.svc.metrics.received.WithLabelValues("report").Inc()
+		return st.report(m.Report)
+	case *devicev1.SyncRequest_Progress:
+		st.svc.metrics.received.WithLabelValues("progress").Inc()
+		p := m.Progress
+		_, err := st.svc.replica.Progress(ctx, st.id, replica.Progress{
+			JobID: p.GetJobId(), DesiredVersion: p.GetDesiredVersion(), Step: stepFromProto(p.GetStep()), Percent: p.GetPercent(),
+		})
+		if err != nil {
+			return grpcError(ctx, st.log, err)
+		}
+		return nil
+	case *devicev1.SyncRequest_Ack:
+		st.svc.metrics.received.WithLabelValues("ack").Inc()
+		return nil
+	case *devicev1.SyncRequest_Hello:
+		return status.Error(codes.FailedPrecondition, "Hello may be sent only once, first")
+	default:
+		return status.Error(codes.InvalidArgument, "empty message")
+	}
+}
+
+func (st *syncStream) report(r *devicev1.Report) error {
+	ctx := st.ctx
+	out, err := st.svc.replica.Report(ctx, st.id, reportFromProto(r))
+	if err != nil {
+		return grpcError(ctx, st.log, err)
+	}
+	var resp *devicev1.SyncResponse
+	if out.Accepted {
+		st.svc.metrics.reports.WithLabelValues("accepted").Inc()
+		resp = &devicev1.SyncResponse{Message: &devicev1.SyncResponse_Accepted{Accepted: &devicev1.Accepted{
+			JobId: r.GetJobId(), DesiredVersion: r.GetDesiredVersion(),
+			ReportedVersion: out.Device.Reported.Version, Superseded: out.Superseded,
+		}}}
+	} else {
+		st.svc.metrics.reports.WithLabelValues("rejected").Inc()
+		resp = &devicev1.SyncResponse{Message: &devicev1.SyncResponse_Rejected{Rejected: &devicev1.Rejected{
+			JobId: r.GetJobId(), DesiredVersion: r.GetDesiredVersion(),
+			Code: rejectCodes[out.Code], Reason: out.Reason,
+			CurrentDesiredVersion: out.Device.Desired.Version,
+		}}}
+	}
+	select {
+	case st.out <- resp:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	if out.Superseded {
+		select {
+		case st.resend <- r.GetDesiredVersion():
+		default: // one pending resend is enough: it sends the newest
+		}
+	}
+	return nil
+}
+
+// sendLoop is the only sender on the stream. It sends the newest Delta when
+// the device is behind, answers from the receive loop, and pings.
+func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
+	if err := st.sendDeltaIfAhead(dev); err != nil {
+		return err
+	}
+	ping := time.NewTicker(st.svc.limits.PingInterval)
+	defer ping.Stop()
+	var pingID uint64
+	for {
+		select {
+		case <-st.ctx.Done():
+			return context.Cause(st.ctx)
+		case err := <-recvDone:
+			return err
+		case resp := <-st.out:
+			if err := st.gs.Send(resp); err != nil {
+				return err
+			}
+		case v := <-st.resend:
+			// Drain answers first, so Accepted goes out before the Delta.
+			if err := st.flush(); err != nil {
+				return err
+			}
+			st.lastSent = min(st.lastSent, v)
+			if err := st.refresh(); err != nil {
+				return err
+			}
+		case <-st.changed:
+			if err := st.refresh(); err != nil {
+				return err
+			}
+		case <-ping.C:
+			pingID++
+			if err := st.gs.Send(&devicev1.SyncResponse{Message: &devicev1.SyncResponse_Ping{Ping: &devicev1.Ping{Id: pingID}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// refresh reads the device and sends the newest Delta if it is ahead.
+func (st *syncStream) refresh() error {
+	dev, err := st.svc.replica.GetDevice(st.ctx, st.id)
+	if err != nil {
+		return grpcError(st.ctx, st.log, err)
+	}
+	return st.sendDeltaIfAhead(dev)
+}
+
+func (st *syncStream) sendDeltaIfAhead(dev store.Device) error {
+	if dev.Desired.Version <= st.lastSent {
+		return nil
+	}
+	delta := deltaToProto(dev)
+	if err := st.gs.Send(&devicev1.SyncResponse{Message: &devicev1.SyncResponse_Delta{Delta: delta}}); err != nil {
+		return err
+	}
+	st.lastSent = dev.Desired.Version
+	st.svc.metrics.deltas.Inc()
+	st.log.DebugContext(st.ctx, "delta sent", "version", delta.DesiredVersion, "job", delta.JobId)
+	return nil
+}
+
+// flush sends the answers already queued.
+func (st *syncStream) flush() error {
+	for {
+		select {
+		case resp := <-st.out:
+			if err := st.gs.Send(resp); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+// sessions tracks the open stream of each device, so that a newer stream
+// replaces an older one and shutdown can end them all.
+type sessions struct {
+	mu     sync.Mutex
+	byID   map[string]*session
+	closed bool
+}
+
+type session struct {
+	cancel context.CancelCauseFunc
+}
+
+func newSessions() *sessions { return &sessions{byID: make(map[string]*session)} }
+
+// add registers a stream; an older stream of the same device is ended. The
+// returned function unregisters it.
+func (s *sessions) add(id string, cancel context.CancelCauseFunc) func() {
+	me := &session{cancel: cancel}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel(errShuttingDown)
+		return func() {}
+	}
+	if old := s.byID[id]; old != nil {
+		old.cancel(errReplaced)
+	}
+	s.byID[id] = me
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.byID[id] == me {
+			delete(s.byID, id)
+		}
+	}
+}
+
+// closeAll ends every stream and refuses new ones.
+func (s *sessions) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for _, sess := range s.byID {
+		sess.cancel(errShuttingDown)
+	}
+}
+
+// count returns the number of open streams.
+func (s *sessions) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.byID)
+}

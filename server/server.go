@@ -1,0 +1,278 @@
+// Package server is ferryd's transport and lifecycle: the device port (gRPC,
+// mutual TLS 1.3), the back-office port (Connect handlers on net/http, gRPC
+// health and reflection, Prometheus metrics), proto <-> domain conversion,
+// authentication, the one mapping of domain errors to status codes, and a
+// graceful stop that is bounded in time.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	grpccreds "google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ferryhq/ferry/credentials"
+	credentialsv1 "github.com/ferryhq/ferry/proto/ferry/credentials/v1"
+	"github.com/ferryhq/ferry/proto/ferry/credentials/v1/credentialsv1connect"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
+	"github.com/ferryhq/ferry/proto/ferry/repository/v1/repositoryv1connect"
+	"github.com/ferryhq/ferry/replica"
+	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/store/bolt"
+	"github.com/ferryhq/ferry/store/redis"
+)
+
+// Server is a running ferryd. New opens its store and listeners; Run
+// serves until its context ends, then stops gracefully.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	devices  store.Devices
+	metrics  *metrics
+	sessions *sessions
+	health   *grpchealth.StaticChecker
+	grpc     *grpc.Server
+	http     *http.Server
+	deviceLn net.Listener
+	apiLn    net.Listener
+	dev      *credentials.DevFiles
+}
+
+// servedNames are the services whose health is reported.
+var servedNames = []string{
+	devicev1.DeviceService_ServiceDesc.ServiceName,
+	fleetv1connect.FleetServiceName,
+	fleetv1connect.RolloutServiceName,
+	repositoryv1connect.RepositoryServiceName,
+	credentialsv1connect.CredentialServiceName,
+}
+
+// New validates cfg, creates the development PKI if it is used, opens the
+// store and binds both ports. Close releases all of it if Run is not called.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, metrics: newMetrics(), sessions: newSessions()}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if cfg.DevPKI() {
+		dev, err := credentials.EnsureDev(filepath.Join(cfg.DataDir, "pki"), credentials.DevOptions{
+			TrustDomain: cfg.TrustDomain, Hosts: cfg.Dev.Hosts, Devices: cfg.Dev.Devices, CertTTL: cfg.Dev.CertTTL,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("development PKI: %w", err)
+		}
+		s.dev = &dev
+		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.DeviceCAFile, cfg.OperatorKeysFile = dev.ServerCert, dev.ServerKey, dev.CACert, dev.Operators
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	deviceCAs, err := credentials.ReadCertFile(cfg.DeviceCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("device CA: %w", err)
+	}
+	operators, err := credentials.LoadOperatorKeys(cfg.OperatorKeysFile)
+	if err != nil {
+		return nil, fmt.Errorf("operator keys: %w", err)
+	}
+
+	if cfg.RedisURL != "" {
+		s.devices, err = redis.Open(ctx, cfg.RedisURL, cfg.RedisPrefix)
+	} else {
+		s.devices, err = bolt.Open(filepath.Join(cfg.DataDir, "ferry.db"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	rep := replica.New(replica.Config{Devices: s.devices, Logger: log})
+	if s.dev != nil {
+		for _, id := range cfg.Dev.Devices {
+			if _, err := rep.Register(ctx, id, map[string]string{"group": "dev"}); err != nil {
+				return nil, fmt.Errorf("register development device %s: %w", id, err)
+			}
+		}
+	}
+
+	s.grpc = s.newDeviceServer(cert, deviceCAs, rep)
+	s.http = s.newAPIServer(cert, operators, rep)
+	if s.deviceLn, err = net.Listen("tcp", cfg.DeviceAddr); err != nil {
+		return nil, fmt.Errorf("device port: %w", err)
+	}
+	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+		return nil, fmt.Errorf("API port: %w", err)
+	}
+	return s, nil
+}
+
+func (s *Server) newDeviceServer(cert tls.Certificate, cas []*x509.Certificate, rep *replica.Service) *grpc.Server {
+	pool := x509.NewCertPool()
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	tlsConfig := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+	}
+	l := s.cfg.Device
+	g := grpc.NewServer(
+		grpc.Creds(grpccreds.NewTLS(tlsConfig)),
+		grpc.MaxRecvMsgSize(l.MaxMessageBytes),
+		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: false}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout}),
+		grpc.ChainStreamInterceptor(deviceIdentity(s.cfg.TrustDomain)),
+		grpc.ChainUnaryInterceptor(deviceIdentityUnary(s.cfg.TrustDomain)),
+	)
+	devicev1.RegisterDeviceServiceServer(g, &deviceService{
+		replica: rep, limits: l, log: s.log, metrics: s.metrics, sessions: s.sessions,
+	})
+	credentialsv1.RegisterCredentialServiceServer(g, credentialsv1.UnimplementedCredentialServiceServer{})
+	return g
+}
+
+func (s *Server) newAPIServer(cert tls.Certificate, auth Authenticator, rep *replica.Service) *http.Server {
+	guarded := connect.WithInterceptors(operatorAuth{auth: auth})
+	mux := http.NewServeMux()
+	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, log: s.log}, guarded))
+	mux.Handle(fleetv1connect.NewRolloutServiceHandler(fleetv1connect.UnimplementedRolloutServiceHandler{}, guarded))
+	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(repositoryv1connect.UnimplementedRepositoryServiceHandler{}, guarded))
+	// Devices authenticate to CredentialService themselves (enrollment
+	// token or certificate), not with operator credentials.
+	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(credentialsv1connect.UnimplementedCredentialServiceHandler{}))
+
+	s.health = grpchealth.NewStaticChecker(servedNames...)
+	mux.Handle(grpchealth.NewHandler(s.health)) // the one anonymous endpoint
+	reflector := grpcreflect.NewStaticReflector(servedNames...)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, guarded))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, guarded))
+	mux.Handle("/metrics", requireOperator(auth, credentials.RoleViewer,
+		promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
+
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		TLSConfig: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{cert},
+			NextProtos:   []string{"h2", "http/1.1"},
+		},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// DeviceAddr returns the address the device port listens on.
+func (s *Server) DeviceAddr() string { return s.deviceLn.Addr().String() }
+
+// APIAddr returns the address the back-office port listens on.
+func (s *Server) APIAddr() string { return s.apiLn.Addr().String() }
+
+// DevFiles returns the development PKI's paths, if ferryd uses it.
+func (s *Server) DevFiles() (credentials.DevFiles, bool) {
+	if s.dev == nil {
+		return credentials.DevFiles{}, false
+	}
+	return *s.dev, true
+}
+
+// Run serves both ports until ctx ends, then stops gracefully: health turns
+// NOT_SERVING, device streams are told to close, in-flight calls get
+// ShutdownTimeout to finish, and then connections are cut.
+func (s *Server) Run(ctx context.Context) error {
+	backend := "embedded (" + filepath.Join(s.cfg.DataDir, "ferry.db") + ")"
+	if s.cfg.RedisURL != "" {
+		backend = "redis"
+	}
+	s.log.Info("ferryd listening", "device_port", s.DeviceAddr(), "api_port", "https://"+s.APIAddr(), "store", backend)
+	if dev, ok := s.DevFiles(); ok {
+		s.log.Info("development credentials", "ca", dev.CACert, "operator_token", dev.OperatorToken, "device_certificates", dev.DevicesDir)
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(s.deviceLn) }()
+	go func() { errc <- s.http.ServeTLS(s.apiLn, "", "") }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		serveErr = fmt.Errorf("serve: %w", serveErr)
+	}
+	s.shutdown()
+	if err := s.devices.Close(); err != nil && serveErr == nil {
+		serveErr = fmt.Errorf("close store: %w", err)
+	}
+	return serveErr
+}
+
+func (s *Server) shutdown() {
+	start := time.Now()
+	s.log.Info("shutting down", "open_streams", s.sessions.count())
+	s.health.SetStatus("", grpchealth.StatusNotServing)
+	for _, name := range servedNames {
+		s.health.SetStatus(name, grpchealth.StatusNotServing)
+	}
+	s.sessions.closeAll()
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			s.grpc.Stop()
+		}
+	})
+	wg.Go(func() {
+		if err := s.http.Shutdown(ctx); err != nil {
+			s.http.Close()
+		}
+	})
+	wg.Wait()
+	s.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// Close releases what New opened, for a Server that will not Run.
+func (s *Server) Close() error {
+	var errs []error
+	for _, l := range []net.Listener{s.deviceLn, s.apiLn} {
+		if l != nil {
+			errs = append(errs, l.Close())
+		}
+	}
+	if s.devices != nil {
+		errs = append(errs, s.devices.Close())
+	}
+	return errors.Join(errs...)
+}
