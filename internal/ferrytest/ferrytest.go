@@ -1,0 +1,293 @@
+// Package ferrytest starts real ferryd servers for tests and gives them
+// real clients: devices over mutual TLS, operators over Connect.
+package ferrytest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	grpccreds "google.golang.org/grpc/credentials"
+
+	"github.com/ferryhq/ferry/credentials"
+	"github.com/ferryhq/ferry/internal/testredis"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
+	"github.com/ferryhq/ferry/server"
+)
+
+// Backend names a store backend.
+type Backend string
+
+// The backends ferryd can run on.
+const (
+	Embedded Backend = "embedded"
+	Redis    Backend = "redis"
+)
+
+// Backends lists every backend; tests of the whole server run on each.
+var Backends = []Backend{Embedded, Redis}
+
+// Ferryd is a ferryd running in the test process.
+type Ferryd struct {
+	*server.Server
+	Dev credentials.DevFiles
+	// Stop stops the server and returns Run's error; it is also called at
+	// the end of the test.
+	Stop func() error
+}
+
+// Start runs a ferryd on loopback ports with the development PKI and the
+// given backend. edit may change the configuration first.
+func Start(t testing.TB, backend Backend, edit func(*server.Config)) *Ferryd {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.DeviceAddr, cfg.APIAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.TrustDomain = "ferry.test"
+	if backend == Redis {
+		cfg.RedisURL = testredis.URL(t)
+		cfg.RedisPrefix = testredis.Prefix(t)
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, log)
+	if err != nil {
+		cancel()
+		t.Fatalf("start ferryd: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	stopped := false
+	var runErr error
+	stop := func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				t.Error("ferryd did not stop")
+			}
+		}
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("ferryd: %v", err)
+		}
+	})
+	dev, _ := srv.DevFiles()
+	return &Ferryd{Server: srv, Dev: dev, Stop: stop}
+}
+
+// testWriter sends the server's log to the test's log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// CAPool returns the development CA as a certificate pool.
+func (f *Ferryd) CAPool(t testing.TB) *x509.CertPool {
+	t.Helper()
+	certs, err := credentials.ReadCertFile(f.Dev.CACert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool
+}
+
+// OperatorToken returns the development operator's API key.
+func (f *Ferryd) OperatorToken(t testing.TB) string {
+	t.Helper()
+	raw, err := os.ReadFile(f.Dev.OperatorToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(raw))
+}
+
+// DeviceTLS returns the TLS configuration of a development device.
+func (f *Ferryd) DeviceTLS(t testing.TB, id string) *tls.Config {
+	t.Helper()
+	certPath, keyPath := f.Dev.DeviceCert(id)
+	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{RootCAs: f.CAPool(t), Certificates: []tls.Certificate{cert}, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+}
+
+// DeviceConn connects to the device port with tlsConfig.
+func (f *Ferryd) DeviceConn(t testing.TB, tlsConfig *tls.Config) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(f.DeviceAddr(), grpc.WithTransportCredentials(grpccreds.NewTLS(tlsConfig)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Device is a device's open Sync stream.
+type Device struct {
+	t      testing.TB
+	Stream grpc.BidiStreamingClient[devicev1.SyncRequest, devicev1.SyncResponse]
+	cancel context.CancelFunc
+}
+
+// OpenDevice opens development device id's stream and sends hello.
+func (f *Ferryd) OpenDevice(t testing.TB, id string, hello *devicev1.Hello) *Device {
+	t.Helper()
+	conn := f.DeviceConn(t, f.DeviceTLS(t, id))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := devicev1.NewDeviceServiceClient(conn).Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Device{t: t, Stream: stream, cancel: cancel}
+	d.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Hello{Hello: hello}})
+	return d
+}
+
+// Send sends msg or fails the test.
+func (d *Device) Send(msg *devicev1.SyncRequest) {
+	d.t.Helper()
+	if err := d.Stream.Send(msg); err != nil {
+		d.t.Fatalf("device send: %v", err)
+	}
+}
+
+// Recv returns the next message that is not a Ping, failing the test after
+// a timeout.
+func (d *Device) Recv() *devicev1.SyncResponse {
+	d.t.Helper()
+	msg, err := d.RecvErr()
+	if err != nil {
+		d.t.Fatalf("device receive: %v", err)
+	}
+	return msg
+}
+
+// RecvErr returns the next message that is not a Ping, or the stream's
+// error.
+func (d *Device) RecvErr() (*devicev1.SyncResponse, error) {
+	type result struct {
+		msg *devicev1.SyncResponse
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		for {
+			m, err := d.Stream.Recv()
+			if err == nil && m.GetPing() != nil {
+				continue
+			}
+			got <- result{m, err}
+			return
+		}
+	}()
+	select {
+	case r := <-got:
+		return r.msg, r.err
+	case <-time.After(10 * time.Second):
+		d.cancel()
+		return nil, io.ErrNoProgress
+	}
+}
+
+// Close ends the device's stream.
+func (d *Device) Close() { d.cancel() }
+
+// HTTPClient returns an HTTP/2 client that trusts the development CA.
+func (f *Ferryd) HTTPClient(t testing.TB) *http.Client {
+	return &http.Client{Transport: &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: f.CAPool(t), ServerName: "localhost"}}}
+}
+
+// APIURL is the base URL of the back-office port.
+func (f *Ferryd) APIURL() string { return "https://" + f.APIAddr() }
+
+// Bearer returns a client option that sends an operator API key.
+func Bearer(key string) connect.ClientOption {
+	return connect.WithInterceptors(bearer(key))
+}
+
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+string(b))
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
+		return conn
+	}
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// Fleet returns a FleetService client with the development operator's
+// credential; opts may add connect.WithGRPC() and the like.
+func (f *Ferryd) Fleet(t testing.TB, opts ...connect.ClientOption) fleetv1connect.FleetServiceClient {
+	opts = append([]connect.ClientOption{Bearer(f.OperatorToken(t))}, opts...)
+	return fleetv1connect.NewFleetServiceClient(f.HTTPClient(t), f.APIURL(), opts...)
+}
+
+// AddOperator writes an extra operator key into the development PKI of a
+// server that has not started yet; call it from Start's edit function. It
+// returns the key.
+func AddOperator(t testing.TB, cfg *server.Config, name string, role credentials.Role) string {
+	t.Helper()
+	dev, err := credentials.EnsureDev(filepath.Join(cfg.DataDir, "pki"), credentials.DevOptions{
+		TrustDomain: cfg.TrustDomain, CertTTL: cfg.Dev.CertTTL, Hosts: cfg.Dev.Hosts, Devices: cfg.Dev.Devices,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(dev.Operators)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []credentials.OperatorKey
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		t.Fatal(err)
+	}
+	key, err := credentials.NewAPIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys = append(keys, credentials.OperatorKey{Name: name, Role: role, KeySHA256: credentials.HashAPIKey(key)})
+	if err := credentials.WriteOperatorKeys(dev.Operators, keys); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}

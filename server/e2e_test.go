@@ -1,0 +1,227 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferryhq/ferry/internal/ferrytest"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+)
+
+const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+func bundle(path string) *devicev1.Bundle {
+	return &devicev1.Bundle{TargetPath: path, Length: 4096, Sha256: sum}
+}
+
+// TestWalkingSkeleton is the update pattern end to end, on each backend: a
+// device opens its stream over mutual TLS, an operator sets desired state
+// (Connect, gRPC and plain HTTP JSON), the device receives each Delta,
+// reports, gets Accepted, and the operator reads the report back.
+func TestWalkingSkeleton(t *testing.T) {
+	for _, backend := range ferrytest.Backends {
+		t.Run(string(backend), func(t *testing.T) {
+			f := ferrytest.Start(t, backend, nil)
+			ctx := context.Background()
+			dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{
+				AgentVersion: "ferry-agent/test",
+				Reported:     &devicev1.ReportedState{Bundle: bundle("gw/fw-1.0.bin")},
+			})
+
+			// Desired state through three protocols; each reaches the device
+			// as a Delta with the next version.
+			setters := []struct {
+				name string
+				set  func(t *testing.T, req *fleetv1.SetDesiredStateRequest) *fleetv1.Device
+			}{
+				{"connect", func(t *testing.T, req *fleetv1.SetDesiredStateRequest) *fleetv1.Device {
+					resp, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(req))
+					if err != nil {
+						t.Fatal(err)
+					}
+					return resp.Msg.GetDevice()
+				}},
+				{"grpc", func(t *testing.T, req *fleetv1.SetDesiredStateRequest) *fleetv1.Device {
+					resp, err := f.Fleet(t, connect.WithGRPC()).SetDesiredState(ctx, connect.NewRequest(req))
+					if err != nil {
+						t.Fatal(err)
+					}
+					return resp.Msg.GetDevice()
+				}},
+				{"http-json", func(t *testing.T, req *fleetv1.SetDesiredStateRequest) *fleetv1.Device {
+					var resp fleetv1.SetDesiredStateResponse
+					postJSON(t, f, "/ferry.fleet.v1.FleetService/SetDesiredState", req, &resp)
+					return resp.GetDevice()
+				}},
+			}
+			var last *devicev1.Delta
+			for i, s := range setters {
+				version := uint64(i + 1)
+				target := "gw/fw-2.0." + s.name + ".bin"
+				got := s.set(t, &fleetv1.SetDesiredStateRequest{
+					DeviceId: "dev-1",
+					Document: &devicev1.DesiredDocument{Bundle: bundle(target), Config: map[string]string{"log.level": "debug"}},
+				})
+				if got.GetDesired().GetVersion() != version || got.GetDesired().GetSetBy() != "operator:dev-admin" {
+					t.Fatalf("%s: desired %v", s.name, got.GetDesired())
+				}
+				delta := dev.Recv().GetDelta()
+				if delta.GetDesiredVersion() != version || delta.GetDesired().GetBundle().GetTargetPath() != target ||
+					delta.GetJobId() != got.GetDesired().GetJobId() {
+					t.Fatalf("%s: delta %v, want version %d of %s", s.name, delta, version, target)
+				}
+				if want := []string{"bundle", "config.log.level"}; !equalStrings(delta.GetChangedFields(), want) {
+					t.Errorf("%s: changed fields %q, want %q", s.name, delta.GetChangedFields(), want)
+				}
+				last = delta
+			}
+
+			dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Progress{Progress: &devicev1.Progress{
+				JobId: last.GetJobId(), DesiredVersion: last.GetDesiredVersion(), Step: devicev1.Step_STEP_INSTALLING,
+			}}})
+			report := &devicev1.Report{
+				JobId:          last.GetJobId(),
+				DesiredVersion: last.GetDesiredVersion(),
+				Status:         devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+				Reported:       &devicev1.ReportedState{Bundle: last.GetDesired().GetBundle(), Config: last.GetDesired().GetConfig()},
+			}
+			dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: report}})
+			accepted := dev.Recv().GetAccepted()
+			if accepted.GetDesiredVersion() != 3 || accepted.GetJobId() != last.GetJobId() || accepted.GetSuperseded() {
+				t.Fatalf("answer to the report: %v, want Accepted for version 3", accepted)
+			}
+
+			// A replayed report is rejected and changes nothing.
+			dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: report}})
+			rejected := dev.Recv().GetRejected()
+			if rejected.GetCode() != devicev1.RejectCode_REJECT_CODE_STALE || rejected.GetCurrentDesiredVersion() != 3 {
+				t.Fatalf("answer to a replayed report: %v, want Rejected STALE", rejected)
+			}
+
+			got, err := f.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := got.Msg.GetDevice()
+			if d.GetReported().GetDesiredVersion() != 3 ||
+				d.GetReported().GetState().GetBundle().GetTargetPath() != last.GetDesired().GetBundle().GetTargetPath() ||
+				d.GetJob().GetStatus() != devicev1.JobStatus_JOB_STATUS_SUCCEEDED ||
+				d.GetReported().GetAgentVersion() != "ferry-agent/test" || d.GetLastSeenTime() == nil {
+				t.Errorf("device after the report: %v", d)
+			}
+		})
+	}
+}
+
+// TestDeltaOnReconnect: a change made while the device is offline reaches it
+// when it says hello with an older applied version, and not when it is up
+// to date.
+func TestDeltaOnReconnect(t *testing.T) {
+	for _, backend := range ferrytest.Backends {
+		t.Run(string(backend), func(t *testing.T) {
+			f := ferrytest.Start(t, backend, nil)
+			ctx := context.Background()
+			for range 2 {
+				_, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+					DeviceId: "dev-2", Document: &devicev1.DesiredDocument{Bundle: bundle("gw/fw.bin")},
+				}))
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			dev := f.OpenDevice(t, "dev-2", &devicev1.Hello{LastAppliedDesiredVersion: 1})
+			if v := dev.Recv().GetDelta().GetDesiredVersion(); v != 2 {
+				t.Fatalf("delta on hello: version %d, want 2", v)
+			}
+			dev.Close()
+
+			upToDate := f.OpenDevice(t, "dev-2", &devicev1.Hello{LastAppliedDesiredVersion: 2})
+			upToDate.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{
+				JobId: "job-x", DesiredVersion: 9, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+			}}})
+			// The first message is the answer to the report: no Delta came.
+			msg := upToDate.Recv()
+			if msg.GetRejected().GetCode() != devicev1.RejectCode_REJECT_CODE_UNKNOWN_VERSION {
+				t.Fatalf("first message to an up-to-date device: %v", msg)
+			}
+		})
+	}
+}
+
+// TestSupersededReport: a report for an older desired version is recorded,
+// closes that job as superseded, and is followed by the newest Delta.
+func TestSupersededReport(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	ctx := context.Background()
+	dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{})
+	set := func(path string) {
+		_, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+			DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Bundle: bundle(path)},
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("a.bin")
+	first := dev.Recv().GetDelta()
+	set("b.bin")
+	second := dev.Recv().GetDelta()
+	dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{
+		JobId: first.GetJobId(), DesiredVersion: 1, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+		Reported: &devicev1.ReportedState{Bundle: bundle("a.bin")},
+	}}})
+	if a := dev.Recv().GetAccepted(); !a.GetSuperseded() {
+		t.Fatalf("answer: %v, want Accepted and superseded", a)
+	}
+	again := dev.Recv().GetDelta()
+	if !proto.Equal(again, second) {
+		t.Errorf("after a superseded report: %v, want the newest delta %v", again, second)
+	}
+}
+
+func postJSON(t *testing.T, f *ferrytest.Ferryd, path string, req, resp proto.Message) {
+	t.Helper()
+	body, err := protojson.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hreq, _ := http.NewRequest(http.MethodPost, f.APIURL()+path, bytes.NewReader(body))
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Authorization", "Bearer "+f.OperatorToken(t))
+	hresp, err := f.HTTPClient(t).Do(hreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hresp.Body.Close()
+	raw, _ := io.ReadAll(hresp.Body)
+	if hresp.StatusCode != http.StatusOK {
+		t.Fatalf("POST %s: %s: %s", path, hresp.Status, raw)
+	}
+	if err := protojson.Unmarshal(raw, resp); err != nil {
+		t.Fatalf("POST %s: %v in %s", path, err, raw)
+	}
+	if !json.Valid(raw) {
+		t.Fatalf("POST %s: not JSON: %s", path, raw)
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
