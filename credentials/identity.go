@@ -20,6 +20,12 @@ var ErrUnauthenticated = errors.New("unauthenticated")
 
 var deviceIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
+var trustDomainPattern = regexp.MustCompile(`^[a-z0-9._-]{1,255}$`)
+
+// ValidTrustDomain reports whether td is a SPIFFE trust domain name:
+// lowercase letters, digits, '.', '_' and '-'.
+func ValidTrustDomain(td string) bool { return trustDomainPattern.MatchString(td) }
+
 // ValidDeviceID reports whether id is a well-formed device id: 1 to 128
 // letters, digits, '.', '_' or '-', starting with a letter or digit.
 func ValidDeviceID(id string) bool { return deviceIDPattern.MatchString(id) }

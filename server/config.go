@@ -125,8 +125,8 @@ func (c Config) Validate() error {
 		check(err == nil, "%s %q: want host:port", name, addr)
 	}
 	check(c.DataDir != "", "data directory is required")
-	check(c.TrustDomain != "" && credentials.DeviceURI(c.TrustDomain, "x").Host == c.TrustDomain,
-		"trust domain %q is not a valid host name", c.TrustDomain)
+	check(credentials.ValidTrustDomain(c.TrustDomain),
+		"trust domain %q: want lowercase letters, digits, '.', '_' and '-'", c.TrustDomain)
 	if !c.DevPKI() {
 		check(c.TLSCertFile != "" && c.TLSKeyFile != "" && c.DeviceCAFile != "" && c.OperatorKeysFile != "",
 			"TLS certificate, TLS key, device CA and operator keys files go together: give all four, or none for the development PKI")

@@ -15,6 +15,7 @@ import (
 	"github.com/ferryhq/ferry/internal/ferrytest"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+	"github.com/ferryhq/ferry/server"
 )
 
 const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -224,4 +225,35 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// BenchmarkUpdateCycle measures one whole update round trip through a real
+// ferryd: SetDesiredState over Connect, the Delta on the device's stream,
+// the device's Report, and the Accepted answer.
+func BenchmarkUpdateCycle(b *testing.B) {
+	for _, backend := range ferrytest.Backends {
+		b.Run(string(backend), func(b *testing.B) {
+			f := ferrytest.Start(b, backend, func(cfg *server.Config) { cfg.Device.MessagesPerSecond = 1e9 })
+			ctx := context.Background()
+			fleet := f.Fleet(b)
+			dev := f.OpenDevice(b, "dev-1", &devicev1.Hello{})
+			req := connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+				DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Bundle: bundle("gw/fw.bin")},
+			})
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := fleet.SetDesiredState(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				delta := dev.Recv().GetDelta()
+				dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{
+					JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(),
+					Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED, Reported: &devicev1.ReportedState{Bundle: bundle("gw/fw.bin")},
+				}}})
+				if dev.Recv().GetAccepted() == nil {
+					b.Fatal("report not accepted")
+				}
+			}
+		})
+	}
 }

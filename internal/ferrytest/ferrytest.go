@@ -65,6 +65,9 @@ func Start(t testing.TB, backend Backend, edit func(*server.Config)) *Ferryd {
 		edit(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, ok := t.(*testing.B); ok {
+		log = slog.New(slog.DiscardHandler) // keep benchmark output to results
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg, log)
 	if err != nil {

@@ -64,3 +64,13 @@ func TestLocked(t *testing.T) {
 		t.Fatal("opened a database file that is in use")
 	}
 }
+
+func BenchmarkStore(b *testing.B) {
+	storetest.Bench(b, func(b *testing.B) store.Devices {
+		s, err := bolt.Open(filepath.Join(b.TempDir(), "ferry.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	})
+}

@@ -51,3 +51,14 @@ func TestListSkipsHalfCreated(t *testing.T) {
 		t.Errorf("ListDevices = %+v, want only \"real\"", got)
 	}
 }
+
+func BenchmarkStore(b *testing.B) {
+	url := testredis.URL(b)
+	storetest.Bench(b, func(b *testing.B) store.Devices {
+		s, err := redis.Open(context.Background(), url, testredis.Prefix(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s
+	})
+}

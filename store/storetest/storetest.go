@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -312,4 +313,60 @@ func testConcurrentWriters(t *testing.T, s store.Devices) {
 	if got.Desired.Version != writers*each {
 		t.Errorf("desired version %d after %d successful writes", got.Desired.Version, writers*each)
 	}
+}
+
+// Bench runs the store benchmarks against the stores newStore returns.
+func Bench(b *testing.B, newStore func(b *testing.B) store.Devices) {
+	ctx := context.Background()
+	b.Run("GetDevice", func(b *testing.B) {
+		s := newStore(b)
+		defer s.Close()
+		if _, _, err := s.CreateDevice(ctx, newDevice("dev-1")); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.GetDevice(ctx, "dev-1"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("SetDesired", func(b *testing.B) {
+		s := newStore(b)
+		defer s.Close()
+		if _, _, err := s.CreateDevice(ctx, newDevice("dev-1")); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		v := uint64(0)
+		for b.Loop() {
+			if _, err := s.SetDesired(ctx, "dev-1", v, desired(v+1, "fw.bin")); err != nil {
+				b.Fatal(err)
+			}
+			v++
+		}
+	})
+	b.Run("SetReportedParallel", func(b *testing.B) {
+		// Many devices reporting at once, one writer per device.
+		s := newStore(b)
+		defer s.Close()
+		var next atomic.Int64
+		b.ReportAllocs()
+		b.SetParallelism(8) // 8 writers per core
+		b.RunParallel(func(pb *testing.PB) {
+			id := fmt.Sprintf("dev-%d", next.Add(1))
+			if _, _, err := s.CreateDevice(ctx, newDevice(id)); err != nil {
+				b.Error(err)
+				return
+			}
+			v := uint64(0)
+			for pb.Next() {
+				if _, err := s.SetReported(ctx, id, v, reported(v+1, 1)); err != nil {
+					b.Error(err)
+					return
+				}
+				v++
+			}
+		})
+	})
 }
