@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"golang.org/x/net/http2"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
+)
+
+// devPKI is where ferryd's development credentials are when it runs with
+// its defaults in the current directory.
+const devPKI = "ferry-data/pki"
+
+// app holds the settings shared by every command.
+type app struct {
+	server    string // base URL of ferryd's API port
+	token     string // operator API key
+	tokenFile string
+	caFile    string // CA that signed ferryd's certificate
+	output    string // table or json
+}
+
+func (a *app) bindFlags(root *cobra.Command) {
+	f := root.PersistentFlags()
+	f.StringVar(&a.server, "server", envOr("FERRY_SERVER", "https://localhost:8443"), "ferryd API URL [$FERRY_SERVER]")
+	f.StringVar(&a.token, "token", os.Getenv("FERRY_TOKEN"), "operator API key [$FERRY_TOKEN]")
+	f.StringVar(&a.tokenFile, "token-file", envOr("FERRY_TOKEN_FILE", devFile("operator.token")), "file holding the operator API key [$FERRY_TOKEN_FILE]")
+	f.StringVar(&a.caFile, "ca-file", envOr("FERRY_CA_FILE", devFile("ca.pem")), "CA certificate of ferryd's TLS certificate (default: system roots) [$FERRY_CA_FILE]")
+	f.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+}
+
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// devFile returns the path of a development credential if it exists.
+func devFile(name string) string {
+	p := filepath.Join(devPKI, name)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
+
+// httpClient returns an HTTP/2 client that trusts the configured CA.
+func (a *app) httpClient() (*http.Client, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if a.caFile != "" {
+		pem, err := os.ReadFile(a.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s: no PEM certificate", a.caFile)
+		}
+	}
+	return &http.Client{Transport: &http2.Transport{TLSClientConfig: cfg}}, nil
+}
+
+// apiKey returns the operator API key from --token or --token-file.
+func (a *app) apiKey() (string, error) {
+	if a.token != "" {
+		return a.token, nil
+	}
+	if a.tokenFile == "" {
+		return "", errors.New("no operator credential: give --token, --token-file, or FERRY_TOKEN")
+	}
+	raw, err := os.ReadFile(a.tokenFile)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	return strings.TrimSpace(string(raw)), nil
+}
+
+// clientOptions returns the Connect options every client uses: the
+// operator's credential on each call.
+func (a *app) clientOptions() ([]connect.ClientOption, error) {
+	key, err := a.apiKey()
+	if err != nil {
+		return nil, err
+	}
+	return []connect.ClientOption{connect.WithInterceptors(bearer(key))}, nil
+}
+
+// fleet returns a FleetService client.
+func (a *app) fleet() (fleetv1connect.FleetServiceClient, error) {
+	hc, err := a.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	opts, err := a.clientOptions()
+	if err != nil {
+		return nil, err
+	}
+	return fleetv1connect.NewFleetServiceClient(hc, a.server, opts...), nil
+}
+
+// printJSON writes a message as indented protobuf JSON.
+func printJSON(w io.Writer, m proto.Message) error {
+	raw, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(raw))
+	return err
+}
+
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+string(b))
+		return next(ctx, req)
+	}
+}
+
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
+		return conn
+	}
+}
+
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+)
+
+func newDeviceCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "device", Short: "Query and steer devices"}
+	cmd.AddCommand(newDeviceListCmd(a), newDeviceGetCmd(a), newDeviceSetDesiredCmd(a))
+	return cmd
+}
+
+func newDeviceListCmd(a *app) *cobra.Command {
+	var all bool
+	var pageSize uint32
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List devices with their desired and reported versions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fleet, err := a.fleet()
+			if err != nil {
+				return err
+			}
+			resp := &fleetv1.ListDevicesResponse{}
+			token := ""
+			for {
+				page, err := fleet.ListDevices(cmd.Context(), connect.NewRequest(&fleetv1.ListDevicesRequest{PageSize: pageSize, PageToken: token}))
+				if err != nil {
+					return err
+				}
+				resp.Devices = append(resp.Devices, page.Msg.GetDevices()...)
+				token = page.Msg.GetNextPageToken()
+				if token == "" || !all {
+					resp.NextPageToken = token
+					break
+				}
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			return deviceTable(cmd.OutOrStdout(), resp.GetDevices())
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", true, "follow pages to the end")
+	cmd.Flags().Uint32Var(&pageSize, "page-size", 500, "devices per request")
+	return cmd
+}
+
+func newDeviceGetCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "get DEVICE_ID",
+		Short: "Show one device",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fleet, err := a.fleet()
+			if err != nil {
+				return err
+			}
+			resp, err := fleet.GetDevice(cmd.Context(), connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: args[0]}))
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp.Msg)
+			}
+			return deviceTable(cmd.OutOrStdout(), []*fleetv1.Device{resp.Msg.GetDevice()})
+		},
+	}
+}
+
+func newDeviceSetDesiredCmd(a *app) *cobra.Command {
+	var (
+		bundle devicev1.Bundle
+		forced bool
+		config map[string]string
+		expect int64
+	)
+	cmd := &cobra.Command{
+		Use:   "set-desired DEVICE_ID",
+		Short: "Set a device's desired state: a bundle, configuration, or both",
+		Example: `  ferryctl device set-desired dev-1 --target gateway/fw-2.0.0.bin --length 1048576 \
+    --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --config log.level=debug`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fleet, err := a.fleet()
+			if err != nil {
+				return err
+			}
+			req := &fleetv1.SetDesiredStateRequest{
+				DeviceId: args[0],
+				Document: &devicev1.DesiredDocument{Forced: forced, Config: config},
+			}
+			if bundle.TargetPath != "" {
+				req.Document.Bundle = &bundle
+			}
+			if expect >= 0 {
+				v := uint64(expect)
+				req.ExpectedVersion = &v
+			}
+			resp, err := fleet.SetDesiredState(cmd.Context(), connect.NewRequest(req))
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp.Msg)
+			}
+			d := resp.Msg.GetDevice().GetDesired()
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: desired version %d, job %s\n", args[0], d.GetVersion(), d.GetJobId())
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&bundle.TargetPath, "target", "", "TUF target path of the bundle")
+	f.Uint64Var(&bundle.Length, "length", 0, "length of the bundle in bytes")
+	f.StringVar(&bundle.Sha256, "sha256", "", "SHA-256 of the bundle, hex")
+	f.BoolVar(&forced, "forced", false, "allow a downgrade")
+	f.StringToStringVar(&config, "config", nil, "configuration key=value (repeatable)")
+	f.Int64Var(&expect, "expect-version", -1, "apply only if the desired version is still this one")
+	return cmd
+}
+
+// deviceTable prints devices one a line.
+func deviceTable(w io.Writer, devs []*fleetv1.Device) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tDESIRED\tREPORTED\tRUNS\tJOB\tLAST SEEN")
+	for _, d := range devs {
+		job := "-"
+		if j := d.GetJob(); j != nil {
+			job = strings.TrimPrefix(j.GetStatus().String(), "JOB_STATUS_")
+			if s := j.GetStep(); s != devicev1.Step_STEP_UNSPECIFIED {
+				job += "/" + strings.TrimPrefix(s.String(), "STEP_")
+			}
+			if c := j.GetErrorCode(); c != "" {
+				job += " (" + c + ")"
+			}
+		}
+		runs := d.GetReported().GetState().GetBundle().GetTargetPath()
+		if runs == "" {
+			runs = "-"
+		}
+		fmt.Fprintf(tw, "%s\tv%d\tv%d\t%s\t%s\t%s\n", d.GetId(), d.GetDesired().GetVersion(),
+			d.GetReported().GetDesiredVersion(), runs, job, ago(d.GetLastSeenTime()))
+	}
+	return tw.Flush()
+}
+
+func ago(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "never"
+	}
+	return time.Since(t.AsTime()).Round(time.Second).String() + " ago"
+}

@@ -1,0 +1,38 @@
+// Command ferryctl is the Ferry CLI for operators and release engineers.
+//
+// Each group of commands lives in its own file (device.go, …) and registers
+// itself with the root command in newRootCmd. Connection settings come from
+// flags or FERRY_* environment variables; with neither, ferryctl uses the
+// development credentials in ./ferry-data/pki when they exist.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "ferryctl:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	a := &app{}
+	root := &cobra.Command{
+		Use:           "ferryctl",
+		Short:         "Operate a Ferry fleet and publish bundles",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	a.bindFlags(root)
+	root.AddCommand(newDeviceCmd(a))
+	return root
+}

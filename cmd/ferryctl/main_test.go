@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/ferryhq/ferry/internal/ferrytest"
+)
+
+// run runs ferryctl against f with args and returns its output.
+func run(t *testing.T, f *ferrytest.Ferryd, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(append([]string{"--server", f.APIURL(), "--ca-file", f.Dev.CACert, "--token-file", f.Dev.OperatorToken}, args...))
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestDeviceCommands(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	tests := []struct {
+		name    string
+		args    []string
+		want    []string // substrings of the output
+		wantErr string
+	}{
+		{"list", []string{"device", "list"}, []string{"DEVICE", "dev-1", "dev-3", "never"}, ""},
+		{"set desired", []string{"device", "set-desired", "dev-1", "--target", "gw/fw-2.bin", "--length", "10",
+			"--sha256", sum, "--config", "log.level=debug"}, []string{"dev-1: desired version 1, job job-"}, ""},
+		{"get", []string{"device", "get", "dev-1"}, []string{"dev-1", "v1", "QUEUED"}, ""},
+		{"get as JSON", []string{"device", "get", "dev-1", "-o", "json"}, []string{`"targetPath": "gw/fw-2.bin"`, `"log.level": "debug"`}, ""},
+		{"stale expected version", []string{"device", "set-desired", "dev-1", "--config", "a=b", "--expect-version", "0"}, nil, "aborted"},
+		{"bad target", []string{"device", "set-desired", "dev-1", "--target", "/etc/x", "--length", "1", "--sha256", sum}, nil, "invalid_argument: document.bundle.target_path"},
+		{"unknown device", []string{"device", "get", "nope"}, nil, "not_found"},
+		{"missing argument", []string{"device", "get"}, nil, "accepts 1 arg"},
+	}
+	for _, tt := range tests {
+		out, err := run(t, f, tt.args...)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: error %v, want %q", tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v\n%s", tt.name, err, out)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: output lacks %q:\n%s", tt.name, w, out)
+			}
+		}
+	}
+}
+
+func TestNoCredential(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"--server", f.APIURL(), "--ca-file", f.Dev.CACert, "--token-file", "", "device", "list"})
+	if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), "no operator credential") {
+		t.Errorf("without a credential: %v", err)
+	}
+	cmd = newRootCmd()
+	cmd.SetArgs([]string{"--server", f.APIURL(), "--ca-file", f.Dev.CACert, "--token", "ferry_wrong", "device", "list"})
+	if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), "unauthenticated") {
+		t.Errorf("with a wrong key: %v", err)
+	}
+}
