@@ -28,6 +28,9 @@ import (
 type Config struct {
 	// Devices is the store; required.
 	Devices store.Devices
+	// Changes carries change notices between ferryd instances. When nil,
+	// notices stay in this process.
+	Changes store.Changes
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now defaults to time.Now.
@@ -39,6 +42,7 @@ type Config struct {
 // Service is the replica. It is safe for concurrent use.
 type Service struct {
 	devices    store.Devices
+	changes    store.Changes
 	log        *slog.Logger
 	now        func() time.Time
 	maxRetries int
@@ -47,7 +51,7 @@ type Service struct {
 
 // New returns a replica on cfg.Devices.
 func New(cfg Config) *Service {
-	s := &Service{devices: cfg.Devices, log: cfg.Logger, now: cfg.Now, maxRetries: cfg.MaxRetries}
+	s := &Service{devices: cfg.Devices, changes: cfg.Changes, log: cfg.Logger, now: cfg.Now, maxRetries: cfg.MaxRetries}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -124,7 +128,9 @@ func (s *Service) SetDesired(ctx context.Context, id string, doc Document, setBy
 			SetBy:   setBy,
 			SetAt:   s.now().UTC(),
 		}
-		dev, err := s.devices.SetDesired(ctx, id, cur.Desired.Version, next)
+		ev := store.Event{Time: next.SetAt, Kind: EventDesiredSet, JobID: next.JobID, DesiredVersion: next.Version,
+			Status: string(StatusQueued), Actor: setBy, Message: next.Bundle.TargetPath}
+		dev, err := s.devices.SetDesired(ctx, id, cur.Desired.Version, next, store.Write{Event: ev})
 		if errors.Is(err, store.ErrConflict) && expect == nil {
 			continue
 		}
@@ -132,7 +138,7 @@ func (s *Service) SetDesired(ctx context.Context, id string, doc Document, setBy
 			return dev, err
 		}
 		s.log.InfoContext(ctx, "desired state set", "device", id, "version", next.Version, "job", next.JobID, "by", setBy)
-		s.hub.notify(id)
+		s.changed(ctx, id)
 		return dev, nil
 	}
 	return store.Device{}, fmt.Errorf("set desired state of %q: %w: gave up after %d attempts", id, store.ErrConflict, s.maxRetries)
@@ -155,28 +161,93 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 	if _, err := s.Register(ctx, id, nil); err != nil {
 		return store.Device{}, err
 	}
-	return s.updateReported(ctx, id, func(cur store.Device) (store.Reported, error) {
+	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
 		r := cur.Reported
 		r.AgentVersion = h.AgentVersion
 		r.Bundle, r.Config = h.State.Bundle, h.State.Config
 		r.LastSeen = s.now().UTC()
-		return r, nil
+		return r, store.Write{}, nil
 	})
+	if err == nil {
+		s.changed(ctx, id)
+	}
+	return dev, err
+}
+
+// Event kinds of a device's history.
+const (
+	EventDesiredSet    = "desired_set"    // an operator set a new desired state (job QUEUED)
+	EventJobProgress   = "job_progress"   // the device's job reached a step (IN_PROGRESS)
+	EventJobEnded      = "job_ended"      // the device reported how the job ended
+	EventJobSuperseded = "job_superseded" // the device reported on a job already replaced
+)
+
+// ListEvents returns up to limit of a device's events with a sequence
+// number below before (0: from the newest), newest first.
+func (s *Service) ListEvents(ctx context.Context, id string, before uint64, limit int) ([]store.Event, error) {
+	if err := validateDeviceID(id); err != nil {
+		return nil, err
+	}
+	return s.devices.ListEvents(ctx, id, before, limit)
+}
+
+// GetAttestation returns the signed report a device sent for a job.
+func (s *Service) GetAttestation(ctx context.Context, id, jobID string) (store.Attestation, error) {
+	if err := validateDeviceID(id); err != nil {
+		return store.Attestation{}, err
+	}
+	if err := validateText("job_id", jobID); err != nil || jobID == "" {
+		return store.Attestation{}, invalid("job_id", "is required")
+	}
+	return s.devices.GetAttestation(ctx, id, jobID)
+}
+
+// changed tells this and every other instance that device id changed.
+func (s *Service) changed(ctx context.Context, id string) {
+	if s.changes == nil {
+		s.hub.notify(id)
+		return
+	}
+	if err := s.changes.PublishChange(ctx, id); err != nil {
+		// The stream's periodic check delivers the change anyway.
+		s.log.WarnContext(ctx, "change notice not published", "device", id, "err", err)
+		s.hub.notify(id)
+	}
+}
+
+// Run delivers change notices from other instances (and this one) to the
+// subscribers in this process until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if s.changes == nil {
+		<-ctx.Done()
+		return nil
+	}
+	for ctx.Err() == nil {
+		err := s.changes.SubscribeChanges(ctx, s.hub.notify)
+		if err != nil && ctx.Err() == nil {
+			s.log.WarnContext(ctx, "change notices interrupted; retrying", "err", err)
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+		}
+	}
+	return nil
 }
 
 // updateReported runs a compare-and-set loop on the reported document.
-func (s *Service) updateReported(ctx context.Context, id string, next func(store.Device) (store.Reported, error)) (store.Device, error) {
+func (s *Service) updateReported(ctx context.Context, id string, next func(store.Device) (store.Reported, store.Write, error)) (store.Device, error) {
 	for range s.maxRetries {
 		cur, err := s.devices.GetDevice(ctx, id)
 		if err != nil {
 			return store.Device{}, err
 		}
-		r, err := next(cur)
+		r, w, err := next(cur)
 		if err != nil {
 			return cur, err
 		}
 		r.Version = cur.Reported.Version + 1
-		dev, err := s.devices.SetReported(ctx, id, cur.Reported.Version, r)
+		dev, err := s.devices.SetReported(ctx, id, cur.Reported.Version, r, w)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}

@@ -53,6 +53,21 @@ type Report struct {
 	ErrorCode      string
 	Message        string
 	State          State
+	// Signed, when set, is the signed form of this report, stored with it.
+	Signed *Signed
+}
+
+// Signed is a report's signature as the device sent it, already verified.
+type Signed struct {
+	Envelope         []byte
+	CertificateChain [][]byte
+}
+
+func (r Report) attestation() *store.Attestation {
+	if r.Signed == nil {
+		return nil
+	}
+	return &store.Attestation{JobID: r.JobID, Envelope: r.Signed.Envelope, CertificateChain: r.Signed.CertificateChain}
 }
 
 // RejectCode says why a report was not recorded.
@@ -94,10 +109,10 @@ func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, err
 		return Outcome{Code: RejectInvalid, Reason: reason, Device: cur}, err
 	}
 	var out Outcome
-	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, error) {
+	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
 		out = s.judge(cur, r)
 		if !out.Accepted {
-			return store.Reported{}, errRejected
+			return store.Reported{}, store.Write{}, errRejected
 		}
 		next := cur.Reported
 		next.DesiredVersion = r.DesiredVersion
@@ -113,7 +128,13 @@ func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, err
 			Message:        r.Message,
 			UpdatedAt:      next.ReportedAt,
 		}
-		return next, nil
+		kind := EventJobEnded
+		if out.Superseded {
+			kind = EventJobSuperseded
+		}
+		ev := store.Event{Time: next.ReportedAt, Kind: kind, JobID: r.JobID, DesiredVersion: r.DesiredVersion,
+			Status: string(r.Status), Step: string(r.Step), ErrorCode: r.ErrorCode, Message: r.Message, Actor: "device:" + id}
+		return next, store.Write{Event: ev, Attestation: r.attestation()}, nil
 	})
 	out.Device = dev
 	if errors.Is(err, errRejected) {
@@ -123,6 +144,7 @@ func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, err
 	if err != nil {
 		return Outcome{}, fmt.Errorf("report of %q: %w", id, err)
 	}
+	s.changed(ctx, id)
 	s.log.InfoContext(ctx, "report accepted", "device", id, "job", r.JobID, "desired_version", r.DesiredVersion,
 		"status", r.Status, "superseded", out.Superseded)
 	return out, nil
@@ -188,12 +210,12 @@ func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, er
 		return false, invalid("percent", "must be at most 100")
 	}
 	recorded := false
-	_, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, error) {
+	_, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
 		if p.DesiredVersion != cur.Desired.Version || p.JobID != cur.Desired.JobID || cur.Reported.DesiredVersion >= p.DesiredVersion {
-			return store.Reported{}, errRejected
+			return store.Reported{}, store.Write{}, errRejected
 		}
 		if j := cur.Reported.Job; j.ID == p.JobID && j.Status == string(StatusInProgress) && j.Step == string(p.Step) {
-			return store.Reported{}, errRejected // already there; percent is not stored
+			return store.Reported{}, store.Write{}, errRejected // already there; percent is not stored
 		}
 		next := cur.Reported
 		next.Job = store.Job{
@@ -204,10 +226,15 @@ func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, er
 			UpdatedAt:      s.now().UTC(),
 		}
 		recorded = true
-		return next, nil
+		ev := store.Event{Time: next.Job.UpdatedAt, Kind: EventJobProgress, JobID: p.JobID, DesiredVersion: p.DesiredVersion,
+			Status: string(StatusInProgress), Step: string(p.Step), Actor: "device:" + id}
+		return next, store.Write{Event: ev}, nil
 	})
 	if errors.Is(err, errRejected) {
 		return false, nil
+	}
+	if err == nil && recorded {
+		s.changed(ctx, id)
 	}
 	return recorded, err
 }

@@ -76,6 +76,10 @@ type DeviceLimits struct {
 	MessageBurst      int
 	// PingInterval is how often the server sends Ping on a quiet stream.
 	PingInterval time.Duration
+	// ResyncInterval is how often a stream reads its device's desired
+	// version even without a change notice, so that a lost notice (a Redis
+	// reconnect, say) delays a Delta by at most this long.
+	ResyncInterval time.Duration
 }
 
 // DefaultConfig returns the configuration ferryd runs with when given no
@@ -102,6 +106,7 @@ func DefaultConfig() Config {
 			MessagesPerSecond:    10,
 			MessageBurst:         50,
 			PingInterval:         time.Minute,
+			ResyncInterval:       30 * time.Second,
 		},
 		ShutdownTimeout: 3 * time.Second,
 	}
@@ -144,6 +149,7 @@ func (c Config) Validate() error {
 	check(d.HelloTimeout > 0, "device hello timeout must be positive")
 	check(d.MessagesPerSecond > 0 && d.MessageBurst >= 1, "device rate limit must be positive with a burst of at least 1")
 	check(d.PingInterval > 0, "device ping interval must be positive")
+	check(d.ResyncInterval > 0, "device resync interval must be positive")
 	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
 	return errors.Join(errs...)
 }

@@ -231,6 +231,8 @@ func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
 	}
 	ping := time.NewTicker(st.svc.limits.PingInterval)
 	defer ping.Stop()
+	resync := time.NewTicker(st.svc.limits.ResyncInterval)
+	defer resync.Stop()
 	var pingID uint64
 	for {
 		select {
@@ -252,6 +254,10 @@ func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
 				return err
 			}
 		case <-st.changed:
+			if err := st.refresh(); err != nil {
+				return err
+			}
+		case <-resync.C:
 			if err := st.refresh(); err != nil {
 				return err
 			}

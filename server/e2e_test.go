@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -16,6 +17,8 @@ import (
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
 	"github.com/ferryhq/ferry/server"
+	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/store/redis"
 )
 
 const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -255,5 +258,61 @@ func BenchmarkUpdateCycle(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestManyInstances: two ferryd instances share one Redis; a desired state
+// set through A reaches the device whose stream is on B, promptly, and a
+// device that was offline gets the newest state from either.
+func TestManyInstances(t *testing.T) {
+	a := ferrytest.Start(t, ferrytest.Redis, nil)
+	b := a.StartPeer(t, nil)
+	ctx := context.Background()
+	dev := a.OpenDeviceOn(t, b, "dev-1", &devicev1.Hello{})
+	// A round trip makes sure B holds the stream before A changes anything.
+	dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{}}})
+	if dev.Recv().GetRejected() == nil {
+		t.Fatal("no answer from B")
+	}
+	for v := uint64(1); v <= 3; v++ {
+		resp, err := a.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+			DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Bundle: bundle("gw/fw.bin")},
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		delta := dev.Recv().GetDelta()
+		if delta.GetDesiredVersion() != v || delta.GetJobId() != resp.Msg.GetDevice().GetDesired().GetJobId() {
+			t.Fatalf("on B: %v, want version %d set on A", delta, v)
+		}
+	}
+	// B sees what A wrote, and the other way round.
+	got, err := b.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))
+	if err != nil || got.Msg.GetDevice().GetDesired().GetVersion() != 3 {
+		t.Fatalf("GetDevice on B: %v, %v", got, err)
+	}
+}
+
+// TestResyncWithoutNotice: with no change notice at all (another instance
+// whose notices are lost), the periodic check still delivers the Delta.
+func TestResyncWithoutNotice(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Redis, func(cfg *server.Config) { cfg.Device.ResyncInterval = 200 * time.Millisecond })
+	dev := f.OpenDevice(t, "dev-2", &devicev1.Hello{})
+	dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{}}})
+	if dev.Recv().GetRejected() == nil {
+		t.Fatal("no answer")
+	}
+	// Write behind ferryd's back, as a peer whose notice got lost would.
+	s, err := redis.Open(context.Background(), f.Config().RedisURL, f.Config().RedisPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.SetDesired(context.Background(), "dev-2", 0, store.Desired{Version: 1, JobID: "job-quiet",
+		Bundle: store.Bundle{TargetPath: "gw/fw.bin", Length: 1, SHA256: sum}}, store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := dev.Recv().GetDelta(); d.GetJobId() != "job-quiet" {
+		t.Fatalf("got %v, want the quietly written delta", d)
 	}
 }

@@ -45,6 +45,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	devices  store.Devices
+	replica  *replica.Service
 	metrics  *metrics
 	sessions *sessions
 	health   *grpchealth.StaticChecker
@@ -110,7 +111,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	rep := replica.New(replica.Config{Devices: s.devices, Logger: log})
+	changes, _ := s.devices.(store.Changes)
+	s.replica = replica.New(replica.Config{Devices: s.devices, Changes: changes, Logger: log})
+	rep := s.replica
 	if s.dev != nil {
 		for _, id := range cfg.Dev.Devices {
 			if _, err := rep.Register(ctx, id, map[string]string{"group": "dev"}); err != nil {
@@ -189,6 +192,9 @@ func (s *Server) newAPIServer(cert tls.Certificate, auth Authenticator, rep *rep
 	}
 }
 
+// Config returns the configuration the server runs with.
+func (s *Server) Config() Config { return s.cfg }
+
 // DeviceAddr returns the address the device port listens on.
 func (s *Server) DeviceAddr() string { return s.deviceLn.Addr().String() }
 
@@ -216,6 +222,10 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Info("development credentials", "ca", dev.CACert, "operator_token", dev.OperatorToken, "device_certificates", dev.DevicesDir)
 	}
 
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var background sync.WaitGroup
+	background.Go(func() { s.replica.Run(bgCtx) })
+
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.deviceLn) }()
 	go func() { errc <- s.http.ServeTLS(s.apiLn, "", "") }()
@@ -227,6 +237,8 @@ func (s *Server) Run(ctx context.Context) error {
 		serveErr = fmt.Errorf("serve: %w", serveErr)
 	}
 	s.shutdown()
+	stopBackground()
+	background.Wait()
 	if err := s.devices.Close(); err != nil && serveErr == nil {
 		serveErr = fmt.Errorf("close store: %w", err)
 	}

@@ -82,6 +82,49 @@ type Device struct {
 	Reported  Reported          `json:"reported"`
 }
 
+// Event is one entry of a device's history: a change of its desired state,
+// a step or the end of a job, a connection. Kind names it ("desired_set",
+// "job_progress", "job_ended", "job_superseded", …).
+type Event struct {
+	// Seq numbers a device's events from 1; the store assigns it.
+	Seq            uint64    `json:"seq,omitempty"`
+	Time           time.Time `json:"time"`
+	Kind           string    `json:"kind"`
+	JobID          string    `json:"job_id,omitempty"`
+	DesiredVersion uint64    `json:"desired_version,omitempty"`
+	Status         string    `json:"status,omitempty"`
+	Step           string    `json:"step,omitempty"`
+	ErrorCode      string    `json:"error_code,omitempty"`
+	Message        string    `json:"message,omitempty"`
+	Actor          string    `json:"actor,omitempty"`
+}
+
+// Attestation is a device's signed report of how a job ended, kept so that
+// anyone can verify it later.
+type Attestation struct {
+	JobID string `json:"job_id"`
+	// Envelope is the DSSE envelope exactly as the device sent it.
+	Envelope []byte `json:"envelope"`
+	// CertificateChain is the device's certificate chain (DER, leaf first)
+	// when the report was recorded.
+	CertificateChain [][]byte `json:"certificate_chain"`
+}
+
+// Write is what goes with a compare-and-set, in the same atomic step.
+type Write struct {
+	// Event, if its Kind is set, is appended to the device's history.
+	Event Event
+	// Attestation, if set, is stored under its job id.
+	Attestation *Attestation
+}
+
+// MaxEvents is how many events a device's history keeps; older ones are
+// dropped as new ones come.
+const MaxEvents = 100
+
+// ErrNoAttestation: no signed report is stored for that job.
+var ErrNoAttestation = errors.New("no attestation for this job")
+
 // ListOptions selects a page of devices in id order.
 type ListOptions struct {
 	// After is the id the previous page ended with ("" for the first page).
@@ -103,13 +146,31 @@ type Devices interface {
 	// in id order.
 	ListDevices(ctx context.Context, opts ListOptions) ([]Device, error)
 	// SetDesired replaces the desired document if its version is still
-	// expect. d.Version must be expect+1. It returns the stored device;
-	// ErrConflict (with the stored device) when the version moved, and
-	// ErrNotFound when the device does not exist. Repeating a write that
-	// already succeeded returns success and changes nothing.
-	SetDesired(ctx context.Context, id string, expect uint64, d Desired) (Device, error)
+	// expect, together with w (atomically). d.Version must be expect+1. It
+	// returns the stored device; ErrConflict (with the stored device) when
+	// the version moved, and ErrNotFound when the device does not exist.
+	// Repeating a write that already succeeded returns success and changes
+	// nothing (the event is not appended twice).
+	SetDesired(ctx context.Context, id string, expect uint64, d Desired, w Write) (Device, error)
 	// SetReported is SetDesired for the reported document.
-	SetReported(ctx context.Context, id string, expect uint64, r Reported) (Device, error)
+	SetReported(ctx context.Context, id string, expect uint64, r Reported, w Write) (Device, error)
+	// ListEvents returns up to limit of a device's events with Seq below
+	// before (0: from the newest), newest first.
+	ListEvents(ctx context.Context, id string, before uint64, limit int) ([]Event, error)
+	// GetAttestation returns the attestation stored for a device's job, or
+	// ErrNoAttestation.
+	GetAttestation(ctx context.Context, id, jobID string) (Attestation, error)
 	// Close releases the backend's resources.
 	Close() error
+}
+
+// Changes tells every ferryd instance that a device changed, so that the
+// instance holding its stream (and every watcher) looks again. Delivery is
+// best effort: a missed notice is caught by the stream's periodic check.
+type Changes interface {
+	// PublishChange announces that device id changed.
+	PublishChange(ctx context.Context, id string) error
+	// SubscribeChanges calls fn with the id of every device announced until
+	// ctx ends. fn must not block. It returns when ctx ends.
+	SubscribeChanges(ctx context.Context, fn func(id string)) error
 }

@@ -163,7 +163,14 @@ type Device struct {
 // OpenDevice opens development device id's stream and sends hello.
 func (f *Ferryd) OpenDevice(t testing.TB, id string, hello *devicev1.Hello) *Device {
 	t.Helper()
-	conn := f.DeviceConn(t, f.DeviceTLS(t, id))
+	return f.OpenDeviceOn(t, f, id, hello)
+}
+
+// OpenDeviceOn opens development device id's stream (credentials of f) on
+// another ferryd that trusts the same CA, and sends hello.
+func (f *Ferryd) OpenDeviceOn(t testing.TB, on *Ferryd, id string, hello *devicev1.Hello) *Device {
+	t.Helper()
+	conn := on.DeviceConn(t, f.DeviceTLS(t, id))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	stream, err := devicev1.NewDeviceServiceClient(conn).Sync(ctx)
@@ -256,6 +263,26 @@ func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.St
 
 func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
+}
+
+// StartPeer starts a second ferryd that shares f's Redis keys and
+// credentials, as another instance behind the same load balancer.
+func (f *Ferryd) StartPeer(t testing.TB, edit func(*server.Config)) *Ferryd {
+	t.Helper()
+	if f.Config().RedisURL == "" {
+		t.Fatal("StartPeer needs a Redis-backed ferryd")
+	}
+	peer := Start(t, Redis, func(cfg *server.Config) {
+		cfg.RedisURL, cfg.RedisPrefix = f.Config().RedisURL, f.Config().RedisPrefix
+		cfg.TrustDomain = f.Config().TrustDomain
+		cfg.TLSCertFile, cfg.TLSKeyFile = f.Dev.ServerCert, f.Dev.ServerKey
+		cfg.DeviceCAFile, cfg.OperatorKeysFile = f.Dev.CACert, f.Dev.Operators
+		if edit != nil {
+			edit(cfg)
+		}
+	})
+	peer.Dev = f.Dev // same credentials
+	return peer
 }
 
 // Fleet returns a FleetService client with the development operator's

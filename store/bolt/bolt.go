@@ -6,6 +6,7 @@ package bolt
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -15,14 +16,27 @@ import (
 	"github.com/ferryhq/ferry/store"
 )
 
-var devicesBucket = []byte("devices")
+// Buckets: devices holds one JSON document per device id; events and
+// attestations hold one nested bucket per device id (events keyed by
+// big-endian sequence number, attestations by job id).
+var (
+	devicesBucket      = []byte("devices")
+	eventsBucket       = []byte("events")
+	attestationsBucket = []byte("attestations")
+)
 
 // Store is a store.Devices on a bbolt file. It is safe for concurrent use.
+// Change notices stay in this process (store.LocalChanges): one bbolt file
+// serves one ferryd.
 type Store struct {
 	db *bbolt.DB
+	store.LocalChanges
 }
 
-var _ store.Devices = (*Store)(nil)
+var (
+	_ store.Devices = (*Store)(nil)
+	_ store.Changes = (*Store)(nil)
+)
 
 // Open opens (creating if needed) the database at path. It fails after a
 // second if another process holds the file.
@@ -32,8 +46,12 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(devicesBucket)
-		return err
+		for _, name := range [][]byte{devicesBucket, eventsBucket, attestationsBucket} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		db.Close()
@@ -123,8 +141,8 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 }
 
 // SetDesired implements store.Devices.
-func (s *Store) SetDesired(ctx context.Context, id string, expect uint64, d store.Desired) (store.Device, error) {
-	return s.compareAndSet(ctx, id, expect, d.Version, func(dev *store.Device) (cur uint64, same bool) {
+func (s *Store) SetDesired(ctx context.Context, id string, expect uint64, d store.Desired, w store.Write) (store.Device, error) {
+	return s.compareAndSet(ctx, id, expect, d.Version, w, func(dev *store.Device) (cur uint64, same bool) {
 		cur = dev.Desired.Version
 		same = cur == d.Version && jsonEqual(dev.Desired, d)
 		if cur == expect {
@@ -135,8 +153,8 @@ func (s *Store) SetDesired(ctx context.Context, id string, expect uint64, d stor
 }
 
 // SetReported implements store.Devices.
-func (s *Store) SetReported(ctx context.Context, id string, expect uint64, r store.Reported) (store.Device, error) {
-	return s.compareAndSet(ctx, id, expect, r.Version, func(dev *store.Device) (cur uint64, same bool) {
+func (s *Store) SetReported(ctx context.Context, id string, expect uint64, r store.Reported, w store.Write) (store.Device, error) {
+	return s.compareAndSet(ctx, id, expect, r.Version, w, func(dev *store.Device) (cur uint64, same bool) {
 		cur = dev.Reported.Version
 		same = cur == r.Version && jsonEqual(dev.Reported, r)
 		if cur == expect {
@@ -148,7 +166,7 @@ func (s *Store) SetReported(ctx context.Context, id string, expect uint64, r sto
 
 // compareAndSet loads the device, lets apply compare its current version and
 // replace the document when it equals expect, and writes the result back.
-func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint64, apply func(*store.Device) (cur uint64, same bool)) (store.Device, error) {
+func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint64, w store.Write, apply func(*store.Device) (cur uint64, same bool)) (store.Device, error) {
 	if err := ctx.Err(); err != nil {
 		return store.Device{}, err
 	}
@@ -176,7 +194,26 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(id), out)
+		if err := b.Put([]byte(id), out); err != nil {
+			return err
+		}
+		if w.Event.Kind != "" {
+			if err := appendEvent(tx, id, w.Event); err != nil {
+				return err
+			}
+		}
+		if a := w.Attestation; a != nil {
+			raw, err := json.Marshal(a)
+			if err != nil {
+				return err
+			}
+			atts, err := tx.Bucket(attestationsBucket).CreateBucketIfNotExists([]byte(id))
+			if err != nil {
+				return err
+			}
+			return atts.Put([]byte(a.JobID), raw)
+		}
+		return nil
 	})
 	if err != nil {
 		return dev, fmt.Errorf("set device %q: %w", id, err)
@@ -190,4 +227,110 @@ func jsonEqual(a, b any) bool {
 	ra, err1 := json.Marshal(a)
 	rb, err2 := json.Marshal(b)
 	return err1 == nil && err2 == nil && bytes.Equal(ra, rb)
+}
+
+// appendEvent adds ev to the device's history and drops what is beyond
+// store.MaxEvents.
+func appendEvent(tx *bbolt.Tx, id string, ev store.Event) error {
+	b, err := tx.Bucket(eventsBucket).CreateBucketIfNotExists([]byte(id))
+	if err != nil {
+		return err
+	}
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	ev.Seq = seq
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	if err := b.Put(seqKey(seq), raw); err != nil {
+		return err
+	}
+	if seq > store.MaxEvents {
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) <= seq-store.MaxEvents; k, _ = c.Next() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func seqKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(nil, seq)
+}
+
+// ListEvents implements store.Devices.
+func (s *Store) ListEvents(ctx context.Context, id string, before uint64, limit int) ([]store.Event, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, fmt.Errorf("list events: limit %d must be positive", limit)
+	}
+	var out []store.Event
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		if tx.Bucket(devicesBucket).Get([]byte(id)) == nil {
+			return store.ErrNotFound
+		}
+		b := tx.Bucket(eventsBucket).Bucket([]byte(id))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		var k, v []byte
+		if before == 0 {
+			k, v = c.Last()
+		} else {
+			c.Seek(seqKey(before))
+			k, v = c.Prev()
+			if k == nil { // Seek went past the end: start from the last
+				k, v = c.Last()
+				for k != nil && binary.BigEndian.Uint64(k) >= before {
+					k, v = c.Prev()
+				}
+			}
+		}
+		for ; k != nil && len(out) < limit; k, v = c.Prev() {
+			var ev store.Event
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return err
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list events of %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// GetAttestation implements store.Devices.
+func (s *Store) GetAttestation(ctx context.Context, id, jobID string) (store.Attestation, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Attestation{}, err
+	}
+	var a store.Attestation
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		if tx.Bucket(devicesBucket).Get([]byte(id)) == nil {
+			return store.ErrNotFound
+		}
+		b := tx.Bucket(attestationsBucket).Bucket([]byte(id))
+		if b == nil {
+			return store.ErrNoAttestation
+		}
+		raw := b.Get([]byte(jobID))
+		if raw == nil {
+			return store.ErrNoAttestation
+		}
+		return json.Unmarshal(raw, &a)
+	})
+	if err != nil {
+		return store.Attestation{}, fmt.Errorf("get attestation of %q job %q: %w", id, jobID, err)
+	}
+	return a, nil
 }

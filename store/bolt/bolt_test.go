@@ -31,7 +31,7 @@ func TestDurable(t *testing.T) {
 	if _, _, err := s.CreateDevice(ctx, store.Device{ID: "dev-1"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.SetDesired(ctx, "dev-1", 0, store.Desired{Version: 1, JobID: "j1"}); err != nil {
+	if _, err := s.SetDesired(ctx, "dev-1", 0, store.Desired{Version: 1, JobID: "j1"}, store.Write{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {

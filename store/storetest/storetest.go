@@ -32,6 +32,10 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"DesiredAndReportedAreIndependent", testIndependentVersions},
 		{"ListPages", testListPages},
 		{"ConcurrentWriters", testConcurrentWriters},
+		{"EventsGoWithWrites", testEvents},
+		{"EventHistoryIsCapped", testEventCap},
+		{"Attestations", testAttestations},
+		{"Changes", testChanges},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,7 +111,7 @@ func testCreateAndGet(t *testing.T, s store.Devices) {
 func testCreateIsIdempotent(t *testing.T, s store.Devices) {
 	ctx := context.Background()
 	mustCreate(t, s, "dev-1")
-	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "fw-2.bin")); err != nil {
+	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "fw-2.bin"), store.Write{}); err != nil {
 		t.Fatal(err)
 	}
 	again := newDevice("dev-1")
@@ -129,10 +133,10 @@ func testGetMissing(t *testing.T, s store.Devices) {
 	if _, err := s.GetDevice(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetDevice(missing) = %v, want ErrNotFound", err)
 	}
-	if _, err := s.SetDesired(ctx, "nope", 0, desired(1, "x")); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.SetDesired(ctx, "nope", 0, desired(1, "x"), store.Write{}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("SetDesired(missing) = %v, want ErrNotFound", err)
 	}
-	if _, err := s.SetReported(ctx, "nope", 0, reported(1, 1)); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.SetReported(ctx, "nope", 0, reported(1, 1), store.Write{}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("SetReported(missing) = %v, want ErrNotFound", err)
 	}
 }
@@ -154,7 +158,7 @@ func testCompareAndSet(t *testing.T, s store.Devices) {
 		{"version skips", 2, desired(4, "fw-3.bin"), errAny, 2},
 	}
 	for _, st := range steps {
-		got, err := s.SetDesired(ctx, "dev-1", st.expect, st.doc)
+		got, err := s.SetDesired(ctx, "dev-1", st.expect, st.doc, store.Write{})
 		switch {
 		case st.wantErr == errAny && err == nil:
 			t.Errorf("%s: SetDesired succeeded, want an error", st.name)
@@ -185,7 +189,7 @@ func testRepeatedWrite(t *testing.T, s store.Devices) {
 	ctx := context.Background()
 	mustCreate(t, s, "dev-1")
 	for i := range 2 {
-		d, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "fw-1.bin"))
+		d, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "fw-1.bin"), store.Write{})
 		if err != nil {
 			t.Fatalf("SetDesired #%d: %v", i+1, err)
 		}
@@ -194,7 +198,7 @@ func testRepeatedWrite(t *testing.T, s store.Devices) {
 		}
 	}
 	for i := range 2 {
-		d, err := s.SetReported(ctx, "dev-1", 0, reported(1, 1))
+		d, err := s.SetReported(ctx, "dev-1", 0, reported(1, 1), store.Write{})
 		if err != nil {
 			t.Fatalf("SetReported #%d: %v", i+1, err)
 		}
@@ -203,7 +207,7 @@ func testRepeatedWrite(t *testing.T, s store.Devices) {
 		}
 	}
 	// The same expected version with other content is a conflict, not a repeat.
-	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "other.bin")); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "other.bin"), store.Write{}); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("different write at a used version = %v, want ErrConflict", err)
 	}
 	got, _ := s.GetDevice(ctx, "dev-1")
@@ -218,13 +222,13 @@ func testRepeatedWrite(t *testing.T, s store.Devices) {
 func testIndependentVersions(t *testing.T, s store.Devices) {
 	ctx := context.Background()
 	mustCreate(t, s, "dev-1")
-	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "a")); err != nil {
+	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "a"), store.Write{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.SetDesired(ctx, "dev-1", 1, desired(2, "b")); err != nil {
+	if _, err := s.SetDesired(ctx, "dev-1", 1, desired(2, "b"), store.Write{}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := s.SetReported(ctx, "dev-1", 0, reported(1, 2))
+	d, err := s.SetReported(ctx, "dev-1", 0, reported(1, 2), store.Write{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +294,7 @@ func testConcurrentWriters(t *testing.T, s store.Devices) {
 					return
 				}
 				next := desired(cur.Desired.Version+1, fmt.Sprintf("w%d-%d", w, done))
-				_, err = s.SetDesired(ctx, "dev-1", cur.Desired.Version, next)
+				_, err = s.SetDesired(ctx, "dev-1", cur.Desired.Version, next, store.Write{})
 				switch {
 				case err == nil:
 					done++
@@ -340,7 +344,7 @@ func Bench(b *testing.B, newStore func(b *testing.B) store.Devices) {
 		b.ReportAllocs()
 		v := uint64(0)
 		for b.Loop() {
-			if _, err := s.SetDesired(ctx, "dev-1", v, desired(v+1, "fw.bin")); err != nil {
+			if _, err := s.SetDesired(ctx, "dev-1", v, desired(v+1, "fw.bin"), store.Write{}); err != nil {
 				b.Fatal(err)
 			}
 			v++
@@ -361,7 +365,7 @@ func Bench(b *testing.B, newStore func(b *testing.B) store.Devices) {
 			}
 			v := uint64(0)
 			for pb.Next() {
-				if _, err := s.SetReported(ctx, id, v, reported(v+1, 1)); err != nil {
+				if _, err := s.SetReported(ctx, id, v, reported(v+1, 1), store.Write{}); err != nil {
 					b.Error(err)
 					return
 				}
@@ -369,4 +373,164 @@ func Bench(b *testing.B, newStore func(b *testing.B) store.Devices) {
 			}
 		})
 	})
+}
+
+func event(kind string, v uint64) store.Event {
+	return store.Event{Time: at, Kind: kind, JobID: fmt.Sprintf("job-%d", v), DesiredVersion: v, Actor: "operator:dev"}
+}
+
+func testEvents(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	if evs, err := s.ListEvents(ctx, "dev-1", 0, 10); err != nil || len(evs) != 0 {
+		t.Fatalf("events of a new device: %v, %v", evs, err)
+	}
+	if _, err := s.ListEvents(ctx, "nope", 0, 10); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("events of a missing device: %v, want ErrNotFound", err)
+	}
+	w1 := store.Write{Event: event("desired_set", 1)}
+	for range 2 { // the repeat must not append again
+		if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "a"), w1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.SetReported(ctx, "dev-1", 0, reported(1, 1), store.Write{Event: event("job_ended", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	// A refused write appends nothing.
+	if _, err := s.SetDesired(ctx, "dev-1", 0, desired(1, "b"), store.Write{Event: event("lost", 1)}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("conflicting write: %v", err)
+	}
+	if _, err := s.SetDesired(ctx, "dev-1", 1, desired(2, "c"), store.Write{}); err != nil { // no event
+		t.Fatal(err)
+	}
+	if _, err := s.SetDesired(ctx, "dev-1", 2, desired(3, "d"), store.Write{Event: event("desired_set", 3)}); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.ListEvents(ctx, "dev-1", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []store.Event{event("desired_set", 3), event("job_ended", 1), event("desired_set", 1)}
+	for i := range want {
+		want[i].Seq = uint64(3 - i)
+	}
+	if diff := cmp.Diff(want, evs, equalTime); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	older, err := s.ListEvents(ctx, "dev-1", 3, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want[1:2], older, equalTime); diff != "" {
+		t.Errorf("events before 3, limit 1 (-want +got):\n%s", diff)
+	}
+	if none, err := s.ListEvents(ctx, "dev-1", 1, 10); err != nil || len(none) != 0 {
+		t.Errorf("events before 1: %v, %v", none, err)
+	}
+}
+
+func testEventCap(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	n := uint64(store.MaxEvents + 5)
+	for v := uint64(1); v <= n; v++ {
+		if _, err := s.SetDesired(ctx, "dev-1", v-1, desired(v, "a"), store.Write{Event: event("desired_set", v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var all []store.Event
+	before := uint64(0)
+	for {
+		page, err := s.ListEvents(ctx, "dev-1", before, 30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		all = append(all, page...)
+		before = page[len(page)-1].Seq
+	}
+	if len(all) != store.MaxEvents || all[0].Seq != n || all[len(all)-1].Seq != n-store.MaxEvents+1 {
+		t.Errorf("kept %d events, seq %d..%d; want %d, %d..%d", len(all), all[0].Seq, all[len(all)-1].Seq,
+			store.MaxEvents, n, n-store.MaxEvents+1)
+	}
+	for i, ev := range all {
+		if ev.Seq != n-uint64(i) || ev.DesiredVersion != ev.Seq {
+			t.Fatalf("event %d: seq %d, version %d", i, ev.Seq, ev.DesiredVersion)
+		}
+	}
+}
+
+func testAttestations(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	mustCreate(t, s, "dev-1")
+	att := &store.Attestation{JobID: "job-1", Envelope: []byte(`{"payload":"x"}`), CertificateChain: [][]byte{{1, 2, 3}}}
+	if _, err := s.GetAttestation(ctx, "dev-1", "job-1"); !errors.Is(err, store.ErrNoAttestation) {
+		t.Errorf("before: %v, want ErrNoAttestation", err)
+	}
+	if _, err := s.GetAttestation(ctx, "nope", "job-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("missing device: %v, want ErrNotFound", err)
+	}
+	// A refused write stores nothing.
+	if _, err := s.SetReported(ctx, "dev-1", 5, reported(6, 1), store.Write{Attestation: att}); !errors.Is(err, store.ErrConflict) {
+		t.Fatal(err)
+	}
+	if _, err := s.GetAttestation(ctx, "dev-1", "job-1"); !errors.Is(err, store.ErrNoAttestation) {
+		t.Errorf("after a refused write: %v, want ErrNoAttestation", err)
+	}
+	if _, err := s.SetReported(ctx, "dev-1", 0, reported(1, 1), store.Write{Attestation: att}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetAttestation(ctx, "dev-1", "job-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(*att, got); diff != "" {
+		t.Errorf("attestation (-want +got):\n%s", diff)
+	}
+}
+
+func testChanges(t *testing.T, s store.Devices) {
+	ch, ok := s.(store.Changes)
+	if !ok {
+		t.Fatalf("%T does not implement store.Changes", s)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 10)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		close(ready)
+		done <- ch.SubscribeChanges(ctx, func(id string) { got <- id })
+	}()
+	<-ready
+	// The subscription may take a moment to be in place: publish until heard.
+	deadline := time.After(10 * time.Second)
+	for heard := false; !heard; {
+		if err := ch.PublishChange(ctx, "dev-7"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case id := <-got:
+			if id != "dev-7" {
+				t.Fatalf("heard %q, want dev-7", id)
+			}
+			heard = true
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no change notice within 10 s")
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("SubscribeChanges: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("SubscribeChanges did not return after its context ended")
+	}
 }
