@@ -217,9 +217,11 @@ type PublishTargetsRequest struct {
 	// The role name ("targets" or a delegated role).
 	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
 	// The signed metadata, JSON.
-	Metadata      []byte `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Metadata []byte `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// More roles published in the same snapshot: all of them or none.
+	AdditionalRoles []*RoleMetadata `protobuf:"bytes,3,rep,name=additional_roles,json=additionalRoles,proto3" json:"additional_roles,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PublishTargetsRequest) Reset() {
@@ -266,6 +268,68 @@ func (x *PublishTargetsRequest) GetMetadata() []byte {
 	return nil
 }
 
+func (x *PublishTargetsRequest) GetAdditionalRoles() []*RoleMetadata {
+	if x != nil {
+		return x.AdditionalRoles
+	}
+	return nil
+}
+
+// RoleMetadata is one targets role's signed metadata.
+type RoleMetadata struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The role name ("targets" or a delegated role).
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// The signed metadata, JSON.
+	Metadata      []byte `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleMetadata) Reset() {
+	*x = RoleMetadata{}
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleMetadata) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleMetadata) ProtoMessage() {}
+
+func (x *RoleMetadata) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleMetadata.ProtoReflect.Descriptor instead.
+func (*RoleMetadata) Descriptor() ([]byte, []int) {
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RoleMetadata) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *RoleMetadata) GetMetadata() []byte {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 type PublishTargetsResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	TargetsVersion   uint64                 `protobuf:"varint,1,opt,name=targets_version,json=targetsVersion,proto3" json:"targets_version,omitempty"`
@@ -277,7 +341,7 @@ type PublishTargetsResponse struct {
 
 func (x *PublishTargetsResponse) Reset() {
 	*x = PublishTargetsResponse{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[4]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +353,7 @@ func (x *PublishTargetsResponse) String() string {
 func (*PublishTargetsResponse) ProtoMessage() {}
 
 func (x *PublishTargetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[4]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +366,7 @@ func (x *PublishTargetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishTargetsResponse.ProtoReflect.Descriptor instead.
 func (*PublishTargetsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{4}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PublishTargetsResponse) GetTargetsVersion() uint64 {
@@ -335,7 +399,7 @@ type PublishRootRequest struct {
 
 func (x *PublishRootRequest) Reset() {
 	*x = PublishRootRequest{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[5]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +411,7 @@ func (x *PublishRootRequest) String() string {
 func (*PublishRootRequest) ProtoMessage() {}
 
 func (x *PublishRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[5]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +424,7 @@ func (x *PublishRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishRootRequest.ProtoReflect.Descriptor instead.
 func (*PublishRootRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{5}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PublishRootRequest) GetMetadata() []byte {
@@ -379,7 +443,7 @@ type PublishRootResponse struct {
 
 func (x *PublishRootResponse) Reset() {
 	*x = PublishRootResponse{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[6]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +455,7 @@ func (x *PublishRootResponse) String() string {
 func (*PublishRootResponse) ProtoMessage() {}
 
 func (x *PublishRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[6]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +468,7 @@ func (x *PublishRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishRootResponse.ProtoReflect.Descriptor instead.
 func (*PublishRootResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{6}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PublishRootResponse) GetRootVersion() uint64 {
@@ -425,13 +489,15 @@ type Bundle struct {
 	ReleaseNotes     string                 `protobuf:"bytes,7,opt,name=release_notes,json=releaseNotes,proto3" json:"release_notes,omitempty"`
 	DowngradeAllowed bool                   `protobuf:"varint,8,opt,name=downgrade_allowed,json=downgradeAllowed,proto3" json:"downgrade_allowed,omitempty"`
 	PublishTime      *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=publish_time,json=publishTime,proto3" json:"publish_time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The targets role whose metadata lists the bundle.
+	Role          string `protobuf:"bytes,10,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[7]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +509,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[7]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +522,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{7}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Bundle) GetTargetPath() string {
@@ -522,6 +588,13 @@ func (x *Bundle) GetPublishTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Bundle) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
 type ListBundlesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PageSize      uint32                 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -532,7 +605,7 @@ type ListBundlesRequest struct {
 
 func (x *ListBundlesRequest) Reset() {
 	*x = ListBundlesRequest{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[8]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +617,7 @@ func (x *ListBundlesRequest) String() string {
 func (*ListBundlesRequest) ProtoMessage() {}
 
 func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[8]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +630,7 @@ func (x *ListBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{8}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListBundlesRequest) GetPageSize() uint32 {
@@ -584,7 +657,7 @@ type ListBundlesResponse struct {
 
 func (x *ListBundlesResponse) Reset() {
 	*x = ListBundlesResponse{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[9]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +669,7 @@ func (x *ListBundlesResponse) String() string {
 func (*ListBundlesResponse) ProtoMessage() {}
 
 func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[9]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +682,7 @@ func (x *ListBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{9}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListBundlesResponse) GetBundles() []*Bundle {
@@ -635,7 +708,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[10]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +720,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[10]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +733,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{10}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetBundleRequest) GetTargetPath() string {
@@ -679,7 +752,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[11]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +764,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_repository_v1_repository_proto_msgTypes[11]
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +777,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{11}
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetBundleResponse) GetBundle() *Bundle {
@@ -712,6 +785,199 @@ func (x *GetBundleResponse) GetBundle() *Bundle {
 		return x.Bundle
 	}
 	return nil
+}
+
+type GetOnlineKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOnlineKeysRequest) Reset() {
+	*x = GetOnlineKeysRequest{}
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOnlineKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOnlineKeysRequest) ProtoMessage() {}
+
+func (x *GetOnlineKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOnlineKeysRequest.ProtoReflect.Descriptor instead.
+func (*GetOnlineKeysRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{13}
+}
+
+type GetOnlineKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The snapshot and timestamp keys.
+	Keys             []*OnlineKey `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	RootVersion      uint64       `protobuf:"varint,2,opt,name=root_version,json=rootVersion,proto3" json:"root_version,omitempty"`
+	TargetsVersion   uint64       `protobuf:"varint,3,opt,name=targets_version,json=targetsVersion,proto3" json:"targets_version,omitempty"`
+	SnapshotVersion  uint64       `protobuf:"varint,4,opt,name=snapshot_version,json=snapshotVersion,proto3" json:"snapshot_version,omitempty"`
+	TimestampVersion uint64       `protobuf:"varint,5,opt,name=timestamp_version,json=timestampVersion,proto3" json:"timestamp_version,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GetOnlineKeysResponse) Reset() {
+	*x = GetOnlineKeysResponse{}
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOnlineKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOnlineKeysResponse) ProtoMessage() {}
+
+func (x *GetOnlineKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOnlineKeysResponse.ProtoReflect.Descriptor instead.
+func (*GetOnlineKeysResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetOnlineKeysResponse) GetKeys() []*OnlineKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GetOnlineKeysResponse) GetRootVersion() uint64 {
+	if x != nil {
+		return x.RootVersion
+	}
+	return 0
+}
+
+func (x *GetOnlineKeysResponse) GetTargetsVersion() uint64 {
+	if x != nil {
+		return x.TargetsVersion
+	}
+	return 0
+}
+
+func (x *GetOnlineKeysResponse) GetSnapshotVersion() uint64 {
+	if x != nil {
+		return x.SnapshotVersion
+	}
+	return 0
+}
+
+func (x *GetOnlineKeysResponse) GetTimestampVersion() uint64 {
+	if x != nil {
+		return x.TimestampVersion
+	}
+	return 0
+}
+
+// OnlineKey is a TUF public key with the role it signs for.
+type OnlineKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "snapshot" or "timestamp".
+	Role  string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// TUF key type and scheme, for example "ed25519".
+	KeyType string `protobuf:"bytes,3,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
+	Scheme  string `protobuf:"bytes,4,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	// The public key as TUF writes it in "keyval.public".
+	PublicKey     string `protobuf:"bytes,5,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OnlineKey) Reset() {
+	*x = OnlineKey{}
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OnlineKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OnlineKey) ProtoMessage() {}
+
+func (x *OnlineKey) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OnlineKey.ProtoReflect.Descriptor instead.
+func (*OnlineKey) Descriptor() ([]byte, []int) {
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *OnlineKey) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *OnlineKey) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *OnlineKey) GetKeyType() string {
+	if x != nil {
+		return x.KeyType
+	}
+	return ""
+}
+
+func (x *OnlineKey) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *OnlineKey) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
 }
 
 var File_ferry_repository_v1_repository_proto protoreflect.FileDescriptor
@@ -728,8 +994,12 @@ const file_ferry_repository_v1_repository_proto_rawDesc = "" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"D\n" +
 	"\x12UploadBlobResponse\x12\x16\n" +
 	"\x06length\x18\x01 \x01(\x04R\x06length\x12\x16\n" +
-	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"G\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"\x95\x01\n" +
 	"\x15PublishTargetsRequest\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1a\n" +
+	"\bmetadata\x18\x02 \x01(\fR\bmetadata\x12L\n" +
+	"\x10additional_roles\x18\x03 \x03(\v2!.ferry.repository.v1.RoleMetadataR\x0fadditionalRoles\">\n" +
+	"\fRoleMetadata\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1a\n" +
 	"\bmetadata\x18\x02 \x01(\fR\bmetadata\"\x99\x01\n" +
 	"\x16PublishTargetsResponse\x12'\n" +
@@ -739,7 +1009,7 @@ const file_ferry_repository_v1_repository_proto_rawDesc = "" +
 	"\x12PublishRootRequest\x12\x1a\n" +
 	"\bmetadata\x18\x01 \x01(\fR\bmetadata\"8\n" +
 	"\x13PublishRootResponse\x12!\n" +
-	"\froot_version\x18\x01 \x01(\x04R\vrootVersion\"\x98\x03\n" +
+	"\froot_version\x18\x01 \x01(\x04R\vrootVersion\"\xac\x03\n" +
 	"\x06Bundle\x12\x1f\n" +
 	"\vtarget_path\x18\x01 \x01(\tR\n" +
 	"targetPath\x12\x16\n" +
@@ -750,7 +1020,9 @@ const file_ferry_repository_v1_repository_proto_rawDesc = "" +
 	"\bhardware\x18\x06 \x03(\tR\bhardware\x12#\n" +
 	"\rrelease_notes\x18\a \x01(\tR\freleaseNotes\x12+\n" +
 	"\x11downgrade_allowed\x18\b \x01(\bR\x10downgradeAllowed\x12=\n" +
-	"\fpublish_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\x1a9\n" +
+	"\fpublish_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\x12\x12\n" +
+	"\x04role\x18\n" +
+	" \x01(\tR\x04role\x1a9\n" +
 	"\vHashesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
@@ -765,14 +1037,29 @@ const file_ferry_repository_v1_repository_proto_rawDesc = "" +
 	"\vtarget_path\x18\x01 \x01(\tR\n" +
 	"targetPath\"H\n" +
 	"\x11GetBundleResponse\x123\n" +
-	"\x06bundle\x18\x01 \x01(\v2\x1b.ferry.repository.v1.BundleR\x06bundle2\x89\x04\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x1b.ferry.repository.v1.BundleR\x06bundle\"\x16\n" +
+	"\x14GetOnlineKeysRequest\"\xef\x01\n" +
+	"\x15GetOnlineKeysResponse\x122\n" +
+	"\x04keys\x18\x01 \x03(\v2\x1e.ferry.repository.v1.OnlineKeyR\x04keys\x12!\n" +
+	"\froot_version\x18\x02 \x01(\x04R\vrootVersion\x12'\n" +
+	"\x0ftargets_version\x18\x03 \x01(\x04R\x0etargetsVersion\x12)\n" +
+	"\x10snapshot_version\x18\x04 \x01(\x04R\x0fsnapshotVersion\x12+\n" +
+	"\x11timestamp_version\x18\x05 \x01(\x04R\x10timestampVersion\"\x88\x01\n" +
+	"\tOnlineKey\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x19\n" +
+	"\bkey_type\x18\x03 \x01(\tR\akeyType\x12\x16\n" +
+	"\x06scheme\x18\x04 \x01(\tR\x06scheme\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x05 \x01(\tR\tpublicKey2\xf6\x04\n" +
 	"\x11RepositoryService\x12_\n" +
 	"\n" +
 	"UploadBlob\x12&.ferry.repository.v1.UploadBlobRequest\x1a'.ferry.repository.v1.UploadBlobResponse(\x01\x12i\n" +
 	"\x0ePublishTargets\x12*.ferry.repository.v1.PublishTargetsRequest\x1a+.ferry.repository.v1.PublishTargetsResponse\x12`\n" +
 	"\vPublishRoot\x12'.ferry.repository.v1.PublishRootRequest\x1a(.ferry.repository.v1.PublishRootResponse\x12e\n" +
 	"\vListBundles\x12'.ferry.repository.v1.ListBundlesRequest\x1a(.ferry.repository.v1.ListBundlesResponse\"\x03\x90\x02\x01\x12_\n" +
-	"\tGetBundle\x12%.ferry.repository.v1.GetBundleRequest\x1a&.ferry.repository.v1.GetBundleResponse\"\x03\x90\x02\x01B\xd9\x01\n" +
+	"\tGetBundle\x12%.ferry.repository.v1.GetBundleRequest\x1a&.ferry.repository.v1.GetBundleResponse\"\x03\x90\x02\x01\x12k\n" +
+	"\rGetOnlineKeys\x12).ferry.repository.v1.GetOnlineKeysRequest\x1a*.ferry.repository.v1.GetOnlineKeysResponse\"\x03\x90\x02\x01B\xd9\x01\n" +
 	"\x17com.ferry.repository.v1B\x0fRepositoryProtoP\x01Z?github.com/ferryhq/ferry/proto/ferry/repository/v1;repositoryv1\xa2\x02\x03FRX\xaa\x02\x13Ferry.Repository.V1\xca\x02\x13Ferry\\Repository\\V1\xe2\x02\x1fFerry\\Repository\\V1\\GPBMetadata\xea\x02\x15Ferry::Repository::V1b\x06proto3"
 
 var (
@@ -787,44 +1074,52 @@ func file_ferry_repository_v1_repository_proto_rawDescGZIP() []byte {
 	return file_ferry_repository_v1_repository_proto_rawDescData
 }
 
-var file_ferry_repository_v1_repository_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ferry_repository_v1_repository_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_repository_v1_repository_proto_goTypes = []any{
 	(*UploadBlobRequest)(nil),      // 0: ferry.repository.v1.UploadBlobRequest
 	(*BlobInfo)(nil),               // 1: ferry.repository.v1.BlobInfo
 	(*UploadBlobResponse)(nil),     // 2: ferry.repository.v1.UploadBlobResponse
 	(*PublishTargetsRequest)(nil),  // 3: ferry.repository.v1.PublishTargetsRequest
-	(*PublishTargetsResponse)(nil), // 4: ferry.repository.v1.PublishTargetsResponse
-	(*PublishRootRequest)(nil),     // 5: ferry.repository.v1.PublishRootRequest
-	(*PublishRootResponse)(nil),    // 6: ferry.repository.v1.PublishRootResponse
-	(*Bundle)(nil),                 // 7: ferry.repository.v1.Bundle
-	(*ListBundlesRequest)(nil),     // 8: ferry.repository.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),    // 9: ferry.repository.v1.ListBundlesResponse
-	(*GetBundleRequest)(nil),       // 10: ferry.repository.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),      // 11: ferry.repository.v1.GetBundleResponse
-	nil,                            // 12: ferry.repository.v1.Bundle.HashesEntry
-	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
+	(*RoleMetadata)(nil),           // 4: ferry.repository.v1.RoleMetadata
+	(*PublishTargetsResponse)(nil), // 5: ferry.repository.v1.PublishTargetsResponse
+	(*PublishRootRequest)(nil),     // 6: ferry.repository.v1.PublishRootRequest
+	(*PublishRootResponse)(nil),    // 7: ferry.repository.v1.PublishRootResponse
+	(*Bundle)(nil),                 // 8: ferry.repository.v1.Bundle
+	(*ListBundlesRequest)(nil),     // 9: ferry.repository.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),    // 10: ferry.repository.v1.ListBundlesResponse
+	(*GetBundleRequest)(nil),       // 11: ferry.repository.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),      // 12: ferry.repository.v1.GetBundleResponse
+	(*GetOnlineKeysRequest)(nil),   // 13: ferry.repository.v1.GetOnlineKeysRequest
+	(*GetOnlineKeysResponse)(nil),  // 14: ferry.repository.v1.GetOnlineKeysResponse
+	(*OnlineKey)(nil),              // 15: ferry.repository.v1.OnlineKey
+	nil,                            // 16: ferry.repository.v1.Bundle.HashesEntry
+	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
 }
 var file_ferry_repository_v1_repository_proto_depIdxs = []int32{
 	1,  // 0: ferry.repository.v1.UploadBlobRequest.info:type_name -> ferry.repository.v1.BlobInfo
-	12, // 1: ferry.repository.v1.Bundle.hashes:type_name -> ferry.repository.v1.Bundle.HashesEntry
-	13, // 2: ferry.repository.v1.Bundle.publish_time:type_name -> google.protobuf.Timestamp
-	7,  // 3: ferry.repository.v1.ListBundlesResponse.bundles:type_name -> ferry.repository.v1.Bundle
-	7,  // 4: ferry.repository.v1.GetBundleResponse.bundle:type_name -> ferry.repository.v1.Bundle
-	0,  // 5: ferry.repository.v1.RepositoryService.UploadBlob:input_type -> ferry.repository.v1.UploadBlobRequest
-	3,  // 6: ferry.repository.v1.RepositoryService.PublishTargets:input_type -> ferry.repository.v1.PublishTargetsRequest
-	5,  // 7: ferry.repository.v1.RepositoryService.PublishRoot:input_type -> ferry.repository.v1.PublishRootRequest
-	8,  // 8: ferry.repository.v1.RepositoryService.ListBundles:input_type -> ferry.repository.v1.ListBundlesRequest
-	10, // 9: ferry.repository.v1.RepositoryService.GetBundle:input_type -> ferry.repository.v1.GetBundleRequest
-	2,  // 10: ferry.repository.v1.RepositoryService.UploadBlob:output_type -> ferry.repository.v1.UploadBlobResponse
-	4,  // 11: ferry.repository.v1.RepositoryService.PublishTargets:output_type -> ferry.repository.v1.PublishTargetsResponse
-	6,  // 12: ferry.repository.v1.RepositoryService.PublishRoot:output_type -> ferry.repository.v1.PublishRootResponse
-	9,  // 13: ferry.repository.v1.RepositoryService.ListBundles:output_type -> ferry.repository.v1.ListBundlesResponse
-	11, // 14: ferry.repository.v1.RepositoryService.GetBundle:output_type -> ferry.repository.v1.GetBundleResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	4,  // 1: ferry.repository.v1.PublishTargetsRequest.additional_roles:type_name -> ferry.repository.v1.RoleMetadata
+	16, // 2: ferry.repository.v1.Bundle.hashes:type_name -> ferry.repository.v1.Bundle.HashesEntry
+	17, // 3: ferry.repository.v1.Bundle.publish_time:type_name -> google.protobuf.Timestamp
+	8,  // 4: ferry.repository.v1.ListBundlesResponse.bundles:type_name -> ferry.repository.v1.Bundle
+	8,  // 5: ferry.repository.v1.GetBundleResponse.bundle:type_name -> ferry.repository.v1.Bundle
+	15, // 6: ferry.repository.v1.GetOnlineKeysResponse.keys:type_name -> ferry.repository.v1.OnlineKey
+	0,  // 7: ferry.repository.v1.RepositoryService.UploadBlob:input_type -> ferry.repository.v1.UploadBlobRequest
+	3,  // 8: ferry.repository.v1.RepositoryService.PublishTargets:input_type -> ferry.repository.v1.PublishTargetsRequest
+	6,  // 9: ferry.repository.v1.RepositoryService.PublishRoot:input_type -> ferry.repository.v1.PublishRootRequest
+	9,  // 10: ferry.repository.v1.RepositoryService.ListBundles:input_type -> ferry.repository.v1.ListBundlesRequest
+	11, // 11: ferry.repository.v1.RepositoryService.GetBundle:input_type -> ferry.repository.v1.GetBundleRequest
+	13, // 12: ferry.repository.v1.RepositoryService.GetOnlineKeys:input_type -> ferry.repository.v1.GetOnlineKeysRequest
+	2,  // 13: ferry.repository.v1.RepositoryService.UploadBlob:output_type -> ferry.repository.v1.UploadBlobResponse
+	5,  // 14: ferry.repository.v1.RepositoryService.PublishTargets:output_type -> ferry.repository.v1.PublishTargetsResponse
+	7,  // 15: ferry.repository.v1.RepositoryService.PublishRoot:output_type -> ferry.repository.v1.PublishRootResponse
+	10, // 16: ferry.repository.v1.RepositoryService.ListBundles:output_type -> ferry.repository.v1.ListBundlesResponse
+	12, // 17: ferry.repository.v1.RepositoryService.GetBundle:output_type -> ferry.repository.v1.GetBundleResponse
+	14, // 18: ferry.repository.v1.RepositoryService.GetOnlineKeys:output_type -> ferry.repository.v1.GetOnlineKeysResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_ferry_repository_v1_repository_proto_init() }
@@ -842,7 +1137,7 @@ func file_ferry_repository_v1_repository_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_repository_v1_repository_proto_rawDesc), len(file_ferry_repository_v1_repository_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

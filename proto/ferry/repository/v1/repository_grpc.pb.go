@@ -28,6 +28,7 @@ const (
 	RepositoryService_PublishRoot_FullMethodName    = "/ferry.repository.v1.RepositoryService/PublishRoot"
 	RepositoryService_ListBundles_FullMethodName    = "/ferry.repository.v1.RepositoryService/ListBundles"
 	RepositoryService_GetBundle_FullMethodName      = "/ferry.repository.v1.RepositoryService/GetBundle"
+	RepositoryService_GetOnlineKeys_FullMethodName  = "/ferry.repository.v1.RepositoryService/GetOnlineKeys"
 )
 
 // RepositoryServiceClient is the client API for RepositoryService service.
@@ -49,6 +50,9 @@ type RepositoryServiceClient interface {
 	ListBundles(ctx context.Context, in *ListBundlesRequest, opts ...grpc.CallOption) (*ListBundlesResponse, error)
 	// GetBundle returns one target and its custom metadata.
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
+	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
+	// timestamp roles, which a root must name, and the current versions.
+	GetOnlineKeys(ctx context.Context, in *GetOnlineKeysRequest, opts ...grpc.CallOption) (*GetOnlineKeysResponse, error)
 }
 
 type repositoryServiceClient struct {
@@ -112,6 +116,16 @@ func (c *repositoryServiceClient) GetBundle(ctx context.Context, in *GetBundleRe
 	return out, nil
 }
 
+func (c *repositoryServiceClient) GetOnlineKeys(ctx context.Context, in *GetOnlineKeysRequest, opts ...grpc.CallOption) (*GetOnlineKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetOnlineKeysResponse)
+	err := c.cc.Invoke(ctx, RepositoryService_GetOnlineKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RepositoryServiceServer is the server API for RepositoryService service.
 // All implementations must embed UnimplementedRepositoryServiceServer
 // for forward compatibility.
@@ -131,6 +145,9 @@ type RepositoryServiceServer interface {
 	ListBundles(context.Context, *ListBundlesRequest) (*ListBundlesResponse, error)
 	// GetBundle returns one target and its custom metadata.
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
+	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
+	// timestamp roles, which a root must name, and the current versions.
+	GetOnlineKeys(context.Context, *GetOnlineKeysRequest) (*GetOnlineKeysResponse, error)
 	mustEmbedUnimplementedRepositoryServiceServer()
 }
 
@@ -155,6 +172,9 @@ func (UnimplementedRepositoryServiceServer) ListBundles(context.Context, *ListBu
 }
 func (UnimplementedRepositoryServiceServer) GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
+}
+func (UnimplementedRepositoryServiceServer) GetOnlineKeys(context.Context, *GetOnlineKeysRequest) (*GetOnlineKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOnlineKeys not implemented")
 }
 func (UnimplementedRepositoryServiceServer) mustEmbedUnimplementedRepositoryServiceServer() {}
 func (UnimplementedRepositoryServiceServer) testEmbeddedByValue()                           {}
@@ -256,6 +276,24 @@ func _RepositoryService_GetBundle_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepositoryService_GetOnlineKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOnlineKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepositoryServiceServer).GetOnlineKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepositoryService_GetOnlineKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepositoryServiceServer).GetOnlineKeys(ctx, req.(*GetOnlineKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RepositoryService_ServiceDesc is the grpc.ServiceDesc for RepositoryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -278,6 +316,10 @@ var RepositoryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetBundle",
 			Handler:    _RepositoryService_GetBundle_Handler,
+		},
+		{
+			MethodName: "GetOnlineKeys",
+			Handler:    _RepositoryService_GetOnlineKeys_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -51,6 +51,9 @@ const (
 	// RepositoryServiceGetBundleProcedure is the fully-qualified name of the RepositoryService's
 	// GetBundle RPC.
 	RepositoryServiceGetBundleProcedure = "/ferry.repository.v1.RepositoryService/GetBundle"
+	// RepositoryServiceGetOnlineKeysProcedure is the fully-qualified name of the RepositoryService's
+	// GetOnlineKeys RPC.
+	RepositoryServiceGetOnlineKeysProcedure = "/ferry.repository.v1.RepositoryService/GetOnlineKeys"
 )
 
 // RepositoryServiceClient is a client for the ferry.repository.v1.RepositoryService service.
@@ -68,6 +71,9 @@ type RepositoryServiceClient interface {
 	ListBundles(context.Context, *connect.Request[v1.ListBundlesRequest]) (*connect.Response[v1.ListBundlesResponse], error)
 	// GetBundle returns one target and its custom metadata.
 	GetBundle(context.Context, *connect.Request[v1.GetBundleRequest]) (*connect.Response[v1.GetBundleResponse], error)
+	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
+	// timestamp roles, which a root must name, and the current versions.
+	GetOnlineKeys(context.Context, *connect.Request[v1.GetOnlineKeysRequest]) (*connect.Response[v1.GetOnlineKeysResponse], error)
 }
 
 // NewRepositoryServiceClient constructs a client for the ferry.repository.v1.RepositoryService
@@ -113,6 +119,13 @@ func NewRepositoryServiceClient(httpClient connect.HTTPClient, baseURL string, o
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		getOnlineKeys: connect.NewClient[v1.GetOnlineKeysRequest, v1.GetOnlineKeysResponse](
+			httpClient,
+			baseURL+RepositoryServiceGetOnlineKeysProcedure,
+			connect.WithSchema(repositoryServiceMethods.ByName("GetOnlineKeys")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -123,6 +136,7 @@ type repositoryServiceClient struct {
 	publishRoot    *connect.Client[v1.PublishRootRequest, v1.PublishRootResponse]
 	listBundles    *connect.Client[v1.ListBundlesRequest, v1.ListBundlesResponse]
 	getBundle      *connect.Client[v1.GetBundleRequest, v1.GetBundleResponse]
+	getOnlineKeys  *connect.Client[v1.GetOnlineKeysRequest, v1.GetOnlineKeysResponse]
 }
 
 // UploadBlob calls ferry.repository.v1.RepositoryService.UploadBlob.
@@ -150,6 +164,11 @@ func (c *repositoryServiceClient) GetBundle(ctx context.Context, req *connect.Re
 	return c.getBundle.CallUnary(ctx, req)
 }
 
+// GetOnlineKeys calls ferry.repository.v1.RepositoryService.GetOnlineKeys.
+func (c *repositoryServiceClient) GetOnlineKeys(ctx context.Context, req *connect.Request[v1.GetOnlineKeysRequest]) (*connect.Response[v1.GetOnlineKeysResponse], error) {
+	return c.getOnlineKeys.CallUnary(ctx, req)
+}
+
 // RepositoryServiceHandler is an implementation of the ferry.repository.v1.RepositoryService
 // service.
 type RepositoryServiceHandler interface {
@@ -166,6 +185,9 @@ type RepositoryServiceHandler interface {
 	ListBundles(context.Context, *connect.Request[v1.ListBundlesRequest]) (*connect.Response[v1.ListBundlesResponse], error)
 	// GetBundle returns one target and its custom metadata.
 	GetBundle(context.Context, *connect.Request[v1.GetBundleRequest]) (*connect.Response[v1.GetBundleResponse], error)
+	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
+	// timestamp roles, which a root must name, and the current versions.
+	GetOnlineKeys(context.Context, *connect.Request[v1.GetOnlineKeysRequest]) (*connect.Response[v1.GetOnlineKeysResponse], error)
 }
 
 // NewRepositoryServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -207,6 +229,13 @@ func NewRepositoryServiceHandler(svc RepositoryServiceHandler, opts ...connect.H
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	repositoryServiceGetOnlineKeysHandler := connect.NewUnaryHandler(
+		RepositoryServiceGetOnlineKeysProcedure,
+		svc.GetOnlineKeys,
+		connect.WithSchema(repositoryServiceMethods.ByName("GetOnlineKeys")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.repository.v1.RepositoryService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case RepositoryServiceUploadBlobProcedure:
@@ -219,6 +248,8 @@ func NewRepositoryServiceHandler(svc RepositoryServiceHandler, opts ...connect.H
 			repositoryServiceListBundlesHandler.ServeHTTP(w, r)
 		case RepositoryServiceGetBundleProcedure:
 			repositoryServiceGetBundleHandler.ServeHTTP(w, r)
+		case RepositoryServiceGetOnlineKeysProcedure:
+			repositoryServiceGetOnlineKeysHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -246,4 +277,8 @@ func (UnimplementedRepositoryServiceHandler) ListBundles(context.Context, *conne
 
 func (UnimplementedRepositoryServiceHandler) GetBundle(context.Context, *connect.Request[v1.GetBundleRequest]) (*connect.Response[v1.GetBundleResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.repository.v1.RepositoryService.GetBundle is not implemented"))
+}
+
+func (UnimplementedRepositoryServiceHandler) GetOnlineKeys(context.Context, *connect.Request[v1.GetOnlineKeysRequest]) (*connect.Response[v1.GetOnlineKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.repository.v1.RepositoryService.GetOnlineKeys is not implemented"))
 }
