@@ -37,6 +37,13 @@ type DevFiles struct {
 	DevicesDir    string // <id>.pem and <id>.key for every device
 	OperatorToken string // the development operator's API key, in clear
 	Operators     string // the operator keys file (hashed keys and roles)
+	// OperatorCACert and OperatorCAKey are the operator CA, which issues
+	// operator client certificates; OperatorCert and OperatorKey are the
+	// development admin's certificate (CN dev-admin, OU admin).
+	OperatorCACert string
+	OperatorCAKey  string
+	OperatorCert   string
+	OperatorKey    string
 }
 
 // DeviceCert returns the certificate and key paths of a development device.
@@ -62,6 +69,11 @@ func EnsureDev(dir string, opts DevOptions) (DevFiles, error) {
 		DevicesDir:    filepath.Join(dir, "devices"),
 		OperatorToken: filepath.Join(dir, "operator.token"),
 		Operators:     filepath.Join(dir, "operators.json"),
+
+		OperatorCACert: filepath.Join(dir, "operator-ca.pem"),
+		OperatorCAKey:  filepath.Join(dir, "operator-ca.key"),
+		OperatorCert:   filepath.Join(dir, "operator.pem"),
+		OperatorKey:    filepath.Join(dir, "operator.key"),
 	}
 	if err := os.MkdirAll(f.DevicesDir, 0o700); err != nil {
 		return f, err
@@ -103,6 +115,28 @@ func EnsureDev(dir string, opts DevOptions) (DevFiles, error) {
 		}
 		if err := writePair(certPath, keyPath, cert, key); err != nil {
 			return f, fmt.Errorf("device %s certificate: %w", id, err)
+		}
+	}
+	opCA, err := LoadCA(f.OperatorCACert, f.OperatorCAKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		if opCA, err = NewCA("Ferry development operator CA", 10*365*24*time.Hour, now()); err == nil {
+			err = writePair(f.OperatorCACert, f.OperatorCAKey, opCA.Cert, opCA.Key)
+		}
+	}
+	if err != nil {
+		return f, fmt.Errorf("development operator CA: %w", err)
+	}
+	if needsIssue(f.OperatorCert, now()) {
+		key, err := NewKey()
+		if err != nil {
+			return f, err
+		}
+		cert, err := opCA.IssueOperator("dev-admin", RoleAdmin, key.Public(), opts.CertTTL, now())
+		if err != nil {
+			return f, err
+		}
+		if err := writePair(f.OperatorCert, f.OperatorKey, cert, key); err != nil {
+			return f, fmt.Errorf("operator certificate: %w", err)
 		}
 	}
 	if _, err := os.Stat(f.Operators); errors.Is(err, fs.ErrNotExist) {

@@ -1,0 +1,282 @@
+package credentials
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/store/bolt"
+)
+
+func newCSR(t testing.TB, key any) []byte {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ignored"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+type brokerFixture struct {
+	broker  *Broker
+	store   *bolt.Store
+	ca      *CA
+	factory *CA
+	now     time.Time
+}
+
+func newBrokerFixture(t *testing.T) *brokerFixture {
+	t.Helper()
+	f := &brokerFixture{now: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
+	var err error
+	if f.store, err = bolt.Open(filepath.Join(t.TempDir(), "ferry.db")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.store.Close() })
+	if f.ca, err = NewCA("device CA", 365*24*time.Hour, f.now); err != nil {
+		t.Fatal(err)
+	}
+	if f.factory, err = NewCA("factory CA", 365*24*time.Hour, f.now); err != nil {
+		t.Fatal(err)
+	}
+	manufacturers := x509.NewCertPool()
+	manufacturers.AddCert(f.factory.Cert)
+	f.broker, err = NewBroker(BrokerConfig{
+		TrustDomain: "ferry.test", Issuer: f.ca, IssuerChain: []*x509.Certificate{f.ca.Cert},
+		Manufacturers: manufacturers, Store: f.store,
+		Register: func(context.Context, string, map[string]string) error { return nil },
+		Now:      func() time.Time { return f.now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *brokerFixture) factoryCert(t *testing.T, id string) *x509.Certificate {
+	t.Helper()
+	key, _ := NewKey()
+	tmpl := &x509.Certificate{
+		Subject: pkix.Name{CommonName: id}, NotBefore: f.now.Add(-time.Hour), NotAfter: f.now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	c, err := sign(tmpl, f.factory.Cert, key.Public(), f.factory.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestEnrollWithToken(t *testing.T) {
+	ctx := context.Background()
+	f := newBrokerFixture(t)
+	token, exp, err := f.broker.CreateEnrollment(ctx, "gw-7", map[string]string{"model": "gw2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := f.now.Add(7 * 24 * time.Hour); !exp.Equal(want) {
+		t.Errorf("enrollment expires %v, want %v", exp, want)
+	}
+	key, _ := NewKey()
+	issued, err := f.broker.Enroll(ctx, newCSR(t, key), token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := issued.Leaf()
+	if id, err := DeviceID("ferry.test", leaf); id != "gw-7" || err != nil {
+		t.Errorf("issued certificate names %q, %v", id, err)
+	}
+	if !leaf.PublicKey.(*ecdsa.PublicKey).Equal(key.Public()) {
+		t.Error("issued certificate is not for the CSR's key")
+	}
+	if got := leaf.NotAfter.Sub(f.now); got != 24*time.Hour {
+		t.Errorf("certificate lifetime %v, want 24h", got)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(f.ca.Cert)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: f.now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("issued certificate does not verify: %v", err)
+	}
+	if _, err := f.broker.Enroll(ctx, newCSR(t, key), token); !errors.Is(err, ErrUnauthenticated) {
+		t.Errorf("second use of the enrollment token = %v, want ErrUnauthenticated", err)
+	}
+}
+
+func TestEnrollRefusals(t *testing.T) {
+	ctx := context.Background()
+	f := newBrokerFixture(t)
+	key, _ := NewKey()
+	good := newCSR(t, key)
+	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
+	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	tampered := newCSR(t, key)
+	tampered[len(tampered)-5] ^= 0xff
+	valid := func() string {
+		tok, _, err := f.broker.CreateEnrollment(ctx, "dev-ok", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	expired, _, _ := f.broker.CreateEnrollment(ctx, "dev-late", nil)
+	revoked, _, _ := f.broker.CreateEnrollment(ctx, "dev-revoked", nil)
+	if _, err := f.broker.Revoke(ctx, "dev-revoked", "lost", "test"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		csr   []byte
+		token string
+		later time.Duration
+		want  error
+	}{
+		{"no CSR", nil, valid(), 0, ErrInvalid},
+		{"garbage CSR", []byte{0x30, 0x03, 1, 2, 3}, valid(), 0, ErrInvalid},
+		{"tampered CSR", tampered, valid(), 0, ErrInvalid},
+		{"RSA 1024", newCSR(t, weak), valid(), 0, ErrInvalid},
+		{"P-224", newCSR(t, p224), valid(), 0, ErrInvalid},
+		{"no token", good, "", 0, ErrUnauthenticated},
+		{"unknown token", good, enrollmentPrefix + "AAAA", 0, ErrUnauthenticated},
+		{"API key as token", good, "ferry_xyz", 0, ErrUnauthenticated},
+		{"expired token", good, expired, 8 * 24 * time.Hour, ErrUnauthenticated},
+		{"revoked device", good, revoked, 0, ErrRevoked},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			saved := f.now
+			f.now = f.now.Add(tt.later)
+			defer func() { f.now = saved }()
+			if _, err := f.broker.Enroll(ctx, tt.csr, tt.token); !errors.Is(err, tt.want) {
+				t.Errorf("Enroll = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestEnrollFactory(t *testing.T) {
+	ctx := context.Background()
+	f := newBrokerFixture(t)
+	key, _ := NewKey()
+	csr := newCSR(t, key)
+	otherCA, _ := NewCA("other", time.Hour, f.now)
+	otherKey, _ := NewKey()
+	foreign, _ := otherCA.IssueDevice("ferry.test", "sn-1", otherKey.Public(), time.Hour, f.now)
+	tests := []struct {
+		name  string
+		chain []*x509.Certificate
+		want  string
+		err   error
+	}{
+		{"factory certificate", []*x509.Certificate{f.factoryCert(t, "sn-1")}, "sn-1", nil},
+		{"again (re-enrollment)", []*x509.Certificate{f.factoryCert(t, "sn-1")}, "sn-1", nil},
+		{"other CA", []*x509.Certificate{foreign}, "", ErrUnauthenticated},
+		{"malformed id", []*x509.Certificate{f.factoryCert(t, "a b")}, "", ErrUnauthenticated},
+		{"none", nil, "", ErrUnauthenticated},
+	}
+	for _, tt := range tests {
+		issued, err := f.broker.EnrollFactory(ctx, csr, tt.chain)
+		if !errors.Is(err, tt.err) || (err == nil && issued.DeviceID != tt.want) {
+			t.Errorf("%s: EnrollFactory = %q, %v; want %q, %v", tt.name, issued.DeviceID, err, tt.want, tt.err)
+		}
+	}
+	if _, err := f.broker.Revoke(ctx, "sn-1", "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.broker.EnrollFactory(ctx, csr, []*x509.Certificate{f.factoryCert(t, "sn-1")}); !errors.Is(err, ErrRevoked) {
+		t.Errorf("factory enrollment of a revoked device = %v, want ErrRevoked", err)
+	}
+}
+
+func TestRenewAndRevoke(t *testing.T) {
+	ctx := context.Background()
+	f := newBrokerFixture(t)
+	key, _ := NewKey()
+	if _, err := f.broker.Renew(ctx, "dev-1", newCSR(t, key)); err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	// A second ferryd on the same store learns of the revocation on refresh.
+	other := NewRevocationSet(f.store)
+	if _, err := f.broker.Revoke(ctx, "dev-1", "stolen", "operator:a"); err != nil {
+		t.Fatal(err)
+	}
+	if !f.broker.Revocations().Revoked("dev-1") {
+		t.Error("the broker's own set does not know the revocation")
+	}
+	if other.Revoked("dev-1") {
+		t.Error("the other set knew before a refresh")
+	}
+	if ids, err := other.Refresh(ctx); err != nil || len(ids) != 1 || !other.Revoked("dev-1") {
+		t.Errorf("Refresh = %v, %v", ids, err)
+	}
+	if _, err := f.broker.Renew(ctx, "dev-1", newCSR(t, key)); !errors.Is(err, ErrRevoked) || !errors.Is(err, ErrForbidden) {
+		t.Errorf("Renew of a revoked device = %v, want ErrRevoked", err)
+	}
+	if _, _, err := f.broker.CreateEnrollment(ctx, "dev-1", nil); !errors.Is(err, ErrRevoked) {
+		t.Errorf("CreateEnrollment of a revoked device = %v, want ErrRevoked", err)
+	}
+	r, err := f.store.GetRevocation(ctx, "dev-1")
+	if err != nil || r.Reason != "stolen" || r.RevokedBy != "operator:a" {
+		t.Errorf("stored revocation %+v, %v", r, err)
+	}
+	if _, err := f.broker.Revoke(ctx, "bad id", "", ""); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Revoke(bad id) = %v, want ErrInvalid", err)
+	}
+}
+
+func TestCertificateNeverOutlivesIssuer(t *testing.T) {
+	ctx := context.Background()
+	f := newBrokerFixture(t)
+	short, err := NewCA("short", 2*time.Hour, f.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewBroker(BrokerConfig{TrustDomain: "ferry.test", Issuer: short, Store: f.store, Now: func() time.Time { return f.now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := NewKey()
+	issued, err := b.Renew(ctx, "dev-1", newCSR(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if issued.Leaf().NotAfter.After(short.Cert.NotAfter) {
+		t.Errorf("certificate expires %v, after its issuer (%v)", issued.Leaf().NotAfter, short.Cert.NotAfter)
+	}
+	noIssuer, _ := NewBroker(BrokerConfig{TrustDomain: "ferry.test", Store: f.store})
+	if _, err := noIssuer.Renew(ctx, "dev-1", newCSR(t, key)); !errors.Is(err, ErrNoIssuer) {
+		t.Errorf("Renew without an issuer = %v, want ErrNoIssuer", err)
+	}
+}
+
+var _ store.Credentials = (*bolt.Store)(nil)
+
+func FuzzParseCSR(f *testing.F) {
+	key, _ := NewKey()
+	f.Add(newCSR(f, key))
+	f.Add([]byte{0x30, 0x00})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, der []byte) {
+		csr, err := ParseCSR(der)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v is not ErrInvalid", err)
+			}
+			return
+		}
+		if csr.CheckSignature() != nil {
+			t.Fatal("accepted a CSR whose signature does not check")
+		}
+		if checkPublicKey(csr.PublicKey) != nil {
+			t.Fatal("accepted a CSR with an unacceptable key")
+		}
+	})
+}
