@@ -20,6 +20,17 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestCredentialsConformance(t *testing.T) {
+	storetest.RunCredentials(t, func(t *testing.T) store.Credentials {
+		s, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
 // TestDurable checks that what one process wrote is there after a reopen.
 func TestDurable(t *testing.T) {
 	ctx := context.Background()

@@ -23,6 +23,18 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestCredentialsConformance(t *testing.T) {
+	url := testredis.URL(t)
+	storetest.RunCredentials(t, func(t *testing.T) store.Credentials {
+		s, err := redis.Open(context.Background(), url, testredis.Prefix(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
 // TestListSkipsHalfCreated checks the index-first write order: an id whose
 // device hash never landed is not listed.
 func TestListSkipsHalfCreated(t *testing.T) {
