@@ -27,9 +27,11 @@ const (
 
 type EnrollRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// PKCS #10 certificate signing request, DER.
+	// PKCS #10 certificate signing request, DER. Only its public key is used:
+	// the identity comes from the token or the factory certificate.
 	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
-	// One-time enrollment token from AddDevice.
+	// One-time enrollment token from AddDevice. Leave it empty to enroll
+	// with a factory certificate presented as the TLS client certificate.
 	EnrollmentToken string `protobuf:"bytes,2,opt,name=enrollment_token,json=enrollmentToken,proto3" json:"enrollment_token,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -231,8 +233,16 @@ func (x *RenewCertificateResponse) GetExpireTime() *timestamppb.Timestamp {
 
 type IssueDownloadTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// TUF target path of the bundle to download.
-	TargetPath    string `protobuf:"bytes,1,opt,name=target_path,json=targetPath,proto3" json:"target_path,omitempty"`
+	// TUF target path of the bundle to download. It must be the bundle of
+	// the device's current desired state.
+	TargetPath string `protobuf:"bytes,1,opt,name=target_path,json=targetPath,proto3" json:"target_path,omitempty"`
+	// single_use asks for a token that is good for one request only (no
+	// Range resumes with it; ask for a new token to resume).
+	SingleUse bool `protobuf:"varint,2,opt,name=single_use,json=singleUse,proto3" json:"single_use,omitempty"`
+	// presigned asks for a pre-signed URL instead of a certificate-bound
+	// token, for downloads through a CDN or a plain HTTPS client: the URL
+	// carries the token, is scoped to this device and target, and expires.
+	Presigned     bool `protobuf:"varint,3,opt,name=presigned,proto3" json:"presigned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -274,8 +284,24 @@ func (x *IssueDownloadTokenRequest) GetTargetPath() string {
 	return ""
 }
 
+func (x *IssueDownloadTokenRequest) GetSingleUse() bool {
+	if x != nil {
+		return x.SingleUse
+	}
+	return false
+}
+
+func (x *IssueDownloadTokenRequest) GetPresigned() bool {
+	if x != nil {
+		return x.Presigned
+	}
+	return false
+}
+
 type IssueDownloadTokenResponse struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token, sent as "Authorization: Bearer <token>" over the device's
+	// mTLS connection. For a pre-signed URL it is also in url.
 	Token      string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// Where to download the target with the token.
@@ -352,10 +378,13 @@ const file_ferry_credentials_v1_credentials_proto_rawDesc = "" +
 	"\x18RenewCertificateResponse\x12+\n" +
 	"\x11certificate_chain\x18\x01 \x03(\fR\x10certificateChain\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"<\n" +
+	"expireTime\"y\n" +
 	"\x19IssueDownloadTokenRequest\x12\x1f\n" +
 	"\vtarget_path\x18\x01 \x01(\tR\n" +
-	"targetPath\"\x81\x01\n" +
+	"targetPath\x12\x1d\n" +
+	"\n" +
+	"single_use\x18\x02 \x01(\bR\tsingleUse\x12\x1c\n" +
+	"\tpresigned\x18\x03 \x01(\bR\tpresigned\"\x81\x01\n" +
 	"\x1aIssueDownloadTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
