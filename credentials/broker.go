@@ -232,6 +232,12 @@ func (b *Broker) Renew(ctx context.Context, id string, csrDER []byte) (Issued, e
 	return b.issue(id, csr)
 }
 
+// CheckNotRevoked returns ErrRevoked if device id is revoked, reading the
+// store rather than the cache.
+func (b *Broker) CheckNotRevoked(ctx context.Context, id string) error {
+	return b.checkNotRevoked(ctx, id)
+}
+
 // checkNotRevoked reads the device's revocation from the store.
 func (b *Broker) checkNotRevoked(ctx context.Context, id string) error {
 	r, err := b.cfg.Store.GetRevocation(ctx, id)

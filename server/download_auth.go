@@ -1,0 +1,108 @@
+package server
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	"github.com/ferryhq/ferry/credentials"
+)
+
+// downloadTokenParam is the query parameter of a pre-signed URL.
+const downloadTokenParam = "token"
+
+// tokenDownloadAuthorizer is ferryd's DownloadAuthorizer. Targets need one
+// of:
+//   - a download token as "Authorization: Bearer <token>", bound to the TLS
+//     client certificate the request came over (RFC 8705 cnf.x5t#S256);
+//   - a pre-signed URL token in the "token" query parameter;
+//   - an operator API key or operator certificate (any role).
+//
+// It checks signature, expiry, target, digest, binding, revocation and
+// single use. A valid token works for any number of Range requests until
+// it expires, unless it is single-use. Metadata needs a device certificate
+// of an unrevoked device, or an operator credential.
+type tokenDownloadAuthorizer struct {
+	creds *credentialsState
+	auth  Authenticator
+}
+
+var _ DownloadAuthorizer = tokenDownloadAuthorizer{}
+
+// AuthorizeMetadata implements DownloadAuthorizer.
+func (a tokenDownloadAuthorizer) AuthorizeMetadata(r *http.Request) error {
+	if r.Header.Get("Authorization") == "" && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		if id, ok := a.device(r); ok {
+			if a.creds.revoked.Revoked(id) {
+				return connect.NewError(connect.CodePermissionDenied, errors.New("the device's certificate was revoked"))
+			}
+			return nil
+		}
+	}
+	_, err := authorizeRequest(a.auth, a.creds.operatorCerts, r.Header, r.TLS, credentials.RoleViewer)
+	return err
+}
+
+// device returns the id of a verified device certificate on r.
+func (a tokenDownloadAuthorizer) device(r *http.Request) (string, bool) {
+	chain := r.TLS.PeerCertificates
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{
+		Roots: a.creds.deviceRoots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return "", false
+	}
+	id, err := credentials.DeviceID(a.creds.cfg.TrustDomain, chain[0])
+	return id, err == nil
+}
+
+// AuthorizeTarget implements DownloadAuthorizer.
+func (a tokenDownloadAuthorizer) AuthorizeTarget(r *http.Request, path, sha256 string) error {
+	bearer, hasBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	token := strings.TrimSpace(bearer)
+	if !hasBearer {
+		token = r.URL.Query().Get(downloadTokenParam)
+	}
+	if token == "" || strings.HasPrefix(token, "ferry_") {
+		if token == "" && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			if _, isDevice := a.device(r); isDevice {
+				return connect.NewError(connect.CodeUnauthenticated,
+					errors.New("a download token is required: ask CredentialService.IssueDownloadToken and send \"Authorization: Bearer <token>\""))
+			}
+		}
+		// An operator may read any target.
+		_, err := authorizeRequest(a.auth, a.creds.operatorCerts, r.Header, r.TLS, credentials.RoleViewer)
+		return err
+	}
+	req := credentials.DownloadRequest{Target: path, SHA256: sha256, Claimant: newClaimant()}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		req.ClientCert = r.TLS.PeerCertificates[0]
+	}
+	g, err := a.creds.downloads.Authorize(r.Context(), token, req)
+	if err != nil {
+		code, msg := classify(err)
+		if code == connect.CodeInternal {
+			a.creds.log.ErrorContext(r.Context(), "download authorization", "err", err)
+		} else {
+			a.creds.log.InfoContext(r.Context(), "download refused", "target", path, "device", g.DeviceID, "reason", err)
+		}
+		return connect.NewError(code, errors.New(msg))
+	}
+	return nil
+}
+
+func newClaimant() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
