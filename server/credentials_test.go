@@ -391,3 +391,108 @@ func enrollToken(t *testing.T, f *ferrytest.Ferryd, id string) string {
 	}
 	return added.Msg.GetEnrollmentToken()
 }
+
+// TestRevocationClosesStreams revokes devices whose streams are open on
+// this ferryd and on another one sharing the store: both streams end with
+// PermissionDenied, the local one at once and the remote one at the other
+// instance's next revocation refresh.
+func TestRevocationClosesStreams(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Redis, nil)
+	peer := f.StartPeer(t, func(cfg *server.Config) { cfg.Credentials.RevocationRefresh = 100 * time.Millisecond })
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		on   *ferrytest.Ferryd
+	}{
+		{"stream on this instance", f},
+		{"stream on another instance", peer},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := enroll(t, f, "gw-live-"+string(rune('a'+i)))
+			sctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			stream, err := devicev1.NewDeviceServiceClient(tt.on.DeviceConn(t, d.tls)).Sync(sctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stream.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Hello{Hello: &devicev1.Hello{AgentVersion: "test"}}}); err != nil {
+				t.Fatal(err)
+			}
+			// The stream is up once the server sends its first message.
+			if _, err := stream.Recv(); err != nil {
+				t.Fatalf("first message: %v", err)
+			}
+			if _, err := f.Fleet(t).RevokeDevice(ctx, connect.NewRequest(&fleetv1.RevokeDeviceRequest{DeviceId: d.id, Reason: "test"})); err != nil {
+				t.Fatal(err)
+			}
+			ended := make(chan error, 1)
+			go func() {
+				for {
+					if _, err := stream.Recv(); err != nil {
+						ended <- err
+						return
+					}
+				}
+			}()
+			select {
+			case err := <-ended:
+				if status.Code(err) != codes.PermissionDenied {
+					t.Errorf("stream ended with %v, want PermissionDenied", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the revoked device's stream is still open after 10s")
+			}
+			if got := syncCode(t, tt.on, d.tls); got != codes.Unavailable {
+				t.Errorf("reconnect after revocation: %v, want Unavailable", got)
+			}
+		})
+	}
+}
+
+// TestServingCertificateReload replaces ferryd's serving certificate on
+// disk and checks that new handshakes on both ports get the new one,
+// without a restart.
+func TestServingCertificateReload(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, func(cfg *server.Config) { cfg.Credentials.ServingCertCheck = 50 * time.Millisecond })
+	served := func(addr string) *x509.Certificate {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: f.CAPool(t), ServerName: "localhost", Certificates: f.DeviceTLS(t, "dev-1").Certificates})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0]
+	}
+	before := served(f.APIAddr())
+	ca, err := credentials.LoadCA(f.Dev.CACert, f.Dev.CAKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := credentials.NewKey()
+	next, err := ca.IssueServer([]string{"localhost", "127.0.0.1"}, key.Public(), 24*time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := credentials.WriteKeyFile(f.Dev.ServerKey, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := credentials.WriteCertFile(f.Dev.ServerCert, next); err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []struct{ name, addr string }{{"API", f.APIAddr()}, {"device", f.DeviceAddr()}} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := served(port.addr)
+			if got.Equal(next) {
+				break
+			}
+			if !got.Equal(before) || time.Now().After(deadline) {
+				t.Fatalf("%s port serves serial %v, want the replacement %v", port.name, got.SerialNumber, next.SerialNumber)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if syncCode(t, f, f.DeviceTLS(t, "dev-2")) != codes.OK {
+		t.Error("devices cannot connect after the serving certificate was replaced")
+	}
+}
