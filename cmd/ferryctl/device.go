@@ -18,6 +18,7 @@ import (
 func newDeviceCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "device", Short: "Query and steer devices"}
 	cmd.AddCommand(newDeviceListCmd(a), newDeviceGetCmd(a), newDeviceSetDesiredCmd(a))
+	cmd.AddCommand(newDeviceAddCmd(a), newDeviceRevokeCmd(a))
 	return cmd
 }
 
