@@ -19,6 +19,7 @@ type fleetService struct {
 	fleetv1connect.UnimplementedFleetServiceHandler
 	replica *replica.Service
 	log     *slog.Logger
+	creds   *credentialsState // AddDevice, RevokeDevice (fleet_devices.go)
 }
 
 var _ fleetv1connect.FleetServiceHandler = (*fleetService)(nil)
