@@ -39,6 +39,8 @@ type Config struct {
 	Dev DevConfig
 	// Device holds the device port's limits.
 	Device DeviceLimits
+	// Repository configures the TUF repository.
+	Repository RepositoryConfig
 	// ShutdownTimeout bounds a graceful stop; after it, connections are cut.
 	ShutdownTimeout time.Duration
 }
@@ -108,8 +110,31 @@ func DefaultConfig() Config {
 			PingInterval:         time.Minute,
 			ResyncInterval:       30 * time.Second,
 		},
+		Repository: RepositoryConfig{
+			SnapshotExpiry:  7 * 24 * time.Hour,
+			TimestampExpiry: 24 * time.Hour,
+			ResignInterval:  10 * time.Minute,
+			MaxBlobBytes:    4 << 30,
+		},
 		ShutdownTimeout: 3 * time.Second,
 	}
+}
+
+// RepositoryConfig configures the TUF repository.
+type RepositoryConfig struct {
+	// URL of the blob store that holds metadata and bundles: empty for
+	// <DataDir>/repository, a local path, or a gocloud.dev URL such as
+	// s3://bucket?region=eu-west-1 (S3-compatible stores add
+	// &endpoint=https://host&use_path_style=true).
+	URL string
+	// SnapshotExpiry and TimestampExpiry are the lifetimes of what ferryd
+	// signs; each is re-signed when less than half of it is left.
+	SnapshotExpiry  time.Duration
+	TimestampExpiry time.Duration
+	// ResignInterval is how often ferryd checks for metadata to re-sign.
+	ResignInterval time.Duration
+	// MaxBlobBytes is the largest bundle accepted.
+	MaxBlobBytes int64
 }
 
 // DevPKI reports whether ferryd uses the development PKI.
@@ -151,5 +176,9 @@ func (c Config) Validate() error {
 	check(d.PingInterval > 0, "device ping interval must be positive")
 	check(d.ResyncInterval > 0, "device resync interval must be positive")
 	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
+	r := c.Repository
+	check(r.SnapshotExpiry >= time.Minute && r.TimestampExpiry >= time.Minute && r.ResignInterval > 0 && r.ResignInterval < r.TimestampExpiry/2,
+		"repository: want snapshot and timestamp lifetimes of at least a minute, and a re-sign interval under half the timestamp lifetime")
+	check(r.MaxBlobBytes > 0, "repository: maximum bundle size must be positive")
 	return errors.Join(errs...)
 }

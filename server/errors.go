@@ -12,6 +12,7 @@ import (
 	"github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/tuf"
 )
 
 // This file is the one place where domain errors become status codes, with
@@ -24,11 +25,18 @@ var errPermissionDenied = errors.New("permission denied")
 func classify(err error) (connect.Code, string) {
 	var invalid *replica.InvalidError
 	var ce *connect.Error
+	var repoErr *tuf.Error
 	switch {
 	case errors.As(err, &ce):
 		return ce.Code(), ce.Message()
 	case errors.As(err, &invalid):
 		return connect.CodeInvalidArgument, invalid.Error()
+	case errors.As(err, &repoErr):
+		return map[tuf.Kind]connect.Code{
+			tuf.KindInvalid:            connect.CodeInvalidArgument,
+			tuf.KindFailedPrecondition: connect.CodeFailedPrecondition,
+			tuf.KindNotFound:           connect.CodeNotFound,
+		}[repoErr.Kind], repoErr.Msg
 	case errors.Is(err, store.ErrNotFound):
 		return connect.CodeNotFound, "device not found"
 	case errors.Is(err, store.ErrConflict):

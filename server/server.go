@@ -54,6 +54,7 @@ type Server struct {
 	deviceLn net.Listener
 	apiLn    net.Listener
 	dev      *credentials.DevFiles
+	repo     *repository
 }
 
 // servedNames are the services whose health is reported.
@@ -111,6 +112,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	if s.repo, err = openRepository(ctx, cfg, log); err != nil {
+		return nil, fmt.Errorf("repository: %w", err)
+	}
 	changes, _ := s.devices.(store.Changes)
 	s.replica = replica.New(replica.Config{Devices: s.devices, Changes: changes, Logger: log})
 	rep := s.replica
@@ -122,8 +126,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		}
 	}
 
-	s.grpc = s.newDeviceServer(cert, deviceCAs, rep)
-	s.http = s.newAPIServer(cert, operators, rep)
+	devicePool := certPool(deviceCAs)
+	s.grpc = s.newDeviceServer(cert, devicePool, rep)
+	s.http = s.newAPIServer(cert, devicePool, operators, rep)
 	if s.deviceLn, err = net.Listen("tcp", cfg.DeviceAddr); err != nil {
 		return nil, fmt.Errorf("device port: %w", err)
 	}
@@ -133,11 +138,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	return s, nil
 }
 
-func (s *Server) newDeviceServer(cert tls.Certificate, cas []*x509.Certificate, rep *replica.Service) *grpc.Server {
+// certPool returns the device CA certificates as a pool.
+func certPool(cas []*x509.Certificate) *x509.CertPool {
 	pool := x509.NewCertPool()
 	for _, c := range cas {
 		pool.AddCert(c)
 	}
+	return pool
+}
+
+func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep *replica.Service) *grpc.Server {
 	tlsConfig := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
@@ -161,12 +171,14 @@ func (s *Server) newDeviceServer(cert tls.Certificate, cas []*x509.Certificate, 
 	return g
 }
 
-func (s *Server) newAPIServer(cert tls.Certificate, auth Authenticator, rep *replica.Service) *http.Server {
+func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, auth Authenticator, rep *replica.Service) *http.Server {
 	guarded := connect.WithInterceptors(operatorAuth{auth: auth})
 	mux := http.NewServeMux()
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, log: s.log}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(fleetv1connect.UnimplementedRolloutServiceHandler{}, guarded))
-	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(repositoryv1connect.UnimplementedRepositoryServiceHandler{}, guarded))
+	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
+	// TUF metadata and targets: operators and devices (see tufhttp.go).
+	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: defaultDownloadAuthorizer{auth: auth, trustDomain: s.cfg.TrustDomain}, log: s.log})
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
 	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(credentialsv1connect.UnimplementedCredentialServiceHandler{}))
@@ -187,6 +199,10 @@ func (s *Server) newAPIServer(cert tls.Certificate, auth Authenticator, rep *rep
 			MinVersion:   tls.VersionTLS12,
 			Certificates: []tls.Certificate{cert},
 			NextProtos:   []string{"h2", "http/1.1"},
+			// Devices present their certificate to download bundles;
+			// operators present none.
+			ClientAuth: tls.VerifyClientCertIfGiven,
+			ClientCAs:  devicePool,
 		},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -225,6 +241,7 @@ func (s *Server) Run(ctx context.Context) error {
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
 	background.Go(func() { s.replica.Run(bgCtx) })
+	background.Go(func() { s.repo.repo.Run(bgCtx, s.repo.every) })
 
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.deviceLn) }()
@@ -239,6 +256,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.shutdown()
 	stopBackground()
 	background.Wait()
+	if err := s.repo.close(); err != nil && serveErr == nil {
+		serveErr = fmt.Errorf("close repository: %w", err)
+	}
 	if err := s.devices.Close(); err != nil && serveErr == nil {
 		serveErr = fmt.Errorf("close store: %w", err)
 	}
@@ -286,5 +306,6 @@ func (s *Server) Close() error {
 	if s.devices != nil {
 		errs = append(errs, s.devices.Close())
 	}
+	errs = append(errs, s.repo.close())
 	return errors.Join(errs...)
 }

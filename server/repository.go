@@ -1,0 +1,221 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	repositoryv1 "github.com/ferryhq/ferry/proto/ferry/repository/v1"
+	"github.com/ferryhq/ferry/proto/ferry/repository/v1/repositoryv1connect"
+	"github.com/ferryhq/ferry/tuf"
+)
+
+// repository is ferryd's TUF repository with what it was opened from.
+type repository struct {
+	repo    *tuf.Repository
+	storage *tuf.BucketStorage
+	every   time.Duration
+}
+
+// openRepository opens the repository's storage (RepositoryConfig.URL, or
+// <data-dir>/repository) and ferryd's online keys (<data-dir>/tuf-keys,
+// created on first start).
+func openRepository(ctx context.Context, cfg Config, log *slog.Logger) (*repository, error) {
+	url := cfg.Repository.URL
+	if url == "" {
+		dir, err := filepath.Abs(filepath.Join(cfg.DataDir, "repository"))
+		if err != nil {
+			return nil, err
+		}
+		url = dir
+	}
+	storage, err := tuf.OpenStorage(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := tuf.EnsureOnlineKeys(filepath.Join(cfg.DataDir, "tuf-keys"))
+	if err != nil {
+		storage.Close()
+		return nil, fmt.Errorf("online keys: %w", err)
+	}
+	repo, err := tuf.Open(ctx, tuf.Config{
+		Storage:         storage,
+		Keys:            keys,
+		Logger:          log.With("component", "repository"),
+		SnapshotExpiry:  cfg.Repository.SnapshotExpiry,
+		TimestampExpiry: cfg.Repository.TimestampExpiry,
+		MaxBlobBytes:    cfg.Repository.MaxBlobBytes,
+	})
+	if err != nil {
+		storage.Close()
+		return nil, err
+	}
+	return &repository{repo: repo, storage: storage, every: cfg.Repository.ResignInterval}, nil
+}
+
+func (r *repository) close() error {
+	if r == nil {
+		return nil
+	}
+	return r.storage.Close()
+}
+
+// repositoryService is the Connect handler of RepositoryService: thin, it
+// converts and calls the tuf package.
+type repositoryService struct {
+	repositoryv1connect.UnimplementedRepositoryServiceHandler
+	repo *tuf.Repository
+	log  *slog.Logger
+}
+
+var _ repositoryv1connect.RepositoryServiceHandler = (*repositoryService)(nil)
+
+func (s *repositoryService) UploadBlob(ctx context.Context, stream *connect.ClientStream[repositoryv1.UploadBlobRequest]) (*connect.Response[repositoryv1.UploadBlobResponse], error) {
+	if !stream.Receive() {
+		if err := stream.Err(); err != nil {
+			return nil, connectError(ctx, s.log, err)
+		}
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the first message must carry the blob's info"))
+	}
+	info := stream.Msg().GetInfo()
+	if info == nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the first message must carry the blob's info"))
+	}
+	if info.GetLength() > 1<<62 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("length is out of range"))
+	}
+	err := s.repo.UploadBlob(ctx, int64(info.GetLength()), info.GetSha256(), &chunkReader{stream: stream})
+	if err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&repositoryv1.UploadBlobResponse{Length: info.GetLength(), Sha256: info.GetSha256()}), nil
+}
+
+// chunkReader reads the chunks of an UploadBlob stream.
+type chunkReader struct {
+	stream *connect.ClientStream[repositoryv1.UploadBlobRequest]
+	buf    []byte
+}
+
+var errSecondInfo = connect.NewError(connect.CodeInvalidArgument, errors.New("only the first message may carry info"))
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for len(c.buf) == 0 {
+		if !c.stream.Receive() {
+			if err := c.stream.Err(); err != nil {
+				return 0, err
+			}
+			return 0, io.EOF
+		}
+		if c.stream.Msg().GetInfo() != nil {
+			return 0, errSecondInfo
+		}
+		c.buf = c.stream.Msg().GetChunk()
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
+}
+
+func (s *repositoryService) PublishTargets(ctx context.Context, req *connect.Request[repositoryv1.PublishTargetsRequest]) (*connect.Response[repositoryv1.PublishTargetsResponse], error) {
+	role := req.Msg.GetRole()
+	if role == "" {
+		role = "targets"
+	}
+	batch := []tuf.SignedMetadata{{Role: role, Data: req.Msg.GetMetadata()}}
+	for _, rm := range req.Msg.GetAdditionalRoles() {
+		batch = append(batch, tuf.SignedMetadata{Role: rm.GetRole(), Data: rm.GetMetadata()})
+	}
+	v, err := s.repo.PublishTargets(ctx, batch)
+	if err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	resp := &repositoryv1.PublishTargetsResponse{
+		TargetsVersion: uint64(v.Targets), SnapshotVersion: uint64(v.Snapshot), TimestampVersion: uint64(v.Timestamp),
+	}
+	if md, ok := s.repo.TargetsOf(role); ok {
+		resp.TargetsVersion = uint64(md.Signed.Version)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *repositoryService) PublishRoot(ctx context.Context, req *connect.Request[repositoryv1.PublishRootRequest]) (*connect.Response[repositoryv1.PublishRootResponse], error) {
+	v, err := s.repo.PublishRoot(ctx, req.Msg.GetMetadata())
+	if err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&repositoryv1.PublishRootResponse{RootVersion: uint64(v.Root)}), nil
+}
+
+func (s *repositoryService) ListBundles(ctx context.Context, req *connect.Request[repositoryv1.ListBundlesRequest]) (*connect.Response[repositoryv1.ListBundlesResponse], error) {
+	size := int(req.Msg.GetPageSize())
+	switch {
+	case size == 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		size = maxPageSize
+	}
+	after, err := base64.RawURLEncoding.DecodeString(req.Msg.GetPageToken())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token this server issued"))
+	}
+	bundles := s.repo.Bundles(string(after), size)
+	resp := &repositoryv1.ListBundlesResponse{Bundles: make([]*repositoryv1.Bundle, len(bundles))}
+	for i, b := range bundles {
+		resp.Bundles[i] = repoBundleToProto(b)
+	}
+	if len(bundles) == size {
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(bundles[len(bundles)-1].Path))
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *repositoryService) GetBundle(ctx context.Context, req *connect.Request[repositoryv1.GetBundleRequest]) (*connect.Response[repositoryv1.GetBundleResponse], error) {
+	b, err := s.repo.Bundle(req.Msg.GetTargetPath())
+	if err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	return connect.NewResponse(&repositoryv1.GetBundleResponse{Bundle: repoBundleToProto(b)}), nil
+}
+
+func (s *repositoryService) GetOnlineKeys(ctx context.Context, req *connect.Request[repositoryv1.GetOnlineKeysRequest]) (*connect.Response[repositoryv1.GetOnlineKeysResponse], error) {
+	v := s.repo.Versions()
+	resp := &repositoryv1.GetOnlineKeysResponse{
+		RootVersion: uint64(v.Root), TargetsVersion: uint64(v.Targets),
+		SnapshotVersion: uint64(v.Snapshot), TimestampVersion: uint64(v.Timestamp),
+	}
+	keys := s.repo.OnlineKeys()
+	for _, role := range []string{"snapshot", "timestamp"} {
+		k := keys[role]
+		resp.Keys = append(resp.Keys, &repositoryv1.OnlineKey{
+			Role: role, KeyId: tuf.KeyID(k), KeyType: k.Type, Scheme: k.Scheme, PublicKey: k.Value.PublicKey,
+		})
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func repoBundleToProto(b tuf.Bundle) *repositoryv1.Bundle {
+	p := &repositoryv1.Bundle{
+		TargetPath:       b.Path,
+		Length:           uint64(b.Length),
+		Hashes:           b.Hashes,
+		Name:             b.Info.Name,
+		Version:          b.Info.Version,
+		Hardware:         b.Info.Hardware,
+		ReleaseNotes:     b.Info.ReleaseNotes,
+		DowngradeAllowed: b.Info.DowngradeAllowed,
+		Role:             b.Role,
+	}
+	if !b.Info.Published.IsZero() {
+		p.PublishTime = timestamppb.New(b.Info.Published)
+	}
+	return p
+}
