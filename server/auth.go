@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net/http"
@@ -146,13 +147,35 @@ func authorize(auth Authenticator, h http.Header, need ferrycreds.Role) (ferrycr
 	return op, nil
 }
 
+// authorizeRequest authenticates an operator by the bearer API key in h or,
+// when there is none, by the TLS client certificate in state (from the
+// operator CA; nil certs disables it), and checks the role need.
+func authorizeRequest(auth Authenticator, certs *ferrycreds.OperatorCerts, h http.Header, state *tls.ConnectionState, need ferrycreds.Role) (ferrycreds.Operator, error) {
+	if _, bearer := strings.CutPrefix(h.Get("Authorization"), "Bearer "); bearer || certs == nil || state == nil || len(state.PeerCertificates) == 0 {
+		return authorize(auth, h, need)
+	}
+	op, err := certs.Authenticate(state.PeerCertificates)
+	if err != nil {
+		return ferrycreds.Operator{}, connect.NewError(connect.CodeUnauthenticated,
+			fmt.Errorf("the client certificate is not a valid operator certificate; send an operator certificate or \"Authorization: Bearer <API key>\""))
+	}
+	if !op.Role.Allows(need) {
+		return ferrycreds.Operator{}, connect.NewError(connect.CodePermissionDenied,
+			fmt.Errorf("operator %q has role %s; this call needs %s", op.Name, op.Role, need))
+	}
+	return op, nil
+}
+
 // operatorAuth is the back-office interceptor: every call needs an operator
-// credential with the procedure's role.
-type operatorAuth struct{ auth Authenticator }
+// credential (API key or operator certificate) with the procedure's role.
+type operatorAuth struct {
+	auth  Authenticator
+	certs *ferrycreds.OperatorCerts
+}
 
 func (a operatorAuth) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		op, err := authorize(a.auth, req.Header(), roleFor(req.Spec().Procedure))
+		op, err := authorizeRequest(a.auth, a.certs, req.Header(), tlsStateFromContext(ctx), roleFor(req.Spec().Procedure))
 		if err != nil {
 			return nil, err
 		}
@@ -166,7 +189,7 @@ func (a operatorAuth) WrapStreamingClient(next connect.StreamingClientFunc) conn
 
 func (a operatorAuth) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		op, err := authorize(a.auth, conn.RequestHeader(), roleFor(conn.Spec().Procedure))
+		op, err := authorizeRequest(a.auth, a.certs, conn.RequestHeader(), tlsStateFromContext(ctx), roleFor(conn.Spec().Procedure))
 		if err != nil {
 			return err
 		}
