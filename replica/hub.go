@@ -4,8 +4,25 @@ import "sync"
 
 // hub fans "device changed" signals out to the streams that watch a device.
 type hub struct {
-	mu   sync.Mutex
-	subs map[string]map[chan struct{}]struct{}
+	mu       sync.Mutex
+	subs     map[string]map[chan struct{}]struct{}
+	watchers map[*func(string)]struct{} // told of every device
+}
+
+// watchAll calls fn (which must not block) with the id of every device
+// that changes, until the returned function is called.
+func (h *hub) watchAll(fn func(id string)) func() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.watchers == nil {
+		h.watchers = make(map[*func(string)]struct{})
+	}
+	h.watchers[&fn] = struct{}{}
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		delete(h.watchers, &fn)
+	}
 }
 
 func (h *hub) subscribe(id string) (<-chan struct{}, func()) {
@@ -32,6 +49,9 @@ func (h *hub) subscribe(id string) (<-chan struct{}, func()) {
 func (h *hub) notify(id string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	for fn := range h.watchers {
+		(*fn)(id)
+	}
 	for ch := range h.subs[id] {
 		select {
 		case ch <- struct{}{}:

@@ -84,6 +84,9 @@ const (
 	RejectJobMismatch
 	// RejectInvalid: the report is malformed.
 	RejectInvalid
+	// RejectUnverified: the report is unsigned where signatures are
+	// required, or its signature does not verify.
+	RejectUnverified
 )
 
 // Outcome is the replica's answer to a report.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/internal/ferrytest"
@@ -224,8 +225,33 @@ func TestBadInput(t *testing.T) {
 			_, err := fleet.ListDevices(ctx, connect.NewRequest(&fleetv1.ListDevicesRequest{PageToken: "!!"}))
 			return err
 		}, connect.CodeInvalidArgument},
+		{"bad selector", func() error {
+			_, err := fleet.SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{Selector: "ring", Document: withBundle(bundle("fw.bin"))}))
+			return err
+		}, connect.CodeInvalidArgument},
+		{"selector and device", func() error {
+			_, err := fleet.SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{DeviceId: "dev-1", Selector: "a=b", Document: withBundle(bundle("fw.bin"))}))
+			return err
+		}, connect.CodeInvalidArgument},
+		{"bad list selector", func() error {
+			_, err := fleet.ListDevices(ctx, connect.NewRequest(&fleetv1.ListDevicesRequest{LabelSelector: "a=b=c"}))
+			return err
+		}, connect.CodeInvalidArgument},
+		{"negative silence", func() error {
+			_, err := fleet.GetFleetSummary(ctx, connect.NewRequest(&fleetv1.GetFleetSummaryRequest{SilentAfter: durationpb.New(-time.Second)}))
+			return err
+		}, connect.CodeInvalidArgument},
+		{"no attestation", func() error {
+			_, err := fleet.GetAttestation(ctx, connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: "dev-1", JobId: "job-none"}))
+			return err
+		}, connect.CodeNotFound},
+		{"events of an unknown device", func() error {
+			_, err := fleet.ListDeviceEvents(ctx, connect.NewRequest(&fleetv1.ListDeviceEventsRequest{DeviceId: "dev-404"}))
+			return err
+		}, connect.CodeNotFound},
 		{"not yet implemented", func() error {
-			_, err := fleet.GetFleetSummary(ctx, connect.NewRequest(&fleetv1.GetFleetSummaryRequest{}))
+			_, err := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t))).
+				CreateRollout(ctx, connect.NewRequest(&fleetv1.CreateRolloutRequest{}))
 			return err
 		}, connect.CodeUnimplemented},
 	}

@@ -35,6 +35,20 @@ type Config struct {
 	DeviceCAFile     string // CA that issues device certificates, PEM
 	OperatorKeysFile string // operator API keys (hashed) and roles, JSON
 
+	// Optional credential material. With the development PKI, the issuer
+	// is the development CA and the operator CA is the development one.
+	DeviceIssuerCertFile string // CA (or intermediate, with its chain) that signs device certificates, PEM; empty: no enrollment or renewal here
+	DeviceIssuerKeyFile  string // its key, PEM (PKCS #8)
+	ManufacturerCAFile   string // CAs of factory certificates, PEM; empty: enrollment with a token only
+	OperatorCAFile       string // CA of operator client certificates, PEM; empty: operators use API keys only
+
+	// Credentials sets the lifetimes of what the credential broker issues.
+	Credentials CredentialsConfig
+
+	// AllowUnsignedReports accepts device reports without a signature. Off
+	// by default: a report is evidence only when the device signed it.
+	AllowUnsignedReports bool
+
 	// Dev controls the development PKI.
 	Dev DevConfig
 	// Device holds the device port's limits.
@@ -54,6 +68,28 @@ type DevConfig struct {
 	Hosts []string
 	// CertTTL is the lifetime of development certificates.
 	CertTTL time.Duration
+}
+
+// CredentialsConfig sets the credential broker's lifetimes and intervals.
+type CredentialsConfig struct {
+	// DeviceCertTTL is the lifetime of the device certificates issued at
+	// enrollment and renewal.
+	DeviceCertTTL time.Duration
+	// EnrollmentTTL is how long a one-time enrollment token stays good.
+	EnrollmentTTL time.Duration
+	// DownloadTokenTTL is the lifetime of a download token (never more than
+	// the device certificate's remaining life).
+	DownloadTokenTTL time.Duration
+	// RevocationRefresh is how often the cached revocation set is reloaded
+	// from the store and revoked devices' streams are closed; it bounds
+	// how long a revocation made on another instance takes here.
+	RevocationRefresh time.Duration
+	// ServingCertCheck is how often, at most, the serving certificate files
+	// are checked for a replacement.
+	ServingCertCheck time.Duration
+	// DownloadURL is the base URL of target downloads named in download
+	// tokens' responses; empty means https://<API address>/tuf/targets.
+	DownloadURL string
 }
 
 // DeviceLimits protect the device port. Each has a safe default.
@@ -116,6 +152,13 @@ func DefaultConfig() Config {
 			ResignInterval:  10 * time.Minute,
 			MaxBlobBytes:    4 << 30,
 		},
+		Credentials: CredentialsConfig{
+			DeviceCertTTL:     24 * time.Hour,
+			EnrollmentTTL:     7 * 24 * time.Hour,
+			DownloadTokenTTL:  5 * time.Minute,
+			RevocationRefresh: 5 * time.Second,
+			ServingCertCheck:  5 * time.Second,
+		},
 		ShutdownTimeout: 3 * time.Second,
 	}
 }
@@ -176,6 +219,12 @@ func (c Config) Validate() error {
 	check(d.PingInterval > 0, "device ping interval must be positive")
 	check(d.ResyncInterval > 0, "device resync interval must be positive")
 	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
+	cr := c.Credentials
+	check(cr.DeviceCertTTL >= 10*time.Minute, "device certificate lifetime %v is under 10 minutes", cr.DeviceCertTTL)
+	check(cr.EnrollmentTTL >= time.Minute, "enrollment token lifetime %v is under a minute", cr.EnrollmentTTL)
+	check(cr.DownloadTokenTTL >= 10*time.Second && cr.DownloadTokenTTL <= time.Hour, "download token lifetime %v: want 10s to 1h", cr.DownloadTokenTTL)
+	check(cr.RevocationRefresh > 0 && cr.ServingCertCheck > 0, "revocation refresh and serving certificate check intervals must be positive")
+	check((c.DeviceIssuerCertFile == "") == (c.DeviceIssuerKeyFile == ""), "device issuer certificate and key go together")
 	r := c.Repository
 	check(r.SnapshotExpiry >= time.Minute && r.TimestampExpiry >= time.Minute && r.ResignInterval > 0 && r.ResignInterval < r.TimestampExpiry/2,
 		"repository: want snapshot and timestamp lifetimes of at least a minute, and a re-sign interval under half the timestamp lifetime")

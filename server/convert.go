@@ -3,6 +3,7 @@ package server
 import (
 	"time"
 
+	"github.com/ferryhq/ferry/attest"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
@@ -85,7 +86,25 @@ func reportFromProto(r *devicev1.Report) replica.Report {
 	}
 }
 
+// reportFromPredicate takes a report from a verified signed statement.
+func reportFromPredicate(p attest.Report) replica.Report {
+	r := replica.Report{
+		JobID:          p.JobID,
+		DesiredVersion: p.DesiredVersion,
+		Status:         replica.JobStatus(p.Status),
+		Step:           replica.Step(p.Step),
+		ErrorCode:      p.ErrorCode,
+		Message:        p.Message,
+		State:          replica.State{Config: p.Config},
+	}
+	if b := p.Bundle; b != nil {
+		r.State.Bundle = store.Bundle{TargetPath: b.TargetPath, Length: b.Length, SHA256: b.SHA256}
+	}
+	return r
+}
+
 var rejectCodes = map[replica.RejectCode]devicev1.RejectCode{
+	replica.RejectUnverified:     devicev1.RejectCode_REJECT_CODE_UNVERIFIED,
 	replica.RejectStale:          devicev1.RejectCode_REJECT_CODE_STALE,
 	replica.RejectUnknownVersion: devicev1.RejectCode_REJECT_CODE_UNKNOWN_VERSION,
 	replica.RejectJobMismatch:    devicev1.RejectCode_REJECT_CODE_JOB_MISMATCH,
@@ -149,4 +168,18 @@ func deviceToProto(d store.Device) *fleetv1.Device {
 		}
 	}
 	return out
+}
+
+func eventToProto(ev store.Event) *fleetv1.DeviceEvent {
+	return &fleetv1.DeviceEvent{
+		Time:           timestamp(ev.Time),
+		Kind:           ev.Kind,
+		JobId:          ev.JobID,
+		DesiredVersion: ev.DesiredVersion,
+		Status:         statusToProto(ev.Status),
+		Step:           stepToProto(ev.Step),
+		ErrorCode:      ev.ErrorCode,
+		Message:        ev.Message,
+		Actor:          ev.Actor,
+	}
 }

@@ -2,7 +2,11 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -11,8 +15,12 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferryhq/ferry/attest"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/store"
@@ -28,6 +36,12 @@ type deviceService struct {
 	log      *slog.Logger
 	metrics  *metrics
 	sessions *sessions
+	// roots and trustDomain verify signed reports; requireSigned refuses
+	// unsigned ones.
+	roots         *x509.CertPool
+	trustDomain   string
+	requireSigned bool
+	now           func() time.Time
 }
 
 // errReplaced and errShuttingDown end streams from the outside.
@@ -64,9 +78,13 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	changed, unsubscribe := s.replica.Subscribe(id)
 	defer unsubscribe()
 
+	nonce := make([]byte, 16)
+	rand.Read(nonce)
 	st := &syncStream{
 		svc:      s,
 		id:       id,
+		nonce:    base64.RawURLEncoding.EncodeToString(nonce),
+		chain:    peerChain(ctx),
 		log:      log,
 		gs:       gs,
 		ctx:      ctx,
@@ -144,6 +162,10 @@ type syncStream struct {
 	limiter  *rate.Limiter
 	// changed signals that the device's desired state may have changed.
 	changed <-chan struct{}
+	// nonce must be in every signed report on this stream; chain is the
+	// device's certificate chain (DER, leaf first) from the TLS handshake.
+	nonce string
+	chain [][]byte
 }
 
 // receiveLoop handles the device's messages in order until the stream ends.
@@ -190,10 +212,22 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
 
 func (st *syncStream) report(r *devicev1.Report) error {
 	ctx := st.ctx
-	out, err := st.svc.replica.Report(ctx, st.id, reportFromProto(r))
-	if err != nil {
-		return grpcError(ctx, st.log, err)
+	rep, unverified := st.verify(r)
+	var out replica.Outcome
+	if unverified != "" {
+		cur, err := st.svc.replica.GetDevice(ctx, st.id)
+		if err != nil {
+			return grpcError(ctx, st.log, err)
+		}
+		st.log.InfoContext(ctx, "report rejected", "reason", unverified)
+		out = replica.Outcome{Code: replica.RejectUnverified, Reason: unverified, Device: cur}
+	} else {
+		var err error
+		if out, err = st.svc.replica.Report(ctx, st.id, rep); err != nil {
+			return grpcError(ctx, st.log, err)
+		}
 	}
+	r = &devicev1.Report{JobId: rep.JobID, DesiredVersion: rep.DesiredVersion}
 	var resp *devicev1.SyncResponse
 	if out.Accepted {
 		st.svc.metrics.reports.WithLabelValues("accepted").Inc()
@@ -226,6 +260,11 @@ func (st *syncStream) report(r *devicev1.Report) error {
 // sendLoop is the only sender on the stream. It sends the newest Delta when
 // the device is behind, answers from the receive loop, and pings.
 func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
+	if err := st.gs.Send(&devicev1.SyncResponse{Message: &devicev1.SyncResponse_Session{Session: &devicev1.Session{
+		Nonce: st.nonce, ServerTime: timestamppb.New(st.svc.now()),
+	}}}); err != nil {
+		return err
+	}
 	if err := st.sendDeltaIfAhead(dev); err != nil {
 		return err
 	}
@@ -268,6 +307,56 @@ func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
 			}
 		}
 	}
+}
+
+// verify turns a report into the replica's form. A signed report is
+// checked (signature, certificate chain, device identity, this stream's
+// nonce) and taken from its envelope; an unsigned one is refused unless the
+// server allows them. A non-empty reason means the report is refused.
+func (st *syncStream) verify(r *devicev1.Report) (replica.Report, string) {
+	env := r.GetEnvelope()
+	if len(env) == 0 {
+		if st.svc.requireSigned {
+			return replica.Report{JobID: r.GetJobId(), DesiredVersion: r.GetDesiredVersion()},
+				"reports must be signed: send a DSSE envelope"
+		}
+		return reportFromProto(r), ""
+	}
+	if r.GetJobId() != "" || r.GetDesiredVersion() != 0 || r.GetStatus() != 0 || r.GetStep() != 0 ||
+		r.GetErrorCode() != "" || r.GetMessage() != "" || r.GetReported() != nil {
+		return replica.Report{}, "a signed report carries its content in the envelope only"
+	}
+	s, _, err := attest.Verify(env, st.chain, st.svc.roots, st.svc.trustDomain, st.svc.now())
+	if err != nil {
+		return replica.Report{}, err.Error()
+	}
+	p := s.Predicate
+	rep := reportFromPredicate(p)
+	switch {
+	case p.Device != st.id:
+		return rep, fmt.Sprintf("report about device %q on device %q's stream", p.Device, st.id)
+	case p.Nonce != st.nonce:
+		return rep, "the report's nonce is not this stream's (replayed from another stream?)"
+	}
+	rep.Signed = &replica.Signed{Envelope: env, CertificateChain: st.chain}
+	return rep, ""
+}
+
+// peerChain returns the certificates the client presented, DER, leaf first.
+func peerChain(ctx context.Context) [][]byte {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil
+	}
+	chain := make([][]byte, len(info.State.PeerCertificates))
+	for i, c := range info.State.PeerCertificates {
+		chain[i] = c.Raw
+	}
+	return chain
 }
 
 // refresh reads the device and sends the newest Delta if it is ahead.

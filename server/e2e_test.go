@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferryhq/ferry/attest"
 	"github.com/ferryhq/ferry/internal/ferrytest"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
@@ -98,14 +99,16 @@ func TestWalkingSkeleton(t *testing.T) {
 				Status:         devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
 				Reported:       &devicev1.ReportedState{Bundle: last.GetDesired().GetBundle(), Config: last.GetDesired().GetConfig()},
 			}
-			dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: report}})
+			envelope := dev.Sign(report, dev.Nonce)
+			signed := &devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{Envelope: envelope}}}
+			dev.Send(signed)
 			accepted := dev.Recv().GetAccepted()
 			if accepted.GetDesiredVersion() != 3 || accepted.GetJobId() != last.GetJobId() || accepted.GetSuperseded() {
 				t.Fatalf("answer to the report: %v, want Accepted for version 3", accepted)
 			}
 
 			// A replayed report is rejected and changes nothing.
-			dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: report}})
+			dev.Send(signed)
 			rejected := dev.Recv().GetRejected()
 			if rejected.GetCode() != devicev1.RejectCode_REJECT_CODE_STALE || rejected.GetCurrentDesiredVersion() != 3 {
 				t.Fatalf("answer to a replayed report: %v, want Rejected STALE", rejected)
@@ -121,6 +124,34 @@ func TestWalkingSkeleton(t *testing.T) {
 				d.GetJob().GetStatus() != devicev1.JobStatus_JOB_STATUS_SUCCEEDED ||
 				d.GetReported().GetAgentVersion() != "ferry-agent/test" || d.GetLastSeenTime() == nil {
 				t.Errorf("device after the report: %v", d)
+			}
+
+			// The signed report is kept and verifies offline.
+			att, err := f.Fleet(t).GetAttestation(ctx, connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: "dev-1", JobId: last.GetJobId()}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(att.Msg.GetEnvelope(), envelope) {
+				t.Error("stored envelope differs from the one sent")
+			}
+			st, _, err := attest.Verify(att.Msg.GetEnvelope(), att.Msg.GetCertificateChain(), f.CAPool(t), "ferry.test", time.Time{})
+			if err != nil || st.Predicate.JobID != last.GetJobId() || st.Predicate.Status != "SUCCEEDED" {
+				t.Errorf("offline verification: %+v, %v", st.Predicate, err)
+			}
+
+			// The history has each step, newest first.
+			evs, err := f.Fleet(t).ListDeviceEvents(ctx, connect.NewRequest(&fleetv1.ListDeviceEventsRequest{DeviceId: "dev-1"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var kinds []string
+			for _, ev := range evs.Msg.GetEvents() {
+				kinds = append(kinds, ev.GetKind()+":"+ev.GetStatus().String())
+			}
+			want := []string{"job_ended:JOB_STATUS_SUCCEEDED", "job_progress:JOB_STATUS_IN_PROGRESS",
+				"desired_set:JOB_STATUS_QUEUED", "desired_set:JOB_STATUS_QUEUED", "desired_set:JOB_STATUS_QUEUED"}
+			if !equalStrings(kinds, want) {
+				t.Errorf("events %q, want %q", kinds, want)
 			}
 		})
 	}
@@ -149,9 +180,9 @@ func TestDeltaOnReconnect(t *testing.T) {
 			dev.Close()
 
 			upToDate := f.OpenDevice(t, "dev-2", &devicev1.Hello{LastAppliedDesiredVersion: 2})
-			upToDate.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{
+			upToDate.SendReport(&devicev1.Report{
 				JobId: "job-x", DesiredVersion: 9, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
-			}}})
+			})
 			// The first message is the answer to the report: no Delta came.
 			msg := upToDate.Recv()
 			if msg.GetRejected().GetCode() != devicev1.RejectCode_REJECT_CODE_UNKNOWN_VERSION {
@@ -179,10 +210,10 @@ func TestSupersededReport(t *testing.T) {
 	first := dev.Recv().GetDelta()
 	set("b.bin")
 	second := dev.Recv().GetDelta()
-	dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{
+	dev.SendReport(&devicev1.Report{
 		JobId: first.GetJobId(), DesiredVersion: 1, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
 		Reported: &devicev1.ReportedState{Bundle: bundle("a.bin")},
-	}}})
+	})
 	if a := dev.Recv().GetAccepted(); !a.GetSuperseded() {
 		t.Fatalf("answer: %v, want Accepted and superseded", a)
 	}
@@ -249,10 +280,10 @@ func BenchmarkUpdateCycle(b *testing.B) {
 					b.Fatal(err)
 				}
 				delta := dev.Recv().GetDelta()
-				dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{
+				dev.SendReport(&devicev1.Report{
 					JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(),
 					Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED, Reported: &devicev1.ReportedState{Bundle: bundle("gw/fw.bin")},
-				}}})
+				})
 				if dev.Recv().GetAccepted() == nil {
 					b.Fatal("report not accepted")
 				}
@@ -314,5 +345,94 @@ func TestResyncWithoutNotice(t *testing.T) {
 	}
 	if d := dev.Recv().GetDelta(); d.GetJobId() != "job-quiet" {
 		t.Fatalf("got %v, want the quietly written delta", d)
+	}
+}
+
+// TestSignedReports: only a report signed by the stream's own device, with
+// this stream's nonce, is recorded; everything else is rejected and
+// changes nothing.
+func TestSignedReports(t *testing.T) {
+	for _, backend := range ferrytest.Backends {
+		t.Run(string(backend), func(t *testing.T) {
+			f := ferrytest.Start(t, backend, nil)
+			ctx := context.Background()
+			resp, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+				DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Bundle: bundle("gw/fw.bin")},
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			job := resp.Msg.GetDevice().GetDesired().GetJobId()
+			ok := &devicev1.Report{JobId: job, DesiredVersion: 1, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+				Reported: &devicev1.ReportedState{Bundle: bundle("gw/fw.bin")}}
+			other := f.OpenDevice(t, "dev-2", &devicev1.Hello{})
+			dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{})
+			if dev.Recv().GetDelta() == nil {
+				t.Fatal("no delta")
+			}
+			// dev-2 signs a report about dev-1 with its own key.
+			foreign := *other
+			foreign.ID = "dev-1"
+			withEnvelope := func(env []byte) *devicev1.SyncRequest {
+				return &devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{Envelope: env}}}
+			}
+			mixed := withEnvelope(dev.Sign(ok, dev.Nonce))
+			mixed.GetReport().JobId = job
+			tests := []struct {
+				name string
+				msg  *devicev1.SyncRequest
+			}{
+				{"unsigned", &devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: ok}}},
+				{"another stream's nonce", withEnvelope(dev.Sign(ok, other.Nonce))},
+				{"signed by another device", withEnvelope(foreign.Sign(ok, dev.Nonce))},
+				{"envelope and fields", mixed},
+				{"garbage envelope", withEnvelope([]byte(`{"payloadType":"application/vnd.in-toto+json","payload":"e30=","signatures":[]}`))},
+			}
+			for _, tt := range tests {
+				dev.Send(tt.msg)
+				rej := dev.Recv().GetRejected()
+				if rej.GetCode() != devicev1.RejectCode_REJECT_CODE_UNVERIFIED || rej.GetCurrentDesiredVersion() != 1 {
+					t.Errorf("%s: %v, want Rejected UNVERIFIED", tt.name, rej)
+				}
+			}
+			got, err := f.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := got.Msg.GetDevice().GetReported(); r.GetDesiredVersion() != 0 {
+				t.Fatalf("rejected reports changed the device: %v", r)
+			}
+			if _, err := f.Fleet(t).GetAttestation(ctx, connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: "dev-1", JobId: job})); connect.CodeOf(err) != connect.CodeNotFound {
+				t.Errorf("attestation after rejected reports: %v, want NotFound", err)
+			}
+			dev.SendReport(ok)
+			if dev.Recv().GetAccepted() == nil {
+				t.Fatal("a good signed report was not accepted")
+			}
+		})
+	}
+}
+
+// TestUnsignedReportsWhenAllowed: with AllowUnsignedReports, a plain report
+// is recorded (and no attestation is kept).
+func TestUnsignedReportsWhenAllowed(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, func(cfg *server.Config) { cfg.AllowUnsignedReports = true })
+	ctx := context.Background()
+	dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{})
+	if _, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+		DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Config: map[string]string{"a": "b"}},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	delta := dev.Recv().GetDelta()
+	dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{
+		JobId: delta.GetJobId(), DesiredVersion: 1, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+		Reported: &devicev1.ReportedState{Config: map[string]string{"a": "b"}},
+	}}})
+	if dev.Recv().GetAccepted() == nil {
+		t.Fatal("unsigned report not accepted")
+	}
+	if _, err := f.Fleet(t).GetAttestation(ctx, connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: "dev-1", JobId: delta.GetJobId()})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("attestation of an unsigned report: %v, want NotFound", err)
 	}
 }

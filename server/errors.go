@@ -37,8 +37,16 @@ func classify(err error) (connect.Code, string) {
 			tuf.KindFailedPrecondition: connect.CodeFailedPrecondition,
 			tuf.KindNotFound:           connect.CodeNotFound,
 		}[repoErr.Kind], repoErr.Msg
+	case errors.Is(err, credentials.ErrInvalid):
+		return connect.CodeInvalidArgument, err.Error()
+	case errors.Is(err, credentials.ErrForbidden):
+		return connect.CodePermissionDenied, err.Error()
+	case errors.Is(err, credentials.ErrNoIssuer):
+		return connect.CodeFailedPrecondition, err.Error()
 	case errors.Is(err, store.ErrNotFound):
 		return connect.CodeNotFound, "device not found"
+	case errors.Is(err, store.ErrNoAttestation):
+		return connect.CodeNotFound, "no signed report is recorded for that job"
 	case errors.Is(err, store.ErrConflict):
 		return connect.CodeAborted, "the document changed concurrently; read it again and retry"
 	case errors.Is(err, credentials.ErrUnauthenticated):

@@ -55,6 +55,7 @@ type Server struct {
 	apiLn    net.Listener
 	dev      *credentials.DevFiles
 	repo     *repository
+	creds    *credentialsState // credentials.go
 }
 
 // servedNames are the services whose health is reported.
@@ -90,6 +91,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		}
 		s.dev = &dev
 		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.DeviceCAFile, cfg.OperatorKeysFile = dev.ServerCert, dev.ServerKey, dev.CACert, dev.Operators
+		cfg.DeviceIssuerCertFile, cfg.DeviceIssuerKeyFile, cfg.OperatorCAFile = dev.CACert, dev.CAKey, dev.OperatorCACert
 	}
 	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 	if err != nil {
@@ -126,6 +128,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		}
 	}
 
+	credStore, ok := s.devices.(store.Credentials)
+	if !ok {
+		return nil, errors.New("store: the backend does not keep credentials")
+	}
+	if s.creds, err = newCredentials(ctx, cfg, log, credStore, rep, s.sessions); err != nil {
+		return nil, fmt.Errorf("credentials: %w", err)
+	}
+
 	devicePool := certPool(deviceCAs)
 	s.grpc = s.newDeviceServer(cert, devicePool, rep)
 	s.http = s.newAPIServer(cert, devicePool, operators, rep)
@@ -135,6 +145,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
 		return nil, fmt.Errorf("API port: %w", err)
 	}
+	s.creds.listening(s.apiLn.Addr())
 	return s, nil
 }
 
@@ -149,10 +160,11 @@ func certPool(cas []*x509.Certificate) *x509.CertPool {
 
 func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep *replica.Service) *grpc.Server {
 	tlsConfig := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
+		MinVersion:       tls.VersionTLS13,
+		GetCertificate:   s.creds.serving.GetCertificate, // replaceable without a restart
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        pool,
+		VerifyConnection: refuseRevoked(s.cfg.TrustDomain, s.creds.revoked),
 	}
 	l := s.cfg.Device
 	g := grpc.NewServer(
@@ -166,22 +178,23 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 	)
 	devicev1.RegisterDeviceServiceServer(g, &deviceService{
 		replica: rep, limits: l, log: s.log, metrics: s.metrics, sessions: s.sessions,
+		roots: pool, trustDomain: s.cfg.TrustDomain, requireSigned: !s.cfg.AllowUnsignedReports, now: time.Now,
 	})
-	credentialsv1.RegisterCredentialServiceServer(g, credentialsv1.UnimplementedCredentialServiceServer{})
+	credentialsv1.RegisterCredentialServiceServer(g, &credentialDevice{creds: s.creds})
 	return g
 }
 
 func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, auth Authenticator, rep *replica.Service) *http.Server {
-	guarded := connect.WithInterceptors(operatorAuth{auth: auth})
+	guarded := connect.WithInterceptors(operatorAuth{auth: auth, certs: s.creds.operatorCerts})
 	mux := http.NewServeMux()
-	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, log: s.log}, guarded))
+	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, log: s.log, creds: s.creds}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(fleetv1connect.UnimplementedRolloutServiceHandler{}, guarded))
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
 	// TUF metadata and targets: operators and devices (see tufhttp.go).
-	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: defaultDownloadAuthorizer{auth: auth, trustDomain: s.cfg.TrustDomain}, log: s.log})
+	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth}, log: s.log})
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
-	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(credentialsv1connect.UnimplementedCredentialServiceHandler{}))
+	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds}))
 
 	s.health = grpchealth.NewStaticChecker(servedNames...)
 	mux.Handle(grpchealth.NewHandler(s.health)) // the one anonymous endpoint
@@ -192,17 +205,18 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 		promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 
 	return &http.Server{
-		Handler:           mux,
+		Handler:           withTLSState(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		TLSConfig: &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{cert},
-			NextProtos:   []string{"h2", "http/1.1"},
-			// Devices present their certificate to download bundles;
-			// operators present none.
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: s.creds.serving.GetCertificate, // replaceable without a restart
+			NextProtos:     []string{"h2", "http/1.1"},
+			// Devices present their certificate to download bundles,
+			// operators may present an operator certificate, and devices
+			// may enroll with a factory certificate.
 			ClientAuth: tls.VerifyClientCertIfGiven,
-			ClientCAs:  devicePool,
+			ClientCAs:  s.creds.apiClientCAs,
 		},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -241,6 +255,7 @@ func (s *Server) Run(ctx context.Context) error {
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	var background sync.WaitGroup
 	background.Go(func() { s.replica.Run(bgCtx) })
+	background.Go(func() { s.creds.watchRevocations(bgCtx) })
 	background.Go(func() { s.repo.repo.Run(bgCtx, s.repo.every) })
 
 	errc := make(chan error, 2)

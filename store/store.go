@@ -131,6 +131,70 @@ type ListOptions struct {
 	After string
 	// Limit is the page size; it must be positive.
 	Limit int
+	// Query filters the devices.
+	Query Query
+}
+
+// Query selects devices. Zero fields match every device.
+type Query struct {
+	// Labels must all be present with these values.
+	Labels map[string]string
+	// Bundle is the target path of the bundle the device reports running
+	// (NoBundle for devices that report none).
+	Bundle string
+	// Status is the device's job status (see Device.JobStatus).
+	Status string
+	// SeenBefore selects devices last seen before this time, or never.
+	SeenBefore time.Time
+}
+
+// NoBundle stands for "no bundle reported" in queries and summaries.
+const NoBundle = "(none)"
+
+// StatusNone is the job status of a device that was never given a job.
+const StatusNone = "NONE"
+
+// Match reports whether d satisfies q.
+func (q Query) Match(d Device) bool {
+	for k, v := range q.Labels {
+		if got, ok := d.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return (q.Bundle == "" || q.Bundle == d.BundleKey()) &&
+		(q.Status == "" || q.Status == d.JobStatus()) &&
+		(q.SeenBefore.IsZero() || d.Reported.LastSeen.Before(q.SeenBefore))
+}
+
+// JobStatus is the status of the device's current job: QUEUED when the
+// desired state is ahead of the job the device last worked on, else that
+// job's status, or StatusNone.
+func (d Device) JobStatus() string {
+	switch {
+	case d.Desired.Version > 0 && d.Desired.Version > d.Reported.Job.DesiredVersion:
+		return "QUEUED"
+	case d.Reported.Job.Status != "":
+		return d.Reported.Job.Status
+	}
+	return StatusNone
+}
+
+// BundleKey is the target path of the bundle the device reports running,
+// or NoBundle.
+func (d Device) BundleKey() string {
+	if d.Reported.Bundle.TargetPath == "" {
+		return NoBundle
+	}
+	return d.Reported.Bundle.TargetPath
+}
+
+// Summary counts a fleet.
+type Summary struct {
+	Total     uint64
+	PerBundle map[string]uint64 // by BundleKey
+	PerStatus map[string]uint64 // by JobStatus
+	// Silent counts devices last seen before the time asked, or never.
+	Silent uint64
 }
 
 // Devices stores device documents. Implementations are safe for concurrent
@@ -142,8 +206,9 @@ type Devices interface {
 	CreateDevice(ctx context.Context, d Device) (stored Device, created bool, err error)
 	// GetDevice returns the device, or ErrNotFound.
 	GetDevice(ctx context.Context, id string) (Device, error)
-	// ListDevices returns up to opts.Limit devices with ids after opts.After,
-	// in id order.
+	// ListDevices returns up to opts.Limit devices matching opts.Query with
+	// ids after opts.After, in id order. A query on status, bundle or label
+	// walks that index; SeenBefore alone filters a walk of all devices.
 	ListDevices(ctx context.Context, opts ListOptions) ([]Device, error)
 	// SetDesired replaces the desired document if its version is still
 	// expect, together with w (atomically). d.Version must be expect+1. It
@@ -160,6 +225,9 @@ type Devices interface {
 	// GetAttestation returns the attestation stored for a device's job, or
 	// ErrNoAttestation.
 	GetAttestation(ctx context.Context, id, jobID string) (Attestation, error)
+	// Summary counts the fleet from maintained counters, without reading
+	// device documents.
+	Summary(ctx context.Context, silentBefore time.Time) (Summary, error)
 	// Close releases the backend's resources.
 	Close() error
 }

@@ -4,6 +4,7 @@ package ferrytest
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	grpccreds "google.golang.org/grpc/credentials"
 
+	"github.com/ferryhq/ferry/attest"
 	"github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/internal/testredis"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
@@ -158,6 +160,11 @@ type Device struct {
 	t      testing.TB
 	Stream grpc.BidiStreamingClient[devicev1.SyncRequest, devicev1.SyncResponse]
 	cancel context.CancelFunc
+	// ID, Key and Nonce sign reports: the device's id and certificate key,
+	// and the nonce of the stream's Session.
+	ID    string
+	Key   crypto.Signer
+	Nonce string
 }
 
 // OpenDevice opens development device id's stream and sends hello.
@@ -170,16 +177,56 @@ func (f *Ferryd) OpenDevice(t testing.TB, id string, hello *devicev1.Hello) *Dev
 // another ferryd that trusts the same CA, and sends hello.
 func (f *Ferryd) OpenDeviceOn(t testing.TB, on *Ferryd, id string, hello *devicev1.Hello) *Device {
 	t.Helper()
-	conn := on.DeviceConn(t, f.DeviceTLS(t, id))
+	tlsConfig := f.DeviceTLS(t, id)
+	conn := on.DeviceConn(t, tlsConfig)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	stream, err := devicev1.NewDeviceServiceClient(conn).Sync(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &Device{t: t, Stream: stream, cancel: cancel}
+	d := &Device{t: t, Stream: stream, cancel: cancel, ID: id, Key: tlsConfig.Certificates[0].PrivateKey.(crypto.Signer)}
 	d.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Hello{Hello: hello}})
+	session := d.Recv().GetSession()
+	if session.GetNonce() == "" {
+		t.Fatal("the stream did not start with a Session")
+	}
+	d.Nonce = session.GetNonce()
 	return d
+}
+
+// SendReport signs r as the device would (an in-toto statement in a DSSE
+// envelope, with the stream's nonce) and sends it.
+func (d *Device) SendReport(r *devicev1.Report) {
+	d.t.Helper()
+	d.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{Envelope: d.Sign(r, d.Nonce)}}})
+}
+
+// Sign returns the DSSE envelope of r signed by the device with nonce.
+func (d *Device) Sign(r *devicev1.Report, nonce string) []byte {
+	d.t.Helper()
+	p := attest.Report{
+		Device:         d.ID,
+		JobID:          r.GetJobId(),
+		DesiredVersion: r.GetDesiredVersion(),
+		Status:         strings.TrimPrefix(r.GetStatus().String(), "JOB_STATUS_"),
+		ErrorCode:      r.GetErrorCode(),
+		Message:        r.GetMessage(),
+		Time:           time.Now().UTC(),
+		Nonce:          nonce,
+		Config:         r.GetReported().GetConfig(),
+	}
+	if s := r.GetStep(); s != devicev1.Step_STEP_UNSPECIFIED {
+		p.Step = strings.TrimPrefix(s.String(), "STEP_")
+	}
+	if b := r.GetReported().GetBundle(); b != nil {
+		p.Bundle = &attest.Bundle{TargetPath: b.GetTargetPath(), Length: b.GetLength(), SHA256: b.GetSha256()}
+	}
+	env, err := attest.Sign(d.Key, attest.NewStatement(p))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return env
 }
 
 // Send sends msg or fails the test.

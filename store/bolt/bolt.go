@@ -19,10 +19,18 @@ import (
 // Buckets: devices holds one JSON document per device id; events and
 // attestations hold one nested bucket per device id (events keyed by
 // big-endian sequence number, attestations by job id).
+// index holds "s\x00<status>\x00<id>", "b\x00<bundle>\x00<id>" and
+// "l\x00<key>=<value>\x00<id>" (empty values); seen holds
+// <big-endian unix nanoseconds><id>; counts holds "s\x00<status>",
+// "b\x00<bundle>" and "total" as big-endian uint64. All are kept in the
+// transaction that changes the device.
 var (
 	devicesBucket      = []byte("devices")
 	eventsBucket       = []byte("events")
 	attestationsBucket = []byte("attestations")
+	indexBucket        = []byte("index")
+	seenBucket         = []byte("seen")
+	countsBucket       = []byte("counts")
 )
 
 // Store is a store.Devices on a bbolt file. It is safe for concurrent use.
@@ -46,7 +54,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{devicesBucket, eventsBucket, attestationsBucket} {
+		for _, name := range [][]byte{devicesBucket, eventsBucket, attestationsBucket, indexBucket, seenBucket, countsBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -83,7 +91,10 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 			return err
 		}
 		stored, created = d, true
-		return b.Put([]byte(d.ID), raw)
+		if err := b.Put([]byte(d.ID), raw); err != nil {
+			return err
+		}
+		return reindex(tx, nil, &d)
 	})
 	if err != nil {
 		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
@@ -108,36 +119,6 @@ func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) 
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
 	return d, nil
-}
-
-// ListDevices implements store.Devices.
-func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]store.Device, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if opts.Limit <= 0 {
-		return nil, fmt.Errorf("list devices: limit %d must be positive", opts.Limit)
-	}
-	var out []store.Device
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		c := tx.Bucket(devicesBucket).Cursor()
-		k, v := c.Seek([]byte(opts.After))
-		if k != nil && opts.After != "" && bytes.Equal(k, []byte(opts.After)) {
-			k, v = c.Next()
-		}
-		for ; k != nil && len(out) < opts.Limit; k, v = c.Next() {
-			var d store.Device
-			if err := json.Unmarshal(v, &d); err != nil {
-				return fmt.Errorf("decode device %q: %w", k, err)
-			}
-			out = append(out, d)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list devices: %w", err)
-	}
-	return out, nil
 }
 
 // SetDesired implements store.Devices.
@@ -183,6 +164,7 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 		if err := json.Unmarshal(raw, &dev); err != nil {
 			return err
 		}
+		old := dev
 		cur, same := apply(&dev)
 		switch {
 		case same:
@@ -195,6 +177,9 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 			return err
 		}
 		if err := b.Put([]byte(id), out); err != nil {
+			return err
+		}
+		if err := reindex(tx, &old, &dev); err != nil {
 			return err
 		}
 		if w.Event.Kind != "" {

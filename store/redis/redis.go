@@ -113,6 +113,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local vf, df, expect, nextv, doc = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ev, cap, attJob, att = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
+local old = redis.call('HMGET', KEYS[1], 'd', 'r')
 local cur = redis.call('HGET', KEYS[1], vf)
 local res = 'conflict'
 if cur == nextv and redis.call('HGET', KEYS[1], df) == doc then
@@ -130,7 +131,7 @@ elseif cur == expect then
   res = 'ok'
 end
 local v = redis.call('HMGET', KEYS[1], 'meta', 'd', 'r')
-return {res, v[1], v[2], v[3]}
+return {res, v[1], v[2], v[3], old[1], old[2]}
 `)
 
 // CreateDevice implements store.Devices.
@@ -151,6 +152,11 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 	if err != nil {
 		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
+	// Indexing the stored document every time also repairs the entries of
+	// a create that was cut short.
+	if err := s.reindex(ctx, nil, &stored); err != nil {
+		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
+	}
 	return stored, res[0] == "created", nil
 }
 
@@ -165,51 +171,6 @@ func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) 
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
 	return d, nil
-}
-
-// ListDevices implements store.Devices.
-func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]store.Device, error) {
-	if opts.Limit <= 0 {
-		return nil, fmt.Errorf("list devices: limit %d must be positive", opts.Limit)
-	}
-	min := "-"
-	if opts.After != "" {
-		min = "(" + opts.After
-	}
-	var out []store.Device
-	for len(out) < opts.Limit {
-		ids, err := s.rdb.ZRangeArgs(ctx, goredis.ZRangeArgs{
-			Key: s.indexKey(), Start: min, Stop: "+", ByLex: true, Count: int64(opts.Limit - len(out)),
-		}).Result()
-		if err != nil {
-			return nil, fmt.Errorf("list devices: %w", err)
-		}
-		if len(ids) == 0 {
-			break
-		}
-		cmds := make([]*goredis.SliceCmd, len(ids))
-		_, err = s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
-			for i, id := range ids {
-				cmds[i] = p.HMGet(ctx, s.deviceKey(id), "meta", "d", "r")
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("list devices: %w", err)
-		}
-		for _, c := range cmds {
-			d, err := decodeValues(c.Val())
-			if errors.Is(err, store.ErrNotFound) {
-				continue // indexed, but its create never landed
-			}
-			if err != nil {
-				return nil, fmt.Errorf("list devices: %w", err)
-			}
-			out = append(out, d)
-		}
-		min = "(" + ids[len(ids)-1]
-	}
-	return out, nil
 }
 
 // SetDesired implements store.Devices.
@@ -252,9 +213,22 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 	if res[0] == "missing" {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, store.ErrNotFound)
 	}
-	dev, err := decodeFields(res[1:])
+	dev, err := decodeFields(res[1:4])
 	if err != nil {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+	}
+	if res[0] == "ok" {
+		old := dev
+		old.Desired, old.Reported = store.Desired{}, store.Reported{}
+		if err := json.Unmarshal([]byte(res[4]), &old.Desired); err != nil {
+			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+		}
+		if err := json.Unmarshal([]byte(res[5]), &old.Reported); err != nil {
+			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+		}
+		if err := s.reindex(ctx, &old, &dev); err != nil {
+			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+		}
 	}
 	if res[0] == "conflict" {
 		cur := dev.Desired.Version

@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"EventHistoryIsCapped", testEventCap},
 		{"Attestations", testAttestations},
 		{"Changes", testChanges},
+		{"QueryAndSummary", testQueryAndSummary},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -532,5 +533,112 @@ func testChanges(t *testing.T, s store.Devices) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("SubscribeChanges did not return after its context ended")
+	}
+}
+
+func testQueryAndSummary(t *testing.T, s store.Devices) {
+	ctx := context.Background()
+	for id, labels := range map[string]map[string]string{
+		"d1": {"model": "gw2", "ring": "canary"},
+		"d2": {"model": "gw2"},
+		"d3": {"model": "gw3"},
+	} {
+		if _, _, err := s.CreateDevice(ctx, store.Device{ID: id, Labels: labels, CreatedAt: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.SetDesired(ctx, "d1", 0, desired(1, "fw-2"), store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	seen := at.Add(time.Hour)
+	r := reported(1, 1)
+	r.LastSeen = seen
+	if _, err := s.SetReported(ctx, "d2", 0, r, store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	list := func(q store.Query, limit int) []string {
+		t.Helper()
+		var ids []string
+		after := ""
+		for range 10 {
+			page, err := s.ListDevices(ctx, store.ListOptions{After: after, Limit: limit, Query: q})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range page {
+				ids = append(ids, d.ID)
+			}
+			if len(page) < limit {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+		return ids
+	}
+	tests := []struct {
+		name string
+		q    store.Query
+		want []string
+	}{
+		{"all", store.Query{}, []string{"d1", "d2", "d3"}},
+		{"queued", store.Query{Status: "QUEUED"}, []string{"d1"}},
+		{"succeeded", store.Query{Status: "SUCCEEDED"}, []string{"d2"}},
+		{"never given a job", store.Query{Status: store.StatusNone}, []string{"d3"}},
+		{"running fw-1", store.Query{Bundle: "fw-1.bin"}, []string{"d2"}},
+		{"running nothing", store.Query{Bundle: store.NoBundle}, []string{"d1", "d3"}},
+		{"one label", store.Query{Labels: map[string]string{"model": "gw2"}}, []string{"d1", "d2"}},
+		{"two labels", store.Query{Labels: map[string]string{"model": "gw2", "ring": "canary"}}, []string{"d1"}},
+		{"label and status", store.Query{Labels: map[string]string{"model": "gw2"}, Status: "SUCCEEDED"}, []string{"d2"}},
+		{"no match", store.Query{Labels: map[string]string{"model": "gw9"}}, nil},
+		{"silent before the report", store.Query{SeenBefore: seen}, []string{"d1", "d3"}},
+		{"silent after the report", store.Query{SeenBefore: seen.Add(time.Second)}, []string{"d1", "d2", "d3"}},
+	}
+	for _, tt := range tests {
+		for _, limit := range []int{1, 10} {
+			if diff := cmp.Diff(tt.want, list(tt.q, limit)); diff != "" {
+				t.Errorf("%s, pages of %d (-want +got):\n%s", tt.name, limit, diff)
+			}
+		}
+	}
+
+	sum, err := s.Summary(ctx, seen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := store.Summary{
+		Total:     3,
+		PerStatus: map[string]uint64{"QUEUED": 1, "SUCCEEDED": 1, store.StatusNone: 1},
+		PerBundle: map[string]uint64{"fw-1.bin": 1, store.NoBundle: 2},
+		Silent:    2,
+	}
+	if diff := cmp.Diff(want, sum); diff != "" {
+		t.Errorf("summary (-want +got):\n%s", diff)
+	}
+
+	// Moving d2 to another job and bundle moves its counts, with no stale
+	// entries left behind.
+	if _, err := s.SetDesired(ctx, "d2", 0, desired(1, "fw-2"), store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	r2 := reported(2, 1)
+	r2.Bundle.TargetPath, r2.Job.Status, r2.LastSeen = "fw-2.bin", "FAILED", seen.Add(time.Hour)
+	if _, err := s.SetReported(ctx, "d2", 1, r2, store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	sum, err = s.Summary(ctx, seen.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = store.Summary{
+		Total:     3,
+		PerStatus: map[string]uint64{"QUEUED": 1, "FAILED": 1, store.StatusNone: 1},
+		PerBundle: map[string]uint64{"fw-2.bin": 1, store.NoBundle: 2},
+		Silent:    2,
+	}
+	if diff := cmp.Diff(want, sum); diff != "" {
+		t.Errorf("summary after d2 moved (-want +got):\n%s", diff)
+	}
+	if got := list(store.Query{Status: "SUCCEEDED"}, 10); len(got) != 0 {
+		t.Errorf("SUCCEEDED after d2 failed: %v", got)
 	}
 }

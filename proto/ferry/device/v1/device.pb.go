@@ -176,6 +176,9 @@ const (
 	RejectCode_REJECT_CODE_JOB_MISMATCH RejectCode = 3
 	// The report is malformed (for example a non-final status).
 	RejectCode_REJECT_CODE_INVALID RejectCode = 4
+	// The report is unsigned where signatures are required, or its signature,
+	// certificate, device identity or nonce does not verify.
+	RejectCode_REJECT_CODE_UNVERIFIED RejectCode = 5
 )
 
 // Enum value maps for RejectCode.
@@ -186,6 +189,7 @@ var (
 		2: "REJECT_CODE_UNKNOWN_VERSION",
 		3: "REJECT_CODE_JOB_MISMATCH",
 		4: "REJECT_CODE_INVALID",
+		5: "REJECT_CODE_UNVERIFIED",
 	}
 	RejectCode_value = map[string]int32{
 		"REJECT_CODE_UNSPECIFIED":     0,
@@ -193,6 +197,7 @@ var (
 		"REJECT_CODE_UNKNOWN_VERSION": 2,
 		"REJECT_CODE_JOB_MISMATCH":    3,
 		"REJECT_CODE_INVALID":         4,
+		"REJECT_CODE_UNVERIFIED":      5,
 	}
 )
 
@@ -347,6 +352,7 @@ type SyncResponse struct {
 	//	*SyncResponse_Accepted
 	//	*SyncResponse_Rejected
 	//	*SyncResponse_Ping
+	//	*SyncResponse_Session
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -425,6 +431,15 @@ func (x *SyncResponse) GetPing() *Ping {
 	return nil
 }
 
+func (x *SyncResponse) GetSession() *Session {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_Session); ok {
+			return x.Session
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -445,6 +460,10 @@ type SyncResponse_Ping struct {
 	Ping *Ping `protobuf:"bytes,4,opt,name=ping,proto3,oneof"`
 }
 
+type SyncResponse_Session struct {
+	Session *Session `protobuf:"bytes,5,opt,name=session,proto3,oneof"`
+}
+
 func (*SyncResponse_Delta) isSyncResponse_Message() {}
 
 func (*SyncResponse_Accepted) isSyncResponse_Message() {}
@@ -452,6 +471,64 @@ func (*SyncResponse_Accepted) isSyncResponse_Message() {}
 func (*SyncResponse_Rejected) isSyncResponse_Message() {}
 
 func (*SyncResponse_Ping) isSyncResponse_Message() {}
+
+func (*SyncResponse_Session) isSyncResponse_Message() {}
+
+// Session is the server's first message on a stream, right after Hello.
+type Session struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Signed reports on this stream must carry this nonce in their predicate;
+	// a report signed for another stream is rejected.
+	Nonce string `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// The server's clock, for devices without a reliable one.
+	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Session) Reset() {
+	*x = Session{}
+	mi := &file_ferry_device_v1_device_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Session) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Session) ProtoMessage() {}
+
+func (x *Session) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_device_v1_device_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Session.ProtoReflect.Descriptor instead.
+func (*Session) Descriptor() ([]byte, []int) {
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Session) GetNonce() string {
+	if x != nil {
+		return x.Nonce
+	}
+	return ""
+}
+
+func (x *Session) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
+	}
+	return nil
+}
 
 // Hello opens the stream. It must be the first message and is sent once.
 type Hello struct {
@@ -469,7 +546,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[2]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +558,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[2]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +571,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{2}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetAgentVersion() string {
@@ -533,7 +610,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[3]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +622,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[3]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +635,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{3}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Bundle) GetTargetPath() string {
@@ -597,7 +674,7 @@ type DesiredDocument struct {
 
 func (x *DesiredDocument) Reset() {
 	*x = DesiredDocument{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +686,7 @@ func (x *DesiredDocument) String() string {
 func (*DesiredDocument) ProtoMessage() {}
 
 func (x *DesiredDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +699,7 @@ func (x *DesiredDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredDocument.ProtoReflect.Descriptor instead.
 func (*DesiredDocument) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{4}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DesiredDocument) GetBundle() *Bundle {
@@ -657,7 +734,7 @@ type ReportedState struct {
 
 func (x *ReportedState) Reset() {
 	*x = ReportedState{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +746,7 @@ func (x *ReportedState) String() string {
 func (*ReportedState) ProtoMessage() {}
 
 func (x *ReportedState) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +759,7 @@ func (x *ReportedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportedState.ProtoReflect.Descriptor instead.
 func (*ReportedState) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{5}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReportedState) GetBundle() *Bundle {
@@ -721,7 +798,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +810,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +823,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Delta) GetJobId() string {
@@ -785,6 +862,11 @@ func (x *Delta) GetSetTime() *timestamppb.Timestamp {
 }
 
 // Report ends a job: the device says how it went and what it runs now.
+//
+// A signed report sets only envelope: a DSSE envelope (JSON) of an in-toto
+// statement whose predicate carries the fields below plus the device id,
+// the time and the stream's nonce, signed with the device's certificate
+// key. ferryd requires signed reports unless configured otherwise.
 type Report struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -799,14 +881,16 @@ type Report struct {
 	// A human-readable message.
 	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
 	// What the device runs after the job.
-	Reported      *ReportedState `protobuf:"bytes,7,opt,name=reported,proto3" json:"reported,omitempty"`
+	Reported *ReportedState `protobuf:"bytes,7,opt,name=reported,proto3" json:"reported,omitempty"`
+	// The signed report; when set, every other field must be empty.
+	Envelope      []byte `protobuf:"bytes,8,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +902,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +915,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Report) GetJobId() string {
@@ -883,6 +967,13 @@ func (x *Report) GetReported() *ReportedState {
 	return nil
 }
 
+func (x *Report) GetEnvelope() []byte {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
+}
+
 // Progress moves a job through its steps.
 type Progress struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -897,7 +988,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1000,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1013,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Progress) GetJobId() string {
@@ -967,7 +1058,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1070,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1083,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Ack) GetOf() isAck_Of {
@@ -1054,7 +1145,7 @@ type Accepted struct {
 
 func (x *Accepted) Reset() {
 	*x = Accepted{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1157,7 @@ func (x *Accepted) String() string {
 func (*Accepted) ProtoMessage() {}
 
 func (x *Accepted) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1170,7 @@ func (x *Accepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accepted.ProtoReflect.Descriptor instead.
 func (*Accepted) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Accepted) GetJobId() string {
@@ -1125,7 +1216,7 @@ type Rejected struct {
 
 func (x *Rejected) Reset() {
 	*x = Rejected{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1228,7 @@ func (x *Rejected) String() string {
 func (*Rejected) ProtoMessage() {}
 
 func (x *Rejected) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1241,7 @@ func (x *Rejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejected.ProtoReflect.Descriptor instead.
 func (*Rejected) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Rejected) GetJobId() string {
@@ -1198,7 +1289,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1301,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1314,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ping) GetId() uint64 {
@@ -1243,13 +1334,18 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x06report\x18\x02 \x01(\v2\x17.ferry.device.v1.ReportH\x00R\x06report\x127\n" +
 	"\bprogress\x18\x03 \x01(\v2\x19.ferry.device.v1.ProgressH\x00R\bprogress\x12(\n" +
 	"\x03ack\x18\x04 \x01(\v2\x14.ferry.device.v1.AckH\x00R\x03ackB\t\n" +
-	"\amessage\"\xe8\x01\n" +
+	"\amessage\"\x9e\x02\n" +
 	"\fSyncResponse\x12.\n" +
 	"\x05delta\x18\x01 \x01(\v2\x16.ferry.device.v1.DeltaH\x00R\x05delta\x127\n" +
 	"\baccepted\x18\x02 \x01(\v2\x19.ferry.device.v1.AcceptedH\x00R\baccepted\x127\n" +
 	"\brejected\x18\x03 \x01(\v2\x19.ferry.device.v1.RejectedH\x00R\brejected\x12+\n" +
-	"\x04ping\x18\x04 \x01(\v2\x15.ferry.device.v1.PingH\x00R\x04pingB\t\n" +
-	"\amessage\"\xa9\x01\n" +
+	"\x04ping\x18\x04 \x01(\v2\x15.ferry.device.v1.PingH\x00R\x04ping\x124\n" +
+	"\asession\x18\x05 \x01(\v2\x18.ferry.device.v1.SessionH\x00R\asessionB\t\n" +
+	"\amessage\"\\\n" +
+	"\aSession\x12\x14\n" +
+	"\x05nonce\x18\x01 \x01(\tR\x05nonce\x12;\n" +
+	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\"\xa9\x01\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12?\n" +
 	"\x1clast_applied_desired_version\x18\x02 \x01(\x04R\x19lastAppliedDesiredVersion\x12:\n" +
@@ -1277,7 +1373,7 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x12:\n" +
 	"\adesired\x18\x03 \x01(\v2 .ferry.device.v1.DesiredDocumentR\adesired\x12%\n" +
 	"\x0echanged_fields\x18\x04 \x03(\tR\rchangedFields\x125\n" +
-	"\bset_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\asetTime\"\x9c\x02\n" +
+	"\bset_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\asetTime\"\xb8\x02\n" +
 	"\x06Report\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x122\n" +
@@ -1286,7 +1382,8 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\n" +
 	"error_code\x18\x05 \x01(\tR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12:\n" +
-	"\breported\x18\a \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\"\x8f\x01\n" +
+	"\breported\x18\a \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\x12\x1a\n" +
+	"\benvelope\x18\b \x01(\fR\benvelope\"\x8f\x01\n" +
 	"\bProgress\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x12)\n" +
@@ -1327,14 +1424,15 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x0eSTEP_VERIFYING\x10\x02\x12\x13\n" +
 	"\x0fSTEP_INSTALLING\x10\x03\x12\x12\n" +
 	"\x0eSTEP_REBOOTING\x10\x04\x12\x13\n" +
-	"\x0fSTEP_CONFIRMING\x10\x05*\x98\x01\n" +
+	"\x0fSTEP_CONFIRMING\x10\x05*\xb4\x01\n" +
 	"\n" +
 	"RejectCode\x12\x1b\n" +
 	"\x17REJECT_CODE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11REJECT_CODE_STALE\x10\x01\x12\x1f\n" +
 	"\x1bREJECT_CODE_UNKNOWN_VERSION\x10\x02\x12\x1c\n" +
 	"\x18REJECT_CODE_JOB_MISMATCH\x10\x03\x12\x17\n" +
-	"\x13REJECT_CODE_INVALID\x10\x042X\n" +
+	"\x13REJECT_CODE_INVALID\x10\x04\x12\x1a\n" +
+	"\x16REJECT_CODE_UNVERIFIED\x10\x052X\n" +
 	"\rDeviceService\x12G\n" +
 	"\x04Sync\x12\x1c.ferry.device.v1.SyncRequest\x1a\x1d.ferry.device.v1.SyncResponse(\x010\x01B\xb9\x01\n" +
 	"\x13com.ferry.device.v1B\vDeviceProtoP\x01Z7github.com/ferryhq/ferry/proto/ferry/device/v1;devicev1\xa2\x02\x03FDX\xaa\x02\x0fFerry.Device.V1\xca\x02\x0fFerry\\Device\\V1\xe2\x02\x1bFerry\\Device\\V1\\GPBMetadata\xea\x02\x11Ferry::Device::V1b\x06proto3"
@@ -1352,56 +1450,59 @@ func file_ferry_device_v1_device_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_ferry_device_v1_device_proto_goTypes = []any{
 	(JobStatus)(0),                // 0: ferry.device.v1.JobStatus
 	(Step)(0),                     // 1: ferry.device.v1.Step
 	(RejectCode)(0),               // 2: ferry.device.v1.RejectCode
 	(*SyncRequest)(nil),           // 3: ferry.device.v1.SyncRequest
 	(*SyncResponse)(nil),          // 4: ferry.device.v1.SyncResponse
-	(*Hello)(nil),                 // 5: ferry.device.v1.Hello
-	(*Bundle)(nil),                // 6: ferry.device.v1.Bundle
-	(*DesiredDocument)(nil),       // 7: ferry.device.v1.DesiredDocument
-	(*ReportedState)(nil),         // 8: ferry.device.v1.ReportedState
-	(*Delta)(nil),                 // 9: ferry.device.v1.Delta
-	(*Report)(nil),                // 10: ferry.device.v1.Report
-	(*Progress)(nil),              // 11: ferry.device.v1.Progress
-	(*Ack)(nil),                   // 12: ferry.device.v1.Ack
-	(*Accepted)(nil),              // 13: ferry.device.v1.Accepted
-	(*Rejected)(nil),              // 14: ferry.device.v1.Rejected
-	(*Ping)(nil),                  // 15: ferry.device.v1.Ping
-	nil,                           // 16: ferry.device.v1.DesiredDocument.ConfigEntry
-	nil,                           // 17: ferry.device.v1.ReportedState.ConfigEntry
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*Session)(nil),               // 5: ferry.device.v1.Session
+	(*Hello)(nil),                 // 6: ferry.device.v1.Hello
+	(*Bundle)(nil),                // 7: ferry.device.v1.Bundle
+	(*DesiredDocument)(nil),       // 8: ferry.device.v1.DesiredDocument
+	(*ReportedState)(nil),         // 9: ferry.device.v1.ReportedState
+	(*Delta)(nil),                 // 10: ferry.device.v1.Delta
+	(*Report)(nil),                // 11: ferry.device.v1.Report
+	(*Progress)(nil),              // 12: ferry.device.v1.Progress
+	(*Ack)(nil),                   // 13: ferry.device.v1.Ack
+	(*Accepted)(nil),              // 14: ferry.device.v1.Accepted
+	(*Rejected)(nil),              // 15: ferry.device.v1.Rejected
+	(*Ping)(nil),                  // 16: ferry.device.v1.Ping
+	nil,                           // 17: ferry.device.v1.DesiredDocument.ConfigEntry
+	nil,                           // 18: ferry.device.v1.ReportedState.ConfigEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
 }
 var file_ferry_device_v1_device_proto_depIdxs = []int32{
-	5,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
-	10, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
-	11, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
-	12, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
-	9,  // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
-	13, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
-	14, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
-	15, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
-	8,  // 8: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
-	6,  // 9: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
-	16, // 10: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
-	6,  // 11: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
-	17, // 12: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
-	7,  // 13: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
-	18, // 14: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
-	0,  // 15: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
-	1,  // 16: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
-	8,  // 17: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
-	1,  // 18: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
-	2,  // 19: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
-	3,  // 20: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
-	4,  // 21: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
-	21, // [21:22] is the sub-list for method output_type
-	20, // [20:21] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	6,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
+	11, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
+	12, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
+	13, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
+	10, // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
+	14, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
+	15, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
+	16, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
+	5,  // 8: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
+	19, // 9: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
+	9,  // 10: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
+	7,  // 11: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
+	17, // 12: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
+	7,  // 13: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
+	18, // 14: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
+	8,  // 15: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
+	19, // 16: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
+	0,  // 17: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
+	1,  // 18: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
+	9,  // 19: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
+	1,  // 20: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
+	2,  // 21: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
+	3,  // 22: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
+	4,  // 23: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
+	23, // [23:24] is the sub-list for method output_type
+	22, // [22:23] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_ferry_device_v1_device_proto_init() }
@@ -1420,8 +1521,9 @@ func file_ferry_device_v1_device_proto_init() {
 		(*SyncResponse_Accepted)(nil),
 		(*SyncResponse_Rejected)(nil),
 		(*SyncResponse_Ping)(nil),
+		(*SyncResponse_Session)(nil),
 	}
-	file_ferry_device_v1_device_proto_msgTypes[9].OneofWrappers = []any{
+	file_ferry_device_v1_device_proto_msgTypes[10].OneofWrappers = []any{
 		(*Ack_DesiredVersion)(nil),
 		(*Ack_PingId)(nil),
 	}
@@ -1431,7 +1533,7 @@ func file_ferry_device_v1_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_device_v1_device_proto_rawDesc), len(file_ferry_device_v1_device_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

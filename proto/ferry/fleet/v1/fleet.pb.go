@@ -15,6 +15,7 @@ import (
 	v1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -466,8 +467,16 @@ type ListDevicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most this many devices (default 100, at most 1000).
 	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// The next_page_token of the previous page.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The next_page_token of the previous page (with the same filters).
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only devices with all these labels: "key=value,key2=value2".
+	LabelSelector string `protobuf:"bytes,3,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	// Only devices reporting this bundle target path ("(none)": no bundle).
+	Bundle string `protobuf:"bytes,4,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Only devices whose current job has this status.
+	JobStatus v1.JobStatus `protobuf:"varint,5,opt,name=job_status,json=jobStatus,proto3,enum=ferry.device.v1.JobStatus" json:"job_status,omitempty"`
+	// Only devices last seen before this time, or never.
+	SeenBefore    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=seen_before,json=seenBefore,proto3" json:"seen_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -514,6 +523,34 @@ func (x *ListDevicesRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListDevicesRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+func (x *ListDevicesRequest) GetBundle() string {
+	if x != nil {
+		return x.Bundle
+	}
+	return ""
+}
+
+func (x *ListDevicesRequest) GetJobStatus() v1.JobStatus {
+	if x != nil {
+		return x.JobStatus
+	}
+	return v1.JobStatus(0)
+}
+
+func (x *ListDevicesRequest) GetSeenBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SeenBefore
+	}
+	return nil
 }
 
 type ListDevicesResponse struct {
@@ -570,14 +607,18 @@ func (x *ListDevicesResponse) GetNextPageToken() string {
 }
 
 type SetDesiredStateRequest struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Document *v1.DesiredDocument    `protobuf:"bytes,2,opt,name=document,proto3" json:"document,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One device; or leave empty and give selector.
+	DeviceId string              `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Document *v1.DesiredDocument `protobuf:"bytes,2,opt,name=document,proto3" json:"document,omitempty"`
 	// When set, the change applies only if the device's desired version is
-	// still this one (optimistic concurrency); otherwise Aborted.
+	// still this one (optimistic concurrency); otherwise Aborted. Not with a
+	// selector.
 	ExpectedVersion *uint64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Every device with all these labels: "key=value,key2=value2".
+	Selector      string `protobuf:"bytes,4,opt,name=selector,proto3" json:"selector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetDesiredStateRequest) Reset() {
@@ -631,11 +672,21 @@ func (x *SetDesiredStateRequest) GetExpectedVersion() uint64 {
 	return 0
 }
 
+func (x *SetDesiredStateRequest) GetSelector() string {
+	if x != nil {
+		return x.Selector
+	}
+	return ""
+}
+
 type SetDesiredStateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Device        *Device                `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device, when one was named.
+	Device *Device `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	// How many devices got the new desired state.
+	DevicesUpdated uint64 `protobuf:"varint,2,opt,name=devices_updated,json=devicesUpdated,proto3" json:"devices_updated,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SetDesiredStateResponse) Reset() {
@@ -675,8 +726,17 @@ func (x *SetDesiredStateResponse) GetDevice() *Device {
 	return nil
 }
 
+func (x *SetDesiredStateResponse) GetDevicesUpdated() uint64 {
+	if x != nil {
+		return x.DevicesUpdated
+	}
+	return 0
+}
+
 type GetFleetSummaryRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A device not seen for this long counts as silent (default one hour).
+	SilentAfter   *durationpb.Duration `protobuf:"bytes,1,opt,name=silent_after,json=silentAfter,proto3" json:"silent_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -711,6 +771,13 @@ func (*GetFleetSummaryRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
+func (x *GetFleetSummaryRequest) GetSilentAfter() *durationpb.Duration {
+	if x != nil {
+		return x.SilentAfter
+	}
+	return nil
+}
+
 type GetFleetSummaryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Devices per reported bundle target path.
@@ -718,8 +785,10 @@ type GetFleetSummaryResponse struct {
 	// Devices per job status name.
 	DevicesPerStatus map[string]uint64 `protobuf:"bytes,2,rep,name=devices_per_status,json=devicesPerStatus,proto3" json:"devices_per_status,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	TotalDevices     uint64            `protobuf:"varint,3,opt,name=total_devices,json=totalDevices,proto3" json:"total_devices,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Devices not seen for silent_after, or never.
+	SilentDevices uint64 `protobuf:"varint,4,opt,name=silent_devices,json=silentDevices,proto3" json:"silent_devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetFleetSummaryResponse) Reset() {
@@ -773,8 +842,17 @@ func (x *GetFleetSummaryResponse) GetTotalDevices() uint64 {
 	return 0
 }
 
+func (x *GetFleetSummaryResponse) GetSilentDevices() uint64 {
+	if x != nil {
+		return x.SilentDevices
+	}
+	return 0
+}
+
 type WatchDevicesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only changes of devices with all these labels.
+	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -807,6 +885,13 @@ func (x *WatchDevicesRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use WatchDevicesRequest.ProtoReflect.Descriptor instead.
 func (*WatchDevicesRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchDevicesRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
 }
 
 type WatchDevicesResponse struct {
@@ -2100,7 +2185,7 @@ var File_ferry_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x03\n" +
+	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x03\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\x06labels\x18\x02 \x03(\v2\".ferry.fleet.v1.Device.LabelsEntryR\x06labels\x12;\n" +
@@ -2139,33 +2224,44 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x10GetDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"C\n" +
 	"\x11GetDeviceResponse\x12.\n" +
-	"\x06device\x18\x01 \x01(\v2\x16.ferry.fleet.v1.DeviceR\x06device\"P\n" +
+	"\x06device\x18\x01 \x01(\v2\x16.ferry.fleet.v1.DeviceR\x06device\"\x87\x02\n" +
 	"\x12ListDevicesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"o\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12%\n" +
+	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12\x16\n" +
+	"\x06bundle\x18\x04 \x01(\tR\x06bundle\x129\n" +
+	"\n" +
+	"job_status\x18\x05 \x01(\x0e2\x1a.ferry.device.v1.JobStatusR\tjobStatus\x12;\n" +
+	"\vseen_before\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"seenBefore\"o\n" +
 	"\x13ListDevicesResponse\x120\n" +
 	"\adevices\x18\x01 \x03(\v2\x16.ferry.fleet.v1.DeviceR\adevices\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb8\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd4\x01\n" +
 	"\x16SetDesiredStateRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12<\n" +
 	"\bdocument\x18\x02 \x01(\v2 .ferry.device.v1.DesiredDocumentR\bdocument\x12.\n" +
-	"\x10expected_version\x18\x03 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
-	"\x11_expected_version\"I\n" +
+	"\x10expected_version\x18\x03 \x01(\x04H\x00R\x0fexpectedVersion\x88\x01\x01\x12\x1a\n" +
+	"\bselector\x18\x04 \x01(\tR\bselectorB\x13\n" +
+	"\x11_expected_version\"r\n" +
 	"\x17SetDesiredStateResponse\x12.\n" +
-	"\x06device\x18\x01 \x01(\v2\x16.ferry.fleet.v1.DeviceR\x06device\"\x18\n" +
-	"\x16GetFleetSummaryRequest\"\xa2\x03\n" +
+	"\x06device\x18\x01 \x01(\v2\x16.ferry.fleet.v1.DeviceR\x06device\x12'\n" +
+	"\x0fdevices_updated\x18\x02 \x01(\x04R\x0edevicesUpdated\"V\n" +
+	"\x16GetFleetSummaryRequest\x12<\n" +
+	"\fsilent_after\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\vsilentAfter\"\xc9\x03\n" +
 	"\x17GetFleetSummaryResponse\x12k\n" +
 	"\x12devices_per_bundle\x18\x01 \x03(\v2=.ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntryR\x10devicesPerBundle\x12k\n" +
 	"\x12devices_per_status\x18\x02 \x03(\v2=.ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntryR\x10devicesPerStatus\x12#\n" +
-	"\rtotal_devices\x18\x03 \x01(\x04R\ftotalDevices\x1aC\n" +
+	"\rtotal_devices\x18\x03 \x01(\x04R\ftotalDevices\x12%\n" +
+	"\x0esilent_devices\x18\x04 \x01(\x04R\rsilentDevices\x1aC\n" +
 	"\x15DevicesPerBundleEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1aC\n" +
 	"\x15DevicesPerStatusEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x15\n" +
-	"\x13WatchDevicesRequest\"F\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"<\n" +
+	"\x13WatchDevicesRequest\x12%\n" +
+	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\"F\n" +
 	"\x14WatchDevicesResponse\x12.\n" +
 	"\x06device\x18\x01 \x01(\v2\x16.ferry.fleet.v1.DeviceR\x06device\"r\n" +
 	"\x17ListDeviceEventsRequest\x12\x1b\n" +
@@ -2334,7 +2430,8 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*v1.ReportedState)(nil),         // 44: ferry.device.v1.ReportedState
 	(v1.JobStatus)(0),                // 45: ferry.device.v1.JobStatus
 	(v1.Step)(0),                     // 46: ferry.device.v1.Step
-	(*v1.Bundle)(nil),                // 47: ferry.device.v1.Bundle
+	(*durationpb.Duration)(nil),      // 47: google.protobuf.Duration
+	(*v1.Bundle)(nil),                // 48: ferry.device.v1.Bundle
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
 	38, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
@@ -2351,66 +2448,69 @@ var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
 	46, // 11: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
 	42, // 12: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 13: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	0,  // 14: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	43, // 15: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
-	0,  // 16: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	39, // 17: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	40, // 18: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	0,  // 19: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	42, // 20: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	45, // 21: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	46, // 22: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
-	15, // 23: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	41, // 24: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	0,  // 25: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	42, // 26: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	47, // 27: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	42, // 28: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	47, // 29: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	23, // 30: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 31: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 32: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	23, // 33: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 34: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 35: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 36: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	4,  // 37: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	6,  // 38: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	8,  // 39: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	10, // 40: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	12, // 41: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	14, // 42: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	17, // 43: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	19, // 44: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	21, // 45: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	24, // 46: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	26, // 47: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	28, // 48: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	30, // 49: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	32, // 50: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	34, // 51: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	36, // 52: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	5,  // 53: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	7,  // 54: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	9,  // 55: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	11, // 56: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	13, // 57: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	16, // 58: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	18, // 59: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	20, // 60: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	22, // 61: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	25, // 62: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	27, // 63: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	29, // 64: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	31, // 65: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	33, // 66: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	35, // 67: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	37, // 68: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	53, // [53:69] is the sub-list for method output_type
-	37, // [37:53] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	45, // 14: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	42, // 15: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	0,  // 16: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
+	43, // 17: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	0,  // 18: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
+	47, // 19: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	39, // 20: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	40, // 21: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	0,  // 22: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
+	42, // 23: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	45, // 24: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	46, // 25: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	15, // 26: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
+	41, // 27: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	0,  // 28: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	42, // 29: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	48, // 30: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	42, // 31: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	48, // 32: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	23, // 33: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 34: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 35: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	23, // 36: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 37: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 38: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 39: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	4,  // 40: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	6,  // 41: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	8,  // 42: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	10, // 43: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	12, // 44: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	14, // 45: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	17, // 46: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	19, // 47: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	21, // 48: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	24, // 49: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	26, // 50: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	28, // 51: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	30, // 52: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	32, // 53: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	34, // 54: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	36, // 55: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	5,  // 56: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	7,  // 57: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	9,  // 58: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	11, // 59: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	13, // 60: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	16, // 61: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	18, // 62: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	20, // 63: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	22, // 64: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	25, // 65: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	27, // 66: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	29, // 67: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	31, // 68: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	33, // 69: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	35, // 70: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	37, // 71: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	56, // [56:72] is the sub-list for method output_type
+	40, // [40:56] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
