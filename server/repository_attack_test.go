@@ -205,7 +205,7 @@ func TestAttackRollbackTargets(t *testing.T) {
 	})
 	c.attacked(map[string][]byte{
 		"timestamp.json": ts,
-		fmt.Sprintf("%d.snapshot.json", newSnapVersion): snap,
+		fmt.Sprintf("%d.snapshot.json", newSnapVersion):    snap,
 		fmt.Sprintf("%d.targets.json", oldTargets.Version): old["targets"],
 	}).refuses(t, "", "root", "snapshot", "targets")
 }

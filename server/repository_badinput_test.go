@@ -115,7 +115,9 @@ func TestPublishRefusesBadInput(t *testing.T) {
 		{name: "root not signed by the current root keys", root: nextRoot(func(p *tuf.RootParams) { p.Root = tuftest.RoleKeys(t, newRootKey, 1) }, newRootKey...), want: connect.CodeInvalidArgument},
 		{name: "root not signed by its own keys", root: nextRoot(func(p *tuf.RootParams) { p.Root = tuftest.RoleKeys(t, newRootKey, 1) }, fx.rel.Root...), want: connect.CodeInvalidArgument},
 		{name: "root without ferryd's online keys", root: nextRoot(func(p *tuf.RootParams) { p.Timestamp = tuftest.RoleKeys(t, stranger, 1).Keys[0] }, fx.rel.Root...), want: connect.CodeInvalidArgument},
-		{name: "root handing ferryd the targets role", root: nextRoot(func(p *tuf.RootParams) { p.Targets = tuf.RoleKeys{Keys: []*metadata.Key{online[metadata.SNAPSHOT]}, Threshold: 1} }, fx.rel.Root...), want: connect.CodeInvalidArgument},
+		{name: "root handing ferryd the targets role", root: nextRoot(func(p *tuf.RootParams) {
+			p.Targets = tuf.RoleKeys{Keys: []*metadata.Key{online[metadata.SNAPSHOT]}, Threshold: 1}
+		}, fx.rel.Root...), want: connect.CodeInvalidArgument},
 		{name: "root unsigned", root: nextRoot(func(*tuf.RootParams) {}), want: connect.CodeInvalidArgument},
 		{name: "upload shorter than declared", upload: other[:5], want: connect.CodeInvalidArgument},
 		{name: "upload longer than declared", upload: append(other, '!'), want: connect.CodeInvalidArgument},
