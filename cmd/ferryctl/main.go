@@ -34,5 +34,7 @@ func newRootCmd() *cobra.Command {
 	}
 	a.bindFlags(root)
 	root.AddCommand(newDeviceCmd(a))
+	root.AddCommand(newRepoCmd(a))
+	root.AddCommand(newBundleCmd(a))
 	return root
 }

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	repositoryv1 "github.com/ferryhq/ferry/proto/ferry/repository/v1"
+	"github.com/ferryhq/ferry/tuf"
+)
+
+func newBundleCmd(a *app) *cobra.Command {
+	opts := &repoOpts{}
+	cmd := &cobra.Command{Use: "bundle", Short: "Publish, list, show and remove bundles"}
+	opts.bind(cmd)
+	cmd.AddCommand(newBundlePublishCmd(a, opts), newBundleListCmd(a), newBundleShowCmd(a), newBundleRemoveCmd(a, opts))
+	return cmd
+}
+
+func newBundlePublishCmd(a *app, opts *repoOpts) *cobra.Command {
+	var name, version, path, notes, notesFile string
+	var hardware []string
+	var downgrade, quiet bool
+	var expiry time.Duration
+	cmd := &cobra.Command{
+		Use:   "publish FILE --name NAME --version VERSION",
+		Short: "Upload a bundle and publish it, signed with the offline keys",
+		Long: `publish computes FILE's length and SHA-256, streams it to ferryd, adds it
+as a target (path NAME/VERSION/<file name> unless --path is given) with
+its custom metadata to the role that holds that path, signs that role's
+next version with the offline keys in <repo-dir>/keys, and submits it.
+ferryd verifies the signatures against the trusted root before it
+accepts anything.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if name == "" || version == "" {
+				return errors.New("--name and --version are required")
+			}
+			if notesFile != "" {
+				raw, err := os.ReadFile(notesFile)
+				if err != nil {
+					return err
+				}
+				notes = string(raw)
+			}
+			if path == "" {
+				path = name + "/" + version + "/" + filepath.Base(args[0])
+			}
+			if err := tuf.ValidTargetPath(path); err != nil {
+				return err
+			}
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			h := sha256.New()
+			length, err := io.Copy(h, f)
+			if err != nil {
+				return err
+			}
+			digest := hex.EncodeToString(h.Sum(nil))
+			tf, err := tuf.NewTargetFile(path, length, digest, tuf.BundleInfo{
+				Name: name, Version: version, Hardware: hardware, ReleaseNotes: notes,
+				DowngradeAllowed: downgrade, Published: time.Now().UTC().Truncate(time.Second),
+			})
+			if err != nil {
+				return err
+			}
+			// Verify the repository and unlock the keys before the upload.
+			s, err := openSession(a, opts, true)
+			if err != nil {
+				return err
+			}
+			role, md, err := s.roleFor(path)
+			if err != nil {
+				return err
+			}
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
+			var progress io.Writer = cmd.ErrOrStderr()
+			if quiet {
+				progress = io.Discard
+			}
+			if err := upload(cmd, s, f, length, digest, progress); err != nil {
+				return fmt.Errorf("upload: %w", err)
+			}
+			md.Signed.Targets[path] = tf
+			resp, err := s.publishRole(cmd, role, md, expiry)
+			if err != nil {
+				return fmt.Errorf("publish: %w", err)
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "published %s (%d bytes, sha256 %s) in %s v%d; snapshot v%d, timestamp v%d\n",
+				path, length, digest, role, md.Signed.Version, resp.GetSnapshotVersion(), resp.GetTimestampVersion())
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&name, "name", "", "bundle name, for example the product's firmware")
+	fl.StringVar(&version, "version", "", "bundle version")
+	fl.StringVar(&path, "path", "", "target path (default NAME/VERSION/<file name>)")
+	fl.StringSliceVar(&hardware, "hardware", nil, "hardware the bundle is compatible with (repeatable)")
+	fl.StringVar(&notes, "release-notes", "", "release notes")
+	fl.StringVar(&notesFile, "release-notes-file", "", "file holding the release notes")
+	fl.BoolVar(&downgrade, "allow-downgrade", false, "devices may install this bundle over a newer version")
+	fl.BoolVarP(&quiet, "quiet", "q", false, "no progress bar")
+	fl.DurationVar(&expiry, "targets-expiry", tuf.DefaultTargetsExpiry, "lifetime of the signed targets metadata")
+	return cmd
+}
+
+// upload streams r to UploadBlob in 256 KiB chunks with a progress bar.
+func upload(cmd *cobra.Command, s *session, r io.Reader, length int64, digest string, progress io.Writer) error {
+	stream := s.client.UploadBlob(cmd.Context())
+	if err := stream.Send(&repositoryv1.UploadBlobRequest{Message: &repositoryv1.UploadBlobRequest_Info{
+		Info: &repositoryv1.BlobInfo{Length: uint64(length), Sha256: digest},
+	}}); err != nil {
+		_, cerr := stream.CloseAndReceive()
+		return errors.Join(err, cerr)
+	}
+	buf := make([]byte, 256<<10)
+	var sent int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if serr := stream.Send(&repositoryv1.UploadBlobRequest{Message: &repositoryv1.UploadBlobRequest_Chunk{Chunk: buf[:n]}}); serr != nil {
+				_, cerr := stream.CloseAndReceive()
+				return errors.Join(serr, cerr)
+			}
+			sent += int64(n)
+			drawProgress(progress, sent, length)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if length == 0 {
+		drawProgress(progress, 0, 0)
+	}
+	fmt.Fprintln(progress)
+	_, err := stream.CloseAndReceive()
+	return err
+}
+
+func drawProgress(w io.Writer, done, total int64) {
+	const width = 30
+	frac := 1.0
+	if total > 0 {
+		frac = float64(done) / float64(total)
+	}
+	bar := make([]byte, width)
+	for i := range bar {
+		bar[i] = ' '
+		if float64(i) < frac*width {
+			bar[i] = '='
+		}
+	}
+	fmt.Fprintf(w, "\rupload [%s] %3.0f%% %s / %s", bar, frac*100, humanBytes(done), humanBytes(total))
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func newBundleListCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the bundles of the current repository version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			client, err := a.repository()
+			if err != nil {
+				return err
+			}
+			all := &repositoryv1.ListBundlesResponse{}
+			token := ""
+			for {
+				page, err := client.ListBundles(cmd.Context(), connect.NewRequest(&repositoryv1.ListBundlesRequest{PageSize: 1000, PageToken: token}))
+				if err != nil {
+					return err
+				}
+				all.Bundles = append(all.Bundles, page.Msg.GetBundles()...)
+				if token = page.Msg.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), all)
+			}
+			return bundleTable(cmd.OutOrStdout(), all.GetBundles())
+		},
+	}
+}
+
+func newBundleShowCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show TARGET_PATH",
+		Short: "Show one bundle and its custom metadata",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, err := a.repository()
+			if err != nil {
+				return err
+			}
+			resp, err := client.GetBundle(cmd.Context(), connect.NewRequest(&repositoryv1.GetBundleRequest{TargetPath: args[0]}))
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp.Msg)
+			}
+			b := resp.Msg.GetBundle()
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "path\t%s\nname\t%s\nversion\t%s\nlength\t%d\nsha256\t%s\nhardware\t%v\ndowngrade allowed\t%v\nrole\t%s\npublished\t%s\n",
+				b.GetTargetPath(), b.GetName(), b.GetVersion(), b.GetLength(), b.GetHashes()["sha256"], b.GetHardware(),
+				b.GetDowngradeAllowed(), b.GetRole(), b.GetPublishTime().AsTime().Format(time.RFC3339))
+			if b.GetReleaseNotes() != "" {
+				fmt.Fprintf(w, "release notes\t%s\n", b.GetReleaseNotes())
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func newBundleRemoveCmd(a *app, opts *repoOpts) *cobra.Command {
+	var expiry time.Duration
+	cmd := &cobra.Command{
+		Use:   "remove TARGET_PATH",
+		Short: "Remove a bundle from the current targets (signed with the offline keys)",
+		Long: `remove signs the next version of the role that holds TARGET_PATH without
+it. Devices stop finding it; the blob stays in storage, so devices that
+already downloaded it are unaffected.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openSession(a, opts, true)
+			if err != nil {
+				return err
+			}
+			role, md, err := s.roleFor(args[0])
+			if err != nil {
+				return err
+			}
+			if _, ok := md.Signed.Targets[args[0]]; !ok {
+				return fmt.Errorf("no bundle %s in the repository", args[0])
+			}
+			delete(md.Signed.Targets, args[0])
+			resp, err := s.publishRole(cmd, role, md, expiry)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s: %s v%d, snapshot v%d\n", args[0], role, md.Signed.Version, resp.GetSnapshotVersion())
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&expiry, "targets-expiry", tuf.DefaultTargetsExpiry, "lifetime of the signed targets metadata")
+	return cmd
+}
+
+func bundleTable(w io.Writer, bundles []*repositoryv1.Bundle) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PATH\tNAME\tVERSION\tLENGTH\tSHA256\tPUBLISHED")
+	for _, b := range bundles {
+		sum := b.GetHashes()["sha256"]
+		if len(sum) > 12 {
+			sum = sum[:12]
+		}
+		published := "-"
+		if b.GetPublishTime() != nil {
+			published = b.GetPublishTime().AsTime().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", b.GetTargetPath(), b.GetName(), b.GetVersion(), b.GetLength(), sum, published)
+	}
+	return tw.Flush()
+}
