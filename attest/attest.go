@@ -160,14 +160,36 @@ func Verify(envelope []byte, chain [][]byte, roots *x509.CertPool, trustDomain s
 	if err != nil {
 		return Statement{}, nil, fmt.Errorf("%w: certificate chain: %v", ErrInvalid, err)
 	}
-	device, err := credentials.DeviceID(trustDomain, certs[0])
-	if err != nil {
-		return Statement{}, nil, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if st.Predicate.Device != device {
-		return Statement{}, nil, fmt.Errorf("%w: signed by device %q about device %q", ErrInvalid, device, st.Predicate.Device)
+	if err := checkDevice(st, certs[0], trustDomain); err != nil {
+		return Statement{}, nil, err
 	}
 	return st, verified[0], nil
+}
+
+// VerifyByDevice checks an envelope signed by the key of leaf, a device
+// certificate whose chain the caller has already verified (ferryd: in the
+// stream's TLS handshake): the DSSE signature, the statement, and that the
+// predicate names leaf's device.
+func VerifyByDevice(envelope []byte, leaf *x509.Certificate, trustDomain string) (Statement, error) {
+	if len(envelope) > MaxEnvelopeBytes {
+		return Statement{}, fmt.Errorf("%w: envelope of %d bytes, at most %d", ErrInvalid, len(envelope), MaxEnvelopeBytes)
+	}
+	st, err := VerifyEnvelope(envelope, leaf.PublicKey)
+	if err != nil {
+		return Statement{}, err
+	}
+	return st, checkDevice(st, leaf, trustDomain)
+}
+
+func checkDevice(st Statement, leaf *x509.Certificate, trustDomain string) error {
+	device, err := credentials.DeviceID(trustDomain, leaf)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if st.Predicate.Device != device {
+		return fmt.Errorf("%w: signed by device %q about device %q", ErrInvalid, device, st.Predicate.Device)
+	}
+	return nil
 }
 
 // VerifyEnvelope checks the DSSE signature with pub and decodes the

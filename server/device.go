@@ -85,6 +85,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 		id:       id,
 		nonce:    base64.RawURLEncoding.EncodeToString(nonce),
 		chain:    peerChain(ctx),
+		leaf:     peerLeaf(ctx),
 		log:      log,
 		gs:       gs,
 		ctx:      ctx,
@@ -166,6 +167,7 @@ type syncStream struct {
 	// device's certificate chain (DER, leaf first) from the TLS handshake.
 	nonce string
 	chain [][]byte
+	leaf  *x509.Certificate
 }
 
 // receiveLoop handles the device's messages in order until the stream ends.
@@ -326,7 +328,9 @@ func (st *syncStream) verify(r *devicev1.Report) (replica.Report, string) {
 		r.GetErrorCode() != "" || r.GetMessage() != "" || r.GetReported() != nil {
 		return replica.Report{}, "a signed report carries its content in the envelope only"
 	}
-	s, _, err := attest.Verify(env, st.chain, st.svc.roots, st.svc.trustDomain, st.svc.now())
+	// The chain was verified in this stream's TLS handshake (and revocation
+	// closes the stream), so the leaf's key is the device's.
+	s, err := attest.VerifyByDevice(env, st.leaf, st.svc.trustDomain)
 	if err != nil {
 		return replica.Report{}, err.Error()
 	}

@@ -111,8 +111,11 @@ func TestSIGTERM(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if msg, err := stream.Recv(); err != nil || msg.GetRejected() == nil {
-		t.Fatalf("stream did not open: %v, %v", msg, err)
+	for _, want := range []string{"session", "rejected"} {
+		msg, err := stream.Recv()
+		if err != nil || want == "session" && msg.GetSession() == nil || want == "rejected" && msg.GetRejected() == nil {
+			t.Fatalf("stream did not open: got %v, %v; want %s", msg, err, want)
+		}
 	}
 
 	start := time.Now()
