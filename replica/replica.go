@@ -203,14 +203,10 @@ func (s *Service) GetAttestation(ctx context.Context, id, jobID string) (store.A
 }
 
 // changed tells this and every other instance that device id changed.
-func (s *Service) changed(ctx context.Context, id string) {
+// With a store.Changes, the store announced the write itself, and the
+// notice comes back through Run.
+func (s *Service) changed(_ context.Context, id string) {
 	if s.changes == nil {
-		s.hub.notify(id)
-		return
-	}
-	if err := s.changes.PublishChange(ctx, id); err != nil {
-		// The stream's periodic check delivers the change anyway.
-		s.log.WarnContext(ctx, "change notice not published", "device", id, "err", err)
 		s.hub.notify(id)
 	}
 }

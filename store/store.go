@@ -233,8 +233,11 @@ type Devices interface {
 }
 
 // Changes tells every ferryd instance that a device changed, so that the
-// instance holding its stream (and every watcher) looks again. Delivery is
-// best effort: a missed notice is caught by the stream's periodic check.
+// instance holding its stream (and every watcher) looks again. A backend
+// announces every device it creates or writes by itself, in the same round
+// trip as the write's index update; PublishChange is for anything else.
+// Delivery is best effort: a missed notice is caught by the stream's
+// periodic check.
 type Changes interface {
 	// PublishChange announces that device id changed.
 	PublishChange(ctx context.Context, id string) error

@@ -99,6 +99,9 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 	if err != nil {
 		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
+	if created {
+		s.PublishChange(ctx, d.ID)
+	}
 	return stored, created, nil
 }
 
@@ -154,8 +157,12 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 	if next != expect+1 {
 		return store.Device{}, fmt.Errorf("set device %q: new version %d must be %d+1", id, next, expect)
 	}
-	var dev store.Device
+	var (
+		dev   store.Device
+		wrote bool
+	)
 	err := s.db.Update(func(tx *bbolt.Tx) error {
+		wrote = false
 		b := tx.Bucket(devicesBucket)
 		raw := b.Get([]byte(id))
 		if raw == nil {
@@ -182,6 +189,7 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 		if err := reindex(tx, &old, &dev); err != nil {
 			return err
 		}
+		wrote = true
 		if w.Event.Kind != "" {
 			if err := appendEvent(tx, id, w.Event); err != nil {
 				return err
@@ -202,6 +210,9 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 	})
 	if err != nil {
 		return dev, fmt.Errorf("set device %q: %w", id, err)
+	}
+	if wrote {
+		s.PublishChange(ctx, id) // store.Changes: every write is announced
 	}
 	return dev, nil
 }

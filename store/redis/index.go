@@ -68,6 +68,7 @@ func (s *Store) reindex(ctx context.Context, old, cur *store.Device) error {
 			seen = float64(cur.Reported.LastSeen.UnixMilli())
 		}
 		p.ZAddGT(ctx, s.seenKey(), goredis.Z{Member: cur.ID, Score: seen})
+		p.Publish(ctx, s.changesKey(), cur.ID) // store.Changes: every write is announced
 		return nil
 	})
 	if err != nil {

@@ -525,6 +525,22 @@ func testChanges(t *testing.T, s store.Devices) {
 			t.Fatal("no change notice within 10 s")
 		}
 	}
+	// Writes are announced by the store itself.
+	mustCreate(t, s, "dev-8")
+	if _, err := s.SetDesired(ctx, "dev-8", 0, desired(1, "a"), store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	heard := 0
+	for heard < 2 {
+		select {
+		case id := <-got:
+			if id == "dev-8" {
+				heard++
+			}
+		case <-deadline:
+			t.Fatalf("heard %d notices of dev-8's create and write, want 2", heard)
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:
