@@ -13,19 +13,21 @@ import (
 )
 
 // Fleet indexes, written after the device's compare-and-set (they live in
-// other cluster slots than the device). Every write is idempotent and each
-// device write re-asserts the device's current entries, so an index left
-// behind by a crash between the two is repaired by the device's next write.
+// another cluster slot than the device). The index update is idempotent and
+// every device write re-asserts the device's current entries, so an index
+// left behind by a crash between the two is repaired by the device's next
+// write; listings re-check each device against the query anyway.
 //
 //	<prefix>{idx}:s:<status>     sorted set (lex) of ids with that job status
 //	<prefix>{idx}:b:<bundle>     sorted set (lex) of ids running that bundle
 //	<prefix>{idx}:l:<key>=<val>  sorted set (lex) of ids with that label
 //	<prefix>{idx}:statuses       set of statuses in use
 //	<prefix>{idx}:bundles        set of bundles in use
+//	<prefix>{idx}:st, {idx}:bd   hashes: id -> the status and bundle indexed
 //	<prefix>{idx}:seen           sorted set of ids by last-seen (unix ms; 0 never)
 //
 // The {idx} hash tag puts them in one cluster slot, so that one device's
-// index update is one MULTI/EXEC transaction even in Redis Cluster.
+// index update is one script even in Redis Cluster.
 
 func (s *Store) statusKey(v string) string { return s.prefix + "{idx}:s:" + v }
 func (s *Store) bundleKey(v string) string { return s.prefix + "{idx}:b:" + v }
@@ -36,43 +38,56 @@ func (s *Store) seenKey() string     { return s.prefix + "{idx}:seen" }
 func (s *Store) statusesKey() string { return s.prefix + "{idx}:statuses" }
 func (s *Store) bundlesKey() string  { return s.prefix + "{idx}:bundles" }
 
-// statuses are every job status a device can have.
-var statuses = []string{store.StatusNone, "QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "ROLLED_BACK", "REJECTED", "CANCELED", "TIMED_OUT"}
+// reindexScript moves one device's entries to its current status, bundle
+// and last-seen time, and announces the change, atomically: the device's
+// current entries are kept in {idx}:st and {idx}:bd, so concurrent writes
+// of one device cannot leave it in two sets.
+// KEYS: statuses hash, bundles hash, status-values set, bundle-values set,
+// seen zset. ARGV: id, status, bundle, seen (ms), changes channel, prefix.
+var reindexScript = goredis.NewScript(`
+local id, status, bundle, seen, channel, p = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local old = redis.call('HGET', KEYS[1], id)
+if old ~= status then
+  if old then redis.call('ZREM', p .. '{idx}:s:' .. old, id) end
+  redis.call('HSET', KEYS[1], id, status)
+end
+redis.call('ZADD', p .. '{idx}:s:' .. status, 0, id)
+redis.call('SADD', KEYS[3], status)
+old = redis.call('HGET', KEYS[2], id)
+if old ~= bundle then
+  if old then redis.call('ZREM', p .. '{idx}:b:' .. old, id) end
+  redis.call('HSET', KEYS[2], id, bundle)
+end
+redis.call('ZADD', p .. '{idx}:b:' .. bundle, 0, id)
+redis.call('SADD', KEYS[4], bundle)
+redis.call('ZADD', KEYS[5], 'GT', seen, id)
+redis.call('PUBLISH', channel, id)
+return 1
+`)
 
-// reindex moves device cur's entries from old (nil: none known). The status
-// entry is removed from every other status, so two writes of one device
-// racing each other leave it in one status set; a bundle entry is moved
-// from the old bundle only.
-func (s *Store) reindex(ctx context.Context, old, cur *store.Device) error {
-	_, err := s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
-		status, bundle := cur.JobStatus(), cur.BundleKey()
-		for _, st := range statuses {
-			if st != status {
-				p.ZRem(ctx, s.statusKey(st), cur.ID)
-			}
-		}
-		if old != nil {
-			if was := old.BundleKey(); was != bundle {
-				p.ZRem(ctx, s.bundleKey(was), cur.ID)
-			}
-		}
-		p.ZAdd(ctx, s.statusKey(status), goredis.Z{Member: cur.ID})
-		p.ZAdd(ctx, s.bundleKey(bundle), goredis.Z{Member: cur.ID})
-		p.SAdd(ctx, s.statusesKey(), status)
-		p.SAdd(ctx, s.bundlesKey(), bundle)
-		for k, v := range cur.Labels {
-			p.ZAdd(ctx, s.labelKey(k, v), goredis.Z{Member: cur.ID})
-		}
-		var seen float64
-		if !cur.Reported.LastSeen.IsZero() {
-			seen = float64(cur.Reported.LastSeen.UnixMilli())
-		}
-		p.ZAddGT(ctx, s.seenKey(), goredis.Z{Member: cur.ID, Score: seen})
-		p.Publish(ctx, s.changesKey(), cur.ID) // store.Changes: every write is announced
-		return nil
-	})
+// reindex moves device cur's index entries to its current state and
+// announces the change (store.Changes). Labels are indexed when the device
+// is created (withLabels); they do not change afterwards.
+func (s *Store) reindex(ctx context.Context, cur *store.Device, withLabels bool) error {
+	var seen int64
+	if !cur.Reported.LastSeen.IsZero() {
+		seen = cur.Reported.LastSeen.UnixMilli()
+	}
+	keys := []string{s.prefix + "{idx}:st", s.prefix + "{idx}:bd", s.statusesKey(), s.bundlesKey(), s.seenKey()}
+	err := reindexScript.Run(ctx, s.rdb, keys, cur.ID, cur.JobStatus(), cur.BundleKey(), seen, s.changesKey(), s.prefix).Err()
 	if err != nil {
 		return fmt.Errorf("index: %w", err)
+	}
+	if withLabels && len(cur.Labels) > 0 {
+		_, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for k, v := range cur.Labels {
+				p.ZAdd(ctx, s.labelKey(k, v), goredis.Z{Member: cur.ID})
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("index labels: %w", err)
+		}
 	}
 	return nil
 }

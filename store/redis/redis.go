@@ -113,7 +113,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local vf, df, expect, nextv, doc = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ev, cap, attJob, att = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
-local old = redis.call('HMGET', KEYS[1], 'd', 'r')
 local cur = redis.call('HGET', KEYS[1], vf)
 local res = 'conflict'
 if cur == nextv and redis.call('HGET', KEYS[1], df) == doc then
@@ -131,7 +130,7 @@ elseif cur == expect then
   res = 'ok'
 end
 local v = redis.call('HMGET', KEYS[1], 'meta', 'd', 'r')
-return {res, v[1], v[2], v[3], old[1], old[2]}
+return {res, v[1], v[2], v[3]}
 `)
 
 // CreateDevice implements store.Devices.
@@ -154,7 +153,7 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 	}
 	// Indexing the stored document every time also repairs the entries of
 	// a create that was cut short.
-	if err := s.reindex(ctx, nil, &stored); err != nil {
+	if err := s.reindex(ctx, &stored, true); err != nil {
 		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
 	return stored, res[0] == "created", nil
@@ -218,15 +217,7 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
 	}
 	if res[0] == "ok" {
-		old := dev
-		old.Desired, old.Reported = store.Desired{}, store.Reported{}
-		if err := json.Unmarshal([]byte(res[4]), &old.Desired); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-		}
-		if err := json.Unmarshal([]byte(res[5]), &old.Reported); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-		}
-		if err := s.reindex(ctx, &old, &dev); err != nil {
+		if err := s.reindex(ctx, &dev, false); err != nil {
 			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
 		}
 	}
