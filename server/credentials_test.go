@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -8,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -28,6 +30,7 @@ import (
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 	"github.com/ferryhq/ferry/server"
+	"github.com/ferryhq/ferry/tuf/tuftest"
 )
 
 // device is a device that enrolled with a real ferryd.
@@ -108,9 +111,10 @@ func syncCode(t *testing.T, f *ferrytest.Ferryd, tlsConfig *tls.Config) codes.Co
 }
 
 // download fetches url with the token over tlsConfig and returns the status
-// as a code: a refusal is Unauthenticated (401) or PermissionDenied (403);
-// anything the download authorizer let through is OK.
-func download(t *testing.T, tlsConfig *tls.Config, url, token, rangeHeader string) codes.Code {
+// as a code: a refusal is Unauthenticated (401) or PermissionDenied (403),
+// a missing target NotFound (404); OK means the published bytes (want, or
+// the range of it that Content-Range names) arrived.
+func download(t *testing.T, tlsConfig *tls.Config, url, token, rangeHeader string, want []byte) codes.Code {
 	t.Helper()
 	client := &http.Client{Transport: &http2.Transport{TLSClientConfig: tlsConfig}}
 	defer client.CloseIdleConnections()
@@ -129,25 +133,41 @@ func download(t *testing.T, tlsConfig *tls.Config, url, token, rangeHeader strin
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
 		return codes.Unauthenticated
 	case http.StatusForbidden:
 		return codes.PermissionDenied
-	case http.StatusOK, http.StatusPartialContent, http.StatusNotFound:
-		// Authorized; this test's repository has no published bundle,
-		// so the handler answers 404 after the authorizer allowed it.
+	case http.StatusNotFound:
+		return codes.NotFound
+	case http.StatusOK:
+		if !bytes.Equal(body, want) {
+			t.Fatalf("GET %s: %d bytes that are not the published target", url, len(body))
+		}
+		return codes.OK
+	case http.StatusPartialContent:
+		var first, last, size int
+		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &size); err != nil ||
+			size != len(want) || first > last || last >= size || !bytes.Equal(body, want[first:last+1]) {
+			t.Fatalf("GET %s: Content-Range %q with %d bytes that are not that range of the published target",
+				url, resp.Header.Get("Content-Range"), len(body))
+		}
 		return codes.OK
 	}
 	t.Fatalf("GET %s: unexpected status %s", url, resp.Status)
 	return codes.Unknown
 }
 
-func setDesired(t *testing.T, fleet fleetv1connect.FleetServiceClient, id, target string) {
+// setDesired gives device id a desired state naming the bundle data
+// published at target.
+func setDesired(t *testing.T, fleet fleetv1connect.FleetServiceClient, id, target string, data []byte) {
 	t.Helper()
-	sum := strings.Repeat(target[:1], 64)
 	_, err := fleet.SetDesiredState(context.Background(), connect.NewRequest(&fleetv1.SetDesiredStateRequest{
-		DeviceId: id, Document: &devicev1.DesiredDocument{Bundle: &devicev1.Bundle{TargetPath: target, Length: 4096, Sha256: sum}},
+		DeviceId: id, Document: &devicev1.DesiredDocument{Bundle: &devicev1.Bundle{TargetPath: target, Length: uint64(len(data)), Sha256: tuftest.SHA256(data)}},
 	}))
 	if err != nil {
 		t.Fatalf("SetDesiredState(%s): %v", id, err)
@@ -207,8 +227,14 @@ func TestAuthorizationMatrix(t *testing.T) {
 	admin := f.Fleet(t)
 	viewer := fleetv1connect.NewFleetServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(viewerKey))
 	gw1, gw2, gwRevoked := enroll(t, f, "gw-1"), enroll(t, f, "gw-2"), enroll(t, f, "gw-revoked")
-	setDesired(t, admin, "gw-1", "a/fw-1.bin")
-	setDesired(t, admin, "gw-2", "b/fw-2.bin")
+	// Real published bundles: every download allowed below must get the
+	// bytes, and every refusal is of a target that exists.
+	fw1, fw2 := bytes.Repeat([]byte("fw-1 "), 1000), bytes.Repeat([]byte("fw-2 "), 1000)
+	fx := newRepoFixture(t, f, tuftest.Options{})
+	fx.add(t, "a/fw-1.bin", fw1)
+	fx.add(t, "b/fw-2.bin", fw2)
+	setDesired(t, admin, "gw-1", "a/fw-1.bin", fw1)
+	setDesired(t, admin, "gw-2", "b/fw-2.bin", fw2)
 
 	// A connection gw-revoked opened before its revocation.
 	revokedConn := credentialsv1.NewCredentialServiceClient(f.DeviceConn(t, gwRevoked.tls))
@@ -249,7 +275,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 	gw1Leaf := gw1.tls.Certificates[0].Leaf
 	expiredTok, _, err := minter.Issue(credentials.DownloadGrant{
-		DeviceID: "gw-1", Target: "a/fw-1.bin", SHA256: strings.Repeat("a", 64), CertThumbprint: credentials.Thumbprint(gw1Leaf),
+		DeviceID: "gw-1", Target: "a/fw-1.bin", SHA256: tuftest.SHA256(fw1), CertThumbprint: credentials.Thumbprint(gw1Leaf),
 		IssuedAt: time.Now().Add(-time.Hour), ExpiresAt: time.Now().Add(-time.Minute),
 	})
 	if err != nil {
@@ -305,16 +331,16 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return code(err)
 		}, codes.InvalidArgument},
 		// Downloads.
-		{"token for another target", func() codes.Code { return download(t, gw1.tls, url2, tok1.GetToken(), "") }, codes.PermissionDenied},
-		{"expired token", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), expiredTok, "") }, codes.Unauthenticated},
-		{"tampered token", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), tampered, "") }, codes.Unauthenticated},
-		{"valid token over another device's connection", func() codes.Code { return download(t, gw2.tls, tok1.GetUrl(), tok1.GetToken(), "") }, codes.PermissionDenied},
-		{"bound token without a client certificate", func() codes.Code { return download(t, noCertTLS, tok1.GetUrl(), tok1.GetToken(), "") }, codes.PermissionDenied},
-		{"device certificate without a token", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), "", "") }, codes.Unauthenticated},
-		{"single-use token, first use", func() codes.Code { return download(t, gw1.tls, once.GetUrl(), once.GetToken(), "") }, codes.OK},
-		{"single-use token, replayed", func() codes.Code { return download(t, gw1.tls, once.GetUrl(), once.GetToken(), "") }, codes.PermissionDenied},
+		{"token for another target", func() codes.Code { return download(t, gw1.tls, url2, tok1.GetToken(), "", fw2) }, codes.PermissionDenied},
+		{"expired token", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), expiredTok, "", fw1) }, codes.Unauthenticated},
+		{"tampered token", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), tampered, "", fw1) }, codes.Unauthenticated},
+		{"valid token over another device's connection", func() codes.Code { return download(t, gw2.tls, tok1.GetUrl(), tok1.GetToken(), "", fw1) }, codes.PermissionDenied},
+		{"bound token without a client certificate", func() codes.Code { return download(t, noCertTLS, tok1.GetUrl(), tok1.GetToken(), "", fw1) }, codes.PermissionDenied},
+		{"device certificate without a token", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), "", "", fw1) }, codes.Unauthenticated},
+		{"single-use token, first use", func() codes.Code { return download(t, gw1.tls, once.GetUrl(), once.GetToken(), "", fw1) }, codes.OK},
+		{"single-use token, replayed", func() codes.Code { return download(t, gw1.tls, once.GetUrl(), once.GetToken(), "", fw1) }, codes.PermissionDenied},
 		{"presigned URL on another target", func() codes.Code {
-			return download(t, noCertTLS, url2+"?token="+presigned.GetToken(), "", "")
+			return download(t, noCertTLS, url2+"?token="+presigned.GetToken(), "", "", fw2)
 		}, codes.PermissionDenied},
 		// Enrollment and operators.
 		{"enrollment token used twice", func() codes.Code {
@@ -360,10 +386,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return code(err)
 		}, codes.OK},
 		{"development device keeps working", func() codes.Code { return syncCode(t, f, f.DeviceTLS(t, "dev-1")) }, codes.OK},
-		{"bound token over its own connection", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), tok1.GetToken(), "") }, codes.OK},
-		{"bound token, Range resume", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), tok1.GetToken(), "bytes=1024-") }, codes.OK},
-		{"presigned URL without a client certificate", func() codes.Code { return download(t, noCertTLS, presigned.GetUrl(), "", "") }, codes.OK},
-		{"operator API key reads a target", func() codes.Code { return download(t, noCertTLS, tok1.GetUrl(), viewerKey, "") }, codes.OK},
+		{"bound token over its own connection", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), tok1.GetToken(), "", fw1) }, codes.OK},
+		{"bound token, Range resume", func() codes.Code { return download(t, gw1.tls, tok1.GetUrl(), tok1.GetToken(), "bytes=1024-", fw1) }, codes.OK},
+		{"presigned URL without a client certificate", func() codes.Code { return download(t, noCertTLS, presigned.GetUrl(), "", "", fw1) }, codes.OK},
+		{"operator API key reads a target", func() codes.Code { return download(t, noCertTLS, tok1.GetUrl(), viewerKey, "", fw1) }, codes.OK},
 		{"viewer lists devices", func() codes.Code {
 			_, err := viewer.ListDevices(ctx, connect.NewRequest(&fleetv1.ListDevicesRequest{}))
 			return code(err)

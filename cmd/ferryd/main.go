@@ -38,6 +38,13 @@ func run() error {
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "serving key, PEM")
 	fs.StringVar(&cfg.DeviceCAFile, "device-ca", "", "CA certificates that issue device certificates, PEM")
 	fs.StringVar(&cfg.OperatorKeysFile, "operator-keys", "", "operator API keys (hashed) and roles, JSON")
+	fs.StringVar(&cfg.DeviceIssuerCertFile, "device-issuer-cert", "", "CA or intermediate (with its chain) that signs enrolled and renewed device certificates, PEM (default: none, so no enrollment or renewal; development PKI: its CA)")
+	fs.StringVar(&cfg.DeviceIssuerKeyFile, "device-issuer-key", "", "key of --device-issuer-cert, PEM")
+	fs.StringVar(&cfg.ManufacturerCAFile, "manufacturer-ca", "", "CAs of factory certificates that may enroll without a token, PEM (default: token enrollment only)")
+	fs.StringVar(&cfg.OperatorCAFile, "operator-ca", "", "CA of operator client certificates, PEM (default: API keys only; development PKI: its operator CA)")
+	fs.DurationVar(&cfg.Credentials.DeviceCertTTL, "device-cert-ttl", cfg.Credentials.DeviceCertTTL, "lifetime of device certificates issued at enrollment and renewal")
+	fs.DurationVar(&cfg.Credentials.EnrollmentTTL, "enrollment-ttl", cfg.Credentials.EnrollmentTTL, "how long a one-time enrollment token stays good")
+	fs.DurationVar(&cfg.Credentials.DownloadTokenTTL, "download-token-ttl", cfg.Credentials.DownloadTokenTTL, "lifetime of a download token (at most the device certificate's remaining life)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -56,6 +63,10 @@ func run() error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if cfg.DevPKI() && (cfg.DeviceIssuerCertFile != "" || cfg.OperatorCAFile != "") {
+		// The development PKI brings its own issuer and operator CA.
+		return fmt.Errorf("--device-issuer-cert and --operator-ca need --tls-cert, --tls-key, --device-ca and --operator-keys (the development PKI uses its own)")
 	}
 	log, err := newLogger(*logFormat, *logLevel)
 	if err != nil {
