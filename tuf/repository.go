@@ -25,7 +25,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
-	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -90,13 +90,35 @@ type state struct {
 	snapshot  *metadata.Metadata[metadata.SnapshotType]
 	timestamp *metadata.Metadata[metadata.TimestampType]
 	roles     map[string]*metadata.Metadata[metadata.TargetsType]
-	index     map[string]indexEntry // target path -> where it is
-	sorted    []string              // sorted index keys; nil until needed
+	sorted    []pathRole // every target, sorted by path; nil until needed
 }
 
-type indexEntry struct {
-	role string
-	tf   *metadata.TargetFiles
+type pathRole struct{ path, role string }
+
+// lookup finds the published target at path the way a client does: in the
+// top-level targets, then in the roles delegated that path, in order.
+func (st *state) lookup(path string) (string, *metadata.TargetFiles, bool) {
+	top := st.roles[metadata.TARGETS]
+	if top == nil {
+		return "", nil, false
+	}
+	if tf, ok := top.Signed.Targets[path]; ok {
+		return metadata.TARGETS, tf, true
+	}
+	if top.Signed.Delegations == nil {
+		return "", nil, false
+	}
+	for _, rr := range top.Signed.Delegations.GetRolesForTarget(path) {
+		if md := st.roles[rr.Name]; md != nil {
+			if tf, ok := md.Signed.Targets[path]; ok {
+				return rr.Name, tf, true
+			}
+		}
+		if rr.Terminating {
+			break
+		}
+	}
+	return "", nil, false
 }
 
 // Open loads the repository in cfg.Storage (an empty one is valid: it
@@ -169,7 +191,7 @@ func (st *state) versions() Versions {
 
 // load reads the current repository from storage.
 func (r *Repository) load(ctx context.Context) (state, error) {
-	st := state{roles: map[string]*metadata.Metadata[metadata.TargetsType]{}, index: map[string]indexEntry{}}
+	st := state{roles: map[string]*metadata.Metadata[metadata.TargetsType]{}}
 	raw, err := r.cfg.Storage.ReadAll(ctx, metadataKey("root.json"))
 	if isNotExist(err) {
 		return st, nil
@@ -211,9 +233,6 @@ func (r *Repository) load(ctx context.Context) (state, error) {
 			return st, fmt.Errorf("parse stored %s: %w", role, err)
 		}
 		st.roles[role] = md
-		for p, tf := range md.Signed.Targets {
-			st.index[p] = indexEntry{role: role, tf: tf}
-		}
 	}
 	return st, nil
 }
@@ -464,6 +483,34 @@ func delegatedPath(top *metadata.Metadata[metadata.TargetsType], role, path stri
 	return false
 }
 
+// holder returns the other role that already publishes path, if any: for
+// a delegated role, the top-level targets; for the top-level targets (md),
+// a delegated role not replaced in the same batch.
+func holder(cur state, top, md *metadata.Metadata[metadata.TargetsType], role, path string, batch map[string]*metadata.Metadata[metadata.TargetsType]) string {
+	if role != metadata.TARGETS {
+		if top != nil {
+			if _, ok := top.Signed.Targets[path]; ok {
+				return metadata.TARGETS
+			}
+		}
+		return ""
+	}
+	if md.Signed.Delegations == nil {
+		return ""
+	}
+	for _, rr := range md.Signed.Delegations.GetRolesForTarget(path) {
+		if _, replaced := batch[rr.Name]; replaced {
+			continue
+		}
+		if d := cur.roles[rr.Name]; d != nil {
+			if _, ok := d.Signed.Targets[path]; ok {
+				return rr.Name
+			}
+		}
+	}
+	return ""
+}
+
 func (r *Repository) verifyTargets(ctx context.Context, cur state, top *metadata.Metadata[metadata.TargetsType], sm SignedMetadata, batch map[string]*metadata.Metadata[metadata.TargetsType]) (*metadata.Metadata[metadata.TargetsType], error) {
 	role := sm.Role
 	if role != metadata.TARGETS && !ValidRoleName(role) {
@@ -524,10 +571,8 @@ func (r *Repository) verifyTargets(ctx context.Context, cur state, top *metadata
 		if role != metadata.TARGETS && !delegatedPath(top, role, path) {
 			return nil, invalidf("%s: target %q is not delegated to this role", role, path)
 		}
-		if e, ok := cur.index[path]; ok && e.role != role {
-			if _, replaced := batch[e.role]; !replaced {
-				return nil, preconditionf("target %q is already published by role %q", path, e.role)
-			}
+		if other := holder(cur, top, md, role, path, batch); other != "" {
+			return nil, preconditionf("target %q is already published by role %q", path, other)
 		}
 		digest, ok := tf.Hashes["sha256"]
 		if !ok || len(tf.Hashes) != 1 || len(digest) != sha256.Size {
@@ -565,21 +610,8 @@ func (r *Repository) commit(ctx context.Context, cur state, updates map[string]*
 	next := cur
 	if len(updates) > 0 {
 		next.roles = maps.Clone(cur.roles)
-		next.index = maps.Clone(cur.index)
 		next.sorted = nil
-		for role, md := range updates {
-			if old := cur.roles[role]; old != nil {
-				for p := range old.Signed.Targets {
-					if e, ok := next.index[p]; ok && e.role == role {
-						delete(next.index, p)
-					}
-				}
-			}
-			next.roles[role] = md
-			for p, tf := range md.Signed.Targets {
-				next.index[p] = indexEntry{role: role, tf: tf}
-			}
-		}
+		maps.Copy(next.roles, updates)
 	}
 	if newSnapshot || cur.snapshot == nil {
 		snap := metadata.Snapshot(expiry(now, r.cfg.SnapshotExpiry))
@@ -738,12 +770,12 @@ func countMore(n, length int64) string {
 // Bundle returns the published target at path.
 func (r *Repository) Bundle(path string) (Bundle, error) {
 	r.mu.RLock()
-	e, ok := r.st.index[path]
+	role, tf, ok := r.st.lookup(path)
 	r.mu.RUnlock()
 	if !ok {
 		return Bundle{}, notFoundf("no bundle %q in the current repository version", path)
 	}
-	return bundleFrom(path, e.role, e.tf), nil
+	return bundleFrom(path, role, tf), nil
 }
 
 // Bundles returns up to n published targets whose paths sort after
@@ -751,18 +783,25 @@ func (r *Repository) Bundle(path string) (Bundle, error) {
 func (r *Repository) Bundles(after string, n int) []Bundle {
 	r.mu.Lock()
 	if r.st.sorted == nil {
-		r.st.sorted = slices.Sorted(maps.Keys(r.st.index))
+		all := []pathRole{}
+		for role, md := range r.st.roles {
+			for p := range md.Signed.Targets {
+				all = append(all, pathRole{p, role})
+			}
+		}
+		slices.SortFunc(all, func(a, b pathRole) int { return strings.Compare(a.path, b.path) })
+		r.st.sorted = all
 	}
 	st := r.st
 	r.mu.Unlock()
-	i := sort.SearchStrings(st.sorted, after)
-	if i < len(st.sorted) && st.sorted[i] == after {
+	i, found := slices.BinarySearchFunc(st.sorted, after, func(e pathRole, t string) int { return strings.Compare(e.path, t) })
+	if found {
 		i++
 	}
-	out := make([]Bundle, 0, min(n, len(st.sorted)-i))
+	out := make([]Bundle, 0, max(0, min(n, len(st.sorted)-i)))
 	for ; i < len(st.sorted) && len(out) < n; i++ {
-		p := st.sorted[i]
-		out = append(out, bundleFrom(p, st.index[p].role, st.index[p].tf))
+		e := st.sorted[i]
+		out = append(out, bundleFrom(e.path, e.role, st.roles[e.role].Signed.Targets[e.path]))
 	}
 	return out
 }

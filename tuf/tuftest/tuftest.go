@@ -187,3 +187,11 @@ func SHA256(data []byte) string {
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
 }
+
+// Bump signs the next version of role as it now is.
+func (r *Release) Bump(role string) tuf.SignedMetadata {
+	r.t.Helper()
+	md := r.Role(role)
+	md.Signed.Version++
+	return r.sign(role, md)
+}
