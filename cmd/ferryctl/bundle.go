@@ -22,7 +22,7 @@ func newBundleCmd(a *app) *cobra.Command {
 	opts := &repoOpts{}
 	cmd := &cobra.Command{Use: "bundle", Short: "Publish, list, show and remove bundles"}
 	opts.bind(cmd)
-	cmd.AddCommand(newBundlePublishCmd(a, opts), newBundleListCmd(a), newBundleShowCmd(a), newBundleRemoveCmd(a, opts))
+	cmd.AddCommand(newBundlePublishCmd(a, opts), newBundleListCmd(a), newBundleShowCmd(a), newBundleRemoveCmd(a, opts), newBundleFetchCmd(a, opts))
 	return cmd
 }
 
@@ -294,4 +294,37 @@ func bundleTable(w io.Writer, bundles []*repositoryv1.Bundle) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", b.GetTargetPath(), b.GetName(), b.GetVersion(), b.GetLength(), sum, published)
 	}
 	return tw.Flush()
+}
+
+func newBundleFetchCmd(a *app, opts *repoOpts) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "fetch TARGET_PATH",
+		Short: "Download a bundle and verify it as a device does (go-tuf's updater)",
+		Long: `fetch refreshes the repository's metadata from <repo-dir>/root.json with
+go-tuf's updater (signatures, thresholds, versions, expiry), downloads the
+bundle, checks its length and hashes, and writes it to --output (default:
+the file name of TARGET_PATH).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := openSession(a, opts, false)
+			if err != nil {
+				return err
+			}
+			tf, err := s.u.GetTargetInfo(args[0])
+			if err != nil {
+				return err
+			}
+			if out == "" {
+				out = filepath.Base(args[0])
+			}
+			if _, _, err := s.u.DownloadTarget(tf, out, ""); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "verified %s (%d bytes, sha256 %s) -> %s\n", args[0], tf.Length, hex.EncodeToString(tf.Hashes["sha256"]), out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "O", "", "file to write")
+	return cmd
 }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"github.com/ferryhq/ferry/server"
+
+	_ "gocloud.dev/blob/s3blob" // s3:// repository storage (S3 and S3-compatible)
 )
 
 func main() {
@@ -45,6 +47,9 @@ func run() error {
 	fs.DurationVar(&cfg.Credentials.DeviceCertTTL, "device-cert-ttl", cfg.Credentials.DeviceCertTTL, "lifetime of device certificates issued at enrollment and renewal")
 	fs.DurationVar(&cfg.Credentials.EnrollmentTTL, "enrollment-ttl", cfg.Credentials.EnrollmentTTL, "how long a one-time enrollment token stays good")
 	fs.DurationVar(&cfg.Credentials.DownloadTokenTTL, "download-token-ttl", cfg.Credentials.DownloadTokenTTL, "lifetime of a download token (at most the device certificate's remaining life)")
+	fs.StringVar(&cfg.Repository.URL, "repository-url", cfg.Repository.URL, "blob store of the TUF repository: a directory or a URL such as s3://bucket?region=... (default: <data-dir>/repository)")
+	fs.DurationVar(&cfg.Repository.SnapshotExpiry, "snapshot-expiry", cfg.Repository.SnapshotExpiry, "lifetime of each snapshot ferryd signs (re-signed at half)")
+	fs.DurationVar(&cfg.Repository.TimestampExpiry, "timestamp-expiry", cfg.Repository.TimestampExpiry, "lifetime of each timestamp ferryd signs (re-signed at half)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
