@@ -1,0 +1,427 @@
+// Package sim runs a fleet of simulated devices in one process. Each
+// device is a real agent.Agent with its own key, certificate and mutual-TLS
+// stream to ferryd; only the hardware is simulated: an in-memory A/B
+// installer, a health check, and a reboot that restarts the agent. Faults
+// (download, verification, install and health check failures, interrupted
+// downloads) are injected at given rates, and every step may be delayed.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferryhq/ferry/agent"
+)
+
+// Faults are the rates (0 to 1) at which each job meets a failure.
+type Faults struct {
+	// Download: every download attempt of the job fails (HTTP 503).
+	Download float64
+	// Verify: the bundle's bytes are altered in transit (one byte
+	// flipped), so verification must refuse it.
+	Verify float64
+	// Install: the installer fails.
+	Install float64
+	// Health: the health check after the reboot fails.
+	Health float64
+	// Interrupt: the first download attempt is cut halfway; the agent
+	// resumes it with Range.
+	Interrupt float64
+}
+
+// Registrar adds a device and returns its enrollment token.
+type Registrar interface {
+	AddDevice(ctx context.Context, id string, labels map[string]string) (string, error)
+}
+
+// Config shapes a simulated fleet.
+type Config struct {
+	// Devices is how many devices to run; their ids are Prefix followed by
+	// a number ("sim-00001").
+	Devices int
+	Prefix  string
+	// Labels every device is added with.
+	Labels map[string]string
+	// Link reaches ferryd; Enroller and Registrar enroll each device with
+	// a fresh key and a one-time token.
+	Link      agent.Link
+	Enroller  agent.Enroller
+	Registrar Registrar
+	// TrustedRoot is the TUF root the devices ship with.
+	TrustedRoot []byte
+	// Hardware of every device.
+	Hardware string
+	Faults   Faults
+	// StepDelay is added to download, install, reboot and health check.
+	StepDelay time.Duration
+	// Dir holds the devices' partial downloads.
+	Dir string
+	// EnrollConcurrency bounds parallel enrollments (default 16).
+	EnrollConcurrency int
+	// Seed makes fault injection repeatable (0: random).
+	Seed uint64
+	// MinBackoff and MaxBackoff of each agent's reconnects.
+	MinBackoff, MaxBackoff time.Duration
+	// DownloadAttempts and DownloadBackoff of each agent.
+	DownloadAttempts int
+	DownloadBackoff  time.Duration
+	Logger           *slog.Logger
+}
+
+// Stats counts what happened in the fleet.
+type Stats struct {
+	Enrolled, Running                  atomic.Int64
+	Restarts                           atomic.Int64
+	Installs, Commits, Rollbacks       atomic.Int64
+	RangeRequests, Interrupted         atomic.Int64
+	Tampered, FailedDownloads          atomic.Int64
+	InjectedInstall, InjectedUnhealthy atomic.Int64
+}
+
+// Fleet is a running simulated fleet.
+type Fleet struct {
+	cfg     Config
+	Stats   Stats
+	IDs     []string
+	wg      sync.WaitGroup
+	errOnce sync.Once
+	err     error
+}
+
+// Start registers and enrolls every device, then runs them until ctx
+// ends. It returns once every device is enrolled and started.
+func Start(ctx context.Context, cfg Config) (*Fleet, error) {
+	if cfg.EnrollConcurrency <= 0 {
+		cfg.EnrollConcurrency = 16
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "sim-"
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = rand.Uint64()
+	}
+	f := &Fleet{cfg: cfg, IDs: make([]string, cfg.Devices)}
+	width := len(fmt.Sprint(cfg.Devices))
+	sem := make(chan struct{}, cfg.EnrollConcurrency)
+	errs := make(chan error, 1)
+	var enrolling sync.WaitGroup
+	for i := range cfg.Devices {
+		id := fmt.Sprintf("%s%0*d", cfg.Prefix, max(width, 5), i+1)
+		f.IDs[i] = id
+		select {
+		case sem <- struct{}{}:
+		case err := <-errs:
+			enrolling.Wait()
+			return nil, err
+		case <-ctx.Done():
+			enrolling.Wait()
+			return nil, ctx.Err()
+		}
+		enrolling.Go(func() {
+			defer func() { <-sem }()
+			d, err := f.enroll(ctx, id, uint64(i))
+			if err != nil {
+				select {
+				case errs <- err:
+				default:
+				}
+				return
+			}
+			f.Stats.Enrolled.Add(1)
+			f.wg.Go(func() { f.run(ctx, d) })
+		})
+	}
+	enrolling.Wait()
+	select {
+	case err := <-errs:
+		return nil, err
+	default:
+	}
+	return f, nil
+}
+
+// Wait waits for every device to stop (after ctx ends) and returns the
+// first error a device stopped with.
+func (f *Fleet) Wait() error {
+	f.wg.Wait()
+	return f.err
+}
+
+// device is one simulated device: its credentials, disk and hardware.
+type device struct {
+	id    string
+	creds *agent.Credentials
+	store *agent.MemoryStore
+	hw    *hardware
+	link  *faultLink
+	dir   string
+}
+
+func (f *Fleet) enroll(ctx context.Context, id string, n uint64) (*device, error) {
+	token, err := f.cfg.Registrar.AddDevice(ctx, id, f.cfg.Labels)
+	if err != nil {
+		return nil, err
+	}
+	key, err := agent.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := agent.CSR(key)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := f.cfg.Enroller.Enroll(ctx, csr, token)
+	if err != nil {
+		return nil, fmt.Errorf("device %s: %w", id, err)
+	}
+	creds, err := agent.NewCredentials(key, chain)
+	if err != nil {
+		return nil, fmt.Errorf("device %s: %w", id, err)
+	}
+	rng := rand.New(rand.NewPCG(f.cfg.Seed, n))
+	d := &device{id: id, creds: creds, store: &agent.MemoryStore{}, dir: filepath.Join(f.cfg.Dir, id)}
+	d.hw = &hardware{f: f, rng: rng, slots: [2]string{}, booted: 0, confirmed: 0}
+	d.link = &faultLink{Link: f.cfg.Link, f: f, hw: d.hw}
+	return d, nil
+}
+
+// run runs a device's agent, restarting it after each simulated reboot.
+func (f *Fleet) run(ctx context.Context, d *device) {
+	f.Stats.Running.Add(1)
+	defer f.Stats.Running.Add(-1)
+	defer os.RemoveAll(d.dir)
+	for ctx.Err() == nil {
+		a, err := agent.New(agent.Config{
+			Link: d.link, Credentials: d.creds, DeviceID: d.id, Store: d.store,
+			TrustedRoot: f.cfg.TrustedRoot, Installer: d.hw, Health: d.hw, Rebooter: d.hw,
+			Hardware: f.cfg.Hardware, DownloadDir: d.dir, AgentVersion: "ferry-agent/simulated",
+			MinBackoff: f.cfg.MinBackoff, MaxBackoff: f.cfg.MaxBackoff,
+			DownloadAttempts: f.cfg.DownloadAttempts, DownloadBackoff: f.cfg.DownloadBackoff,
+			Logger: f.cfg.Logger,
+		})
+		if err == nil {
+			err = a.Run(ctx)
+		}
+		if errors.Is(err, agent.ErrRestart) {
+			f.Stats.Restarts.Add(1)
+			continue
+		}
+		if err != nil {
+			f.errOnce.Do(func() { f.err = fmt.Errorf("device %s: %w", d.id, err) })
+		}
+		return
+	}
+}
+
+// hardware is a simulated device's A/B slots, health and reboot. Each job
+// draws its faults once, when its download client is made.
+type hardware struct {
+	f   *Fleet
+	mu  sync.Mutex
+	rng *rand.Rand
+	// slots hold the installed bundles' digests.
+	slots             [2]string
+	booted, confirmed int
+	// The faults drawn for the current job.
+	failDownload, tamper, interrupt, failInstall, unhealthy bool
+}
+
+func (h *hardware) draw() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	fl := h.f.cfg.Faults
+	h.failDownload = h.rng.Float64() < fl.Download
+	h.tamper = h.rng.Float64() < fl.Verify
+	h.interrupt = h.rng.Float64() < fl.Interrupt
+	h.failInstall = h.rng.Float64() < fl.Install
+	h.unhealthy = h.rng.Float64() < fl.Health
+}
+
+func (h *hardware) delay(ctx context.Context) error {
+	if h.f.cfg.StepDelay <= 0 {
+		return nil
+	}
+	t := time.NewTimer(h.f.cfg.StepDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Install implements agent.Installer: the bundle goes to the slot not
+// confirmed, and the boot pointer moves to it.
+func (h *hardware) Install(ctx context.Context, job agent.Job) error {
+	if err := h.delay(ctx); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failInstall {
+		h.f.Stats.InjectedInstall.Add(1)
+		return errors.New("simulated install failure: slot write error")
+	}
+	h.f.Stats.Installs.Add(1)
+	other := 1 - h.confirmed
+	h.slots[other] = job.Bundle.SHA256
+	h.booted = other
+	return nil
+}
+
+// Commit implements agent.Installer.
+func (h *hardware) Commit(context.Context, agent.Job) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.f.Stats.Commits.Add(1)
+	h.confirmed = h.booted
+	return nil
+}
+
+// Rollback implements agent.Installer.
+func (h *hardware) Rollback(context.Context, agent.Job) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.f.Stats.Rollbacks.Add(1)
+	h.booted = h.confirmed
+	return nil
+}
+
+// Check implements agent.HealthChecker.
+func (h *hardware) Check(ctx context.Context, _ agent.Job) error {
+	if err := h.delay(ctx); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.unhealthy {
+		h.f.Stats.InjectedUnhealthy.Add(1)
+		return errors.New("simulated health check failure: service did not start")
+	}
+	return nil
+}
+
+// Reboot implements agent.Rebooter: the agent restarts in-process.
+func (h *hardware) Reboot(ctx context.Context, _ agent.Job) error {
+	if err := h.delay(ctx); err != nil {
+		return err
+	}
+	return agent.ErrRestart
+}
+
+// faultLink injects download faults into the device's HTTP client.
+type faultLink struct {
+	agent.Link
+	f  *Fleet
+	hw *hardware
+}
+
+func (l *faultLink) HTTPClient(creds *agent.Credentials) *http.Client {
+	c := l.Link.HTTPClient(creds)
+	l.hw.draw() // one client per job: the job's faults
+	l.hw.mu.Lock()
+	ft := &faultTransport{base: c.Transport, f: l.f, fail: l.hw.failDownload, tamper: l.hw.tamper, interrupt: l.hw.interrupt}
+	l.hw.mu.Unlock()
+	return &http.Client{Transport: ft}
+}
+
+type faultTransport struct {
+	base                    http.RoundTripper
+	f                       *Fleet
+	fail, tamper, interrupt bool
+	mu                      sync.Mutex
+	cut                     bool
+}
+
+// CloseIdleConnections lets the agent free the job's connections.
+func (t *faultTransport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !strings.Contains(req.URL.Path, "/tuf/targets/") {
+		return t.base.RoundTrip(req)
+	}
+	if req.Header.Get("Range") != "" {
+		t.f.Stats.RangeRequests.Add(1)
+	}
+	if t.fail {
+		t.f.Stats.FailedDownloads.Add(1)
+		return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable (simulated)",
+			Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: req}, nil
+	}
+	if t.f.cfg.StepDelay > 0 {
+		select {
+		case <-time.After(t.f.cfg.StepDelay):
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		}
+	}
+	resp, err := t.base.RoundTrip(req)
+	if err != nil || resp.StatusCode/100 != 2 {
+		return resp, err
+	}
+	t.mu.Lock()
+	cut := t.interrupt && !t.cut
+	t.cut = t.cut || cut
+	t.mu.Unlock()
+	switch {
+	case cut:
+		t.f.Stats.Interrupted.Add(1)
+		resp.Body = &cutBody{ReadCloser: resp.Body, left: max(resp.ContentLength/2, 1)}
+	case t.tamper:
+		t.f.Stats.Tampered.Add(1)
+		resp.Body = &tamperBody{ReadCloser: resp.Body}
+	}
+	return resp, nil
+}
+
+// cutBody ends with an error after left bytes, as a dropped connection.
+type cutBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (c *cutBody) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.ReadCloser.Read(p)
+	c.left -= int64(n)
+	return n, err
+}
+
+// tamperBody flips the first byte it reads.
+type tamperBody struct {
+	io.ReadCloser
+	done bool
+}
+
+func (t *tamperBody) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if n > 0 && !t.done {
+		p[0] ^= 0xff
+		t.done = true
+	}
+	return n, err
+}

@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sync"
+)
+
+// Persisted is what the agent keeps across restarts.
+type Persisted struct {
+	// LastApplied is the newest desired version whose report ferryd
+	// accepted.
+	LastApplied uint64 `json:"lastApplied"`
+	// Current is what the device runs.
+	Current State `json:"current"`
+	// Pending is a job installed and waiting for the reboot and health
+	// check; it is written before the device restarts.
+	Pending *Pending `json:"pending,omitempty"`
+	// Outbox is a final result not yet accepted by ferryd; it is sent
+	// again on every new stream until it is answered.
+	Outbox *Result `json:"outbox,omitempty"`
+	// TrustedRoot is the newest TUF root the device trusts (JSON).
+	TrustedRoot json.RawMessage `json:"trustedRoot,omitempty"`
+}
+
+// Pending is an installed job waiting for its confirmation.
+type Pending struct {
+	JobID          string `json:"jobId"`
+	DesiredVersion uint64 `json:"desiredVersion"`
+	Previous       State  `json:"previous"`
+	Next           State  `json:"next"`
+}
+
+// StateStore keeps Persisted durably. Save must be atomic: after a crash
+// Load returns either the old or the new value.
+type StateStore interface {
+	Load(ctx context.Context) (Persisted, error)
+	Save(ctx context.Context, p Persisted) error
+}
+
+// FileStore keeps the state in one JSON file, replaced atomically.
+type FileStore struct{ Path string }
+
+// Load implements StateStore; a missing file is the empty state.
+func (s FileStore) Load(context.Context) (Persisted, error) {
+	var p Persisted
+	raw, err := os.ReadFile(s.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return p, nil
+	}
+	if err != nil {
+		return p, fmt.Errorf("agent state: %w", err)
+	}
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return p, fmt.Errorf("agent state %s: %w", s.Path, err)
+	}
+	return p, nil
+}
+
+// Save implements StateStore.
+func (s FileStore) Save(_ context.Context, p Persisted) error {
+	raw, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("agent state: %w", err)
+	}
+	return writeFileAtomic(s.Path, raw, 0o600)
+}
+
+// MemoryStore keeps the state in memory: it survives an in-process restart
+// (ErrRestart), as a simulated device's disk. Safe for concurrent use.
+type MemoryStore struct {
+	mu sync.Mutex
+	p  []byte
+}
+
+// Load implements StateStore.
+func (s *MemoryStore) Load(context.Context) (Persisted, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var p Persisted
+	if s.p == nil {
+		return p, nil
+	}
+	err := json.Unmarshal(s.p, &p)
+	return p, err
+}
+
+// Save implements StateStore.
+func (s *MemoryStore) Save(_ context.Context, p Persisted) error {
+	raw, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.p = raw
+	s.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,36 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"connectrpc.com/connect"
+
+	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
+)
+
+// Registrar adds devices to the fleet with an operator API key and returns
+// their one-time enrollment tokens; the simulator uses it.
+type Registrar struct {
+	client fleetv1connect.FleetServiceClient
+	key    string
+}
+
+// NewRegistrar returns a Registrar on l's API port.
+func NewRegistrar(l *Link, apiKey string) *Registrar {
+	tr := &http.Transport{TLSClientConfig: l.tlsConfig(l.apiHost(), nil), ForceAttemptHTTP2: true}
+	return &Registrar{client: fleetv1connect.NewFleetServiceClient(&http.Client{Transport: tr}, l.cfg.APIURL), key: apiKey}
+}
+
+// AddDevice registers id with labels and returns its enrollment token.
+func (r *Registrar) AddDevice(ctx context.Context, id string, labels map[string]string) (string, error) {
+	req := connect.NewRequest(&fleetv1.AddDeviceRequest{DeviceId: id, Labels: labels})
+	req.Header().Set("Authorization", "Bearer "+r.key)
+	resp, err := r.client.AddDevice(ctx, req)
+	if err != nil {
+		return "", fmt.Errorf("add device %s: %w", id, err)
+	}
+	return resp.Msg.GetEnrollmentToken(), nil
+}

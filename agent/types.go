@@ -1,0 +1,231 @@
+// Package agent is Ferry's device-side library: it keeps a device's stream
+// to ferryd alive, carries out each desired state it receives (download
+// through the TUF repository, verify, install, reboot, health check,
+// confirm or roll back, apply configuration) and reports every job's end
+// with a signed statement.
+//
+// The package is free of protocol code: it talks to ferryd through the
+// Link interface, which agent/transport implements over gRPC and Connect.
+// Device makers plug in their own Installer, HealthChecker, Rebooter and
+// ConfigApplier, or use the built-in ones (an exec hook and an A/B slot
+// installer).
+//
+// An Agent is not safe for concurrent use: one goroutine calls Run.
+package agent
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"net/http"
+	"time"
+)
+
+// Step is where a job is.
+type Step int
+
+// The steps of a job, in order.
+const (
+	StepNone Step = iota
+	StepDownloading
+	StepVerifying
+	StepInstalling
+	StepRebooting
+	StepConfirming
+)
+
+var stepNames = [...]string{"", "DOWNLOADING", "VERIFYING", "INSTALLING", "REBOOTING", "CONFIRMING"}
+
+func (s Step) String() string {
+	if s < 0 || int(s) >= len(stepNames) {
+		return "UNKNOWN"
+	}
+	return stepNames[s]
+}
+
+// Status is how a job ended.
+type Status int
+
+// The final statuses a device reports.
+const (
+	StatusSucceeded Status = iota + 1
+	StatusFailed
+	StatusRolledBack
+	StatusRejected
+)
+
+var statusNames = [...]string{"", "SUCCEEDED", "FAILED", "ROLLED_BACK", "REJECTED"}
+
+func (s Status) String() string {
+	if s < 0 || int(s) >= len(statusNames) {
+		return "UNKNOWN"
+	}
+	return statusNames[s]
+}
+
+// Error codes the agent reports. They are stable: dashboards and rollout
+// abort thresholds match on them.
+const (
+	CodeHardwareIncompatible = "hardware.incompatible"
+	CodeDowngradeNotForced   = "downgrade.not_forced"
+	CodeDowngradeNotSigned   = "downgrade.not_signed"
+	CodeTUFRefresh           = "tuf.refresh_failed"
+	CodeTUFUnknownTarget     = "tuf.unknown_target"
+	CodeTUFMismatch          = "tuf.desired_mismatch"
+	CodeDownloadToken        = "download.token_failed"
+	CodeDownloadFailed       = "download.failed"
+	CodeLengthMismatch       = "verify.length_mismatch"
+	CodeHashMismatch         = "verify.hash_mismatch"
+	CodeInstallFailed        = "install.failed"
+	CodeConfigFailed         = "config.apply_failed"
+	CodeRebootFailed         = "reboot.failed"
+	CodeHealthFailed         = "health.check_failed"
+	CodeRollbackFailed       = "rollback.failed"
+	CodeCommitFailed         = "confirm.commit_failed"
+)
+
+// Bundle names a target of the TUF repository.
+type Bundle struct {
+	TargetPath string `json:"targetPath"`
+	Length     uint64 `json:"length"`
+	SHA256     string `json:"sha256"`
+}
+
+// Desired is a desired document.
+type Desired struct {
+	// Bundle is nil when the document asks for no software change.
+	Bundle *Bundle           `json:"bundle,omitempty"`
+	Forced bool              `json:"forced,omitempty"`
+	Config map[string]string `json:"config,omitempty"`
+}
+
+// Delta is a desired state pushed by ferryd.
+type Delta struct {
+	JobID          string
+	DesiredVersion uint64
+	Desired        Desired
+}
+
+// State is what the device runs.
+type State struct {
+	Bundle *Bundle `json:"bundle,omitempty"`
+	// Version is the installed bundle's version from its signed TUF
+	// metadata ("2.1.0"); the downgrade rule compares it.
+	Version string            `json:"version,omitempty"`
+	Config  map[string]string `json:"config,omitempty"`
+}
+
+func (s State) clone() State {
+	c := s
+	if s.Bundle != nil {
+		b := *s.Bundle
+		c.Bundle = &b
+	}
+	c.Config = maps.Clone(s.Config)
+	return c
+}
+
+// Result is the end of a job, as reported.
+type Result struct {
+	JobID          string `json:"jobId"`
+	DesiredVersion uint64 `json:"desiredVersion"`
+	Status         Status `json:"status"`
+	Step           Step   `json:"step,omitempty"`
+	ErrorCode      string `json:"errorCode,omitempty"`
+	Message        string `json:"message,omitempty"`
+	// State is what the device runs after the job.
+	State State `json:"state"`
+}
+
+// Progress moves a job through its steps.
+type Progress struct {
+	JobID          string
+	DesiredVersion uint64
+	Step           Step
+	Percent        uint32
+}
+
+// Hello opens a stream.
+type Hello struct {
+	AgentVersion string
+	LastApplied  uint64
+	State        State
+}
+
+// Event is one message from ferryd: exactly one field is set.
+type Event struct {
+	Delta    *Delta
+	Accepted *Accepted
+	Rejected *Rejected
+	// Ping is the id of a ping to acknowledge; zero if none.
+	Ping uint64
+}
+
+// Accepted answers a report that was recorded.
+type Accepted struct {
+	JobID          string
+	DesiredVersion uint64
+	Superseded     bool
+}
+
+// Rejected answers a report that was not recorded.
+type Rejected struct {
+	JobID          string
+	DesiredVersion uint64
+	// Code is the reason's name: "STALE", "UNKNOWN_VERSION",
+	// "JOB_MISMATCH", "INVALID" or "UNVERIFIED".
+	Code                  string
+	Reason                string
+	CurrentDesiredVersion uint64
+}
+
+// DownloadToken grants one target's download.
+type DownloadToken struct {
+	Token   string
+	URL     string
+	Expires time.Time
+}
+
+// Link is how the agent reaches ferryd; agent/transport implements it.
+// Implementations must be safe for concurrent use.
+type Link interface {
+	// Dial opens a connection to the device port, authenticated with the
+	// credentials' current certificate.
+	Dial(ctx context.Context, creds *Credentials) (Conn, error)
+	// HTTPClient returns a client for TUF metadata and targets on the API
+	// port that presents the credentials' current certificate.
+	HTTPClient(creds *Credentials) *http.Client
+	// MetadataURL is the base URL of the TUF metadata.
+	MetadataURL() string
+}
+
+// Conn is one connection to the device port.
+type Conn interface {
+	// Sync opens the device stream, sends hello and waits for the
+	// session.
+	Sync(ctx context.Context, hello Hello) (Stream, error)
+	// Renew trades a certificate signing request (DER) for a fresh
+	// certificate chain (DER, leaf first).
+	Renew(ctx context.Context, csr []byte) ([][]byte, error)
+	// DownloadToken asks for a token to download target.
+	DownloadToken(ctx context.Context, target string) (DownloadToken, error)
+	Close() error
+}
+
+// Stream is an open device stream. Recv is called from one goroutine and
+// the send methods from one other (or the same) goroutine.
+type Stream interface {
+	// Nonce is the session's nonce, which signed reports carry.
+	Nonce() string
+	Recv() (Event, error)
+	SendProgress(Progress) error
+	// SendReport sends a signed report (a DSSE envelope).
+	SendReport(envelope []byte) error
+	// Ack acknowledges a ping (ping != 0) or a Delta's desired version.
+	Ack(ping, desiredVersion uint64) error
+}
+
+// ErrRestart is returned by Run when the device must restart (a reboot
+// step): the caller starts a new Agent on the same state, as the device
+// would after booting.
+var ErrRestart = errors.New("agent: restart requested")
