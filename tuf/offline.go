@@ -95,11 +95,9 @@ func RootKeysOf(root *metadata.Metadata[metadata.RootType], role string) RoleKey
 
 // NextRoot returns the root that follows cur, with role's keys replaced
 // by keys, unsigned. Sign it with a threshold of cur's root keys and of
-// its own (for a root key rotation, both old and new).
+// its own (for a root key rotation, both old and new). For snapshot and
+// timestamp, keys is ferryd's new online key.
 func NextRoot(cur *metadata.Metadata[metadata.RootType], role string, keys RoleKeys, expires time.Time) (*metadata.Metadata[metadata.RootType], error) {
-	if role != metadata.ROOT && role != metadata.TARGETS {
-		return nil, fmt.Errorf("role %q: only root and targets keys are offline", role)
-	}
 	p := RootParams{
 		Version:   cur.Signed.Version + 1,
 		Expires:   expires,
@@ -108,10 +106,22 @@ func NextRoot(cur *metadata.Metadata[metadata.RootType], role string, keys RoleK
 		Snapshot:  firstKey(cur, metadata.SNAPSHOT),
 		Timestamp: firstKey(cur, metadata.TIMESTAMP),
 	}
-	if role == metadata.ROOT {
+	switch role {
+	case metadata.ROOT:
 		p.Root = keys
-	} else {
+	case metadata.TARGETS:
 		p.Targets = keys
+	case metadata.SNAPSHOT, metadata.TIMESTAMP:
+		if len(keys.Keys) != 1 || keys.Threshold != 1 {
+			return nil, fmt.Errorf("%s: ferryd signs with one online key, threshold 1", role)
+		}
+		if role == metadata.SNAPSHOT {
+			p.Snapshot = keys.Keys[0]
+		} else {
+			p.Timestamp = keys.Keys[0]
+		}
+	default:
+		return nil, fmt.Errorf("role %q: not a top-level role", role)
 	}
 	return NewRoot(p)
 }

@@ -437,17 +437,24 @@ func newRepoRotateKeyCmd(a *app, opts *repoOpts) *cobra.Command {
 	var expiry, targetsExpiry time.Duration
 	cmd := &cobra.Command{
 		Use:   "rotate-key ROLE",
-		Short: "Replace the root or targets keys with new ones",
+		Short: "Replace a role's keys and publish the next root",
 		Long: `rotate-key creates new keys for ROLE (root or targets) and publishes the
 next root, signed by a threshold of the current root keys and of the new
 ones, so that devices that trust the current root follow the rotation.
 Rotating targets also re-signs the current targets with the new keys.
-The replaced key files move to <repo-dir>/keys/retired.`,
+The replaced key files move to <repo-dir>/keys/retired.
+
+For snapshot or timestamp (ferryd's online keys), first restart ferryd
+without the old key file (<data-dir>/tuf-keys/ROLE.pem) so that it makes a
+new one; rotate-key then publishes a root naming it. Devices drop what the
+old key signed, which also undoes a fast-forward attack made with it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			role := args[0]
-			if role != metadata.ROOT && role != metadata.TARGETS {
-				return fmt.Errorf("role %q: only root and targets keys are offline", role)
+			online := role == metadata.SNAPSHOT || role == metadata.TIMESTAMP
+			n := keys
+			if role != metadata.ROOT && role != metadata.TARGETS && !online {
+				return fmt.Errorf("role %q: want root, targets, snapshot or timestamp", role)
 			}
 			s, err := openSession(a, opts, true)
 			if err != nil {
@@ -458,13 +465,22 @@ The replaced key files move to <repo-dir>/keys/retired.`,
 			if err != nil {
 				return err
 			}
-			fresh, err := s.ring.CreateN(role, keys)
-			if err != nil {
-				return err
-			}
-			rk, err := roleKeys(fresh, thresholdN)
-			if err != nil {
-				return err
+			var fresh []signature.Signer
+			var rk tuf.RoleKeys
+			if online {
+				// ferryd made the new key (restarted without the old one).
+				ok, err := onlineKeys(cmd, s.client)
+				if err != nil {
+					return err
+				}
+				rk = tuf.RoleKeys{Keys: []*metadata.Key{ok[role]}, Threshold: 1}
+			} else {
+				if fresh, err = s.ring.CreateN(role, n); err != nil {
+					return err
+				}
+				if rk, err = roleKeys(fresh, thresholdN); err != nil {
+					return err
+				}
 			}
 			next, err := tuf.NextRoot(cur, role, rk, time.Now().Add(expiry))
 			if err != nil {
@@ -486,6 +502,10 @@ The replaced key files move to <repo-dir>/keys/retired.`,
 			}
 			if err := s.saveRoot(next); err != nil {
 				return err
+			}
+			if online {
+				fmt.Fprintf(cmd.OutOrStdout(), "root v%d published: %s is ferryd's key %s\n", next.Signed.Version, role, tuf.KeyID(rk.Keys[0]))
+				return nil
 			}
 			ids := make([]string, len(rk.Keys))
 			for i, k := range rk.Keys {

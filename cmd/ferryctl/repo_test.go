@@ -56,13 +56,14 @@ func TestRepositoryCommands(t *testing.T) {
 		{"wrong passphrase", []string{"bundle", "publish", fw, "--name", "x", "--version", "1", "--repo-dir", repoDir, "--passphrase-file", fw, "-q"}, nil, "passphrase", nil},
 		{"list", []string{"bundle", "list"}, []string{"PATH", "camera/1.0/fw.bin", "camera/1.1/fw.bin", "640000"}, "", nil},
 		{"show", []string{"bundle", "show", "camera/1.0/fw.bin"}, []string{"cam-a", "first", "bins-"}, "", nil},
-		{"show as JSON", []string{"bundle", "show", "camera/1.0/fw.bin", "-o", "json"}, []string{`"releaseNotes": "first"`}, "", nil},
+		{"show as JSON", []string{"bundle", "show", "camera/1.0/fw.bin", "-o", "json"}, []string{`"releaseNotes"`, `"first"`}, "", nil},
 		{"remove", append([]string{"bundle", "remove", "camera/1.1/fw.bin"}, repo...), []string{"removed camera/1.1/fw.bin"}, "", nil},
 		{"show removed", []string{"bundle", "show", "camera/1.1/fw.bin"}, nil, "not_found", nil},
 		{"rotate targets", append([]string{"repo", "rotate-key", "targets"}, repo...), []string{"root v2", "re-signed"}, "", nil},
 		{"rotate root", append([]string{"repo", "rotate-key", "root", "--keys", "2", "--threshold", "2"}, repo...), []string{"root v3", "2-of-2"}, "", nil},
 		{"publish after rotation", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "2.0", "-q"}, repo...), []string{"published camera/2.0/fw.bin"}, "", nil},
-		{"rotate snapshot", append([]string{"repo", "rotate-key", "snapshot"}, repo...), nil, "only root and targets", nil},
+		{"rotate to ferryd's snapshot key", append([]string{"repo", "rotate-key", "snapshot"}, repo...), []string{"root v4", "snapshot is ferryd's key"}, "", nil},
+		{"rotate an unknown role", append([]string{"repo", "rotate-key", "bins"}, repo...), nil, "want root, targets", nil},
 		{"delegate beside hash bins", append([]string{"repo", "delegate", "gateway", "--path", "gateway/*/*"}, repo...), nil, "hash bins", nil},
 	}
 	for _, tt := range tests {
@@ -104,8 +105,8 @@ func TestRepositoryCommands(t *testing.T) {
 	if err := u.Refresh(); err != nil {
 		t.Fatalf("device refresh: %v", err)
 	}
-	if v := u.GetTrustedMetadataSet().Root.Signed.Version; v != 3 {
-		t.Fatalf("device trusts root v%d, want 3", v)
+	if v := u.GetTrustedMetadataSet().Root.Signed.Version; v != 4 {
+		t.Fatalf("device trusts root v%d, want 4", v)
 	}
 	tf, err := u.GetTargetInfo("camera/2.0/fw.bin")
 	if err != nil {
