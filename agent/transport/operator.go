@@ -34,3 +34,15 @@ func (r *Registrar) AddDevice(ctx context.Context, id string, labels map[string]
 	}
 	return resp.Msg.GetEnrollmentToken(), nil
 }
+
+// FleetSummary returns the number of devices per reported bundle and per
+// job status.
+func (r *Registrar) FleetSummary(ctx context.Context) (bundles, statuses map[string]uint64, err error) {
+	req := connect.NewRequest(&fleetv1.GetFleetSummaryRequest{})
+	req.Header().Set("Authorization", "Bearer "+r.key)
+	resp, err := r.client.GetFleetSummary(ctx, req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet summary: %w", err)
+	}
+	return resp.Msg.GetDevicesPerBundle(), resp.Msg.GetDevicesPerStatus(), nil
+}

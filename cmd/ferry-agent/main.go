@@ -1,0 +1,324 @@
+// Command ferry-agent is Ferry's reference device agent ("run") and fleet
+// simulator ("simulate"). It only wires flags to the agent, agent/transport
+// and agent/sim packages.
+//
+// Every flag can also be set through the environment variable named in its
+// help text.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferryhq/ferry/agent"
+	"github.com/ferryhq/ferry/agent/sim"
+	"github.com/ferryhq/ferry/agent/transport"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// devFile returns path when it exists (a development credential), else "".
+func devFile(path string) string {
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
+	return ""
+}
+
+// server holds the flags that name ferryd.
+type server struct {
+	deviceAddr, apiURL, caFile, serverName, tufRoot string
+	verbose                                         bool
+}
+
+func (s *server) flags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&s.deviceAddr, "device-addr", envOr("FERRY_DEVICE_ADDR", "localhost:8444"), "ferryd's device port [$FERRY_DEVICE_ADDR]")
+	f.StringVar(&s.apiURL, "api-url", envOr("FERRY_API_URL", "https://localhost:8443"), "ferryd's back-office port [$FERRY_API_URL]")
+	f.StringVar(&s.caFile, "ca-file", envOr("FERRY_CA_FILE", devFile("ferry-data/pki/ca.pem")), "CA of ferryd's serving certificate, PEM [$FERRY_CA_FILE]")
+	f.StringVar(&s.serverName, "server-name", envOr("FERRY_SERVER_NAME", ""), "name to check in ferryd's certificate (default: the host) [$FERRY_SERVER_NAME]")
+	f.StringVar(&s.tufRoot, "tuf-root", envOr("FERRY_TUF_ROOT", devFile("ferry-repo/root.json")), "trusted TUF root the device ships with [$FERRY_TUF_ROOT]")
+	f.BoolVarP(&s.verbose, "verbose", "v", false, "debug logging")
+}
+
+func (s *server) link(small bool) (*transport.Link, []byte, error) {
+	if s.caFile == "" {
+		return nil, nil, errors.New("--ca-file is required (no ./ferry-data/pki/ca.pem here)")
+	}
+	pem, err := os.ReadFile(s.caFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, nil, fmt.Errorf("%s holds no certificate", s.caFile)
+	}
+	if s.tufRoot == "" {
+		return nil, nil, errors.New("--tuf-root is required (no ./ferry-repo/root.json here)")
+	}
+	root, err := os.ReadFile(s.tufRoot)
+	if err != nil {
+		return nil, nil, err
+	}
+	return transport.New(transport.Config{DeviceAddr: s.deviceAddr, APIURL: s.apiURL, RootCAs: pool, ServerName: s.serverName, SmallBuffers: small}), root, nil
+}
+
+func (s *server) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if s.verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "ferry-agent",
+		Short:         "Ferry's reference device agent and fleet simulator",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newRunCmd(), newSimulateCmd())
+	return root
+}
+
+func newRunCmd() *cobra.Command {
+	var (
+		srv                           server
+		stateDir, token, hardware     string
+		factoryCert, factoryKey       string
+		installHook, healthHook       string
+		rebootHook, configHook, abDir string
+	)
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the agent of one device",
+		Long: `run enrolls the device on first start (with --enrollment-token, or the
+factory certificate), then keeps its stream to ferryd open and carries out
+every desired state. Keys, certificate and job state live in --state-dir.
+
+Installing uses --install-hook (a command called with the action as its last
+argument and FERRY_* environment variables, see docs/agent.md) or the
+built-in A/B installer in --ab-dir. After an install the agent runs
+--reboot-hook (or restarts itself), then --health-hook, and confirms or
+rolls back.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			log := srv.logger()
+			link, root, err := srv.link(false)
+			if err != nil {
+				return err
+			}
+			enroller := transport.Enroller{Link: link}
+			if factoryCert != "" {
+				pair, err := tls.LoadX509KeyPair(factoryCert, factoryKey)
+				if err != nil {
+					return fmt.Errorf("factory certificate: %w", err)
+				}
+				enroller.FactoryCert = &pair
+			}
+			if err := os.MkdirAll(stateDir, 0o700); err != nil {
+				return err
+			}
+			creds, err := agent.LoadOrEnroll(ctx, stateDir, enroller, token)
+			if err != nil {
+				return err
+			}
+			id := deviceID(creds.Leaf())
+			cfg := agent.Config{
+				Link: link, Credentials: creds, DeviceID: id, Store: agent.FileStore{Path: filepath.Join(stateDir, "state.json")},
+				TrustedRoot: root, Hardware: hardware, DownloadDir: filepath.Join(stateDir, "downloads"),
+				AgentVersion: "ferry-agent/" + version(), Logger: log,
+				OnRenew: func(c *agent.Credentials) error {
+					return c.Save(filepath.Join(stateDir, agent.KeyFile), filepath.Join(stateDir, agent.CertFile))
+				},
+			}
+			switch {
+			case installHook != "":
+				cfg.Installer = agent.Exec{Command: strings.Fields(installHook)}
+			case abDir != "":
+				cfg.Installer = &agent.AB{Dir: abDir}
+			default:
+				return errors.New("give --install-hook or --ab-dir")
+			}
+			if healthHook != "" {
+				cfg.Health = agent.Exec{Command: strings.Fields(healthHook)}
+			}
+			if rebootHook != "" {
+				cfg.Rebooter = agent.Exec{Command: strings.Fields(rebootHook)}
+			}
+			if configHook != "" {
+				cfg.ConfigApplier = agent.Exec{Command: strings.Fields(configHook)}
+			}
+			log.InfoContext(ctx, "agent starting", "device", id, "device_addr", srv.deviceAddr)
+			for {
+				a, err := agent.New(cfg)
+				if err != nil {
+					return err
+				}
+				err = a.Run(ctx)
+				if !errors.Is(err, agent.ErrRestart) {
+					return err
+				}
+				if rebootHook != "" {
+					// The reboot hook returned: wait for the device to go down.
+					<-ctx.Done()
+					return nil
+				}
+				log.InfoContext(ctx, "restarting the agent after install")
+			}
+		},
+	}
+	srv.flags(cmd)
+	f := cmd.Flags()
+	f.StringVar(&stateDir, "state-dir", envOr("FERRY_STATE_DIR", "ferry-agent-state"), "device key, certificate and job state [$FERRY_STATE_DIR]")
+	f.StringVar(&token, "enrollment-token", envOr("FERRY_ENROLLMENT_TOKEN", ""), "one-time enrollment token (first start) [$FERRY_ENROLLMENT_TOKEN]")
+	f.StringVar(&factoryCert, "factory-cert", envOr("FERRY_FACTORY_CERT", ""), "factory certificate to enroll with, PEM [$FERRY_FACTORY_CERT]")
+	f.StringVar(&factoryKey, "factory-key", envOr("FERRY_FACTORY_KEY", ""), "its key, PEM [$FERRY_FACTORY_KEY]")
+	f.StringVar(&hardware, "hardware", envOr("FERRY_HARDWARE", ""), "this device's hardware model [$FERRY_HARDWARE]")
+	f.StringVar(&installHook, "install-hook", envOr("FERRY_INSTALL_HOOK", ""), "install/commit/rollback command [$FERRY_INSTALL_HOOK]")
+	f.StringVar(&abDir, "ab-dir", envOr("FERRY_AB_DIR", ""), "directory of the built-in A/B installer's slots [$FERRY_AB_DIR]")
+	f.StringVar(&healthHook, "health-hook", envOr("FERRY_HEALTH_HOOK", ""), "health check command after the reboot [$FERRY_HEALTH_HOOK]")
+	f.StringVar(&rebootHook, "reboot-hook", envOr("FERRY_REBOOT_HOOK", ""), "reboot command (default: restart the agent) [$FERRY_REBOOT_HOOK]")
+	f.StringVar(&configHook, "config-hook", envOr("FERRY_CONFIG_HOOK", ""), "command that applies configuration [$FERRY_CONFIG_HOOK]")
+	return cmd
+}
+
+func deviceID(leaf *x509.Certificate) string {
+	for _, u := range leaf.URIs {
+		if _, id, ok := strings.Cut(u.Path, "/device/"); ok {
+			return id
+		}
+	}
+	return leaf.Subject.CommonName
+}
+
+func version() string { return "0.1.0" }
+
+func newSimulateCmd() *cobra.Command {
+	var (
+		srv                 server
+		n, concurrency      int
+		prefix, tokenFile   string
+		hardware, labels    string
+		faults              sim.Faults
+		stepDelay, interval time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "simulate -n N",
+		Short: "Run N simulated devices, each with its own key, certificate and mTLS stream",
+		Long: `simulate adds N devices (ids PREFIX00001...) with the operator key in
+--token-file, enrolls each with a fresh key, and runs a real agent for each
+in this process: simulated A/B slots, health check and reboot, with faults
+injected at the given rates. It prints the fleet's progress until stopped.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			log := srv.logger()
+			link, root, err := srv.link(true)
+			if err != nil {
+				return err
+			}
+			key, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return fmt.Errorf("operator key: %w", err)
+			}
+			dir, err := os.MkdirTemp("", "ferry-sim-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			lbl := map[string]string{}
+			for kv := range strings.SplitSeq(labels, ",") {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					lbl[strings.TrimSpace(k)] = strings.TrimSpace(v)
+				}
+			}
+			if !cmd.Flags().Changed("verbose") {
+				log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			}
+			reg := transport.NewRegistrar(link, strings.TrimSpace(string(key)))
+			start := time.Now()
+			fleet, err := sim.Start(ctx, sim.Config{
+				Devices: n, Prefix: prefix, Labels: lbl, Link: link, Enroller: transport.Enroller{Link: link},
+				Registrar: reg, TrustedRoot: root,
+				Hardware: hardware, Faults: faults, StepDelay: stepDelay, Dir: dir, EnrollConcurrency: concurrency,
+				Logger: log,
+			})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "%d devices enrolled in %s (%s%0*d ...); stop with Ctrl-C\n", n, time.Since(start).Round(time.Millisecond), prefix, max(len(fmt.Sprint(n)), 5), 1)
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return fleet.Wait()
+				case <-tick.C:
+					var m runtime.MemStats
+					runtime.ReadMemStats(&m)
+					fmt.Fprintf(out, "%s running=%d restarts=%d installs=%d rollbacks=%d heap=%.1fMiB goroutines=%d %s\n",
+						time.Now().Format(time.TimeOnly), fleet.Stats.Running.Load(), fleet.Stats.Restarts.Load(),
+						fleet.Stats.Installs.Load(), fleet.Stats.Rollbacks.Load(), float64(m.HeapInuse)/(1<<20),
+						runtime.NumGoroutine(), summary(ctx, reg))
+				}
+			}
+		},
+	}
+	srv.flags(cmd)
+	f := cmd.Flags()
+	f.IntVarP(&n, "devices", "n", 10, "how many devices")
+	f.StringVar(&prefix, "prefix", "sim-", "device id prefix")
+	f.StringVar(&labels, "labels", "fleet=sim", "labels of every device, k=v,k2=v2")
+	f.StringVar(&tokenFile, "token-file", envOr("FERRY_TOKEN_FILE", devFile("ferry-data/pki/operator.token")), "operator API key that adds the devices [$FERRY_TOKEN_FILE]")
+	f.StringVar(&hardware, "hardware", "", "hardware model of every device")
+	f.IntVar(&concurrency, "enroll-concurrency", 16, "parallel enrollments")
+	f.Float64Var(&faults.Download, "fail-download", 0, "rate of jobs whose downloads fail")
+	f.Float64Var(&faults.Verify, "fail-verify", 0, "rate of jobs whose bundle is altered in transit")
+	f.Float64Var(&faults.Install, "fail-install", 0, "rate of jobs whose install fails")
+	f.Float64Var(&faults.Health, "fail-health", 0, "rate of jobs whose health check fails (rolled back)")
+	f.Float64Var(&faults.Interrupt, "interrupt-download", 0, "rate of jobs whose first download attempt is cut (resumed)")
+	f.DurationVar(&stepDelay, "step-delay", 0, "delay added to download, install, reboot and health check")
+	f.DurationVar(&interval, "status-every", 5*time.Second, "how often to print the fleet's progress")
+	return cmd
+}
+
+// summary prints ferryd's fleet summary.
+func summary(ctx context.Context, reg *transport.Registrar) string {
+	bundles, statuses, err := reg.FleetSummary(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("bundles=%v statuses=%v", bundles, statuses)
+}
