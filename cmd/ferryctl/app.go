@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -113,13 +115,19 @@ func (a *app) fleet() (fleetv1connect.FleetServiceClient, error) {
 	return fleetv1connect.NewFleetServiceClient(hc, a.server, opts...), nil
 }
 
-// printJSON writes a message as indented protobuf JSON.
+// printJSON writes a message as indented protobuf JSON, formatted the same
+// way every time (protojson's own layout varies on purpose).
 func printJSON(w io.Writer, m proto.Message) error {
-	raw, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	raw, err := protojson.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(w, string(raw))
+	var out bytes.Buffer
+	if err := json.Indent(&out, raw, "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err = out.WriteTo(w)
 	return err
 }
 

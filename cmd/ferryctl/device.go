@@ -19,12 +19,16 @@ func newDeviceCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "device", Short: "Query and steer devices"}
 	cmd.AddCommand(newDeviceListCmd(a), newDeviceGetCmd(a), newDeviceSetDesiredCmd(a))
 	cmd.AddCommand(newDeviceAddCmd(a), newDeviceRevokeCmd(a))
+	cmd.AddCommand(newDeviceEventsCmd(a))
 	return cmd
 }
 
 func newDeviceListCmd(a *app) *cobra.Command {
 	var all bool
 	var pageSize uint32
+	var filter fleetv1.ListDevicesRequest
+	var status string
+	var silentFor time.Duration
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List devices with their desired and reported versions",
@@ -34,10 +38,22 @@ func newDeviceListCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if status != "" {
+				v, ok := devicev1.JobStatus_value["JOB_STATUS_"+strings.ToUpper(status)]
+				if !ok {
+					return fmt.Errorf("--status %q: want one of QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, ROLLED_BACK, REJECTED, CANCELED, TIMED_OUT", status)
+				}
+				filter.JobStatus = devicev1.JobStatus(v)
+			}
+			if silentFor > 0 {
+				filter.SeenBefore = timestamppb.New(time.Now().Add(-silentFor))
+			}
 			resp := &fleetv1.ListDevicesResponse{}
 			token := ""
 			for {
-				page, err := fleet.ListDevices(cmd.Context(), connect.NewRequest(&fleetv1.ListDevicesRequest{PageSize: pageSize, PageToken: token}))
+				req := &fleetv1.ListDevicesRequest{PageSize: pageSize, PageToken: token, LabelSelector: filter.LabelSelector,
+					Bundle: filter.Bundle, JobStatus: filter.JobStatus, SeenBefore: filter.SeenBefore}
+				page, err := fleet.ListDevices(cmd.Context(), connect.NewRequest(req))
 				if err != nil {
 					return err
 				}
@@ -56,6 +72,49 @@ func newDeviceListCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&all, "all", true, "follow pages to the end")
 	cmd.Flags().Uint32Var(&pageSize, "page-size", 500, "devices per request")
+	cmd.Flags().StringVarP(&filter.LabelSelector, "label", "l", "", "only devices with these labels: key=value,key2=value2")
+	cmd.Flags().StringVar(&filter.Bundle, "bundle", "", "only devices running this bundle target path ((none): no bundle)")
+	cmd.Flags().StringVar(&status, "status", "", "only devices whose job has this status (QUEUED, SUCCEEDED, FAILED, ...)")
+	cmd.Flags().DurationVar(&silentFor, "silent-for", 0, "only devices not seen for this long (or never)")
+	return cmd
+}
+
+func newDeviceEventsCmd(a *app) *cobra.Command {
+	var limit uint32
+	cmd := &cobra.Command{
+		Use:   "events DEVICE_ID",
+		Short: "Show a device's history, newest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fleet, err := a.fleet()
+			if err != nil {
+				return err
+			}
+			resp, err := fleet.ListDeviceEvents(cmd.Context(), connect.NewRequest(&fleetv1.ListDeviceEventsRequest{DeviceId: args[0], PageSize: limit}))
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), resp.Msg)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tEVENT\tVERSION\tJOB\tSTATUS\tDETAIL\tBY")
+			for _, ev := range resp.Msg.GetEvents() {
+				st := strings.TrimPrefix(ev.GetStatus().String(), "JOB_STATUS_")
+				if s := ev.GetStep(); s != devicev1.Step_STEP_UNSPECIFIED {
+					st += "/" + strings.TrimPrefix(s.String(), "STEP_")
+				}
+				detail := strings.TrimSpace(ev.GetErrorCode() + " " + ev.GetMessage())
+				if detail == "" {
+					detail = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\tv%d\t%s\t%s\t%s\t%s\n", ev.GetTime().AsTime().Local().Format("2006-01-02 15:04:05"),
+					ev.GetKind(), ev.GetDesiredVersion(), ev.GetJobId(), st, detail, ev.GetActor())
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().Uint32Var(&limit, "limit", 20, "how many events")
 	return cmd
 }
 

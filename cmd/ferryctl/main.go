@@ -35,6 +35,7 @@ func newRootCmd() *cobra.Command {
 	a.bindFlags(root)
 	root.AddCommand(newDeviceCmd(a))
 	root.AddCommand(newAttestCmd(a))
+	root.AddCommand(newFleetCmd(a))
 	root.AddCommand(newRepoCmd(a))
 	root.AddCommand(newBundleCmd(a))
 	return root

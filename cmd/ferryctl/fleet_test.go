@@ -1,0 +1,57 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/ferryhq/ferry/internal/ferrytest"
+)
+
+func TestFleetCommands(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Redis, nil)
+	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	if _, err := run(t, f, "device", "set-desired", "dev-2", "--target", "gw/fw-2.bin", "--length", "10", "--sha256", sum); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		want    []string
+		notWant []string
+		wantErr string
+	}{
+		{"summary", []string{"fleet", "summary"}, []string{"devices", "3", "silent for 1h0m0s", "(none)", "QUEUED", "NONE"}, nil, ""},
+		{"summary as JSON", []string{"fleet", "summary", "-o", "json"}, []string{`"totalDevices": "3"`, `"QUEUED": "1"`}, nil, ""},
+		{"list queued", []string{"device", "list", "--status", "queued"}, []string{"dev-2"}, []string{"dev-1", "dev-3"}, ""},
+		{"list by label", []string{"device", "list", "-l", "group=dev"}, []string{"dev-1", "dev-2", "dev-3"}, nil, ""},
+		{"list by bundle", []string{"device", "list", "--bundle", "(none)", "--status", "QUEUED"}, []string{"dev-2"}, []string{"dev-1", "dev-3"}, ""},
+		{"list silent", []string{"device", "list", "--silent-for", "1m"}, []string{"dev-1", "dev-2", "dev-3"}, nil, ""},
+		{"bad status", []string{"device", "list", "--status", "DONE"}, nil, nil, "--status"},
+		{"bad label", []string{"device", "list", "-l", "group"}, nil, nil, "invalid_argument"},
+		{"events", []string{"device", "events", "dev-2"}, []string{"desired_set", "v1", "QUEUED", "gw/fw-2.bin", "operator:dev-admin"}, nil, ""},
+		{"events of nobody", []string{"device", "events", "nope"}, nil, nil, "not_found"},
+	}
+	for _, tt := range tests {
+		out, err := run(t, f, tt.args...)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: error %v, want %q", tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v\n%s", tt.name, err, out)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: output lacks %q:\n%s", tt.name, w, out)
+			}
+		}
+		for _, w := range tt.notWant {
+			if strings.Contains(out, w) {
+				t.Errorf("%s: output has %q:\n%s", tt.name, w, out)
+			}
+		}
+	}
+}
