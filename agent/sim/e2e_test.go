@@ -143,9 +143,15 @@ func (w *world) setDesired(t *testing.T, fl *sim.Fleet, label string, doc *devic
 	if got := resp.Msg.GetDevicesUpdated(); got != uint64(len(fl.IDs)) {
 		t.Fatalf("SetDesiredState updated %d devices, want %d", got, len(fl.IDs))
 	}
+	return w.wait(t, fl.IDs)
+}
+
+// wait waits until each device has reported on its desired version.
+func (w *world) wait(t *testing.T, ids []string) []*fleetv1.Device {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	out := make([]*fleetv1.Device, len(fl.IDs))
-	for i, id := range fl.IDs {
+	out := make([]*fleetv1.Device, len(ids))
+	for i, id := range ids {
 		for {
 			r, err := w.fleet.GetDevice(t.Context(), connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: id}))
 			if err != nil {
