@@ -8,7 +8,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	ferrycreds "github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/tuf"
 )
 
@@ -37,36 +36,6 @@ type DownloadAuthorizer interface {
 	// whose SHA-256 (hex) is sha256, named in the URL; whether such a
 	// target is published is checked after it allows.
 	AuthorizeTarget(r *http.Request, path, sha256 string) error
-}
-
-// defaultDownloadAuthorizer allows an operator API key of any role, or a
-// verified device client certificate from the trust domain.
-type defaultDownloadAuthorizer struct {
-	auth        Authenticator
-	trustDomain string
-}
-
-var _ DownloadAuthorizer = defaultDownloadAuthorizer{}
-
-func (a defaultDownloadAuthorizer) AuthorizeMetadata(r *http.Request) error { return a.allow(r) }
-
-func (a defaultDownloadAuthorizer) AuthorizeTarget(r *http.Request, _, _ string) error {
-	return a.allow(r)
-}
-
-func (a defaultDownloadAuthorizer) allow(r *http.Request) error {
-	if r.Header.Get("Authorization") != "" {
-		_, err := authorize(a.auth, r.Header, ferrycreds.RoleViewer)
-		return err
-	}
-	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
-		if _, err := ferrycreds.DeviceID(a.trustDomain, r.TLS.VerifiedChains[0][0]); err == nil {
-			return nil
-		}
-		return connect.NewError(connect.CodePermissionDenied, errors.New("the client certificate is not a device certificate of this trust domain"))
-	}
-	return connect.NewError(connect.CodeUnauthenticated,
-		errors.New("a device client certificate or \"Authorization: Bearer <API key>\" is required"))
 }
 
 // tufHandler serves the repository's metadata and targets.
