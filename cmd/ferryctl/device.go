@@ -142,25 +142,35 @@ func newDeviceGetCmd(a *app) *cobra.Command {
 
 func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	var (
-		bundle devicev1.Bundle
-		forced bool
-		config map[string]string
-		expect int64
+		bundle   devicev1.Bundle
+		forced   bool
+		config   map[string]string
+		expect   int64
+		selector string
 	)
 	cmd := &cobra.Command{
-		Use:   "set-desired DEVICE_ID",
-		Short: "Set a device's desired state: a bundle, configuration, or both",
+		Use:   "set-desired [DEVICE_ID | --selector LABELS]",
+		Short: "Set the desired state of a device, or of every device with some labels",
 		Example: `  ferryctl device set-desired dev-1 --target gateway/fw-2.0.0.bin --length 1048576 \
-    --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --config log.level=debug`,
-		Args: cobra.ExactArgs(1),
+    --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --config log.level=debug
+  ferryctl device set-desired --selector model=gw2,ring=canary --config log.level=info`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if selector != "" {
+				return cobra.NoArgs(cmd, args)
+			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fleet, err := a.fleet()
 			if err != nil {
 				return err
 			}
 			req := &fleetv1.SetDesiredStateRequest{
-				DeviceId: args[0],
+				Selector: selector,
 				Document: &devicev1.DesiredDocument{Forced: forced, Config: config},
+			}
+			if len(args) == 1 {
+				req.DeviceId = args[0]
 			}
 			if bundle.TargetPath != "" {
 				req.Document.Bundle = &bundle
@@ -176,6 +186,10 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 			if a.output == "json" {
 				return printJSON(cmd.OutOrStdout(), resp.Msg)
 			}
+			if selector != "" {
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "%d devices matching %s: new desired state\n", resp.Msg.GetDevicesUpdated(), selector)
+				return err
+			}
 			d := resp.Msg.GetDevice().GetDesired()
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: desired version %d, job %s\n", args[0], d.GetVersion(), d.GetJobId())
 			return err
@@ -188,6 +202,7 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	f.BoolVar(&forced, "forced", false, "allow a downgrade")
 	f.StringToStringVar(&config, "config", nil, "configuration key=value (repeatable)")
 	f.Int64Var(&expect, "expect-version", -1, "apply only if the desired version is still this one")
+	f.StringVar(&selector, "selector", "", "every device with these labels: key=value,key2=value2")
 	return cmd
 }
 

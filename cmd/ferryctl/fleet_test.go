@@ -30,6 +30,9 @@ func TestFleetCommands(t *testing.T) {
 		{"bad label", []string{"device", "list", "-l", "group"}, nil, nil, "invalid_argument"},
 		{"events", []string{"device", "events", "dev-2"}, []string{"desired_set", "v1", "QUEUED", "gw/fw-2.bin", "operator:dev-admin"}, nil, ""},
 		{"events of nobody", []string{"device", "events", "nope"}, nil, nil, "not_found"},
+		{"set by selector", []string{"device", "set-desired", "--selector", "group=dev", "--config", "a=b"}, []string{"3 devices matching group=dev"}, nil, ""},
+		{"selector and device", []string{"device", "set-desired", "dev-1", "--selector", "group=dev", "--config", "a=b"}, nil, nil, "unknown command"},
+		{"empty selector match", []string{"device", "set-desired", "--selector", "group=none", "--config", "a=b"}, []string{"0 devices"}, nil, ""},
 	}
 	for _, tt := range tests {
 		out, err := run(t, f, tt.args...)
