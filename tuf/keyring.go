@@ -57,14 +57,26 @@ func (k KeyRing) CreateN(role string, n int) ([]signature.Signer, error) {
 }
 
 // Signers returns the signers of role whose key ids are in ids (all of the
-// role's keys when ids is nil).
+// role's keys when ids is nil). Only the files named for those ids are
+// decrypted (each decryption is a deliberately slow scrypt).
 func (k KeyRing) Signers(role string, ids []string) ([]signature.Signer, error) {
+	return k.signers(role, ids, 0)
+}
+
+func (k KeyRing) signers(role string, ids []string, limit int) ([]signature.Signer, error) {
 	files, err := filepath.Glob(filepath.Join(k.Dir, role+"-*.pem"))
 	if err != nil {
 		return nil, err
 	}
 	var out []signature.Signer
 	for _, f := range files {
+		if limit > 0 && len(out) == limit {
+			break
+		}
+		prefix := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), role+"-"), ".pem")
+		if ids != nil && !hasPrefixIn(ids, prefix) {
+			continue
+		}
 		s, err := LoadSigner(f, k.Passphrase)
 		if err != nil {
 			return nil, err
@@ -80,14 +92,14 @@ func (k KeyRing) Signers(role string, ids []string) ([]signature.Signer, error) 
 	return out, nil
 }
 
-// RoleSigners returns the signers a root gives role that this key ring
-// holds, and fails when they are fewer than the role's threshold.
+// RoleSigners returns a threshold of the signers a root gives role from
+// this key ring, and fails when it holds fewer.
 func (k KeyRing) RoleSigners(root *metadata.Metadata[metadata.RootType], role string) ([]signature.Signer, error) {
 	r := root.Signed.Roles[role]
 	if r == nil {
 		return nil, fmt.Errorf("the root has no role %q", role)
 	}
-	s, err := k.Signers(role, r.KeyIDs)
+	s, err := k.signers(role, r.KeyIDs, r.Threshold)
 	if err != nil {
 		return nil, err
 	}
@@ -111,17 +123,22 @@ func (k KeyRing) Retire(role string, keep []string) error {
 	var errs []error
 	for _, f := range files {
 		prefix := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), role+"-"), ".pem")
-		keepIt := false
-		for _, id := range keep {
-			if strings.HasPrefix(id, prefix) {
-				keepIt = true
-			}
-		}
-		if !keepIt {
+		if !hasPrefixIn(keep, prefix) {
 			errs = append(errs, os.Rename(f, filepath.Join(retired, filepath.Base(f))))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hasPrefixIn reports whether some id starts with prefix (key files are
+// named by a prefix of their key id).
+func hasPrefixIn(ids []string, prefix string) bool {
+	for _, id := range ids {
+		if prefix != "" && strings.HasPrefix(id, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 func containsString(list []string, s string) bool {
