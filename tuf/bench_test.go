@@ -117,6 +117,7 @@ func BenchmarkClientRefresh(b *testing.B) {
 			defer debug.SetGCPercent(debug.SetGCPercent(-1))
 			b.ReportAllocs()
 			cpu := startCPU()
+			f.meter = cpu
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				b.StopTimer()

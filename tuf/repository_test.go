@@ -90,9 +90,17 @@ func (e *env) publish(tb testing.TB, path string, data []byte) {
 type repoFetcher struct {
 	repo  *tuf.Repository
 	bytes atomic.Int64
+	// meter, when set, is paused while the repository serves a file, so
+	// that it counts the client's CPU only.
+	meter *cpuMeter
 }
 
 func (f *repoFetcher) DownloadFile(rawURL string, maxLength int64, _ time.Duration) ([]byte, error) {
+	if f.meter != nil {
+		// Serving is the server's work, not the client's.
+		f.meter.pause()
+		defer f.meter.resume()
+	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, err
