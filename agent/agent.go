@@ -209,11 +209,11 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	a.log.DebugContext(ctx, "stream open", "last_applied", a.p.LastApplied)
 	if a.p.Pending != nil {
+		// confirm ends with the report, sent once.
 		if err := a.confirm(ctx, stream); err != nil {
 			return a.cause(ctx, err)
 		}
-	}
-	if a.p.Outbox != nil {
+	} else if a.p.Outbox != nil {
 		if err := a.sendReport(stream, *a.p.Outbox); err != nil {
 			return a.cause(ctx, err)
 		}
@@ -497,6 +497,12 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	if err := a.save(ctx); err != nil {
 		return res, err
 	}
+	// Let ferryd record the steps so far before the connection goes down.
+	drainCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := stream.Drain(drainCtx); err != nil {
+		a.log.WarnContext(ctx, "stream not drained before reboot", "err", err)
+	}
+	cancel()
 	if err := a.cfg.Rebooter.Reboot(ctx, job); err != nil && !errors.Is(err, ErrRestart) {
 		a.p.Pending = nil
 		rerr := a.cfg.Installer.Rollback(ctx, job)

@@ -223,6 +223,10 @@ type Stream interface {
 	SendReport(envelope []byte) error
 	// Ack acknowledges a ping (ping != 0) or a Delta's desired version.
 	Ack(ping, desiredVersion uint64) error
+	// Drain half-closes the stream and waits, until ctx ends, for the
+	// server to end it: everything sent before has then been handled. The
+	// agent drains before a reboot, so that its last Progress is recorded.
+	Drain(ctx context.Context) error
 }
 
 // ErrRestart is returned by Run when the device must restart (a reboot

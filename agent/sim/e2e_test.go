@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -316,6 +317,25 @@ func TestFleetUpdate(t *testing.T) {
 				}
 				if got := sum.Msg.GetDevicesPerStatus()["SUCCEEDED"]; got != n {
 					t.Errorf("fleet summary: %d devices SUCCEEDED, want %d (%v)", got, n, sum.Msg)
+				}
+				// Every step of the job is in the device's history, the reboot
+				// included: the agent drains its stream before restarting.
+				list, err := w.fleet.ListDevices(t.Context(), connect.NewRequest(&fleetv1.ListDevicesRequest{Bundle: v2.path, PageSize: 1}))
+				if err != nil || len(list.Msg.GetDevices()) == 0 {
+					t.Fatalf("devices on v2: %v, %v", list, err)
+				}
+				evs, err := w.fleet.ListDeviceEvents(t.Context(), connect.NewRequest(&fleetv1.ListDeviceEventsRequest{DeviceId: list.Msg.GetDevices()[0].GetId()}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var history []string
+				for _, ev := range evs.Msg.GetEvents() {
+					history = append([]string{ev.GetKind() + ":" + strings.TrimPrefix(ev.GetStep().String(), "STEP_")}, history...)
+				}
+				want := []string{"desired_set:UNSPECIFIED", "job_progress:DOWNLOADING", "job_progress:VERIFYING", "job_progress:INSTALLING",
+					"job_progress:REBOOTING", "job_progress:CONFIRMING", "job_ended:UNSPECIFIED"}
+				if strings.Join(history, " ") != strings.Join(want, " ") {
+					t.Errorf("history %q, want %q", history, want)
 				}
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -215,6 +216,30 @@ func (s *stream) SendProgress(p agent.Progress) error {
 
 func (s *stream) SendReport(envelope []byte) error {
 	return s.s.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{Envelope: envelope}}})
+}
+
+func (s *stream) Drain(ctx context.Context) error {
+	if err := s.s.CloseSend(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := s.s.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				done <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (s *stream) Ack(ping, desiredVersion uint64) error {
