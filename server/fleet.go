@@ -36,6 +36,27 @@ const (
 	maxPageSize     = 1000
 )
 
+// pageSize is the page a list call asked for, defaulted and capped.
+func pageSize(asked uint32) int {
+	switch {
+	case asked == 0:
+		return defaultPageSize
+	case asked > maxPageSize:
+		return maxPageSize
+	}
+	return int(asked)
+}
+
+// afterToken decodes a page token of a list ordered by name: the last name
+// of the previous page.
+func afterToken(tok string) (string, error) {
+	after, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token this server issued"))
+	}
+	return string(after), nil
+}
+
 func (f *fleetService) GetDevice(ctx context.Context, req *connect.Request[fleetv1.GetDeviceRequest]) (*connect.Response[fleetv1.GetDeviceResponse], error) {
 	d, err := f.replica.GetDevice(ctx, req.Msg.GetDeviceId())
 	if err != nil {
@@ -45,16 +66,10 @@ func (f *fleetService) GetDevice(ctx context.Context, req *connect.Request[fleet
 }
 
 func (f *fleetService) ListDevices(ctx context.Context, req *connect.Request[fleetv1.ListDevicesRequest]) (*connect.Response[fleetv1.ListDevicesResponse], error) {
-	size := int(req.Msg.GetPageSize())
-	switch {
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		size = maxPageSize
-	}
-	after, err := base64.RawURLEncoding.DecodeString(req.Msg.GetPageToken())
+	size := pageSize(req.Msg.GetPageSize())
+	after, err := afterToken(req.Msg.GetPageToken())
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token this server issued"))
+		return nil, err
 	}
 	labels, err := replica.ParseSelector(req.Msg.GetLabelSelector())
 	if err != nil {
@@ -70,7 +85,7 @@ func (f *fleetService) ListDevices(ctx context.Context, req *connect.Request[fle
 		}
 		q.SeenBefore = ts.AsTime()
 	}
-	devs, err := f.replica.ListQuery(ctx, q, string(after), size)
+	devs, err := f.replica.ListQuery(ctx, q, after, size)
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}
@@ -177,13 +192,7 @@ func (f *fleetService) WatchDevices(ctx context.Context, req *connect.Request[fl
 }
 
 func (f *fleetService) ListDeviceEvents(ctx context.Context, req *connect.Request[fleetv1.ListDeviceEventsRequest]) (*connect.Response[fleetv1.ListDeviceEventsResponse], error) {
-	size := int(req.Msg.GetPageSize())
-	switch {
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		size = maxPageSize
-	}
+	size := pageSize(req.Msg.GetPageSize())
 	var before uint64
 	if tok := req.Msg.GetPageToken(); tok != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(tok)

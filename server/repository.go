@@ -156,18 +156,12 @@ func (s *repositoryService) PublishRoot(ctx context.Context, req *connect.Reques
 }
 
 func (s *repositoryService) ListBundles(ctx context.Context, req *connect.Request[repositoryv1.ListBundlesRequest]) (*connect.Response[repositoryv1.ListBundlesResponse], error) {
-	size := int(req.Msg.GetPageSize())
-	switch {
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		size = maxPageSize
-	}
-	after, err := base64.RawURLEncoding.DecodeString(req.Msg.GetPageToken())
+	size := pageSize(req.Msg.GetPageSize())
+	after, err := afterToken(req.Msg.GetPageToken())
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token: not a token this server issued"))
+		return nil, err
 	}
-	bundles := s.repo.Bundles(string(after), size)
+	bundles := s.repo.Bundles(after, size)
 	resp := &repositoryv1.ListBundlesResponse{Bundles: make([]*repositoryv1.Bundle, len(bundles))}
 	for i, b := range bundles {
 		resp.Bundles[i] = repoBundleToProto(b)

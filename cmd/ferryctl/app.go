@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferryhq/ferry/internal/bearer"
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 )
 
@@ -99,20 +99,27 @@ func (a *app) clientOptions() ([]connect.ClientOption, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []connect.ClientOption{connect.WithInterceptors(bearer(key))}, nil
+	return []connect.ClientOption{bearer.Token(key).Option()}, nil
+}
+
+// newClient returns a Connect client of ferryd's API made by mk (one of the
+// generated New…Client functions), with the CA and the operator credential.
+func newClient[C any](a *app, mk func(connect.HTTPClient, string, ...connect.ClientOption) C) (C, error) {
+	var none C
+	hc, err := a.httpClient()
+	if err != nil {
+		return none, err
+	}
+	opts, err := a.clientOptions()
+	if err != nil {
+		return none, err
+	}
+	return mk(hc, a.server, opts...), nil
 }
 
 // fleet returns a FleetService client.
 func (a *app) fleet() (fleetv1connect.FleetServiceClient, error) {
-	hc, err := a.httpClient()
-	if err != nil {
-		return nil, err
-	}
-	opts, err := a.clientOptions()
-	if err != nil {
-		return nil, err
-	}
-	return fleetv1connect.NewFleetServiceClient(hc, a.server, opts...), nil
+	return newClient(a, fleetv1connect.NewFleetServiceClient)
 }
 
 // printJSON writes a message as indented protobuf JSON, formatted the same
@@ -129,25 +136,4 @@ func printJSON(w io.Writer, m proto.Message) error {
 	out.WriteByte('\n')
 	_, err = out.WriteTo(w)
 	return err
-}
-
-type bearer string
-
-func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("Authorization", "Bearer "+string(b))
-		return next(ctx, req)
-	}
-}
-
-func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
-		return conn
-	}
-}
-
-func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
 }

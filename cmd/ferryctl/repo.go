@@ -81,15 +81,7 @@ func (r *repoOpts) rootFile() string { return filepath.Join(r.dir, "root.json") 
 
 // repository returns a RepositoryService client.
 func (a *app) repository() (repositoryv1connect.RepositoryServiceClient, error) {
-	hc, err := a.httpClient()
-	if err != nil {
-		return nil, err
-	}
-	opts, err := a.clientOptions()
-	if err != nil {
-		return nil, err
-	}
-	return repositoryv1connect.NewRepositoryServiceClient(hc, a.server, opts...), nil
+	return newClient(a, repositoryv1connect.NewRepositoryServiceClient)
 }
 
 // tufHTTPClient returns an HTTP client for the repository's metadata and

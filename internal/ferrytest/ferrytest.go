@@ -24,6 +24,7 @@ import (
 
 	"github.com/ferryhq/ferry/attest"
 	"github.com/ferryhq/ferry/credentials"
+	"github.com/ferryhq/ferry/internal/bearer"
 	"github.com/ferryhq/ferry/internal/testredis"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
@@ -287,30 +288,7 @@ func (f *Ferryd) HTTPClient(t testing.TB) *http.Client {
 func (f *Ferryd) APIURL() string { return "https://" + f.APIAddr() }
 
 // Bearer returns a client option that sends an operator API key.
-func Bearer(key string) connect.ClientOption {
-	return connect.WithInterceptors(bearer(key))
-}
-
-type bearer string
-
-func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("Authorization", "Bearer "+string(b))
-		return next(ctx, req)
-	}
-}
-
-func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		conn := next(ctx, spec)
-		conn.RequestHeader().Set("Authorization", "Bearer "+string(b))
-		return conn
-	}
-}
-
-func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
-}
+func Bearer(key string) connect.ClientOption { return bearer.Token(key).Option() }
 
 // StartPeer starts a second ferryd that shares f's Redis keys and
 // credentials, as another instance behind the same load balancer.
