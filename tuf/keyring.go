@@ -1,6 +1,7 @@
 package tuf
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,16 +13,58 @@ import (
 )
 
 // KeyRing is a release engineer's directory of offline keys:
-// <dir>/<role>-<key id prefix>.pem, each encrypted with the passphrase.
-// Retired keys move to <dir>/retired/.
+// <dir>/<role>-<key id prefix>.pem, each encrypted with the passphrase,
+// or <dir>/<role>-<key id prefix>.kms, holding the reference of a key in
+// a KMS (see OpenKMS). Retired keys move to <dir>/retired/.
 type KeyRing struct {
-	Dir        string
-	Passphrase []byte
+	Dir string
+	// Passphrase of the PEM keys; when nil, PassphraseFunc is asked the
+	// first time a PEM key is created or read (a ring of KMS keys only
+	// never asks).
+	Passphrase     []byte
+	PassphraseFunc func() ([]byte, error)
+}
+
+func (k KeyRing) passphrase() ([]byte, error) {
+	if k.Passphrase != nil || k.PassphraseFunc == nil {
+		return k.Passphrase, nil
+	}
+	p, err := k.PassphraseFunc()
+	if err != nil {
+		return nil, fmt.Errorf("passphrase of the offline keys: %w", err)
+	}
+	return p, nil
+}
+
+// keyFileExts are the extensions of the ring's key files.
+var keyFileExts = []string{".pem", kmsFileExt}
+
+// keyFiles returns the key files of role, sorted (PEM first).
+func (k KeyRing) keyFiles(role string) ([]string, error) {
+	var out []string
+	for _, ext := range keyFileExts {
+		files, err := filepath.Glob(filepath.Join(k.Dir, role+"-*"+ext))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, files...)
+	}
+	return out, nil
+}
+
+// keyFilePrefix returns the key id prefix a key file of role is named by.
+func keyFilePrefix(role, file string) string {
+	base := filepath.Base(file)
+	return strings.TrimSuffix(strings.TrimPrefix(base, role+"-"), filepath.Ext(base))
 }
 
 // Create makes a new key for role and stores it.
 func (k KeyRing) Create(role string) (signature.Signer, error) {
 	if err := os.MkdirAll(k.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	pass, err := k.passphrase()
+	if err != nil {
 		return nil, err
 	}
 	priv, err := GenerateKey()
@@ -37,7 +80,7 @@ func (k KeyRing) Create(role string) (signature.Signer, error) {
 		return nil, err
 	}
 	path := filepath.Join(k.Dir, role+"-"+KeyID(pub)[:16]+".pem")
-	if err := WriteEncryptedKey(path, priv, k.Passphrase); err != nil {
+	if err := WriteEncryptedKey(path, priv, pass); err != nil {
 		return nil, fmt.Errorf("write %s key: %w", role, err)
 	}
 	return s, nil
@@ -56,15 +99,84 @@ func (k KeyRing) CreateN(role string, n int) ([]signature.Signer, error) {
 	return out, nil
 }
 
-// Signers returns the signers of role whose key ids are in ids (all of the
-// role's keys when ids is nil). Only the files named for those ids are
-// decrypted (each decryption is a deliberately slow scrypt).
-func (k KeyRing) Signers(role string, ids []string) ([]signature.Signer, error) {
-	return k.signers(role, ids, 0)
+// AddKMS adds the KMS key ref to role: it reads the key's public key
+// from the KMS, checks that a TUF client accepts its signatures (one
+// probe signature), and records the reference in
+// <dir>/<role>-<key id prefix>.kms (a key already recorded there stays).
+func (k KeyRing) AddKMS(ctx context.Context, role, ref string) (signature.Signer, error) {
+	s, err := OpenKMS(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	key, err := checkTUFSignature(s)
+	if err != nil {
+		return nil, fmt.Errorf("KMS key %s: %w", ref, err)
+	}
+	if err := os.MkdirAll(k.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(k.Dir, role+"-"+KeyID(key)[:16]+kmsFileExt)
+	if raw, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(raw)) == strings.TrimSpace(ref) {
+		return s, nil // already in the ring (a rotation that keeps it)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("record %s KMS key: %w", role, err)
+	}
+	if _, err := f.WriteString(strings.TrimSpace(ref) + "\n"); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("record %s KMS key: %w", role, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("record %s KMS key: %w", role, err)
+	}
+	return s, nil
 }
 
-func (k KeyRing) signers(role string, ids []string, limit int) ([]signature.Signer, error) {
-	files, err := filepath.Glob(filepath.Join(k.Dir, role+"-*.pem"))
+// AddKMSN adds each of the KMS keys refs to role.
+func (k KeyRing) AddKMSN(ctx context.Context, role string, refs []string) ([]signature.Signer, error) {
+	out := make([]signature.Signer, 0, len(refs))
+	for _, ref := range refs {
+		s, err := k.AddKMS(ctx, role, ref)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// loadSigner opens the signer of one key file: a PEM key decrypted with
+// the passphrase, or the KMS key a .kms file refers to.
+func (k KeyRing) loadSigner(ctx context.Context, file string) (signature.Signer, error) {
+	if filepath.Ext(file) == kmsFileExt {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		s, err := OpenKMS(ctx, string(raw))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Base(file), err)
+		}
+		return s, nil
+	}
+	pass, err := k.passphrase()
+	if err != nil {
+		return nil, err
+	}
+	return LoadSigner(file, pass)
+}
+
+// Signers returns the signers of role whose key ids are in ids (all of the
+// role's keys when ids is nil). Only the files named for those ids are
+// opened (each PEM decryption is a deliberately slow scrypt; each KMS key
+// a call to the KMS).
+func (k KeyRing) Signers(ctx context.Context, role string, ids []string) ([]signature.Signer, error) {
+	return k.signers(ctx, role, ids, 0)
+}
+
+func (k KeyRing) signers(ctx context.Context, role string, ids []string, limit int) ([]signature.Signer, error) {
+	files, err := k.keyFiles(role)
 	if err != nil {
 		return nil, err
 	}
@@ -73,11 +185,10 @@ func (k KeyRing) signers(role string, ids []string, limit int) ([]signature.Sign
 		if limit > 0 && len(out) == limit {
 			break
 		}
-		prefix := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), role+"-"), ".pem")
-		if ids != nil && !hasPrefixIn(ids, prefix) {
+		if ids != nil && !hasPrefixIn(ids, keyFilePrefix(role, f)) {
 			continue
 		}
-		s, err := LoadSigner(f, k.Passphrase)
+		s, err := k.loadSigner(ctx, f)
 		if err != nil {
 			return nil, err
 		}
@@ -94,12 +205,12 @@ func (k KeyRing) signers(role string, ids []string, limit int) ([]signature.Sign
 
 // RoleSigners returns a threshold of the signers a root gives role from
 // this key ring, and fails when it holds fewer.
-func (k KeyRing) RoleSigners(root *metadata.Metadata[metadata.RootType], role string) ([]signature.Signer, error) {
+func (k KeyRing) RoleSigners(ctx context.Context, root *metadata.Metadata[metadata.RootType], role string) ([]signature.Signer, error) {
 	r := root.Signed.Roles[role]
 	if r == nil {
 		return nil, fmt.Errorf("the root has no role %q", role)
 	}
-	s, err := k.signers(role, r.KeyIDs, r.Threshold)
+	s, err := k.signers(ctx, role, r.KeyIDs, r.Threshold)
 	if err != nil {
 		return nil, err
 	}
@@ -109,10 +220,11 @@ func (k KeyRing) RoleSigners(root *metadata.Metadata[metadata.RootType], role st
 	return s, nil
 }
 
-// Retire moves the key files of role whose ids are not in keep to
-// <dir>/retired.
+// Retire moves the key files of role (PEM keys and KMS references) whose
+// ids are not in keep to <dir>/retired. The KMS keys themselves are left
+// alone: disabling them is the KMS's business.
 func (k KeyRing) Retire(role string, keep []string) error {
-	files, err := filepath.Glob(filepath.Join(k.Dir, role+"-*.pem"))
+	files, err := k.keyFiles(role)
 	if err != nil {
 		return err
 	}
@@ -122,8 +234,7 @@ func (k KeyRing) Retire(role string, keep []string) error {
 	}
 	var errs []error
 	for _, f := range files {
-		prefix := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), role+"-"), ".pem")
-		if !hasPrefixIn(keep, prefix) {
+		if !hasPrefixIn(keep, keyFilePrefix(role, f)) {
 			errs = append(errs, os.Rename(f, filepath.Join(retired, filepath.Base(f))))
 		}
 	}

@@ -144,6 +144,10 @@ func Sign[T metadata.Roles](md *metadata.Metadata[T], signers ...signature.Signe
 		id := KeyID(k)
 		md.Signatures = slices.DeleteFunc(md.Signatures, func(sig metadata.Signature) bool { return sig.KeyID == id })
 		if _, err := md.Sign(s); err != nil {
+			if ks, ok := s.(*kmsSigner); ok && ks.err() != nil {
+				// go-tuf reports only "problem signing metadata".
+				return fmt.Errorf("sign: %w: %w", err, ks.err())
+			}
 			return fmt.Errorf("sign: %w", err)
 		}
 	}

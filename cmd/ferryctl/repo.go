@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -73,8 +74,22 @@ func (r *repoOpts) passphrase(confirm bool) ([]byte, error) {
 	return p, nil
 }
 
-func (r *repoOpts) keyRing(pass []byte) tuf.KeyRing {
-	return tuf.KeyRing{Dir: filepath.Join(r.dir, "keys"), Passphrase: pass}
+// keyRing returns the offline key ring. The passphrase is asked the first
+// time a PEM key is created or read (a ring of KMS keys never asks), and
+// once only.
+func (r *repoOpts) keyRing(confirm bool) tuf.KeyRing {
+	var pass []byte
+	return tuf.KeyRing{Dir: filepath.Join(r.dir, "keys"), PassphraseFunc: func() ([]byte, error) {
+		if pass != nil {
+			return pass, nil
+		}
+		p, err := r.passphrase(confirm)
+		if err != nil {
+			return nil, err
+		}
+		pass = p
+		return p, nil
+	}}
 }
 
 func (r *repoOpts) rootFile() string { return filepath.Join(r.dir, "root.json") }
@@ -120,6 +135,7 @@ func newRepoCmd(a *app) *cobra.Command {
 
 func newRepoInitCmd(a *app, opts *repoOpts) *cobra.Command {
 	var rootKeys, rootThreshold, targetsKeys, targetsThreshold, bins int
+	var rootKMS, targetsKMS []string
 	var rootExpiry, targetsExpiry time.Duration
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -128,6 +144,10 @@ func newRepoInitCmd(a *app, opts *repoOpts) *cobra.Command {
 passphrase, in <repo-dir>/keys), a root naming them and ferryd's online
 snapshot and timestamp keys, and the first (empty) targets. With
 --hash-bins N, targets are spread over N hash bins signed by a bins key.
+With --root-kms or --targets-kms (repeatable), that role's keys are the
+given KMS keys instead ("awskms:///…", "gcpkms://…", "azurekms://…",
+"hashivault://…", or "<scheme>://…" served by a sigstore-kms-<scheme>
+plugin on PATH); only the reference is kept in <repo-dir>/keys.
 Keep <repo-dir> offline and backed up; <repo-dir>/root.json is the trusted
 root to ship with devices.`,
 		Args: cobra.NoArgs,
@@ -152,19 +172,16 @@ root to ship with devices.`,
 			if err != nil {
 				return err
 			}
-			pass, err := opts.passphrase(true)
+			ring := opts.keyRing(true)
+			rootSigners, err := offlineKeys(cmd.Context(), ring, metadata.ROOT, rootKeys, rootKMS)
 			if err != nil {
 				return err
 			}
-			ring := opts.keyRing(pass)
-			rootSigners, err := ring.CreateN(metadata.ROOT, rootKeys)
+			targetSigners, err := offlineKeys(cmd.Context(), ring, metadata.TARGETS, targetsKeys, targetsKMS)
 			if err != nil {
 				return err
 			}
-			targetSigners, err := ring.CreateN(metadata.TARGETS, targetsKeys)
-			if err != nil {
-				return err
-			}
+			rootKeys, targetsKeys = len(rootSigners), len(targetSigners)
 			rk, err := roleKeys(rootSigners, rootThreshold)
 			if err != nil {
 				return err
@@ -241,10 +258,21 @@ root to ship with devices.`,
 	f.IntVar(&rootThreshold, "root-threshold", 1, "root signatures required")
 	f.IntVar(&targetsKeys, "targets-keys", 1, "number of targets keys to create")
 	f.IntVar(&targetsThreshold, "targets-threshold", 1, "targets signatures required")
+	f.StringArrayVar(&rootKMS, "root-kms", nil, "KMS key reference to use as a root key instead of creating keys (repeatable)")
+	f.StringArrayVar(&targetsKMS, "targets-kms", nil, "KMS key reference to use as a targets key instead of creating keys (repeatable)")
 	f.IntVar(&bins, "hash-bins", 0, "delegate targets to this many hash bins (a power of two; 0: none)")
 	f.DurationVar(&rootExpiry, "root-expiry", tuf.DefaultRootExpiry, "lifetime of the root")
 	f.DurationVar(&targetsExpiry, "targets-expiry", tuf.DefaultTargetsExpiry, "lifetime of targets metadata")
 	return cmd
+}
+
+// offlineKeys adds the KMS keys refs to role, or when there are none
+// creates n passphrase-encrypted keys.
+func offlineKeys(ctx context.Context, ring tuf.KeyRing, role string, n int, refs []string) ([]signature.Signer, error) {
+	if len(refs) > 0 {
+		return ring.AddKMSN(ctx, role, refs)
+	}
+	return ring.CreateN(role, n)
 }
 
 func onlineKeys(cmd *cobra.Command, client repositoryv1connect.RepositoryServiceClient) (map[string]*metadata.Key, error) {
@@ -332,11 +360,7 @@ func openSession(a *app, opts *repoOpts, needKeys bool) (*session, error) {
 	}
 	s := &session{a: a, opts: opts, client: client, u: u}
 	if needKeys {
-		pass, err := opts.passphrase(false)
-		if err != nil {
-			return nil, err
-		}
-		s.ring = opts.keyRing(pass)
+		s.ring = opts.keyRing(false)
 	}
 	return s, nil
 }
@@ -365,27 +389,27 @@ func (s *session) roleFor(path string) (string, *metadata.Metadata[metadata.Targ
 }
 
 // signers returns the offline signers of a targets role.
-func (s *session) signers(role string) ([]signature.Signer, error) {
+func (s *session) signers(ctx context.Context, role string) ([]signature.Signer, error) {
 	if role == metadata.TARGETS {
-		return s.ring.RoleSigners(s.root(), metadata.TARGETS)
+		return s.ring.RoleSigners(ctx, s.root(), metadata.TARGETS)
 	}
 	d := s.top().Signed.Delegations
 	if d == nil {
 		return nil, fmt.Errorf("role %s is not delegated", role)
 	}
 	if d.SuccinctRoles != nil {
-		return threshold(s.ring, d.SuccinctRoles.NamePrefix, d.SuccinctRoles.KeyIDs, d.SuccinctRoles.Threshold)
+		return threshold(ctx, s.ring, d.SuccinctRoles.NamePrefix, d.SuccinctRoles.KeyIDs, d.SuccinctRoles.Threshold)
 	}
 	for _, r := range d.Roles {
 		if r.Name == role {
-			return threshold(s.ring, role, r.KeyIDs, r.Threshold)
+			return threshold(ctx, s.ring, role, r.KeyIDs, r.Threshold)
 		}
 	}
 	return nil, fmt.Errorf("role %s is not delegated", role)
 }
 
-func threshold(ring tuf.KeyRing, name string, ids []string, n int) ([]signature.Signer, error) {
-	got, err := ring.Signers(name, ids)
+func threshold(ctx context.Context, ring tuf.KeyRing, name string, ids []string, n int) ([]signature.Signer, error) {
+	got, err := ring.Signers(ctx, name, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -398,7 +422,7 @@ func threshold(ring tuf.KeyRing, name string, ids []string, n int) ([]signature.
 // publishRole signs the next version of role's metadata, changed by edit,
 // and submits it with more (already signed) roles.
 func (s *session) publishRole(cmd *cobra.Command, role string, md *metadata.Metadata[metadata.TargetsType], expiry time.Duration, more ...*repositoryv1.RoleMetadata) (*repositoryv1.PublishTargetsResponse, error) {
-	signers, err := s.signers(role)
+	signers, err := s.signers(cmd.Context(), role)
 	if err != nil {
 		return nil, err
 	}
@@ -426,6 +450,7 @@ func (s *session) saveRoot(root *metadata.Metadata[metadata.RootType]) error {
 
 func newRepoRotateKeyCmd(a *app, opts *repoOpts) *cobra.Command {
 	var keys, thresholdN int
+	var kmsRefs []string
 	var expiry, targetsExpiry time.Duration
 	cmd := &cobra.Command{
 		Use:   "rotate-key ROLE",
@@ -434,7 +459,9 @@ func newRepoRotateKeyCmd(a *app, opts *repoOpts) *cobra.Command {
 next root, signed by a threshold of the current root keys and of the new
 ones, so that devices that trust the current root follow the rotation.
 Rotating targets also re-signs the current targets with the new keys.
-The replaced key files move to <repo-dir>/keys/retired.
+With --kms (repeatable) the new keys are those KMS keys instead of new
+passphrase-encrypted ones. The replaced key files (and KMS references)
+move to <repo-dir>/keys/retired.
 
 For snapshot or timestamp (ferryd's online keys), first restart ferryd
 without the old key file (<data-dir>/tuf-keys/ROLE.pem) so that it makes a
@@ -453,7 +480,10 @@ old key signed, which also undoes a fast-forward attack made with it.`,
 				return err
 			}
 			cur := s.root()
-			oldRoot, err := s.ring.RoleSigners(cur, metadata.ROOT)
+			if len(kmsRefs) > 0 && online {
+				return fmt.Errorf("--kms: %s is one of ferryd's online keys", role)
+			}
+			oldRoot, err := s.ring.RoleSigners(cmd.Context(), cur, metadata.ROOT)
 			if err != nil {
 				return err
 			}
@@ -467,9 +497,10 @@ old key signed, which also undoes a fast-forward attack made with it.`,
 				}
 				rk = tuf.RoleKeys{Keys: []*metadata.Key{ok[role]}, Threshold: 1}
 			} else {
-				if fresh, err = s.ring.CreateN(role, n); err != nil {
+				if fresh, err = offlineKeys(cmd.Context(), s.ring, role, n, kmsRefs); err != nil {
 					return err
 				}
+				n = len(fresh)
 				if rk, err = roleKeys(fresh, thresholdN); err != nil {
 					return err
 				}
@@ -506,7 +537,7 @@ old key signed, which also undoes a fast-forward attack made with it.`,
 			if err := s.ring.Retire(role, ids); err != nil {
 				return fmt.Errorf("retire old keys: %w", err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "root v%d published: %s is now %d-of-%d new keys\n", next.Signed.Version, role, thresholdN, keys)
+			fmt.Fprintf(cmd.OutOrStdout(), "root v%d published: %s is now %d-of-%d new keys\n", next.Signed.Version, role, thresholdN, n)
 			if role == metadata.TARGETS {
 				// The current targets (verified above) are signed by the
 				// old keys, which the new root no longer trusts: re-sign.
@@ -529,6 +560,7 @@ old key signed, which also undoes a fast-forward attack made with it.`,
 	f := cmd.Flags()
 	f.IntVar(&keys, "keys", 1, "number of new keys")
 	f.IntVar(&thresholdN, "threshold", 1, "signatures required from the new keys")
+	f.StringArrayVar(&kmsRefs, "kms", nil, "KMS key reference to use as a new key instead of creating one (repeatable)")
 	f.DurationVar(&expiry, "root-expiry", tuf.DefaultRootExpiry, "lifetime of the new root")
 	f.DurationVar(&targetsExpiry, "targets-expiry", tuf.DefaultTargetsExpiry, "lifetime of re-signed targets")
 	return cmd
