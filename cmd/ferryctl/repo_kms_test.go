@@ -125,3 +125,14 @@ func TestRepositoryKMSKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestKMSProviders checks that ferryctl registers the cloud KMS providers
+// (kms.go); other schemes go to plugins.
+func TestKMSProviders(t *testing.T) {
+	got := strings.Join(kms.SupportedProviders(), " ")
+	for _, scheme := range []string{"awskms://", "azurekms://", "gcpkms://", "hashivault://"} {
+		if !strings.Contains(got, scheme) {
+			t.Errorf("provider %s is not registered (have %s)", scheme, got)
+		}
+	}
+}
