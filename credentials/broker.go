@@ -144,6 +144,11 @@ func (b *Broker) Enroll(ctx context.Context, csrDER []byte, token string) (Issue
 	if !strings.HasPrefix(token, enrollmentPrefix) || len(token) > 128 {
 		return Issued{}, fmt.Errorf("%w: not an enrollment token", ErrUnauthenticated)
 	}
+	// Refuse before the one-time token is spent if no certificate could be
+	// issued anyway: a refused request must leave the token usable.
+	if !b.cfg.Issuer.Cert.NotAfter.After(b.cfg.Now()) {
+		return Issued{}, fmt.Errorf("%w: the device CA expired at %v", ErrNoIssuer, b.cfg.Issuer.Cert.NotAfter)
+	}
 	claim := make([]byte, 16)
 	if _, err := rand.Read(claim); err != nil {
 		return Issued{}, err

@@ -257,6 +257,28 @@ func TestCertificateNeverOutlivesIssuer(t *testing.T) {
 	}
 }
 
+// TestRefusedEnrollmentKeepsToken: an enrollment refused because no
+// certificate can be issued (the device CA expired) leaves the one-time
+// token usable once the server can issue again.
+func TestRefusedEnrollmentKeepsToken(t *testing.T) {
+	ctx := context.Background()
+	f := newBrokerFixture(t)
+	token, _, err := f.broker.CreateEnrollment(ctx, "gw-8", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := NewKey()
+	start := f.now
+	f.now = f.ca.Cert.NotAfter.Add(time.Minute) // the CA has expired (the token too, later)
+	if _, err := f.broker.Enroll(ctx, newCSR(t, key), token); !errors.Is(err, ErrNoIssuer) {
+		t.Fatalf("Enroll with an expired CA = %v, want ErrNoIssuer", err)
+	}
+	f.now = start.Add(time.Hour) // a renewed CA, in effect
+	if _, err := f.broker.Enroll(ctx, newCSR(t, key), token); err != nil {
+		t.Errorf("the token did not survive the refused enrollment: %v", err)
+	}
+}
+
 var _ store.Credentials = (*bolt.Store)(nil)
 
 func FuzzParseCSR(f *testing.F) {

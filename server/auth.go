@@ -37,26 +37,46 @@ func operatorFromContext(ctx context.Context) ferrycreds.Operator {
 
 // deviceIdentity is the device port's stream interceptor: it takes the
 // device id from the verified client certificate's SPIFFE ID, and refuses
-// the stream if there is none.
-func deviceIdentity(trustDomain string) grpc.StreamServerInterceptor {
+// the stream if there is none or the device is revoked. Revocation is
+// checked on every call, not only at the handshake: a revoked device must
+// not open new streams on a connection it already holds.
+func deviceIdentity(trustDomain string, revoked revocations) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		id, err := peerDevice(ss.Context(), trustDomain)
+		id, err := callingDevice(ss.Context(), trustDomain, revoked)
 		if err != nil {
-			return status.Error(codes.Unauthenticated, err.Error())
+			return err
 		}
 		return handler(srv, &identifiedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), deviceKey{}, id)})
 	}
 }
 
 // deviceIdentityUnary does the same for unary calls on the device port.
-func deviceIdentityUnary(trustDomain string) grpc.UnaryServerInterceptor {
+func deviceIdentityUnary(trustDomain string, revoked revocations) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		id, err := peerDevice(ctx, trustDomain)
+		id, err := callingDevice(ctx, trustDomain, revoked)
 		if err != nil {
-			return nil, status.Error(codes.Unauthenticated, err.Error())
+			return nil, err
 		}
 		return handler(context.WithValue(ctx, deviceKey{}, id), req)
 	}
+}
+
+// revocations tells whether a device is revoked (credentials.RevocationSet).
+type revocations interface {
+	Revoked(id string) bool
+}
+
+// callingDevice returns the identity of the device calling, or the status
+// that refuses the call.
+func callingDevice(ctx context.Context, trustDomain string, revoked revocations) (string, error) {
+	id, err := peerDevice(ctx, trustDomain)
+	if err != nil {
+		return "", status.Error(codes.Unauthenticated, err.Error())
+	}
+	if revoked.Revoked(id) {
+		return "", errRevoked
+	}
+	return id, nil
 }
 
 func peerDevice(ctx context.Context, trustDomain string) (string, error) {

@@ -42,6 +42,10 @@ type deviceService struct {
 	trustDomain   string
 	requireSigned bool
 	now           func() time.Time
+	// revoked is checked again once the stream is registered, so that a
+	// revocation landing between the call's check and the registration
+	// (which closeDevice would miss) still ends it.
+	revoked revocations
 }
 
 // errReplaced and errShuttingDown end streams from the outside.
@@ -75,6 +79,9 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	defer cancel(nil)
 	release := s.sessions.add(id, cancel)
 	defer release()
+	if s.revoked.Revoked(id) {
+		return errRevoked
+	}
 	changed, unsubscribe := s.replica.Subscribe(id)
 	defer unsubscribe()
 

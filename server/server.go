@@ -173,12 +173,13 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: false}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout}),
-		grpc.ChainStreamInterceptor(deviceIdentity(s.cfg.TrustDomain)),
-		grpc.ChainUnaryInterceptor(deviceIdentityUnary(s.cfg.TrustDomain)),
+		grpc.ChainStreamInterceptor(deviceIdentity(s.cfg.TrustDomain, s.creds.revoked)),
+		grpc.ChainUnaryInterceptor(deviceIdentityUnary(s.cfg.TrustDomain, s.creds.revoked)),
 	)
 	devicev1.RegisterDeviceServiceServer(g, &deviceService{
 		replica: rep, limits: l, log: s.log, metrics: s.metrics, sessions: s.sessions,
 		roots: pool, trustDomain: s.cfg.TrustDomain, requireSigned: !s.cfg.AllowUnsignedReports, now: time.Now,
+		revoked: s.creds.revoked,
 	})
 	credentialsv1.RegisterCredentialServiceServer(g, &credentialDevice{creds: s.creds})
 	return g

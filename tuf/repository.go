@@ -297,7 +297,7 @@ func (r *Repository) PublishRoot(ctx context.Context, data []byte) (Versions, er
 	if len(data) > MaxRootBytes {
 		return Versions{}, invalidf("root metadata is %d bytes; the limit is %d", len(data), MaxRootBytes)
 	}
-	md, err := metadata.Root().FromBytes(data)
+	md, err := decode(metadata.Root().FromBytes, data)
 	if err != nil {
 		return Versions{}, invalidf("root metadata: not TUF root metadata: %v", err)
 	}
@@ -353,7 +353,7 @@ func (r *Repository) checkRoot(md *metadata.Metadata[metadata.RootType]) error {
 	}
 	for _, name := range metadata.TOP_LEVEL_ROLE_NAMES {
 		role, ok := s.Roles[name]
-		if !ok {
+		if !ok || role == nil {
 			return invalidf("root: role %q is missing", name)
 		}
 		if role.Threshold < 1 || role.Threshold > len(role.KeyIDs) {
@@ -361,7 +361,7 @@ func (r *Repository) checkRoot(md *metadata.Metadata[metadata.RootType]) error {
 		}
 		for _, id := range role.KeyIDs {
 			k, ok := s.Keys[id]
-			if !ok {
+			if !ok || k == nil {
 				return invalidf("root: role %q names key %s, which is not in keys", name, id)
 			}
 			if got, err := k.ID(); err != nil || got != id {
@@ -519,7 +519,7 @@ func (r *Repository) verifyTargets(ctx context.Context, cur state, top *metadata
 	if len(sm.Data) > MaxTargetsBytes {
 		return nil, invalidf("%s metadata is %d bytes; the limit is %d", role, len(sm.Data), MaxTargetsBytes)
 	}
-	md, err := metadata.Targets().FromBytes(sm.Data)
+	md, err := decode(metadata.Targets().FromBytes, sm.Data)
 	if err != nil {
 		return nil, invalidf("%s metadata: not TUF targets metadata: %v", role, err)
 	}
@@ -842,4 +842,17 @@ func (r *Repository) TargetsOf(role string) (*metadata.Metadata[metadata.Targets
 	defer r.mu.RUnlock()
 	md, ok := r.st.roles[role]
 	return md, ok
+}
+
+// decode parses submitted metadata with go-tuf. go-tuf's decoders assume
+// well-formed documents (a JSON null where an object belongs makes them
+// dereference nil), so a panic while decoding untrusted bytes is turned
+// into an error: the request is refused like any other malformed input.
+func decode[T any](from func([]byte) (T, error), data []byte) (md T, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("malformed document: %v", p)
+		}
+	}()
+	return from(data)
 }
