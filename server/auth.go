@@ -80,20 +80,44 @@ func callingDevice(ctx context.Context, trustDomain string, revoked revocations)
 }
 
 func peerDevice(ctx context.Context, trustDomain string) (string, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", fmt.Errorf("no peer")
-	}
-	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(tlsInfo.State.VerifiedChains) == 0 || len(tlsInfo.State.VerifiedChains[0]) == 0 {
+	leaf := peerLeaf(ctx)
+	if leaf == nil {
 		return "", fmt.Errorf("a verified client certificate is required")
 	}
-	var leaf *x509.Certificate = tlsInfo.State.VerifiedChains[0][0]
 	id, err := ferrycreds.DeviceID(trustDomain, leaf)
 	if err != nil {
 		return "", fmt.Errorf("client certificate: %w", err)
 	}
 	return id, nil
+}
+
+// peerTLS returns the TLS state of a device-port call.
+func peerTLS(ctx context.Context) (tls.ConnectionState, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return tls.ConnectionState{}, false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	return info.State, ok
+}
+
+// peerLeaf returns the verified client certificate of a device-port call.
+func peerLeaf(ctx context.Context) *x509.Certificate {
+	st, ok := peerTLS(ctx)
+	if !ok || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return st.VerifiedChains[0][0]
+}
+
+// peerChain returns the certificates the client presented, DER, leaf first.
+func peerChain(ctx context.Context) [][]byte {
+	st, _ := peerTLS(ctx)
+	chain := make([][]byte, len(st.PeerCertificates))
+	for i, c := range st.PeerCertificates {
+		chain[i] = c.Raw
+	}
+	return chain
 }
 
 type identifiedStream struct {

@@ -16,8 +16,6 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/grpc/codes"
-	grpccreds "google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -292,17 +290,4 @@ func (c *credentialsState) targetURL(target, sha256 string) string {
 		segs[i] = url.PathEscape(s)
 	}
 	return c.downloadBase + strings.Join(segs, "/")
-}
-
-// peerLeaf returns the verified client certificate of a device-port call.
-func peerLeaf(ctx context.Context) *x509.Certificate {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil
-	}
-	info, ok := p.AuthInfo.(grpccreds.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return nil
-	}
-	return info.State.VerifiedChains[0][0]
 }

@@ -15,8 +15,6 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -351,23 +349,6 @@ func (st *syncStream) verify(r *devicev1.Report) (replica.Report, string) {
 	}
 	rep.Signed = &replica.Signed{Envelope: env, CertificateChain: st.chain}
 	return rep, ""
-}
-
-// peerChain returns the certificates the client presented, DER, leaf first.
-func peerChain(ctx context.Context) [][]byte {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok {
-		return nil
-	}
-	chain := make([][]byte, len(info.State.PeerCertificates))
-	for i, c := range info.State.PeerCertificates {
-		chain[i] = c.Raw
-	}
-	return chain
 }
 
 // refresh reads the device and sends the newest Delta if it is ahead.
