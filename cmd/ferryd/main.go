@@ -51,6 +51,7 @@ func run() error {
 	fs.DurationVar(&cfg.Repository.SnapshotExpiry, "snapshot-expiry", cfg.Repository.SnapshotExpiry, "lifetime of each snapshot ferryd signs (re-signed at half)")
 	fs.DurationVar(&cfg.Repository.TimestampExpiry, "timestamp-expiry", cfg.Repository.TimestampExpiry, "lifetime of each timestamp ferryd signs (re-signed at half)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
+	fs.BoolVar(&cfg.AllowUnsignedReports, "allow-unsigned-reports", cfg.AllowUnsignedReports, "record device reports that are not signed (kept as claims, with no attestation)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.Usage = func() {
