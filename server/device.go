@@ -64,6 +64,11 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	if err != nil {
 		return err
 	}
+	// Subscribe before reading the device: a change committed after the
+	// read then still signals this stream (subscribing after it would lose
+	// a change made in between until the next resync).
+	changed, unsubscribe := s.replica.Subscribe(id)
+	defer unsubscribe()
 	dev, err := s.replica.Connect(ctx, id, replica.Hello{
 		AgentVersion: hello.GetAgentVersion(),
 		LastApplied:  hello.GetLastAppliedDesiredVersion(),
@@ -80,8 +85,6 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	if s.revoked.Revoked(id) {
 		return errRevoked
 	}
-	changed, unsubscribe := s.replica.Subscribe(id)
-	defer unsubscribe()
 
 	nonce := make([]byte, 16)
 	rand.Read(nonce)

@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -434,5 +435,33 @@ func TestUnsignedReportsWhenAllowed(t *testing.T) {
 	}
 	if _, err := f.Fleet(t).GetAttestation(ctx, connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: "dev-1", JobId: delta.GetJobId()})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Errorf("attestation of an unsigned report: %v, want NotFound", err)
+	}
+}
+
+// TestNoDeltaLostAtConnect: a desired state set while a device is opening
+// its stream reaches it at once, whichever of the two commits first (with
+// the periodic resync turned off, a lost change notice would show).
+func TestNoDeltaLostAtConnect(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, func(cfg *server.Config) { cfg.Device.ResyncInterval = time.Hour })
+	fleet := f.Fleet(t)
+	for i := range 20 {
+		set := make(chan uint64, 1)
+		go func() {
+			resp, err := fleet.SetDesiredState(context.Background(), connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+				DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Config: map[string]string{"round": fmt.Sprint(i)}},
+			}))
+			if err != nil {
+				t.Error(err)
+				set <- 0
+				return
+			}
+			set <- resp.Msg.GetDevice().GetDesired().GetVersion()
+		}()
+		dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{LastAppliedDesiredVersion: uint64(i)})
+		want := <-set
+		for got := uint64(0); got < want; {
+			got = dev.Recv().GetDelta().GetDesiredVersion()
+		}
+		dev.Close()
 	}
 }
