@@ -71,13 +71,7 @@ func TestRepositoryKMSKeys(t *testing.T) {
 		}
 	}
 
-	tests := []struct {
-		name    string
-		args    []string
-		want    []string
-		wantErr string
-		after   func(t *testing.T)
-	}{
+	tests := []cmdStep{
 		{"init with a scheme nobody serves", []string{"repo", "init", "--repo-dir", filepath.Join(dir, "other"), "--root-kms", "nosuchkms://k", "--targets-kms", "ferrytest://targets-1"},
 			nil, "no plugin sigstore-kms-nosuchkms on PATH", nil},
 		{"init with a key the KMS lacks", []string{"repo", "init", "--repo-dir", filepath.Join(dir, "other2"), "--root-kms", "ferrytest://nope", "--targets-kms", "ferrytest://targets-1"},
@@ -104,26 +98,7 @@ func TestRepositoryKMSKeys(t *testing.T) {
 		{"publish after rotation", append([]string{"bundle", "publish", fw, "--name", "gateway", "--version", "2.0", "-q"}, repo...), []string{"published gateway/2.0/fw.bin"}, "", nil},
 		{"fetch after rotation", append([]string{"bundle", "fetch", "gateway/2.0/fw.bin", "-O", fetched}, repo...), []string{"verified gateway/2.0/fw.bin"}, "", fetchedOK},
 	}
-	for _, tt := range tests {
-		out, err := run(t, f, tt.args...)
-		if tt.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("%s: error %v, want %q\n%s", tt.name, err, tt.wantErr, out)
-			}
-			continue
-		}
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", tt.name, err, out)
-		}
-		for _, w := range tt.want {
-			if !strings.Contains(out, w) {
-				t.Fatalf("%s: output lacks %q:\n%s", tt.name, w, out)
-			}
-		}
-		if tt.after != nil {
-			tt.after(t)
-		}
-	}
+	runSteps(t, f, tests)
 }
 
 // TestKMSProviders checks that ferryctl registers the cloud KMS providers

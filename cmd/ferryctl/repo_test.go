@@ -34,13 +34,7 @@ func TestRepositoryCommands(t *testing.T) {
 	repo := []string{"--repo-dir", repoDir, "--passphrase-file", passFile}
 	var firstRoot []byte
 
-	tests := []struct {
-		name    string
-		args    []string
-		want    []string
-		wantErr string
-		after   func(t *testing.T)
-	}{
+	tests := []cmdStep{
 		{"publish before init", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.0"}, repo...), nil, "trusted root", nil},
 		{"init", append([]string{"repo", "init", "--root-keys", "3", "--root-threshold", "2", "--hash-bins", "16"}, repo...),
 			[]string{"root v1 (2-of-3 keys)", "16 hash bins"}, "", func(t *testing.T) {
@@ -66,26 +60,7 @@ func TestRepositoryCommands(t *testing.T) {
 		{"rotate an unknown role", append([]string{"repo", "rotate-key", "bins"}, repo...), nil, "want root, targets", nil},
 		{"delegate beside hash bins", append([]string{"repo", "delegate", "gateway", "--path", "gateway/*/*"}, repo...), nil, "hash bins", nil},
 	}
-	for _, tt := range tests {
-		out, err := run(t, f, tt.args...)
-		if tt.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("%s: error %v, want %q\n%s", tt.name, err, tt.wantErr, out)
-			}
-			continue
-		}
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", tt.name, err, out)
-		}
-		for _, w := range tt.want {
-			if !strings.Contains(out, w) {
-				t.Fatalf("%s: output lacks %q:\n%s", tt.name, w, out)
-			}
-		}
-		if tt.after != nil {
-			tt.after(t)
-		}
-	}
+	runSteps(t, f, tests)
 
 	// A device shipped with root v1 follows both rotations and verifies
 	// the bundle published after them.
@@ -130,4 +105,40 @@ type httpClientWithBearer struct {
 func (c *httpClientWithBearer) Do(r *http.Request) (*http.Response, error) {
 	r.Header.Set("Authorization", "Bearer "+c.f.OperatorToken(c.t))
 	return c.f.HTTPClient(c.t).Do(r)
+}
+
+// cmdStep is one ferryctl command of a scripted session: what its output
+// must contain, or the error it must fail with, and a check to run after.
+type cmdStep struct {
+	name    string
+	args    []string
+	want    []string
+	wantErr string
+	after   func(t *testing.T)
+}
+
+// runSteps runs the steps in order against f, stopping at the first one
+// that does not do what it should.
+func runSteps(t *testing.T, f *ferrytest.Ferryd, steps []cmdStep) {
+	t.Helper()
+	for _, st := range steps {
+		out, err := run(t, f, st.args...)
+		if st.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), st.wantErr) {
+				t.Fatalf("%s: error %v, want %q\n%s", st.name, err, st.wantErr, out)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", st.name, err, out)
+		}
+		for _, w := range st.want {
+			if !strings.Contains(out, w) {
+				t.Fatalf("%s: output lacks %q:\n%s", st.name, w, out)
+			}
+		}
+		if st.after != nil {
+			st.after(t)
+		}
+	}
 }
