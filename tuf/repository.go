@@ -245,20 +245,21 @@ func cutJSON(name string) (string, bool) {
 }
 
 // sync reloads the state if another instance wrote a newer timestamp or
-// root. The caller holds r.write.
-func (r *Repository) sync(ctx context.Context) error {
+// root, and returns the current state. The caller holds r.write.
+func (r *Repository) sync(ctx context.Context) (state, error) {
 	raw, err := r.cfg.Storage.ReadAll(ctx, metadataKey("timestamp.json"))
 	if err != nil && !isNotExist(err) {
-		return fmt.Errorf("read timestamp: %w", err)
+		return state{}, fmt.Errorf("read timestamp: %w", err)
 	}
 	r.mu.RLock()
-	cur := r.st.versions()
+	have := r.st
 	r.mu.RUnlock()
+	cur := have.versions()
 	var stored int64
 	if err == nil {
 		ts, err := metadata.Timestamp().FromBytes(raw)
 		if err != nil {
-			return fmt.Errorf("parse stored timestamp: %w", err)
+			return state{}, fmt.Errorf("parse stored timestamp: %w", err)
 		}
 		stored = ts.Signed.Version
 	}
@@ -267,16 +268,16 @@ func (r *Repository) sync(ctx context.Context) error {
 		rootChanged = true
 	}
 	if stored == cur.Timestamp && !rootChanged {
-		return nil
+		return have, nil
 	}
 	st, err := r.load(ctx)
 	if err != nil {
-		return err
+		return state{}, err
 	}
 	r.mu.Lock()
 	r.st = st
 	r.mu.Unlock()
-	return nil
+	return st, nil
 }
 
 // PublishRoot verifies and stores a new root. The first root (version 1)
@@ -287,12 +288,10 @@ func (r *Repository) sync(ctx context.Context) error {
 func (r *Repository) PublishRoot(ctx context.Context, data []byte) (Versions, error) {
 	r.write.Lock()
 	defer r.write.Unlock()
-	if err := r.sync(ctx); err != nil {
+	cur, err := r.sync(ctx)
+	if err != nil {
 		return Versions{}, err
 	}
-	r.mu.RLock()
-	cur := r.st
-	r.mu.RUnlock()
 
 	if len(data) > MaxRootBytes {
 		return Versions{}, invalidf("root metadata is %d bytes; the limit is %d", len(data), MaxRootBytes)
@@ -390,12 +389,10 @@ func (r *Repository) checkRoot(md *metadata.Metadata[metadata.RootType]) error {
 func (r *Repository) PublishTargets(ctx context.Context, batch []SignedMetadata) (Versions, error) {
 	r.write.Lock()
 	defer r.write.Unlock()
-	if err := r.sync(ctx); err != nil {
+	cur, err := r.sync(ctx)
+	if err != nil {
 		return Versions{}, err
 	}
-	r.mu.RLock()
-	cur := r.st
-	r.mu.RUnlock()
 	if cur.root == nil {
 		return Versions{}, preconditionf("the repository has no root yet: publish one first (ferryctl repo init)")
 	}
@@ -671,12 +668,10 @@ func expiry(now time.Time, d time.Duration) time.Time { return now.Add(d).Trunca
 func (r *Repository) RefreshExpiring(ctx context.Context) (bool, error) {
 	r.write.Lock()
 	defer r.write.Unlock()
-	if err := r.sync(ctx); err != nil {
+	cur, err := r.sync(ctx)
+	if err != nil {
 		return false, err
 	}
-	r.mu.RLock()
-	cur := r.st
-	r.mu.RUnlock()
 	if cur.snapshot == nil {
 		return false, nil
 	}
