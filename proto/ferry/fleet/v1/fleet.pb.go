@@ -1464,13 +1464,51 @@ func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
+// Rollout is a campaign: what was asked, and where it stands.
 type Rollout struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Bundle        *v1.Bundle             `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	Selector      string                 `protobuf:"bytes,3,opt,name=selector,proto3" json:"selector,omitempty"`
-	State         string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Assigned by ferryd; ids sort by creation time.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The bundle the target devices are given.
+	Bundle *v1.Bundle `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Label selector of the target devices, for example "model=gw2,ring=canary".
+	Selector string `protobuf:"bytes,3,opt,name=selector,proto3" json:"selector,omitempty"`
+	// SCHEDULED, RUNNING, PAUSED, COMPLETED, ABORTED or CANCELED.
+	State      string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Name       string                 `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`
+	// The target devices, when named one by one instead of by selector.
+	DeviceIds  []string         `protobuf:"bytes,7,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	Strategy   *RolloutStrategy `protobuf:"bytes,8,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	AbortRules []*AbortRule     `protobuf:"bytes,9,rep,name=abort_rules,json=abortRules,proto3" json:"abort_rules,omitempty"`
+	// Given to the devices already moved when the rollout aborts.
+	RollbackBundle *v1.Bundle `protobuf:"bytes,10,opt,name=rollback_bundle,json=rollbackBundle,proto3" json:"rollback_bundle,omitempty"`
+	// When the rollout starts (unset: at creation).
+	StartTime         *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	MaintenanceWindow *MaintenanceWindow     `protobuf:"bytes,12,opt,name=maintenance_window,json=maintenanceWindow,proto3" json:"maintenance_window,omitempty"`
+	// A continuous rollout keeps running after its last wave: devices that
+	// match the selector later get the bundle too.
+	Continuous bool `protobuf:"varint,13,opt,name=continuous,proto3" json:"continuous,omitempty"`
+	// Why the rollout is in its state: the abort rule that fired, who paused
+	// or cancelled it.
+	StateReason string `protobuf:"bytes,14,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// The operator who created the rollout.
+	CreatedBy  string                 `protobuf:"bytes,15,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When the controller started the rollout and when it ended.
+	BeginTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=begin_time,json=beginTime,proto3" json:"begin_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Progress of each wave; a rate strategy has one wave.
+	Waves []*WaveProgress `protobuf:"bytes,19,rep,name=waves,proto3" json:"waves,omitempty"`
+	// Index of the wave being run.
+	CurrentWave uint32 `protobuf:"varint,20,opt,name=current_wave,json=currentWave,proto3" json:"current_wave,omitempty"`
+	// The current pace of a rate strategy, in devices per minute.
+	CurrentRate float64 `protobuf:"fixed64,21,opt,name=current_rate,json=currentRate,proto3" json:"current_rate,omitempty"`
+	// Executions per status: PENDING, QUEUED, IN_PROGRESS, SUCCEEDED,
+	// FAILED, REJECTED, TIMED_OUT, ROLLED_BACK, CANCELED.
+	Counts map[string]uint64 `protobuf:"bytes,22,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// How many devices the rollout targets.
+	TargetCount   uint64 `protobuf:"varint,23,opt,name=target_count,json=targetCount,proto3" json:"target_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1540,18 +1578,627 @@ func (x *Rollout) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
-type CreateRolloutRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Bundle *v1.Bundle             `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	// Label selector of the target devices, for example "model=gw2,ring=canary".
-	Selector      string `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
+func (x *Rollout) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Rollout) GetDeviceIds() []string {
+	if x != nil {
+		return x.DeviceIds
+	}
+	return nil
+}
+
+func (x *Rollout) GetStrategy() *RolloutStrategy {
+	if x != nil {
+		return x.Strategy
+	}
+	return nil
+}
+
+func (x *Rollout) GetAbortRules() []*AbortRule {
+	if x != nil {
+		return x.AbortRules
+	}
+	return nil
+}
+
+func (x *Rollout) GetRollbackBundle() *v1.Bundle {
+	if x != nil {
+		return x.RollbackBundle
+	}
+	return nil
+}
+
+func (x *Rollout) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetMaintenanceWindow() *MaintenanceWindow {
+	if x != nil {
+		return x.MaintenanceWindow
+	}
+	return nil
+}
+
+func (x *Rollout) GetContinuous() bool {
+	if x != nil {
+		return x.Continuous
+	}
+	return false
+}
+
+func (x *Rollout) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
+	}
+	return ""
+}
+
+func (x *Rollout) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Rollout) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetBeginTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BeginTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetWaves() []*WaveProgress {
+	if x != nil {
+		return x.Waves
+	}
+	return nil
+}
+
+func (x *Rollout) GetCurrentWave() uint32 {
+	if x != nil {
+		return x.CurrentWave
+	}
+	return 0
+}
+
+func (x *Rollout) GetCurrentRate() float64 {
+	if x != nil {
+		return x.CurrentRate
+	}
+	return 0
+}
+
+func (x *Rollout) GetCounts() map[string]uint64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *Rollout) GetTargetCount() uint64 {
+	if x != nil {
+		return x.TargetCount
+	}
+	return 0
+}
+
+// RolloutStrategy says how fast a rollout goes. Give waves, or a rate, or
+// neither (one wave of every device).
+type RolloutStrategy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Waves []*Wave                `protobuf:"bytes,1,rep,name=waves,proto3" json:"waves,omitempty"`
+	Rate  *ExponentialRate       `protobuf:"bytes,2,opt,name=rate,proto3" json:"rate,omitempty"`
+	// Most devices working on the job at once (0: no limit).
+	MaxInFlight uint64 `protobuf:"varint,3,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// A device that has not finished by then ends as TIMED_OUT (unset: no
+	// timeout).
+	DeviceTimeout *durationpb.Duration `protobuf:"bytes,4,opt,name=device_timeout,json=deviceTimeout,proto3" json:"device_timeout,omitempty"`
+	// How many more times a device that FAILED or TIMED_OUT gets the job.
+	Retries uint32 `protobuf:"varint,5,opt,name=retries,proto3" json:"retries,omitempty"`
+	// How long a wave's devices must stay healthy after they succeeded
+	// before the next wave starts.
+	Soak          *durationpb.Duration `protobuf:"bytes,6,opt,name=soak,proto3" json:"soak,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *RolloutStrategy) Reset() {
+	*x = RolloutStrategy{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutStrategy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutStrategy) ProtoMessage() {}
+
+func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutStrategy.ProtoReflect.Descriptor instead.
+func (*RolloutStrategy) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RolloutStrategy) GetWaves() []*Wave {
+	if x != nil {
+		return x.Waves
+	}
+	return nil
+}
+
+func (x *RolloutStrategy) GetRate() *ExponentialRate {
+	if x != nil {
+		return x.Rate
+	}
+	return nil
+}
+
+func (x *RolloutStrategy) GetMaxInFlight() uint64 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+func (x *RolloutStrategy) GetDeviceTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.DeviceTimeout
+	}
+	return nil
+}
+
+func (x *RolloutStrategy) GetRetries() uint32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *RolloutStrategy) GetSoak() *durationpb.Duration {
+	if x != nil {
+		return x.Soak
+	}
+	return nil
+}
+
+// Wave is a share of the target set, or a number of devices.
+type Wave struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Size:
+	//
+	//	*Wave_Percent
+	//	*Wave_Count
+	Size          isWave_Size `protobuf_oneof:"size"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Wave) Reset() {
+	*x = Wave{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Wave) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Wave) ProtoMessage() {}
+
+func (x *Wave) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Wave.ProtoReflect.Descriptor instead.
+func (*Wave) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *Wave) GetSize() isWave_Size {
+	if x != nil {
+		return x.Size
+	}
+	return nil
+}
+
+func (x *Wave) GetPercent() float64 {
+	if x != nil {
+		if x, ok := x.Size.(*Wave_Percent); ok {
+			return x.Percent
+		}
+	}
+	return 0
+}
+
+func (x *Wave) GetCount() uint64 {
+	if x != nil {
+		if x, ok := x.Size.(*Wave_Count); ok {
+			return x.Count
+		}
+	}
+	return 0
+}
+
+type isWave_Size interface {
+	isWave_Size()
+}
+
+type Wave_Percent struct {
+	// Percent of the target set (the last wave takes what is left).
+	Percent float64 `protobuf:"fixed64,1,opt,name=percent,proto3,oneof"`
+}
+
+type Wave_Count struct {
+	Count uint64 `protobuf:"varint,2,opt,name=count,proto3,oneof"`
+}
+
+func (*Wave_Percent) isWave_Size() {}
+
+func (*Wave_Count) isWave_Size() {}
+
+// ExponentialRate gives the job to base_per_minute devices a minute at
+// first, and multiplies the pace by factor after every
+// raise_after_successes devices that succeeded.
+type ExponentialRate struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	BasePerMinute       float64                `protobuf:"fixed64,1,opt,name=base_per_minute,json=basePerMinute,proto3" json:"base_per_minute,omitempty"`
+	Factor              float64                `protobuf:"fixed64,2,opt,name=factor,proto3" json:"factor,omitempty"`
+	RaiseAfterSuccesses uint64                 `protobuf:"varint,3,opt,name=raise_after_successes,json=raiseAfterSuccesses,proto3" json:"raise_after_successes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *ExponentialRate) Reset() {
+	*x = ExponentialRate{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExponentialRate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExponentialRate) ProtoMessage() {}
+
+func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExponentialRate.ProtoReflect.Descriptor instead.
+func (*ExponentialRate) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ExponentialRate) GetBasePerMinute() float64 {
+	if x != nil {
+		return x.BasePerMinute
+	}
+	return 0
+}
+
+func (x *ExponentialRate) GetFactor() float64 {
+	if x != nil {
+		return x.Factor
+	}
+	return 0
+}
+
+func (x *ExponentialRate) GetRaiseAfterSuccesses() uint64 {
+	if x != nil {
+		return x.RaiseAfterSuccesses
+	}
+	return 0
+}
+
+// AbortRule stops the rollout when executions that ended with status make
+// up at least percent of the executions that ended, once min_executions
+// have ended.
+type AbortRule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        v1.JobStatus           `protobuf:"varint,1,opt,name=status,proto3,enum=ferry.device.v1.JobStatus" json:"status,omitempty"`
+	Percent       float64                `protobuf:"fixed64,2,opt,name=percent,proto3" json:"percent,omitempty"`
+	MinExecutions uint64                 `protobuf:"varint,3,opt,name=min_executions,json=minExecutions,proto3" json:"min_executions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortRule) Reset() {
+	*x = AbortRule{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortRule) ProtoMessage() {}
+
+func (x *AbortRule) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortRule.ProtoReflect.Descriptor instead.
+func (*AbortRule) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AbortRule) GetStatus() v1.JobStatus {
+	if x != nil {
+		return x.Status
+	}
+	return v1.JobStatus(0)
+}
+
+func (x *AbortRule) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *AbortRule) GetMinExecutions() uint64 {
+	if x != nil {
+		return x.MinExecutions
+	}
+	return 0
+}
+
+// MaintenanceWindow is a daily window outside of which no device is given
+// the job (devices already working on it finish).
+type MaintenanceWindow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start of the window, "HH:MM".
+	Start    string               `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	Duration *durationpb.Duration `protobuf:"bytes,2,opt,name=duration,proto3" json:"duration,omitempty"`
+	// Days the window opens, "mon" to "sun" (empty: every day).
+	Days []string `protobuf:"bytes,3,rep,name=days,proto3" json:"days,omitempty"`
+	// IANA time zone of start, for example "Europe/Berlin" (empty: UTC).
+	TimeZone      string `protobuf:"bytes,4,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MaintenanceWindow) Reset() {
+	*x = MaintenanceWindow{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MaintenanceWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MaintenanceWindow) ProtoMessage() {}
+
+func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MaintenanceWindow.ProtoReflect.Descriptor instead.
+func (*MaintenanceWindow) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *MaintenanceWindow) GetStart() string {
+	if x != nil {
+		return x.Start
+	}
+	return ""
+}
+
+func (x *MaintenanceWindow) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *MaintenanceWindow) GetDays() []string {
+	if x != nil {
+		return x.Days
+	}
+	return nil
+}
+
+func (x *MaintenanceWindow) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+// WaveProgress is where a wave stands.
+type WaveProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// How many devices the wave holds.
+	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// PENDING, RUNNING, SOAKING or DONE.
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// Executions per status, as in Rollout.counts.
+	Counts    map[string]uint64      `protobuf:"bytes,4,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	BeginTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=begin_time,json=beginTime,proto3" json:"begin_time,omitempty"`
+	// The end of the soak, while the wave is SOAKING.
+	SoakEndTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=soak_end_time,json=soakEndTime,proto3" json:"soak_end_time,omitempty"`
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaveProgress) Reset() {
+	*x = WaveProgress{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaveProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaveProgress) ProtoMessage() {}
+
+func (x *WaveProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaveProgress.ProtoReflect.Descriptor instead.
+func (*WaveProgress) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *WaveProgress) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WaveProgress) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *WaveProgress) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *WaveProgress) GetCounts() map[string]uint64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *WaveProgress) GetBeginTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BeginTime
+	}
+	return nil
+}
+
+func (x *WaveProgress) GetSoakEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SoakEndTime
+	}
+	return nil
+}
+
+func (x *WaveProgress) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+type CreateRolloutRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Bundle *v1.Bundle             `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Label selector of the target devices, for example "model=gw2,ring=canary".
+	Selector string `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
+	Name     string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Shorthand for the selector term "group=<group>".
+	Group string `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	// The target devices one by one, instead of a selector.
+	DeviceIds         []string               `protobuf:"bytes,5,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	Strategy          *RolloutStrategy       `protobuf:"bytes,6,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	AbortRules        []*AbortRule           `protobuf:"bytes,7,rep,name=abort_rules,json=abortRules,proto3" json:"abort_rules,omitempty"`
+	RollbackBundle    *v1.Bundle             `protobuf:"bytes,8,opt,name=rollback_bundle,json=rollbackBundle,proto3" json:"rollback_bundle,omitempty"`
+	StartTime         *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	MaintenanceWindow *MaintenanceWindow     `protobuf:"bytes,10,opt,name=maintenance_window,json=maintenanceWindow,proto3" json:"maintenance_window,omitempty"`
+	Continuous        bool                   `protobuf:"varint,11,opt,name=continuous,proto3" json:"continuous,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +2210,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +2223,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateRolloutRequest) GetBundle() *v1.Bundle {
@@ -1593,6 +2240,69 @@ func (x *CreateRolloutRequest) GetSelector() string {
 	return ""
 }
 
+func (x *CreateRolloutRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateRolloutRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *CreateRolloutRequest) GetDeviceIds() []string {
+	if x != nil {
+		return x.DeviceIds
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetStrategy() *RolloutStrategy {
+	if x != nil {
+		return x.Strategy
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetAbortRules() []*AbortRule {
+	if x != nil {
+		return x.AbortRules
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetRollbackBundle() *v1.Bundle {
+	if x != nil {
+		return x.RollbackBundle
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetMaintenanceWindow() *MaintenanceWindow {
+	if x != nil {
+		return x.MaintenanceWindow
+	}
+	return nil
+}
+
+func (x *CreateRolloutRequest) GetContinuous() bool {
+	if x != nil {
+		return x.Continuous
+	}
+	return false
+}
+
 type CreateRolloutResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
@@ -1602,7 +2312,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +2324,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +2337,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -1646,7 +2356,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +2368,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +2381,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetRolloutRequest) GetRolloutId() string {
@@ -1690,7 +2400,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +2412,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +2425,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -1726,16 +2436,17 @@ func (x *GetRolloutResponse) GetRollout() *Rollout {
 }
 
 type ListRolloutsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      uint32                 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 1000; 0 means 100.
+	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +2458,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +2471,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListRolloutsRequest) GetPageSize() uint32 {
@@ -1787,7 +2498,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +2510,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +2523,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -1838,7 +2549,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +2561,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +2574,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PauseRolloutRequest) GetRolloutId() string {
@@ -1882,7 +2593,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2605,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2618,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -1926,7 +2637,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2649,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2662,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResumeRolloutRequest) GetRolloutId() string {
@@ -1970,7 +2681,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2693,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2706,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -2006,15 +2717,17 @@ func (x *ResumeRolloutResponse) GetRollout() *Rollout {
 }
 
 type CancelRolloutRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RolloutId     string                 `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RolloutId string                 `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// Give the rollback bundle to the devices already moved.
+	Rollback      bool `protobuf:"varint,2,opt,name=rollback,proto3" json:"rollback,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CancelRolloutRequest) Reset() {
 	*x = CancelRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2739,7 @@ func (x *CancelRolloutRequest) String() string {
 func (*CancelRolloutRequest) ProtoMessage() {}
 
 func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2752,7 @@ func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CancelRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CancelRolloutRequest) GetRolloutId() string {
@@ -2047,6 +2760,13 @@ func (x *CancelRolloutRequest) GetRolloutId() string {
 		return x.RolloutId
 	}
 	return ""
+}
+
+func (x *CancelRolloutRequest) GetRollback() bool {
+	if x != nil {
+		return x.Rollback
+	}
+	return false
 }
 
 type CancelRolloutResponse struct {
@@ -2058,7 +2778,7 @@ type CancelRolloutResponse struct {
 
 func (x *CancelRolloutResponse) Reset() {
 	*x = CancelRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2790,7 @@ func (x *CancelRolloutResponse) String() string {
 func (*CancelRolloutResponse) ProtoMessage() {}
 
 func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2803,7 @@ func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CancelRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CancelRolloutResponse) GetRollout() *Rollout {
@@ -2102,7 +2822,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2834,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2847,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WatchRolloutRequest) GetRolloutId() string {
@@ -2146,7 +2866,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2878,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2891,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -2302,17 +3022,98 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x16\n" +
-	"\x14RevokeDeviceResponse\"\xb9\x01\n" +
+	"\x14RevokeDeviceResponse\"\xda\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12\x1a\n" +
 	"\bselector\x18\x03 \x01(\tR\bselector\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"c\n" +
+	"createTime\x12\x12\n" +
+	"\x04name\x18\x06 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"device_ids\x18\a \x03(\tR\tdeviceIds\x12;\n" +
+	"\bstrategy\x18\b \x01(\v2\x1f.ferry.fleet.v1.RolloutStrategyR\bstrategy\x12:\n" +
+	"\vabort_rules\x18\t \x03(\v2\x19.ferry.fleet.v1.AbortRuleR\n" +
+	"abortRules\x12@\n" +
+	"\x0frollback_bundle\x18\n" +
+	" \x01(\v2\x17.ferry.device.v1.BundleR\x0erollbackBundle\x129\n" +
+	"\n" +
+	"start_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12P\n" +
+	"\x12maintenance_window\x18\f \x01(\v2!.ferry.fleet.v1.MaintenanceWindowR\x11maintenanceWindow\x12\x1e\n" +
+	"\n" +
+	"continuous\x18\r \x01(\bR\n" +
+	"continuous\x12!\n" +
+	"\fstate_reason\x18\x0e \x01(\tR\vstateReason\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x0f \x01(\tR\tcreatedBy\x12;\n" +
+	"\vupdate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x129\n" +
+	"\n" +
+	"begin_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\tbeginTime\x125\n" +
+	"\bend_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x122\n" +
+	"\x05waves\x18\x13 \x03(\v2\x1c.ferry.fleet.v1.WaveProgressR\x05waves\x12!\n" +
+	"\fcurrent_wave\x18\x14 \x01(\rR\vcurrentWave\x12!\n" +
+	"\fcurrent_rate\x18\x15 \x01(\x01R\vcurrentRate\x12;\n" +
+	"\x06counts\x18\x16 \x03(\v2#.ferry.fleet.v1.Rollout.CountsEntryR\x06counts\x12!\n" +
+	"\ftarget_count\x18\x17 \x01(\x04R\vtargetCount\x1a9\n" +
+	"\vCountsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xa1\x02\n" +
+	"\x0fRolloutStrategy\x12*\n" +
+	"\x05waves\x18\x01 \x03(\v2\x14.ferry.fleet.v1.WaveR\x05waves\x123\n" +
+	"\x04rate\x18\x02 \x01(\v2\x1f.ferry.fleet.v1.ExponentialRateR\x04rate\x12\"\n" +
+	"\rmax_in_flight\x18\x03 \x01(\x04R\vmaxInFlight\x12@\n" +
+	"\x0edevice_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rdeviceTimeout\x12\x18\n" +
+	"\aretries\x18\x05 \x01(\rR\aretries\x12-\n" +
+	"\x04soak\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x04soak\"B\n" +
+	"\x04Wave\x12\x1a\n" +
+	"\apercent\x18\x01 \x01(\x01H\x00R\apercent\x12\x16\n" +
+	"\x05count\x18\x02 \x01(\x04H\x00R\x05countB\x06\n" +
+	"\x04size\"\x85\x01\n" +
+	"\x0fExponentialRate\x12&\n" +
+	"\x0fbase_per_minute\x18\x01 \x01(\x01R\rbasePerMinute\x12\x16\n" +
+	"\x06factor\x18\x02 \x01(\x01R\x06factor\x122\n" +
+	"\x15raise_after_successes\x18\x03 \x01(\x04R\x13raiseAfterSuccesses\"\x80\x01\n" +
+	"\tAbortRule\x122\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1a.ferry.device.v1.JobStatusR\x06status\x12\x18\n" +
+	"\apercent\x18\x02 \x01(\x01R\apercent\x12%\n" +
+	"\x0emin_executions\x18\x03 \x01(\x04R\rminExecutions\"\x91\x01\n" +
+	"\x11MaintenanceWindow\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\tR\x05start\x125\n" +
+	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x12\n" +
+	"\x04days\x18\x03 \x03(\tR\x04days\x12\x1b\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\xfd\x02\n" +
+	"\fWaveProgress\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12@\n" +
+	"\x06counts\x18\x04 \x03(\v2(.ferry.fleet.v1.WaveProgress.CountsEntryR\x06counts\x129\n" +
+	"\n" +
+	"begin_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tbeginTime\x12>\n" +
+	"\rsoak_end_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vsoakEndTime\x125\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x1a9\n" +
+	"\vCountsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x94\x04\n" +
 	"\x14CreateRolloutRequest\x12/\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12\x1a\n" +
-	"\bselector\x18\x02 \x01(\tR\bselector\"J\n" +
+	"\bselector\x18\x02 \x01(\tR\bselector\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\x12\x1d\n" +
+	"\n" +
+	"device_ids\x18\x05 \x03(\tR\tdeviceIds\x12;\n" +
+	"\bstrategy\x18\x06 \x01(\v2\x1f.ferry.fleet.v1.RolloutStrategyR\bstrategy\x12:\n" +
+	"\vabort_rules\x18\a \x03(\v2\x19.ferry.fleet.v1.AbortRuleR\n" +
+	"abortRules\x12@\n" +
+	"\x0frollback_bundle\x18\b \x01(\v2\x17.ferry.device.v1.BundleR\x0erollbackBundle\x129\n" +
+	"\n" +
+	"start_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12P\n" +
+	"\x12maintenance_window\x18\n" +
+	" \x01(\v2!.ferry.fleet.v1.MaintenanceWindowR\x11maintenanceWindow\x12\x1e\n" +
+	"\n" +
+	"continuous\x18\v \x01(\bR\n" +
+	"continuous\"J\n" +
 	"\x15CreateRolloutResponse\x121\n" +
 	"\arollout\x18\x01 \x01(\v2\x17.ferry.fleet.v1.RolloutR\arollout\"2\n" +
 	"\x11GetRolloutRequest\x12\x1d\n" +
@@ -2336,10 +3137,11 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"rollout_id\x18\x01 \x01(\tR\trolloutId\"J\n" +
 	"\x15ResumeRolloutResponse\x121\n" +
-	"\arollout\x18\x01 \x01(\v2\x17.ferry.fleet.v1.RolloutR\arollout\"5\n" +
+	"\arollout\x18\x01 \x01(\v2\x17.ferry.fleet.v1.RolloutR\arollout\"Q\n" +
 	"\x14CancelRolloutRequest\x12\x1d\n" +
 	"\n" +
-	"rollout_id\x18\x01 \x01(\tR\trolloutId\"J\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x1a\n" +
+	"\brollback\x18\x02 \x01(\bR\brollback\"J\n" +
 	"\x15CancelRolloutResponse\x121\n" +
 	"\arollout\x18\x01 \x01(\v2\x17.ferry.fleet.v1.RolloutR\arollout\"4\n" +
 	"\x13WatchRolloutRequest\x12\x1d\n" +
@@ -2381,7 +3183,7 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*Device)(nil),                   // 0: ferry.fleet.v1.Device
 	(*DesiredState)(nil),             // 1: ferry.fleet.v1.DesiredState
@@ -2407,110 +3209,143 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*RevokeDeviceRequest)(nil),      // 21: ferry.fleet.v1.RevokeDeviceRequest
 	(*RevokeDeviceResponse)(nil),     // 22: ferry.fleet.v1.RevokeDeviceResponse
 	(*Rollout)(nil),                  // 23: ferry.fleet.v1.Rollout
-	(*CreateRolloutRequest)(nil),     // 24: ferry.fleet.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),    // 25: ferry.fleet.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),        // 26: ferry.fleet.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 27: ferry.fleet.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 28: ferry.fleet.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 29: ferry.fleet.v1.ListRolloutsResponse
-	(*PauseRolloutRequest)(nil),      // 30: ferry.fleet.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),     // 31: ferry.fleet.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),     // 32: ferry.fleet.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),    // 33: ferry.fleet.v1.ResumeRolloutResponse
-	(*CancelRolloutRequest)(nil),     // 34: ferry.fleet.v1.CancelRolloutRequest
-	(*CancelRolloutResponse)(nil),    // 35: ferry.fleet.v1.CancelRolloutResponse
-	(*WatchRolloutRequest)(nil),      // 36: ferry.fleet.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),     // 37: ferry.fleet.v1.WatchRolloutResponse
-	nil,                              // 38: ferry.fleet.v1.Device.LabelsEntry
-	nil,                              // 39: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                              // 40: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                              // 41: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),    // 42: google.protobuf.Timestamp
-	(*v1.DesiredDocument)(nil),       // 43: ferry.device.v1.DesiredDocument
-	(*v1.ReportedState)(nil),         // 44: ferry.device.v1.ReportedState
-	(v1.JobStatus)(0),                // 45: ferry.device.v1.JobStatus
-	(v1.Step)(0),                     // 46: ferry.device.v1.Step
-	(*durationpb.Duration)(nil),      // 47: google.protobuf.Duration
-	(*v1.Bundle)(nil),                // 48: ferry.device.v1.Bundle
+	(*RolloutStrategy)(nil),          // 24: ferry.fleet.v1.RolloutStrategy
+	(*Wave)(nil),                     // 25: ferry.fleet.v1.Wave
+	(*ExponentialRate)(nil),          // 26: ferry.fleet.v1.ExponentialRate
+	(*AbortRule)(nil),                // 27: ferry.fleet.v1.AbortRule
+	(*MaintenanceWindow)(nil),        // 28: ferry.fleet.v1.MaintenanceWindow
+	(*WaveProgress)(nil),             // 29: ferry.fleet.v1.WaveProgress
+	(*CreateRolloutRequest)(nil),     // 30: ferry.fleet.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),    // 31: ferry.fleet.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),        // 32: ferry.fleet.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 33: ferry.fleet.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 34: ferry.fleet.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 35: ferry.fleet.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),      // 36: ferry.fleet.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),     // 37: ferry.fleet.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),     // 38: ferry.fleet.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),    // 39: ferry.fleet.v1.ResumeRolloutResponse
+	(*CancelRolloutRequest)(nil),     // 40: ferry.fleet.v1.CancelRolloutRequest
+	(*CancelRolloutResponse)(nil),    // 41: ferry.fleet.v1.CancelRolloutResponse
+	(*WatchRolloutRequest)(nil),      // 42: ferry.fleet.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),     // 43: ferry.fleet.v1.WatchRolloutResponse
+	nil,                              // 44: ferry.fleet.v1.Device.LabelsEntry
+	nil,                              // 45: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                              // 46: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                              // 47: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                              // 48: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                              // 49: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),    // 50: google.protobuf.Timestamp
+	(*v1.DesiredDocument)(nil),       // 51: ferry.device.v1.DesiredDocument
+	(*v1.ReportedState)(nil),         // 52: ferry.device.v1.ReportedState
+	(v1.JobStatus)(0),                // 53: ferry.device.v1.JobStatus
+	(v1.Step)(0),                     // 54: ferry.device.v1.Step
+	(*durationpb.Duration)(nil),      // 55: google.protobuf.Duration
+	(*v1.Bundle)(nil),                // 56: ferry.device.v1.Bundle
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
-	38, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	42, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	44, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
+	50, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
 	2,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
 	3,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	42, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
-	43, // 6: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	42, // 7: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	44, // 8: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	42, // 9: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	45, // 10: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	46, // 11: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	42, // 12: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	50, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	51, // 6: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	50, // 7: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	52, // 8: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	50, // 9: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	53, // 10: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	54, // 11: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	50, // 12: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 13: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	45, // 14: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	42, // 15: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	53, // 14: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	50, // 15: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
 	0,  // 16: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	43, // 17: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	51, // 17: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
 	0,  // 18: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	47, // 19: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	39, // 20: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	40, // 21: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	55, // 19: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	45, // 20: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	46, // 21: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
 	0,  // 22: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	42, // 23: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	45, // 24: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	46, // 25: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	50, // 23: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	53, // 24: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	54, // 25: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
 	15, // 26: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	41, // 27: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	47, // 27: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
 	0,  // 28: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	42, // 29: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	48, // 30: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	42, // 31: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	48, // 32: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	23, // 33: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 34: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 35: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	23, // 36: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 37: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 38: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 39: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	4,  // 40: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	6,  // 41: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	8,  // 42: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	10, // 43: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	12, // 44: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	14, // 45: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	17, // 46: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	19, // 47: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	21, // 48: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	24, // 49: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	26, // 50: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	28, // 51: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	30, // 52: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	32, // 53: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	34, // 54: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	36, // 55: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	5,  // 56: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	7,  // 57: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	9,  // 58: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	11, // 59: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	13, // 60: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	16, // 61: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	18, // 62: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	20, // 63: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	22, // 64: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	25, // 65: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	27, // 66: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	29, // 67: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	31, // 68: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	33, // 69: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	35, // 70: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	37, // 71: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	56, // [56:72] is the sub-list for method output_type
-	40, // [40:56] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	50, // 29: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	56, // 30: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	50, // 31: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	24, // 32: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	27, // 33: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	56, // 34: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	50, // 35: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	28, // 36: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	50, // 37: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	50, // 38: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	50, // 39: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	29, // 40: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	48, // 41: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	25, // 42: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	26, // 43: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	55, // 44: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	55, // 45: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	53, // 46: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	55, // 47: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	49, // 48: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	50, // 49: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	50, // 50: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	50, // 51: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	56, // 52: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	24, // 53: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	27, // 54: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	56, // 55: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	50, // 56: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	28, // 57: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	23, // 58: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 59: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 60: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	23, // 61: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 62: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 63: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	23, // 64: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	4,  // 65: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	6,  // 66: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	8,  // 67: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	10, // 68: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	12, // 69: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	14, // 70: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	17, // 71: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	19, // 72: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	21, // 73: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	30, // 74: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	32, // 75: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	34, // 76: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	36, // 77: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	38, // 78: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	40, // 79: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	42, // 80: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	5,  // 81: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	7,  // 82: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	9,  // 83: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	11, // 84: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	13, // 85: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	16, // 86: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	18, // 87: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	20, // 88: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	22, // 89: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	31, // 90: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	33, // 91: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	35, // 92: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	37, // 93: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	39, // 94: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	41, // 95: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	43, // 96: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	81, // [81:97] is the sub-list for method output_type
+	65, // [65:81] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -2519,13 +3354,17 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 		return
 	}
 	file_ferry_fleet_v1_fleet_proto_msgTypes[8].OneofWrappers = []any{}
+	file_ferry_fleet_v1_fleet_proto_msgTypes[25].OneofWrappers = []any{
+		(*Wave_Percent)(nil),
+		(*Wave_Count)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -473,14 +473,30 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// RolloutService runs staged, health-gated campaigns.
+// RolloutService runs staged, health-gated campaigns. A rollout gives a
+// bundle to a target set wave by wave (or at an exponentially growing
+// rate); a wave starts only after the previous one succeeded and its devices
+// stayed healthy for the soak time, and abort rules stop the rollout and
+// give the devices already moved a rollback bundle. The controller runs in
+// ferryd, one instance at a time, and keeps all its state in the store.
 type RolloutServiceClient interface {
+	// CreateRollout creates a rollout; it starts at once, or at start_time.
 	CreateRollout(ctx context.Context, in *CreateRolloutRequest, opts ...grpc.CallOption) (*CreateRolloutResponse, error)
+	// GetRollout returns a rollout and its progress per wave.
 	GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*GetRolloutResponse, error)
+	// ListRollouts pages through the rollouts, newest first.
 	ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error)
+	// PauseRollout stops giving the job to more devices; devices already
+	// working on it finish.
 	PauseRollout(ctx context.Context, in *PauseRolloutRequest, opts ...grpc.CallOption) (*PauseRolloutResponse, error)
+	// ResumeRollout continues a paused rollout.
 	ResumeRollout(ctx context.Context, in *ResumeRolloutRequest, opts ...grpc.CallOption) (*ResumeRolloutResponse, error)
+	// CancelRollout ends a rollout: devices not given the job yet are
+	// CANCELED, and with rollback the devices already moved get the
+	// rollback bundle.
 	CancelRollout(ctx context.Context, in *CancelRolloutRequest, opts ...grpc.CallOption) (*CancelRolloutResponse, error)
+	// WatchRollout sends the rollout now and again every time it changes,
+	// until it ends or the client goes away.
 	WatchRollout(ctx context.Context, in *WatchRolloutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRolloutResponse], error)
 }
 
@@ -575,14 +591,30 @@ type RolloutService_WatchRolloutClient = grpc.ServerStreamingClient[WatchRollout
 // All implementations must embed UnimplementedRolloutServiceServer
 // for forward compatibility.
 //
-// RolloutService runs staged, health-gated campaigns.
+// RolloutService runs staged, health-gated campaigns. A rollout gives a
+// bundle to a target set wave by wave (or at an exponentially growing
+// rate); a wave starts only after the previous one succeeded and its devices
+// stayed healthy for the soak time, and abort rules stop the rollout and
+// give the devices already moved a rollback bundle. The controller runs in
+// ferryd, one instance at a time, and keeps all its state in the store.
 type RolloutServiceServer interface {
+	// CreateRollout creates a rollout; it starts at once, or at start_time.
 	CreateRollout(context.Context, *CreateRolloutRequest) (*CreateRolloutResponse, error)
+	// GetRollout returns a rollout and its progress per wave.
 	GetRollout(context.Context, *GetRolloutRequest) (*GetRolloutResponse, error)
+	// ListRollouts pages through the rollouts, newest first.
 	ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error)
+	// PauseRollout stops giving the job to more devices; devices already
+	// working on it finish.
 	PauseRollout(context.Context, *PauseRolloutRequest) (*PauseRolloutResponse, error)
+	// ResumeRollout continues a paused rollout.
 	ResumeRollout(context.Context, *ResumeRolloutRequest) (*ResumeRolloutResponse, error)
+	// CancelRollout ends a rollout: devices not given the job yet are
+	// CANCELED, and with rollback the devices already moved get the
+	// rollback bundle.
 	CancelRollout(context.Context, *CancelRolloutRequest) (*CancelRolloutResponse, error)
+	// WatchRollout sends the rollout now and again every time it changes,
+	// until it ends or the client goes away.
 	WatchRollout(*WatchRolloutRequest, grpc.ServerStreamingServer[WatchRolloutResponse]) error
 	mustEmbedUnimplementedRolloutServiceServer()
 }

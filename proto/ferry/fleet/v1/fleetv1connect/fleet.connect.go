@@ -399,12 +399,23 @@ func (UnimplementedFleetServiceHandler) RevokeDevice(context.Context, *connect.R
 
 // RolloutServiceClient is a client for the ferry.fleet.v1.RolloutService service.
 type RolloutServiceClient interface {
+	// CreateRollout creates a rollout; it starts at once, or at start_time.
 	CreateRollout(context.Context, *connect.Request[v1.CreateRolloutRequest]) (*connect.Response[v1.CreateRolloutResponse], error)
+	// GetRollout returns a rollout and its progress per wave.
 	GetRollout(context.Context, *connect.Request[v1.GetRolloutRequest]) (*connect.Response[v1.GetRolloutResponse], error)
+	// ListRollouts pages through the rollouts, newest first.
 	ListRollouts(context.Context, *connect.Request[v1.ListRolloutsRequest]) (*connect.Response[v1.ListRolloutsResponse], error)
+	// PauseRollout stops giving the job to more devices; devices already
+	// working on it finish.
 	PauseRollout(context.Context, *connect.Request[v1.PauseRolloutRequest]) (*connect.Response[v1.PauseRolloutResponse], error)
+	// ResumeRollout continues a paused rollout.
 	ResumeRollout(context.Context, *connect.Request[v1.ResumeRolloutRequest]) (*connect.Response[v1.ResumeRolloutResponse], error)
+	// CancelRollout ends a rollout: devices not given the job yet are
+	// CANCELED, and with rollback the devices already moved get the
+	// rollback bundle.
 	CancelRollout(context.Context, *connect.Request[v1.CancelRolloutRequest]) (*connect.Response[v1.CancelRolloutResponse], error)
+	// WatchRollout sends the rollout now and again every time it changes,
+	// until it ends or the client goes away.
 	WatchRollout(context.Context, *connect.Request[v1.WatchRolloutRequest]) (*connect.ServerStreamForClient[v1.WatchRolloutResponse], error)
 }
 
@@ -514,12 +525,23 @@ func (c *rolloutServiceClient) WatchRollout(ctx context.Context, req *connect.Re
 
 // RolloutServiceHandler is an implementation of the ferry.fleet.v1.RolloutService service.
 type RolloutServiceHandler interface {
+	// CreateRollout creates a rollout; it starts at once, or at start_time.
 	CreateRollout(context.Context, *connect.Request[v1.CreateRolloutRequest]) (*connect.Response[v1.CreateRolloutResponse], error)
+	// GetRollout returns a rollout and its progress per wave.
 	GetRollout(context.Context, *connect.Request[v1.GetRolloutRequest]) (*connect.Response[v1.GetRolloutResponse], error)
+	// ListRollouts pages through the rollouts, newest first.
 	ListRollouts(context.Context, *connect.Request[v1.ListRolloutsRequest]) (*connect.Response[v1.ListRolloutsResponse], error)
+	// PauseRollout stops giving the job to more devices; devices already
+	// working on it finish.
 	PauseRollout(context.Context, *connect.Request[v1.PauseRolloutRequest]) (*connect.Response[v1.PauseRolloutResponse], error)
+	// ResumeRollout continues a paused rollout.
 	ResumeRollout(context.Context, *connect.Request[v1.ResumeRolloutRequest]) (*connect.Response[v1.ResumeRolloutResponse], error)
+	// CancelRollout ends a rollout: devices not given the job yet are
+	// CANCELED, and with rollback the devices already moved get the
+	// rollback bundle.
 	CancelRollout(context.Context, *connect.Request[v1.CancelRolloutRequest]) (*connect.Response[v1.CancelRolloutResponse], error)
+	// WatchRollout sends the rollout now and again every time it changes,
+	// until it ends or the client goes away.
 	WatchRollout(context.Context, *connect.Request[v1.WatchRolloutRequest], *connect.ServerStream[v1.WatchRolloutResponse]) error
 }
 
