@@ -42,6 +42,9 @@ type Rollout struct {
 	Rate float64 `json:"rate,omitempty"`
 	// Counts counts the executions by status.
 	Counts map[string]uint64 `json:"counts,omitempty"`
+	// Rollback asks the controller to give the rollback bundle to the
+	// devices already moved, as it ends the rollout.
+	Rollback bool `json:"rollback,omitempty"`
 }
 
 // RolloutSpec is what an operator asks of a rollout. It does not change
