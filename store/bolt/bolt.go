@@ -23,7 +23,8 @@ import (
 // "l\x00<key>=<value>\x00<id>" (empty values); seen holds
 // <big-endian unix nanoseconds><id>; counts holds "s\x00<status>",
 // "b\x00<bundle>" and "total" as big-endian uint64. All are kept in the
-// transaction that changes the device.
+// transaction that changes the device. The rollout controller's buckets
+// (rollouts, executions, leases) are described in rollout.go.
 var (
 	devicesBucket      = []byte("devices")
 	eventsBucket       = []byte("events")
@@ -54,7 +55,8 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{devicesBucket, eventsBucket, attestationsBucket, indexBucket, seenBucket, countsBucket} {
+		for _, name := range [][]byte{devicesBucket, eventsBucket, attestationsBucket, indexBucket, seenBucket, countsBucket,
+			rolloutsBucket, executionsBucket, leasesBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/bolt"
@@ -29,6 +30,50 @@ func TestCredentialsConformance(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
+}
+
+func TestRolloutsConformance(t *testing.T) {
+	storetest.RunRollouts(t, func(t *testing.T) storetest.RolloutStore {
+		s, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+// TestLeaseTokensSurviveReopen checks that a lease's tokens keep growing
+// across a restart, after the lease was released.
+func TestLeaseTokensSurviveReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "ferry.db")
+	s, err := bolt.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.AcquireLease(ctx, store.RolloutLease, "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseLease(ctx, store.RolloutLease, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = bolt.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	next, err := s.AcquireLease(ctx, store.RolloutLease, "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next <= first {
+		t.Errorf("token after reopen %d, want more than %d", next, first)
+	}
 }
 
 // TestDurable checks that what one process wrote is there after a reopen.

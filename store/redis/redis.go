@@ -15,6 +15,20 @@
 // shares a Redis Cluster slot. Compare-and-set runs as a Lua script on the one
 // device key; the id index is written first and is idempotent, so a crash
 // between the two leaves at worst an index entry that List skips.
+//
+// Rollouts and leases (store.Rollouts, store.Leases):
+//
+//	<prefix>{rollouts}:docs          hash: rollout id -> rollout JSON
+//	<prefix>{rollouts}:ids           sorted set of rollout ids (score 0, by id)
+//	<prefix>{rollouts}:exec:<id>     hash: device id -> execution JSON
+//	<prefix>{rollouts}:lease:<name>  hash: holder, fence; expires with the
+//	                                 lease (PEXPIRE, Redis's clock)
+//	<prefix>{rollouts}:fence:<name>  counter: the last fencing token issued
+//	                                 for the lease; never expires
+//
+// The {rollouts} hash tag puts them in one cluster slot, so that each
+// rollout write, fenced or not, is one script: the fence check against the
+// lease and the write happen at once.
 package redis
 
 import (
