@@ -55,8 +55,23 @@ type Config struct {
 	Device DeviceLimits
 	// Repository configures the TUF repository.
 	Repository RepositoryConfig
+	// Rollouts configures the rollout controller.
+	Rollouts RolloutsConfig
 	// ShutdownTimeout bounds a graceful stop; after it, connections are cut.
 	ShutdownTimeout time.Duration
+}
+
+// RolloutsConfig configures the rollout controller. Every ferryd runs one;
+// the one holding the lease is active.
+type RolloutsConfig struct {
+	// LeaseTTL is how long the controller's lease lasts without renewal:
+	// after a crash, the longest the rollouts wait for another instance.
+	LeaseTTL time.Duration
+	// Tick is how often the active controller moves rollouts on.
+	Tick time.Duration
+	// Resync is how often every execution is checked against its device,
+	// in case a change notice was lost.
+	Resync time.Duration
 }
 
 // DevConfig controls the development PKI.
@@ -159,6 +174,11 @@ func DefaultConfig() Config {
 			RevocationRefresh: 5 * time.Second,
 			ServingCertCheck:  5 * time.Second,
 		},
+		Rollouts: RolloutsConfig{
+			LeaseTTL: 15 * time.Second,
+			Tick:     time.Second,
+			Resync:   30 * time.Second,
+		},
 		ShutdownTimeout: 3 * time.Second,
 	}
 }
@@ -229,5 +249,8 @@ func (c Config) Validate() error {
 	check(r.SnapshotExpiry >= time.Minute && r.TimestampExpiry >= time.Minute && r.ResignInterval > 0 && r.ResignInterval < r.TimestampExpiry/2,
 		"repository: want snapshot and timestamp lifetimes of at least a minute, and a re-sign interval under half the timestamp lifetime")
 	check(r.MaxBlobBytes > 0, "repository: maximum bundle size must be positive")
+	ro := c.Rollouts
+	check(ro.Tick > 0 && ro.Resync >= ro.Tick && ro.LeaseTTL >= 3*ro.Tick,
+		"rollouts: want a positive tick, a resync interval of at least a tick, and a lease of at least three ticks")
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/replica"
+	"github.com/ferryhq/ferry/rollout"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/tuf"
 )
@@ -42,6 +43,10 @@ func classify(err error) (connect.Code, string) {
 	case errors.Is(err, credentials.ErrForbidden):
 		return connect.CodePermissionDenied, err.Error()
 	case errors.Is(err, credentials.ErrNoIssuer):
+		return connect.CodeFailedPrecondition, err.Error()
+	case errors.Is(err, rollout.ErrNotFound):
+		return connect.CodeNotFound, "rollout not found"
+	case errors.Is(err, rollout.ErrState):
 		return connect.CodeFailedPrecondition, err.Error()
 	case errors.Is(err, store.ErrNotFound):
 		return connect.CodeNotFound, "device not found"

@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -34,6 +35,7 @@ import (
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 	"github.com/ferryhq/ferry/proto/ferry/repository/v1/repositoryv1connect"
 	"github.com/ferryhq/ferry/replica"
+	"github.com/ferryhq/ferry/rollout"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/bolt"
 	"github.com/ferryhq/ferry/store/redis"
@@ -56,6 +58,8 @@ type Server struct {
 	dev      *credentials.DevFiles
 	repo     *repository
 	creds    *credentialsState // credentials.go
+	rollouts *rollout.Service
+	control  *rollout.Controller
 }
 
 // servedNames are the services whose health is reported.
@@ -128,6 +132,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		}
 	}
 
+	if err := s.newRollouts(log); err != nil {
+		return nil, err
+	}
+
 	credStore, ok := s.devices.(store.Credentials)
 	if !ok {
 		return nil, errors.New("store: the backend does not keep credentials")
@@ -189,7 +197,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	guarded := connect.WithInterceptors(operatorAuth{auth: auth, certs: s.creds.operatorCerts})
 	mux := http.NewServeMux()
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, log: s.log, creds: s.creds}, guarded))
-	mux.Handle(fleetv1connect.NewRolloutServiceHandler(fleetv1connect.UnimplementedRolloutServiceHandler{}, guarded))
+	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, log: s.log}, guarded))
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
 	// TUF metadata and targets: operators and devices (see tufhttp.go).
 	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth}, log: s.log})
@@ -258,6 +266,7 @@ func (s *Server) Run(ctx context.Context) error {
 	background.Go(func() { s.replica.Run(bgCtx) })
 	background.Go(func() { s.creds.watchRevocations(bgCtx) })
 	background.Go(func() { s.repo.repo.Run(bgCtx, s.repo.every) })
+	background.Go(func() { s.control.Run(bgCtx) })
 
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.deviceLn) }()
@@ -310,6 +319,29 @@ func (s *Server) shutdown() {
 	wg.Wait()
 	s.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 }
+
+// newRollouts sets up the rollout service and this instance's controller.
+func (s *Server) newRollouts(log *slog.Logger) error {
+	ro, ok1 := s.devices.(store.Rollouts)
+	leases, ok2 := s.devices.(store.Leases)
+	if !ok1 || !ok2 {
+		return errors.New("store: the backend does not keep rollouts")
+	}
+	host, _ := os.Hostname()
+	nonce := make([]byte, 4)
+	rand.Read(nonce)
+	holder := fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce)
+	s.rollouts = rollout.New(rollout.Config{Rollouts: ro, Devices: s.devices, Replica: s.replica, Logger: log})
+	s.control = rollout.NewController(rollout.ControllerConfig{
+		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log,
+		LeaseTTL: s.cfg.Rollouts.LeaseTTL, Tick: s.cfg.Rollouts.Tick, Resync: s.cfg.Rollouts.Resync,
+	})
+	return nil
+}
+
+// LeadsRollouts reports whether this instance's rollout controller is the
+// active one.
+func (s *Server) LeadsRollouts() bool { return s.control.Leading() }
 
 // Close releases what New opened, for a Server that will not Run.
 func (s *Server) Close() error {
