@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +28,9 @@ import (
 // its defaults in the current directory.
 const devPKI = "ferry-data/pki"
 
+// defaultServer is ferryd's API port when it runs with its defaults.
+const defaultServer = "https://localhost:8443"
+
 // app holds the settings shared by every command.
 type app struct {
 	server    string // base URL of ferryd's API port
@@ -34,17 +38,42 @@ type app struct {
 	tokenFile string
 	caFile    string // CA that signed ferryd's certificate
 	output    string // table or json
+
+	configFile string         // --config
+	flags      *pflag.FlagSet // the root's persistent flags
+	// What resolve found: the config file, whether it was asked for and
+	// read, and where each setting came from (with a note on defaults).
+	configUsed     string
+	configExplicit bool
+	configFound    bool
+	sources        map[string]source
+	notes          map[string]string
 }
 
+// bindFlags registers the shared flags. Their values are final only once
+// resolve has run (the root's PersistentPreRunE): a flag that was not
+// given takes its environment variable, the config file's value, or the
+// built-in default.
 func (a *app) bindFlags(root *cobra.Command) {
 	f := root.PersistentFlags()
-	f.StringVar(&a.server, "server", envOr("FERRY_SERVER", "https://localhost:8443"), "ferryd API URL [$FERRY_SERVER]")
-	f.StringVar(&a.token, "token", os.Getenv("FERRY_TOKEN"), "operator API key [$FERRY_TOKEN]")
-	f.StringVar(&a.tokenFile, "token-file", envOr("FERRY_TOKEN_FILE", devFile("operator.token")), "file holding the operator API key [$FERRY_TOKEN_FILE]")
-	f.StringVar(&a.caFile, "ca-file", envOr("FERRY_CA_FILE", devFile("ca.pem")), "CA certificate of ferryd's TLS certificate (default: system roots) [$FERRY_CA_FILE]")
+	a.flags = f
+	f.StringVar(&a.server, "server", defaultServer, "ferryd API URL [$FERRY_SERVER]")
+	f.StringVar(&a.token, "token", "", "operator API key [$FERRY_TOKEN]")
+	f.StringVar(&a.tokenFile, "token-file", "", "file holding the operator API key (default: ./"+devPKI+"/operator.token if it exists) [$FERRY_TOKEN_FILE]")
+	f.StringVar(&a.caFile, "ca-file", "", "CA certificate of ferryd's TLS certificate (default: ./"+devPKI+"/ca.pem if it exists, else system roots) [$FERRY_CA_FILE]")
 	f.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	f.StringVar(&a.configFile, "config", "", "config file (default: $"+configEnv+", else <user config dir>/"+configDirName+"/"+configFileName+")")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if skipResolve(cmd) {
+			return nil
+		}
+		return a.resolve()
+	}
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.MarkPersistentFlagFilename("config", "yaml", "yml")
 }
 
+// envOr returns the environment variable name, or def when it is not set.
 func envOr(name, def string) string {
 	if v, ok := os.LookupEnv(name); ok {
 		return v
@@ -77,19 +106,20 @@ func (a *app) httpClient() (*http.Client, error) {
 	return &http.Client{Transport: &http2.Transport{TLSClientConfig: cfg}}, nil
 }
 
-// apiKey returns the operator API key from --token or --token-file.
+// apiKey returns the operator API key from the token or the token file,
+// whichever came from the stronger source (see credential).
 func (a *app) apiKey() (string, error) {
-	if a.token != "" {
+	switch a.credential() {
+	case "token":
 		return a.token, nil
+	case "token-file":
+		raw, err := os.ReadFile(a.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("token file: %w", err)
+		}
+		return strings.TrimSpace(string(raw)), nil
 	}
-	if a.tokenFile == "" {
-		return "", errors.New("no operator credential: give --token, --token-file, or FERRY_TOKEN")
-	}
-	raw, err := os.ReadFile(a.tokenFile)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	return strings.TrimSpace(string(raw)), nil
+	return "", errors.New("no operator credential: give --token, --token-file, FERRY_TOKEN, or token-file in the config file")
 }
 
 // clientOptions returns the Connect options every client uses: the

@@ -2,8 +2,10 @@
 //
 // Each group of commands lives in its own file (device.go, …) and registers
 // itself with the root command in newRootCmd. Connection settings come from
-// flags or FERRY_* environment variables; with neither, ferryctl uses the
-// development credentials in ./ferry-data/pki when they exist.
+// flags, FERRY_* environment variables or the config file (config.go); with
+// none of them, ferryctl uses the development credentials in
+// ./ferry-data/pki when they exist. Cobra's completion command prints shell
+// completion scripts.
 package main
 
 import (
@@ -33,6 +35,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	a.bindFlags(root)
+	root.AddCommand(newConfigCmd(a))
 	root.AddCommand(newDeviceCmd(a))
 	root.AddCommand(newAttestCmd(a))
 	root.AddCommand(newFleetCmd(a))
