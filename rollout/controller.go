@@ -247,6 +247,7 @@ func (c *Controller) reconcile(ctx context.Context, id string, dirty map[string]
 		return err
 	}
 	before := r
+	r.Waves = slices.Clone(r.Waves) // before keeps the stored waves, to tell what changed
 	now := c.cfg.Now().UTC()
 
 	if r.StartedAt.IsZero() {
@@ -269,8 +270,8 @@ func (c *Controller) reconcile(ctx context.Context, id string, dirty map[string]
 	if r.State == StateAborted || r.State == StateCanceled {
 		return c.finish(ctx, &r, rn, before, now)
 	}
+	c.advance(&r, rn, now)
 	if r.State == StateRunning {
-		c.advance(&r, rn, now)
 		if err := c.dispatch(ctx, &r, rn, now); err != nil {
 			return err
 		}
@@ -568,7 +569,7 @@ func (c *Controller) checkAbort(r *store.Rollout) {
 }
 
 // advance moves the current wave through RUNNING, SOAKING and DONE, and
-// starts the next one.
+// starts the next one unless the rollout is paused.
 func (c *Controller) advance(r *store.Rollout, rn *run, now time.Time) {
 	for r.Wave < len(r.Waves) {
 		w := &r.Waves[r.Wave]
@@ -587,6 +588,9 @@ func (c *Controller) advance(r *store.Rollout, rn *run, now time.Time) {
 		}
 		switch w.State {
 		case WavePending:
+			if r.State != StateRunning {
+				return
+			}
 			w.State, w.StartedAt = WaveRunning, now
 			c.log.Info("wave started", "rollout", r.ID, "wave", r.Wave+1, "devices", w.Size)
 		case WaveRunning:
@@ -608,7 +612,7 @@ func (c *Controller) advance(r *store.Rollout, rn *run, now time.Time) {
 			}
 			w.State, w.EndedAt = WaveDone, now
 		case WaveDone:
-			if r.Wave == len(r.Waves)-1 {
+			if r.Wave == len(r.Waves)-1 || r.State != StateRunning {
 				return
 			}
 			c.log.Info("wave done", "rollout", r.ID, "wave", r.Wave+1, "counts", w.Counts)

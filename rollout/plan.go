@@ -25,7 +25,10 @@ func waveSizes(spec store.RolloutSpec, n uint64) []uint64 {
 	for i, w := range spec.Waves {
 		size := w.Count
 		if w.Count == 0 {
-			size = uint64(math.Ceil(float64(n) * w.Percent / 100))
+			// Less a hair, so that a share exact in decimal (250 × 64.4%
+			// = 161) is not rounded up for its floating-point error.
+			share := float64(n) * w.Percent / 100
+			size = uint64(math.Ceil(share - share*1e-12))
 		}
 		if i == len(spec.Waves)-1 || size > left {
 			size = left
@@ -69,7 +72,8 @@ func parseWindow(w store.Window) (window, error) {
 	h, m, ok := strings.Cut(w.Start, ":")
 	hour, err1 := strconv.Atoi(h)
 	minute, err2 := strconv.Atoi(m)
-	if !ok || len(h) != 2 || len(m) != 2 || err1 != nil || err2 != nil || hour > 23 || minute > 59 || hour < 0 || minute < 0 {
+	twoDigits := func(s string) bool { return len(s) == 2 && s[0] >= '0' && s[0] <= '9' && s[1] >= '0' && s[1] <= '9' }
+	if !ok || !twoDigits(h) || !twoDigits(m) || err1 != nil || err2 != nil || hour > 23 || minute > 59 {
 		return out, fmt.Errorf("start %q is not HH:MM", w.Start)
 	}
 	if w.Duration <= 0 || w.Duration > 24*time.Hour {

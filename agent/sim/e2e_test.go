@@ -48,7 +48,12 @@ func (p published) bundle() *devicev1.Bundle {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	return newWorldOn(t, ferrytest.Start(t, ferrytest.Embedded, nil))
+}
+
+// newWorldOn is newWorld on a ferryd of the caller's.
+func newWorldOn(t *testing.T, f *ferrytest.Ferryd) *world {
+	t.Helper()
 	w := &world{f: f, fleet: f.Fleet(t)}
 	w.repo = repositoryv1connect.NewRepositoryServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
 	resp, err := w.repo.GetOnlineKeys(t.Context(), connect.NewRequest(&repositoryv1.GetOnlineKeysRequest{}))
@@ -111,9 +116,16 @@ func (w *world) add(t *testing.T, name, version string, size int, info tuf.Bundl
 // startFleet runs n simulated devices labeled fleet=<label>.
 func (w *world) startFleet(t *testing.T, label string, n int, hardware string, faults sim.Faults) *sim.Fleet {
 	t.Helper()
+	return w.startFleetAs(t, label+"-", label, n, hardware, faults)
+}
+
+// startFleetAs runs n simulated devices named prefix<number> and labeled
+// fleet=<label>.
+func (w *world) startFleetAs(t *testing.T, prefix, label string, n int, hardware string, faults sim.Faults) *sim.Fleet {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	fl, err := sim.Start(ctx, sim.Config{
-		Devices: n, Prefix: label + "-", Labels: map[string]string{"fleet": label},
+		Devices: n, Prefix: prefix, Labels: map[string]string{"fleet": label},
 		Link: w.link, Enroller: transport.Enroller{Link: w.link}, Registrar: transport.NewRegistrar(w.link, w.f.OperatorToken(t)),
 		TrustedRoot: w.rel.RootJSON(), Hardware: hardware, Faults: faults, Dir: t.TempDir(), Seed: 1,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,

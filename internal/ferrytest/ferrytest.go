@@ -60,6 +60,9 @@ func Start(t testing.TB, backend Backend, edit func(*server.Config)) *Ferryd {
 	cfg.DataDir = t.TempDir()
 	cfg.DeviceAddr, cfg.APIAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.TrustDomain = "ferry.test"
+	// Rollouts move on quickly, and a crashed controller is replaced in
+	// about a second.
+	cfg.Rollouts.Tick, cfg.Rollouts.Resync, cfg.Rollouts.LeaseTTL = 50*time.Millisecond, 500*time.Millisecond, 1500*time.Millisecond
 	if backend == Redis {
 		cfg.RedisURL = testredis.URL(t)
 		cfg.RedisPrefix = testredis.Prefix(t)
