@@ -116,8 +116,10 @@ func (w *world) waitRunning(t *testing.T, ids []string, path string) {
 	}
 }
 
-func percentWave(p float64) *fleetv1.Wave { return &fleetv1.Wave{Size: &fleetv1.Wave_Percent{Percent: p}} }
-func countWave(n uint64) *fleetv1.Wave    { return &fleetv1.Wave{Size: &fleetv1.Wave_Count{Count: n}} }
+func percentWave(p float64) *fleetv1.Wave {
+	return &fleetv1.Wave{Size: &fleetv1.Wave_Percent{Percent: p}}
+}
+func countWave(n uint64) *fleetv1.Wave { return &fleetv1.Wave{Size: &fleetv1.Wave_Count{Count: n}} }
 
 func inFlight(counts map[string]uint64) uint64 { return counts["QUEUED"] + counts["IN_PROGRESS"] }
 
