@@ -249,11 +249,6 @@ func TestBadInput(t *testing.T) {
 			_, err := fleet.ListDeviceEvents(ctx, connect.NewRequest(&fleetv1.ListDeviceEventsRequest{DeviceId: "dev-404"}))
 			return err
 		}, connect.CodeNotFound},
-		{"not yet implemented", func() error {
-			_, err := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t))).
-				CreateRollout(ctx, connect.NewRequest(&fleetv1.CreateRolloutRequest{}))
-			return err
-		}, connect.CodeUnimplemented},
 	}
 	for _, tt := range tests {
 		if got := connect.CodeOf(tt.call()); got != tt.code {

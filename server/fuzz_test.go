@@ -11,6 +11,8 @@ import (
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
 	"github.com/ferryhq/ferry/replica"
+	"github.com/ferryhq/ferry/rollout"
+	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/bolt"
 )
 
@@ -107,6 +109,46 @@ func FuzzSetDesiredState(f *testing.F) {
 			if err := replica.ValidateTargetPath(after.Desired.Bundle.TargetPath); after.Desired.Bundle.TargetPath != "" && err != nil {
 				t.Fatalf("stored a bad target path %q", after.Desired.Bundle.TargetPath)
 			}
+		}
+	})
+}
+
+// FuzzCreateRollout feeds arbitrary bytes, as an operator's client would
+// send them, to the decoding and checking of CreateRollout: nothing may
+// panic, and what passes the checks converts back without loss of the
+// target or the bundle.
+func FuzzCreateRollout(f *testing.F) {
+	seeds := []*fleetv1.CreateRolloutRequest{
+		{Bundle: &devicev1.Bundle{TargetPath: "fw.bin", Length: 1, Sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}, Selector: "ring=canary",
+			Strategy: &fleetv1.RolloutStrategy{Waves: []*fleetv1.Wave{{Size: &fleetv1.Wave_Percent{Percent: 5}}, {Size: &fleetv1.Wave_Count{Count: 50}}}, MaxInFlight: 10},
+			AbortRules:        []*fleetv1.AbortRule{{Status: devicev1.JobStatus_JOB_STATUS_FAILED, Percent: 10, MinExecutions: 5}},
+			MaintenanceWindow: &fleetv1.MaintenanceWindow{Start: "23:30", Days: []string{"mon", "sat"}, TimeZone: "Europe/Berlin"}},
+		{Group: "dev", Strategy: &fleetv1.RolloutStrategy{Rate: &fleetv1.ExponentialRate{BasePerMinute: 2, Factor: 2, RaiseAfterSuccesses: 10}}},
+		{DeviceIds: []string{"dev-1", "dev-2"}, Continuous: true},
+	}
+	for _, s := range seeds {
+		raw, err := proto.Marshal(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(raw)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var req fleetv1.CreateRolloutRequest
+		if proto.Unmarshal(raw, &req) != nil {
+			return
+		}
+		spec, err := rolloutSpecFromProto(&req)
+		if err != nil {
+			return
+		}
+		if rollout.Validate(spec) != nil {
+			return
+		}
+		out := rolloutToProto(store.Rollout{ID: "r-1", Spec: spec})
+		if back, err := rolloutSpecFromProto(&fleetv1.CreateRolloutRequest{Bundle: out.GetBundle(), Selector: out.GetSelector(), DeviceIds: out.GetDeviceIds()}); err != nil ||
+			back.Bundle != spec.Bundle || len(back.Labels) != len(spec.Labels) || len(back.Devices) != len(spec.Devices) {
+			t.Fatalf("round trip of %v: %v, %v", &req, back, err)
 		}
 	})
 }

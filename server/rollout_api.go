@@ -118,7 +118,7 @@ func rolloutSpecFromProto(m *fleetv1.CreateRolloutRequest) (store.RolloutSpec, e
 			return store.RolloutSpec{}, &replica.InvalidError{Field: "group", Reason: "contradicts the selector's group term"}
 		}
 		labels["group"] = g
-		if _, err := replica.ParseSelector("group=" + g); err != nil {
+		if _, err := replica.ParseSelector("group=" + g); err != nil || strings.ContainsAny(g, "=,") {
 			return store.RolloutSpec{}, &replica.InvalidError{Field: "group", Reason: "is not a label value"}
 		}
 	}
