@@ -120,7 +120,7 @@ func FuzzSetDesiredState(f *testing.F) {
 func FuzzCreateRollout(f *testing.F) {
 	seeds := []*fleetv1.CreateRolloutRequest{
 		{Bundle: &devicev1.Bundle{TargetPath: "fw.bin", Length: 1, Sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}, Selector: "ring=canary",
-			Strategy: &fleetv1.RolloutStrategy{Waves: []*fleetv1.Wave{{Size: &fleetv1.Wave_Percent{Percent: 5}}, {Size: &fleetv1.Wave_Count{Count: 50}}}, MaxInFlight: 10},
+			Strategy:          &fleetv1.RolloutStrategy{Waves: []*fleetv1.Wave{{Size: &fleetv1.Wave_Percent{Percent: 5}}, {Size: &fleetv1.Wave_Count{Count: 50}}}, MaxInFlight: 10},
 			AbortRules:        []*fleetv1.AbortRule{{Status: devicev1.JobStatus_JOB_STATUS_FAILED, Percent: 10, MinExecutions: 5}},
 			MaintenanceWindow: &fleetv1.MaintenanceWindow{Start: "23:30", Days: []string{"mon", "sat"}, TimeZone: "Europe/Berlin"}},
 		{Group: "dev", Strategy: &fleetv1.RolloutStrategy{Rate: &fleetv1.ExponentialRate{BasePerMinute: 2, Factor: 2, RaiseAfterSuccesses: 10}}},

@@ -43,7 +43,9 @@ func TestRolloutBadInput(t *testing.T) {
 				msg  string
 			}{
 				{"no bundle", create(func(r *fleetv1.CreateRolloutRequest) { r.Bundle = nil }), connect.CodeInvalidArgument, "bundle"},
-				{"bad bundle digest", create(func(r *fleetv1.CreateRolloutRequest) { r.Bundle = &devicev1.Bundle{TargetPath: "a", Length: 1, Sha256: "xyz"} }), connect.CodeInvalidArgument, "sha256"},
+				{"bad bundle digest", create(func(r *fleetv1.CreateRolloutRequest) {
+					r.Bundle = &devicev1.Bundle{TargetPath: "a", Length: 1, Sha256: "xyz"}
+				}), connect.CodeInvalidArgument, "sha256"},
 				{"no target", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector = "" }), connect.CodeInvalidArgument, "selector"},
 				{"selector and devices", create(func(r *fleetv1.CreateRolloutRequest) { r.DeviceIds = []string{"dev-1"} }), connect.CodeInvalidArgument, "device_ids"},
 				{"bad selector", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector = "a=b=c" }), connect.CodeInvalidArgument, "selector"},
@@ -76,7 +78,9 @@ func TestRolloutBadInput(t *testing.T) {
 				{"bad start time", create(func(r *fleetv1.CreateRolloutRequest) {
 					r.StartTime = &timestamppb.Timestamp{Seconds: -1 << 62}
 				}), connect.CodeInvalidArgument, "start_time"},
-				{"continuous device list", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector, r.DeviceIds, r.Continuous = "", []string{"dev-1"}, true }), connect.CodeInvalidArgument, "continuous"},
+				{"continuous device list", create(func(r *fleetv1.CreateRolloutRequest) {
+					r.Selector, r.DeviceIds, r.Continuous = "", []string{"dev-1"}, true
+				}), connect.CodeInvalidArgument, "continuous"},
 				{"unknown rollout", func() error {
 					_, err := api.GetRollout(ctx, connect.NewRequest(&fleetv1.GetRolloutRequest{RolloutId: "r-20260101-000000-000000"}))
 					return err
