@@ -104,6 +104,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			if err != nil {
 				return
 			}
+			if !c.Leading() {
+				continue // a controller that takes over reads everything
+			}
 			c.mu.Lock()
 			for _, id := range ids {
 				c.dirty[id] = struct{}{}
