@@ -23,6 +23,7 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	grpccreds "google.golang.org/grpc/credentials"
@@ -336,6 +337,14 @@ func (s *Server) newRollouts(log *slog.Logger) error {
 		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log,
 		LeaseTTL: s.cfg.Rollouts.LeaseTTL, Tick: s.cfg.Rollouts.Tick, Resync: s.cfg.Rollouts.Resync,
 	})
+	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ferry_rollout_controller_leading", Help: "1 when this instance's rollout controller holds the lease, else 0.",
+	}, func() float64 {
+		if s.control.Leading() {
+			return 1
+		}
+		return 0
+	}))
 	return nil
 }
 
