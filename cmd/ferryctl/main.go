@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	_ "time/tzdata" // --window-tz is checked wherever ferryctl runs
 
 	"github.com/spf13/cobra"
 )
@@ -41,5 +42,6 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newFleetCmd(a))
 	root.AddCommand(newRepoCmd(a))
 	root.AddCommand(newBundleCmd(a))
+	root.AddCommand(newRolloutCmd(a))
 	return root
 }
