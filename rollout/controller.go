@@ -286,8 +286,11 @@ func (c *Controller) reconcile(ctx context.Context, id string, dirty map[string]
 
 // load returns what the controller holds about a rollout, reading its
 // executions from the store the first time. An execution that was being
-// handed to its device when the previous controller stopped goes back to
-// PENDING: dispatch finds out whether the device got the job.
+// handed to its device when the previous controller stopped is settled
+// from the device: it keeps the job if the device got it (as give would
+// find), and goes back to PENDING otherwise. Left PENDING, a device that
+// got the job would be CANCELED, and not rolled back, by a cancel or an
+// abort that comes before dispatch looks again (while paused, say).
 func (c *Controller) load(ctx context.Context, r store.Rollout) (*run, error) {
 	if rn, ok := c.runs[r.ID]; ok {
 		return rn, nil
@@ -300,8 +303,16 @@ func (c *Controller) load(ctx context.Context, r store.Rollout) (*run, error) {
 	for i := range execs {
 		e := &execs[i]
 		if e.Status == string(replica.StatusQueued) && e.JobID == "" {
-			e.Status = ExecPending
-			e.Attempts--
+			d, err := c.cfg.Replica.GetDevice(ctx, e.DeviceID)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return nil, fmt.Errorf("read device %s: %w", e.DeviceID, err)
+			}
+			if err == nil && d.Desired.SetBy == setBy(r.ID) && d.Desired.Bundle == r.Spec.Bundle && d.Desired.Version > e.DesiredVersion {
+				e.JobID, e.DesiredVersion = d.Desired.JobID, d.Desired.Version
+			} else {
+				e.Status = ExecPending
+				e.Attempts--
+			}
 			rn.touch(e.DeviceID)
 		}
 		rn.execs[e.DeviceID] = e
@@ -696,6 +707,7 @@ func (c *Controller) dispatch(ctx context.Context, r *store.Rollout, rn *run, no
 			c.flush(ctx, r.ID, rn)
 			return err
 		}
+		rn.touch(e.DeviceID) // the job given, or what give found instead
 		rn.tokens--
 	}
 	return c.flush(ctx, r.ID, rn)
