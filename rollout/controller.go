@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -517,14 +518,12 @@ func (c *Controller) observe(r *store.Rollout, rn *run, d store.Device, now time
 			rn.touch(d.ID)
 		}
 	case e.Status == string(replica.StatusSucceeded) && c.watching(r, e):
-		// Health during the soak: the device must keep the bundle.
-		switch {
-		case job.ID == e.JobID && job.Status == string(replica.StatusRolledBack):
-			e.Status, e.EndedAt, e.Message = string(replica.StatusRolledBack), now, "rolled back after it succeeded"
-			rn.touch(d.ID)
-		case d.Reported.Bundle != r.Spec.Bundle && d.Desired.JobID == e.JobID:
-			e.Status, e.EndedAt = string(replica.StatusFailed), now
-			e.Message = "left the bundle during the soak: runs " + d.Reported.Bundle.TargetPath
+		// Health during the soak: the device must keep running the bundle.
+		// One that is back on another (its bootloader fell back, say) has
+		// rolled back: that ends its execution, without a retry.
+		if d.Reported.Bundle != r.Spec.Bundle && d.Desired.JobID == e.JobID {
+			e.Status, e.EndedAt = string(replica.StatusRolledBack), now
+			e.Message = "back on " + cmp.Or(d.Reported.Bundle.TargetPath, "no bundle") + " during the soak"
 			rn.touch(d.ID)
 		}
 	}

@@ -126,12 +126,12 @@ func Validate(spec store.RolloutSpec) error {
 	if spec.Bundle.IsZero() {
 		return invalid("bundle", "is required")
 	}
-	if err := (replica.Document{Bundle: spec.Bundle}).Validate(); err != nil {
+	if err := validateBundle("bundle", spec.Bundle); err != nil {
 		return err
 	}
 	if !spec.RollbackBundle.IsZero() {
-		if err := (replica.Document{Bundle: spec.RollbackBundle}).Validate(); err != nil {
-			return invalid("rollback_bundle", "%v", err)
+		if err := validateBundle("rollback_bundle", spec.RollbackBundle); err != nil {
+			return err
 		}
 	}
 	if err := validateTarget(spec); err != nil {
@@ -160,6 +160,17 @@ func Validate(spec store.RolloutSpec) error {
 		}
 	}
 	return nil
+}
+
+// validateBundle checks a bundle as the replica checks a desired
+// document's, naming the rollout's field.
+func validateBundle(field string, b store.Bundle) error {
+	err := (replica.Document{Bundle: b}).Validate()
+	var ie *replica.InvalidError
+	if errors.As(err, &ie) {
+		return invalid(strings.Replace(ie.Field, "document.bundle", field, 1), "%s", ie.Reason)
+	}
+	return err
 }
 
 func validateTarget(spec store.RolloutSpec) error {

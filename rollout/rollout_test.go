@@ -130,13 +130,12 @@ func TestValidate(t *testing.T) {
 		{"control character in name", func(s *store.RolloutSpec) { s.Name = "a\nb" }, "name"},
 		{"DEL in name", func(s *store.RolloutSpec) { s.Name = "a\x7f" }, "name"},
 		{"no bundle", func(s *store.RolloutSpec) { s.Bundle = store.Bundle{} }, "bundle"},
-		// The replica's document check names the field.
-		{"bad bundle hash", func(s *store.RolloutSpec) { s.Bundle.SHA256 = "abc" }, "document.bundle.sha256"},
-		{"bad bundle path", func(s *store.RolloutSpec) { s.Bundle.TargetPath = "../x" }, "document.bundle.target_path"},
-		{"bad bundle length", func(s *store.RolloutSpec) { s.Bundle.Length = 0 }, "document.bundle.length"},
+		{"bad bundle hash", func(s *store.RolloutSpec) { s.Bundle.SHA256 = "abc" }, "bundle.sha256"},
+		{"bad bundle path", func(s *store.RolloutSpec) { s.Bundle.TargetPath = "../x" }, "bundle.target_path"},
+		{"bad bundle length", func(s *store.RolloutSpec) { s.Bundle.Length = 0 }, "bundle.length"},
 		{"bad rollback bundle", func(s *store.RolloutSpec) {
 			s.RollbackBundle = store.Bundle{TargetPath: "/abs", Length: 1, SHA256: sum}
-		}, "rollback_bundle"},
+		}, "rollback_bundle.target_path"},
 		{"no target", func(s *store.RolloutSpec) { s.Labels = nil }, "selector"},
 		{"selector and devices", func(s *store.RolloutSpec) { s.Devices = []string{"dev-1"} }, "device_ids"},
 		{"too many devices", func(s *store.RolloutSpec) { s.Labels, s.Devices = nil, deviceIDs(MaxDevices+1) }, "device_ids"},
