@@ -770,6 +770,9 @@ func (c *Controller) finish(ctx context.Context, r *store.Rollout, rn *run, befo
 				return fmt.Errorf("give %s the rollback bundle: %w", id, err)
 			}
 			e.RolledBack = true
+			if inFlight(e.Status) {
+				e.Status, e.EndedAt, e.Message = ExecCanceled, now, "replaced by the rollback bundle"
+			}
 			rn.touch(id)
 			if n++; n%100 == 0 {
 				if err := c.flush(ctx, r.ID, rn); err != nil {
