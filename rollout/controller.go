@@ -641,7 +641,7 @@ func (c *Controller) complete(r *store.Rollout, now time.Time) {
 		return
 	}
 	if n := len(r.Waves); r.Wave == n-1 && r.Waves[n-1].State == WaveDone {
-		r.State, r.EndedAt = StateCompleted, now
+		r.State, r.EndedAt, r.Reason = StateCompleted, now, ""
 		if len(r.Counts) == 0 {
 			r.Reason = "no device matches the target set"
 		}
