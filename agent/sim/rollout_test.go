@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -174,22 +175,10 @@ func TestRolloutWaves(t *testing.T) {
 			t.Errorf("wave %d began at %v, before wave %d's soak ended at %v", i+1, wave.GetBeginTime().AsTime(), i, soakEnd)
 		}
 	}
-	if want := []uint64{1, 5, 4}; !equal(sizes, want) {
+	if want := []uint64{1, 5, 4}; !slices.Equal(sizes, want) {
 		t.Errorf("wave sizes %v, want %v", sizes, want)
 	}
 	w.waitRunning(t, fl.IDs, v2.path)
-}
-
-func equal(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestRolloutAbortRollsBack fails the install on half of the fleet: the
