@@ -44,11 +44,16 @@ type Controller struct {
 	cfg     ControllerConfig
 	log     *slog.Logger
 	leading atomic.Bool
+	// fence is the lease's fencing token while leading; the lease is
+	// renewed in its own goroutine, so that a long pass does not outlive
+	// it.
+	fence atomic.Uint64
 
-	// The rest belongs to Run's goroutine.
-	fence      uint64
+	// The rest belongs to the goroutine that calls reconcileAll.
+	runsFence  uint64 // the fence runs were read under
 	runs       map[string]*run
 	lastResync time.Time
+	newest     string // the newest rollout id seen
 
 	mu    sync.Mutex
 	dirty map[string]struct{} // devices that changed since the last tick
@@ -69,6 +74,10 @@ func (rn *run) touch(id string) { rn.changed[id] = struct{}{} }
 // maxDispatch bounds the devices given the job in one tick, so that a tick
 // stays short and the lease is renewed in time.
 const maxDispatch = 500
+
+// dispatchBatch is how many devices are given the job between two looks at
+// the rollout's state.
+const dispatchBatch = 50
 
 // NewController returns a controller on cfg.
 func NewController(cfg ControllerConfig) *Controller {
@@ -125,14 +134,23 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 
+	go func() {
+		renew := time.NewTicker(c.cfg.LeaseTTL / 3)
+		defer renew.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-renew.C:
+				c.renew(ctx)
+			}
+		}
+	}()
+
 	tick := time.NewTicker(c.cfg.Tick)
 	defer tick.Stop()
-	var renewAt time.Time
+	c.renew(ctx)
 	for {
-		if now := c.cfg.Now(); !now.Before(renewAt) {
-			c.renew(ctx)
-			renewAt = now.Add(c.cfg.LeaseTTL / 3)
-		}
 		if c.Leading() {
 			if err := c.reconcileAll(ctx); err != nil && ctx.Err() == nil {
 				if errors.Is(err, store.ErrFenced) {
@@ -161,10 +179,8 @@ func (c *Controller) renew(ctx context.Context) {
 			c.log.Warn("rollout lease", "err", err)
 		}
 		c.lose("")
-	case fence != c.fence || !c.Leading():
-		c.fence = fence
-		clear(c.runs)
-		c.lastResync = time.Time{}
+	case fence != c.fence.Load() || !c.Leading():
+		c.fence.Store(fence)
 		c.leading.Store(true)
 		c.log.Info("rollout controller leading", "holder", c.cfg.Holder, "fence", fence)
 	}
@@ -174,11 +190,15 @@ func (c *Controller) lose(why string) {
 	if c.leading.Swap(false) && why != "" {
 		c.log.Info("rollout controller stands by", "reason", why)
 	}
-	clear(c.runs)
 }
 
 // reconcileAll moves every active rollout on by one step.
 func (c *Controller) reconcileAll(ctx context.Context) error {
+	if f := c.fence.Load(); f != c.runsFence {
+		// The lease changed hands since runs were read: read again.
+		clear(c.runs)
+		c.runsFence, c.lastResync, c.newest = f, time.Time{}, ""
+	}
 	now := c.cfg.Now()
 	full := now.Sub(c.lastResync) >= c.cfg.Resync
 	c.mu.Lock()
@@ -204,32 +224,38 @@ func (c *Controller) reconcileAll(ctx context.Context) error {
 	return nil
 }
 
-// activeIDs lists the rollouts to look at: those already followed, the
-// newest ones (where new rollouts appear), and on a full pass all of them.
+// activeIDs lists the rollouts to look at: those already followed, those
+// created since the last look (ids grow with time, so the newest pages are
+// read until one already seen), and on a full pass every rollout.
 func (c *Controller) activeIDs(ctx context.Context, full bool) ([]string, error) {
+	const page = 10
 	seen := map[string]bool{}
 	var out []string
 	for id := range c.runs {
 		seen[id] = true
 		out = append(out, id)
 	}
-	before := ""
+	before, top := "", ""
 	for {
-		page, err := c.cfg.Rollouts.ListRollouts(ctx, before, 100)
+		list, err := c.cfg.Rollouts.ListRollouts(ctx, before, page)
 		if err != nil {
 			return nil, fmt.Errorf("list rollouts: %w", err)
 		}
-		for _, r := range page {
+		if len(list) > 0 && top == "" {
+			top = list[0].ID
+		}
+		for _, r := range list {
 			if !Ended(r) && !seen[r.ID] {
 				seen[r.ID] = true
 				out = append(out, r.ID)
 			}
 		}
-		if !full || len(page) < 100 {
+		if len(list) < page || !full && list[len(list)-1].ID <= c.newest {
 			break
 		}
-		before = page[len(page)-1].ID
+		before = list[len(list)-1].ID
 	}
+	c.newest = max(c.newest, top)
 	slices.Sort(out)
 	return out, nil
 }
@@ -460,7 +486,7 @@ func (c *Controller) observeAll(ctx context.Context, r *store.Rollout, rn *run, 
 		}
 		if (e.Status == string(replica.StatusFailed) || e.Status == string(replica.StatusTimedOut)) && e.Attempts <= r.Spec.Retries && !e.RolledBack {
 			e.Message = fmt.Sprintf("attempt %d ended %s; retrying", e.Attempts, e.Status)
-			e.Status, e.EndedAt = ExecPending, time.Time{}
+			e.Status, e.LastStatus, e.EndedAt = ExecPending, e.Status, time.Time{}
 			rn.touch(id)
 		}
 	}
@@ -666,15 +692,15 @@ func (c *Controller) dispatch(ctx context.Context, r *store.Rollout, rn *run, no
 		if busy >= m {
 			return nil
 		}
-		budget = min(budget, int(m-busy))
+		budget = int(min(uint64(budget), m-busy))
 	}
 	if r.Spec.Rate != nil {
 		if !rn.last.IsZero() {
 			rn.tokens += r.Rate * now.Sub(rn.last).Minutes()
 		}
 		rn.last = now
-		rn.tokens = min(rn.tokens, max(1, r.Rate/6)) // at most ten seconds' worth at once
-		budget = min(budget, int(rn.tokens))
+		rn.tokens = min(rn.tokens, max(1, r.Rate/6), maxDispatch) // at most ten seconds' worth at once
+		budget = min(budget, int(max(rn.tokens, 0)))
 	}
 	var picked []*store.Execution
 	for _, id := range rn.order {
@@ -685,31 +711,48 @@ func (c *Controller) dispatch(ctx context.Context, r *store.Rollout, rn *run, no
 			picked = append(picked, e)
 		}
 	}
-	if len(picked) == 0 {
-		return nil
-	}
-	// Record the intent first, so that a controller that takes over knows
-	// these devices may have been given the job.
-	for _, e := range picked {
-		e.Status, e.JobID, e.DispatchedAt = string(replica.StatusQueued), "", now
-		e.Attempts++
-		rn.touch(e.DeviceID)
-	}
-	if err := c.flush(ctx, r.ID, rn); err != nil {
-		return err
-	}
 	doc := replica.Document{Bundle: r.Spec.Bundle}
-	for _, e := range picked {
-		if err := c.give(ctx, r, e, doc, now); err != nil {
+	undo := func(batch []*store.Execution) { // not given: pending again
+		for _, e := range batch {
 			e.Status, e.Attempts = ExecPending, e.Attempts-1
 			rn.touch(e.DeviceID)
-			c.flush(ctx, r.ID, rn)
+		}
+	}
+	for batch := range slices.Chunk(picked, dispatchBatch) {
+		// Record the intent first, so that a controller that takes over
+		// knows these devices may have been given the job.
+		for _, e := range batch {
+			e.Status, e.JobID, e.DispatchedAt = string(replica.StatusQueued), "", now
+			e.Attempts++
+			rn.touch(e.DeviceID)
+		}
+		if err := c.flush(ctx, r.ID, rn); err != nil {
 			return err
 		}
-		rn.touch(e.DeviceID) // the job given, or what give found instead
-		rn.tokens--
+		// An operator may have paused or cancelled since the tick began:
+		// look again before every batch, so that a pause or cancel the
+		// operator was answered stops the dispatch but for the devices of
+		// the batch under way.
+		if cur, err := c.cfg.Rollouts.GetRollout(ctx, r.ID); err != nil || cur.State != StateRunning {
+			undo(batch)
+			if err != nil {
+				err = fmt.Errorf("read rollout: %w", err)
+			}
+			return errors.Join(err, c.flush(ctx, r.ID, rn))
+		}
+		for i, e := range batch {
+			if err := c.give(ctx, r, e, doc, now); err != nil {
+				undo(batch[i:])
+				return errors.Join(err, c.flush(ctx, r.ID, rn))
+			}
+			rn.touch(e.DeviceID) // the job given, or what give found instead
+			rn.tokens--
+		}
+		if err := c.flush(ctx, r.ID, rn); err != nil {
+			return err
+		}
 	}
-	return c.flush(ctx, r.ID, rn)
+	return nil
 }
 
 // give hands one device the job, unless it already has it from this
@@ -743,50 +786,86 @@ func (c *Controller) give(ctx context.Context, r *store.Rollout, e *store.Execut
 }
 
 // finish ends an aborted or canceled rollout: pending devices are
-// CANCELED and, if asked, the devices already moved get the rollback
+// CANCELED and, if asked, the devices given the job get the rollback
 // bundle. Devices working on the job without a rollback finish it.
 func (c *Controller) finish(ctx context.Context, r *store.Rollout, rn *run, before store.Rollout, now time.Time) error {
+	rollback := r.Rollback && !r.Spec.RollbackBundle.IsZero()
+	n := 0
 	for _, id := range rn.order {
-		if e := rn.execs[id]; e.Status == ExecPending {
+		e := rn.execs[id]
+		if e.Status == ExecPending && e.Attempts > 0 {
+			// Waiting for a retry: the device still has the job of its
+			// last attempt, which ended as recorded.
+			e.Status, e.EndedAt = cmp.Or(e.LastStatus, string(replica.StatusFailed)), now
+			rn.touch(id)
+		}
+		if e.Status == ExecPending {
 			e.Status, e.EndedAt, e.Message = ExecCanceled, now, "rollout "+stateWord(r.State)
 			rn.touch(id)
+			continue
+		}
+		if !rollback || e.RolledBack || e.JobID == "" {
+			continue
+		}
+		switch replica.JobStatus(e.Status) {
+		case replica.StatusSucceeded, replica.StatusQueued, replica.StatusInProgress, replica.StatusTimedOut:
+		default:
+			continue // FAILED, REJECTED, ROLLED_BACK, CANCELED: the device did not move
+		}
+		if err := c.rollBack(ctx, r, e, now); err != nil {
+			return errors.Join(err, c.flush(ctx, r.ID, rn))
+		}
+		rn.touch(id)
+		if n++; n%100 == 0 {
+			if err := c.flush(ctx, r.ID, rn); err != nil {
+				return err
+			}
 		}
 	}
-	if r.Rollback && !r.Spec.RollbackBundle.IsZero() {
-		doc := replica.Document{Bundle: r.Spec.RollbackBundle, Forced: true}
-		n := 0
-		for _, id := range rn.order {
-			e := rn.execs[id]
-			if e.RolledBack || e.JobID == "" {
-				continue
-			}
-			switch replica.JobStatus(e.Status) {
-			case replica.StatusSucceeded, replica.StatusQueued, replica.StatusInProgress, replica.StatusTimedOut:
-			default:
-				continue
-			}
-			if _, err := c.cfg.Replica.SetDesired(ctx, id, doc, setBy(r.ID)+"/rollback", nil); err != nil && !errors.Is(err, store.ErrNotFound) {
-				c.flush(ctx, r.ID, rn)
-				return fmt.Errorf("give %s the rollback bundle: %w", id, err)
-			}
-			e.RolledBack = true
-			if inFlight(e.Status) {
-				e.Status, e.EndedAt, e.Message = ExecCanceled, now, "replaced by the rollback bundle"
-			}
-			rn.touch(id)
-			if n++; n%100 == 0 {
-				if err := c.flush(ctx, r.ID, rn); err != nil {
-					return err
-				}
-			}
-		}
-		if n > 0 {
-			c.log.Info("rollback bundle given", "rollout", r.ID, "devices", n, "bundle", r.Spec.RollbackBundle.TargetPath)
-		}
+	if n > 0 {
+		c.log.Info("rollback bundle given", "rollout", r.ID, "devices", n, "bundle", r.Spec.RollbackBundle.TargetPath)
 	}
 	c.tally(r, rn)
 	r.EndedAt = now
 	return c.save(ctx, r, rn, before, now)
+}
+
+// rollBack gives one device the rollback bundle, if its desired state is
+// still the job this rollout gave it: a device given something else since
+// keeps it, and one already given the rollback bundle (by a controller that
+// stopped before recording it) is not given it twice.
+func (c *Controller) rollBack(ctx context.Context, r *store.Rollout, e *store.Execution, now time.Time) error {
+	by := setBy(r.ID) + "/rollback"
+	d, err := c.cfg.Replica.GetDevice(ctx, e.DeviceID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		e.Message = "device removed"
+		return nil
+	case err != nil:
+		return fmt.Errorf("read device %s: %w", e.DeviceID, err)
+	case d.Desired.SetBy == by:
+		e.RolledBack = true
+		return nil
+	case d.Desired.JobID != e.JobID:
+		e.Message = "not rolled back: desired state replaced by " + d.Desired.SetBy
+		return nil
+	}
+	v := d.Desired.Version
+	_, err = c.cfg.Replica.SetDesired(ctx, e.DeviceID, replica.Document{Bundle: r.Spec.RollbackBundle, Forced: true}, by, &v)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		e.Message = "device removed"
+		return nil
+	case errors.Is(err, store.ErrConflict):
+		return nil // changed meanwhile: looked at again on the next tick
+	case err != nil:
+		return fmt.Errorf("give %s the rollback bundle: %w", e.DeviceID, err)
+	}
+	e.RolledBack = true
+	if inFlight(e.Status) {
+		e.Status, e.EndedAt, e.Message = ExecCanceled, now, "replaced by the rollback bundle"
+	}
+	return nil
 }
 
 func stateWord(state string) string {
@@ -805,7 +884,7 @@ func (c *Controller) flush(ctx context.Context, id string, rn *run) error {
 	for dev := range rn.changed {
 		execs = append(execs, *rn.execs[dev])
 	}
-	if err := c.cfg.Rollouts.PutExecutions(ctx, id, c.fence, execs); err != nil {
+	if err := c.cfg.Rollouts.PutExecutions(ctx, id, c.runsFence, execs); err != nil {
 		return fmt.Errorf("write executions: %w", err)
 	}
 	clear(rn.changed)
@@ -823,7 +902,7 @@ func (c *Controller) save(ctx context.Context, r *store.Rollout, rn *run, before
 		return nil
 	}
 	r.Version, r.UpdatedAt = before.Version+1, now
-	_, err := c.cfg.Rollouts.UpdateRollout(ctx, before.Version, *r, c.fence)
+	_, err := c.cfg.Rollouts.UpdateRollout(ctx, before.Version, *r, c.runsFence)
 	if errors.Is(err, store.ErrConflict) {
 		return nil
 	}

@@ -1033,8 +1033,8 @@ func TestControllerFenced(t *testing.T) {
 		time.Sleep(60 * time.Millisecond) // a's lease lapses (bolt's lease clock is the real one)
 		b := h.controller("b", time.Minute, time.Nanosecond)
 		h.lead(b)
-		if b.fence <= a.fence {
-			t.Fatalf("fence %d after %d", b.fence, a.fence)
+		if b.fence.Load() <= a.fence.Load() {
+			t.Fatalf("fence %d after %d", b.fence.Load(), a.fence.Load())
 		}
 		devs := h.fleet("gw", 2, canary)
 		id := h.create(validSpec())
@@ -1075,7 +1075,7 @@ func TestControllerFenced(t *testing.T) {
 		h.db.ReleaseLease(h.ctx, store.RolloutLease, "test")
 		a := h.controller("a", 30*time.Millisecond, time.Nanosecond)
 		h.lead(a)
-		old := a.fence
+		old := a.fence.Load()
 		h.fleet("gw", 1, canary)
 		id := h.create(validSpec())
 		time.Sleep(60 * time.Millisecond)
@@ -1085,8 +1085,8 @@ func TestControllerFenced(t *testing.T) {
 		}
 		a.cfg.LeaseTTL = time.Minute
 		h.lead(a) // nobody took it: a takes it again, with a new token
-		if a.fence <= old {
-			t.Errorf("fence %d after %d", a.fence, old)
+		if a.fence.Load() <= old {
+			t.Errorf("fence %d after %d", a.fence.Load(), old)
 		}
 		h.stepWith(a, time.Second)
 		if r := h.rollout(id); r.StartedAt.IsZero() {

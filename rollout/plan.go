@@ -80,6 +80,9 @@ func parseWindow(w store.Window) (window, error) {
 		return out, fmt.Errorf("duration must be above 0 and at most 24h")
 	}
 	out.loc = time.UTC
+	if w.Location == "Local" {
+		return out, fmt.Errorf("time zone must be a named zone, not Local (which differs between servers)")
+	}
 	if w.Location != "" {
 		loc, err := time.LoadLocation(w.Location)
 		if err != nil {
@@ -124,10 +127,10 @@ func inWindow(spec store.RolloutSpec, t time.Time) bool {
 // currentRate is the pace of a rate strategy after succeeded successes.
 func currentRate(r *store.RateSpec, succeeded uint64) float64 {
 	if r.Factor <= 1 || r.RaiseAfter == 0 {
-		return r.PerMinute
+		return min(r.PerMinute, maxRatePerMin)
 	}
 	steps := float64(succeeded / r.RaiseAfter)
-	return math.Min(r.PerMinute*math.Pow(r.Factor, steps), 1e6)
+	return min(r.PerMinute*math.Pow(r.Factor, steps), maxRatePerMin)
 }
 
 // matches reports whether a device belongs to a rollout's target set.

@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"strings"
 	"time"
 
@@ -61,7 +60,9 @@ const (
 	MaxAbortRules  = 8
 	MaxNameBytes   = 200
 	MaxRetries     = 10
+	MaxInFlight    = 1_000_000
 	minRatePerMin  = 0.01
+	maxRatePerMin  = 1e6
 	maxRateFactor  = 100
 	maxDeviceDelay = 30 * 24 * time.Hour
 )
@@ -215,8 +216,8 @@ func validateStrategy(spec store.RolloutSpec) error {
 	}
 	if r := spec.Rate; r != nil {
 		switch {
-		case !(r.PerMinute >= minRatePerMin) || math.IsInf(r.PerMinute, 0):
-			return invalid("strategy.rate.base_per_minute", "must be at least %v", minRatePerMin)
+		case !(r.PerMinute >= minRatePerMin && r.PerMinute <= maxRatePerMin):
+			return invalid("strategy.rate.base_per_minute", "must be between %v and %v", minRatePerMin, maxRatePerMin)
 		case r.Factor != 0 && !(r.Factor >= 1 && r.Factor <= maxRateFactor):
 			return invalid("strategy.rate.factor", "must be between 1 and %d", maxRateFactor)
 		case r.Factor > 1 && r.RaiseAfter == 0:
@@ -224,6 +225,8 @@ func validateStrategy(spec store.RolloutSpec) error {
 		}
 	}
 	switch {
+	case spec.MaxInFlight > MaxInFlight:
+		return invalid("strategy.max_in_flight", "must be at most %d (0: no limit)", MaxInFlight)
 	case spec.DeviceTimeout < 0 || spec.DeviceTimeout > maxDeviceDelay:
 		return invalid("strategy.device_timeout", "must be between 0 and %v", maxDeviceDelay)
 	case spec.Soak < 0 || spec.Soak > maxDeviceDelay:

@@ -148,6 +148,9 @@ type Execution struct {
 	DispatchedAt time.Time `json:"dispatched_at,omitzero"`
 	SucceededAt  time.Time `json:"succeeded_at,omitzero"`
 	EndedAt      time.Time `json:"ended_at,omitzero"`
+	// LastStatus is how the previous attempt ended, while the execution
+	// waits for a retry.
+	LastStatus string `json:"last_status,omitempty"`
 	// RolledBack is set once the rollback bundle was given to the device.
 	RolledBack bool   `json:"rolled_back,omitempty"`
 	Message    string `json:"message,omitempty"`

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	_ "time/tzdata" // maintenance windows name time zones; servers may have no zone files
 
 	"github.com/ferryhq/ferry/server"
 
