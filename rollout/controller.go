@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -206,19 +207,29 @@ func (c *Controller) reconcileAll(ctx context.Context) error {
 	c.dirty = map[string]struct{}{}
 	c.mu.Unlock()
 
+	failed := false
+	defer func() {
+		if failed { // the notices are looked at again on the next tick
+			c.mu.Lock()
+			maps.Copy(c.dirty, dirty)
+			c.mu.Unlock()
+		}
+	}()
 	ids, err := c.activeIDs(ctx, full)
 	if err != nil {
+		failed = true
 		return err
 	}
 	for _, id := range ids {
 		if err := c.reconcile(ctx, id, dirty, full); err != nil {
+			failed = true
 			if errors.Is(err, store.ErrFenced) || ctx.Err() != nil {
 				return err
 			}
 			c.log.Warn("rollout step failed; trying again", "rollout", id, "err", err)
 		}
 	}
-	if full {
+	if full && !failed {
 		c.lastResync = now
 	}
 	return nil
