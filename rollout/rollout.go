@@ -256,12 +256,12 @@ func (s *Service) Create(ctx context.Context, spec store.RolloutSpec, by string)
 	return r, nil
 }
 
-// newID returns an id that sorts by creation time:
-// "r-20261122-213500-1a2b3c".
+// newID returns an id that sorts by creation time, to the millisecond:
+// "r-20261122-213500-042-1a2b3c".
 func newID(now time.Time) string {
 	b := make([]byte, 3)
 	rand.Read(b)
-	return "r-" + now.Format("20060102-150405") + "-" + hex.EncodeToString(b)
+	return "r-" + strings.Replace(now.UTC().Format("20060102-150405.000"), ".", "-", 1) + "-" + hex.EncodeToString(b)
 }
 
 func validateID(id string) error {

@@ -241,7 +241,7 @@ func newServiceHarness(t *testing.T) *serviceHarness {
 	return &serviceHarness{ctx: context.Background(), clk: clk, db: db, rep: rep, svc: svc}
 }
 
-var idPattern = regexp.MustCompile(`^r-\d{8}-\d{6}-[0-9a-f]{6}$`)
+var idPattern = regexp.MustCompile(`^r-\d{8}-\d{6}-\d{3}-[0-9a-f]{6}$`)
 
 func TestCreate(t *testing.T) {
 	h := newServiceHarness(t)

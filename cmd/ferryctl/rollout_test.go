@@ -274,7 +274,7 @@ func TestRolloutCreateRequest(t *testing.T) {
 	}
 }
 
-var rolloutID = regexp.MustCompile(`r-\d{8}-\d{6}-[0-9a-f]+`)
+var rolloutID = regexp.MustCompile(`r-\d{8}-\d{6}-\d{3}-[0-9a-f]+`)
 
 // TestRolloutCommands drives rollouts on a real ferryd: its development
 // devices (group=dev) never connect here, so a rollout on them stays
