@@ -281,9 +281,27 @@ func TestControllerWaves(t *testing.T) {
 			t.Errorf("%s is not targeted but has desired state %+v", dev, d.Desired)
 		}
 	}
-	list, err := h.svc.Executions(h.ctx, id)
+	list, err := h.svc.Executions(h.ctx, id, "", "", 100)
 	if err != nil || len(list) != 10 || !slices.IsSortedFunc(list, func(a, b store.Execution) int { return cmpStr(a.DeviceID, b.DeviceID) }) {
 		t.Errorf("Executions = %d, %v; want 10 in device order", len(list), err)
+	}
+	// Pages, and a filter on status.
+	for _, tc := range []struct {
+		status, after string
+		limit, want   int
+	}{
+		{"", "", 4, 4},
+		{"", list[3].DeviceID, 100, 6},
+		{succeeded, "", 100, 10},
+		{string(replica.StatusFailed), "", 100, 0},
+	} {
+		got, err := h.svc.Executions(h.ctx, id, tc.status, tc.after, tc.limit)
+		if err != nil || len(got) != tc.want || len(got) > 0 && got[0].DeviceID <= tc.after {
+			t.Errorf("Executions(%q, after %q, %d) = %d, %v; want %d", tc.status, tc.after, tc.limit, len(got), err, tc.want)
+		}
+	}
+	if _, err := h.svc.Executions(h.ctx, id, "BOGUS", "", 10); err == nil {
+		t.Error("Executions with an unknown status: no error")
 	}
 	// An ended rollout is left alone.
 	h.step(time.Minute)

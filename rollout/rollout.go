@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -400,12 +401,34 @@ func (s *Service) Watch(ctx context.Context, id string, send func(store.Rollout)
 	}
 }
 
-// Executions returns a rollout's executions, in device-id order.
-func (s *Service) Executions(ctx context.Context, id string) ([]store.Execution, error) {
+// ExecStatuses are the statuses an execution may have.
+var ExecStatuses = []string{ExecPending, string(replica.StatusQueued), string(replica.StatusInProgress),
+	string(replica.StatusSucceeded), string(replica.StatusFailed), string(replica.StatusRejected),
+	string(replica.StatusTimedOut), string(replica.StatusRolledBack), ExecCanceled}
+
+// Executions returns up to limit of a rollout's executions with device ids
+// after after, in device-id order; with status, only those with it.
+func (s *Service) Executions(ctx context.Context, id, status, after string, limit int) ([]store.Execution, error) {
+	if status != "" && !slices.Contains(ExecStatuses, status) {
+		return nil, invalid("status", "must be one of %s", strings.Join(ExecStatuses, ", "))
+	}
 	if _, err := s.Get(ctx, id); err != nil {
 		return nil, err
 	}
-	return s.rollouts.ListExecutions(ctx, id)
+	all, err := s.rollouts.ListExecutions(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var out []store.Execution
+	for _, e := range all {
+		if e.DeviceID > after && (status == "" || e.Status == status) {
+			out = append(out, e)
+			if len(out) == limit {
+				break
+			}
+		}
+	}
+	return out, nil
 }
 
 // countsOf counts executions by status.

@@ -304,7 +304,7 @@ func TestGetAndList(t *testing.T) {
 			t.Errorf("Get(%q) = %v, want InvalidError on rollout_id", id, err)
 		}
 	}
-	if _, err := h.svc.Executions(h.ctx, "r-20261120-120000-abcdef"); !errors.Is(err, ErrNotFound) {
+	if _, err := h.svc.Executions(h.ctx, "r-20261120-120000-abcdef", "", "", 10); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Executions(unknown) = %v, want ErrNotFound", err)
 	}
 

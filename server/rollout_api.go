@@ -103,6 +103,31 @@ func (s *rolloutService) WatchRollout(ctx context.Context, req *connect.Request[
 	return nil
 }
 
+func (s *rolloutService) ListRolloutExecutions(ctx context.Context, req *connect.Request[fleetv1.ListRolloutExecutionsRequest]) (*connect.Response[fleetv1.ListRolloutExecutionsResponse], error) {
+	size := pageSize(req.Msg.GetPageSize())
+	after, err := afterToken(req.Msg.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	page, err := s.rollouts.Executions(ctx, req.Msg.GetRolloutId(), req.Msg.GetStatus(), after, size+1)
+	if err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	resp := &fleetv1.ListRolloutExecutionsResponse{}
+	if len(page) > size {
+		page = page[:size]
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(page[size-1].DeviceID))
+	}
+	for _, e := range page {
+		resp.Executions = append(resp.Executions, &fleetv1.RolloutExecution{
+			DeviceId: e.DeviceID, Wave: uint32(e.Wave), Status: e.Status, JobId: e.JobID, DesiredVersion: e.DesiredVersion,
+			Attempts: e.Attempts, DispatchTime: timestamp(e.DispatchedAt), EndTime: timestamp(e.EndedAt),
+			RolledBack: e.RolledBack, Message: e.Message,
+		})
+	}
+	return connect.NewResponse(resp), nil
+}
+
 // rolloutSpecFromProto reads what a CreateRollout asks. Fields the domain
 // checks (sizes, ranges) are left to rollout.Validate.
 func rolloutSpecFromProto(m *fleetv1.CreateRolloutRequest) (store.RolloutSpec, error) {

@@ -89,6 +89,14 @@ func TestRolloutBadInput(t *testing.T) {
 					_, err := api.PauseRollout(ctx, connect.NewRequest(&fleetv1.PauseRolloutRequest{RolloutId: "R/../1"}))
 					return err
 				}, connect.CodeInvalidArgument, "rollout_id"},
+				{"executions of an unknown rollout", func() error {
+					_, err := api.ListRolloutExecutions(ctx, connect.NewRequest(&fleetv1.ListRolloutExecutionsRequest{RolloutId: "r-20260101-000000-000-000000"}))
+					return err
+				}, connect.CodeNotFound, "rollout not found"},
+				{"executions by an unknown status", func() error {
+					_, err := api.ListRolloutExecutions(ctx, connect.NewRequest(&fleetv1.ListRolloutExecutionsRequest{RolloutId: "r-20260101-000000-000-000000", Status: "DONE"}))
+					return err
+				}, connect.CodeInvalidArgument, "status"},
 				{"bad page token", func() error {
 					_, err := api.ListRollouts(ctx, connect.NewRequest(&fleetv1.ListRolloutsRequest{PageToken: "!!"}))
 					return err

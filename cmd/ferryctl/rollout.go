@@ -96,6 +96,7 @@ watch is interrupted (Ctrl-C: the rollout goes on) or the stream fails.`,
 	}
 	cmd.AddCommand(newRolloutCreateCmd(a), newRolloutListCmd(a), newRolloutShowCmd(a))
 	cmd.AddCommand(newRolloutPauseCmd(a), newRolloutResumeCmd(a), newRolloutCancelCmd(a), newRolloutWatchCmd(a))
+	cmd.AddCommand(newRolloutDevicesCmd(a))
 	return cmd
 }
 
@@ -774,6 +775,70 @@ func target(r *fleetv1.Rollout) string {
 }
 
 // rolloutTable prints rollouts one a line.
+func newRolloutDevicesCmd(a *app) *cobra.Command {
+	var (
+		status string
+		limit  uint32
+	)
+	cmd := &cobra.Command{
+		Use:               "devices ID",
+		Short:             "List a rollout's devices: wave, status, job and attempts",
+		Example:           "  ferryctl rollout devices r-20261122-221207-123-b30a0e --status failed",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: rolloutIDCompletion(a, nil),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, err := a.rollouts()
+			if err != nil {
+				return err
+			}
+			out := &fleetv1.ListRolloutExecutionsResponse{}
+			token := ""
+			for {
+				size := uint32(1000)
+				if limit > 0 {
+					size = min(limit-uint32(len(out.Executions)), size)
+				}
+				page, err := client.ListRolloutExecutions(cmd.Context(), connect.NewRequest(&fleetv1.ListRolloutExecutionsRequest{
+					RolloutId: args[0], Status: strings.ToUpper(status), PageSize: size, PageToken: token}))
+				if err != nil {
+					return err
+				}
+				out.Executions = append(out.Executions, page.Msg.GetExecutions()...)
+				token = page.Msg.GetNextPageToken()
+				if token == "" || limit > 0 && len(out.Executions) >= int(limit) {
+					out.NextPageToken = token
+					break
+				}
+			}
+			if a.output == "json" {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "DEVICE\tWAVE\tSTATUS\tATTEMPTS\tJOB\tGIVEN\tENDED\tNOTE")
+			for _, e := range out.GetExecutions() {
+				note := e.GetMessage()
+				if e.GetRolledBack() {
+					note = strings.TrimPrefix(note+"; rollback bundle given", "; ")
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", e.GetDeviceId(), e.GetWave()+1, e.GetStatus(), e.GetAttempts(),
+					orDash(e.GetJobId()), fmtTime(e.GetDispatchTime()), fmtTime(e.GetEndTime()), orDash(note))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if out.GetNextPageToken() != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "(more devices: raise --limit, or --limit 0 for all)\n")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&status, "status", "", "only devices with this status: pending, queued, in_progress, succeeded, failed, rejected, timed_out, rolled_back, canceled")
+	cmd.Flags().Uint32Var(&limit, "limit", 0, "at most this many devices (0: all)")
+	cmd.RegisterFlagCompletionFunc("status", cobra.FixedCompletions([]string{"pending", "queued", "in_progress", "succeeded",
+		"failed", "rejected", "timed_out", "rolled_back", "canceled"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
+
 func rolloutTable(w io.Writer, rs []*fleetv1.Rollout) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tBUNDLE\tTARGET\tPROGRESS\tCREATED")

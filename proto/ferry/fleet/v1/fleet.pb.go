@@ -2901,6 +2901,252 @@ func (x *WatchRolloutResponse) GetRollout() *Rollout {
 	return nil
 }
 
+type ListRolloutExecutionsRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RolloutId string                 `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// Only executions with this status (PENDING, QUEUED, IN_PROGRESS,
+	// SUCCEEDED, FAILED, REJECTED, TIMED_OUT, ROLLED_BACK, CANCELED).
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// At most 1000; 0 means 100.
+	PageSize      uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutExecutionsRequest) Reset() {
+	*x = ListRolloutExecutionsRequest{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutExecutionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutExecutionsRequest) ProtoMessage() {}
+
+func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutExecutionsRequest.ProtoReflect.Descriptor instead.
+func (*ListRolloutExecutionsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListRolloutExecutionsRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *ListRolloutExecutionsRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ListRolloutExecutionsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRolloutExecutionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListRolloutExecutionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Executions    []*RolloutExecution    `protobuf:"bytes,1,rep,name=executions,proto3" json:"executions,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutExecutionsResponse) Reset() {
+	*x = ListRolloutExecutionsResponse{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutExecutionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutExecutionsResponse) ProtoMessage() {}
+
+func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutExecutionsResponse.ProtoReflect.Descriptor instead.
+func (*ListRolloutExecutionsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListRolloutExecutionsResponse) GetExecutions() []*RolloutExecution {
+	if x != nil {
+		return x.Executions
+	}
+	return nil
+}
+
+func (x *ListRolloutExecutionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// RolloutExecution is one device's part in a rollout.
+type RolloutExecution struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Index of the device's wave.
+	Wave uint32 `protobuf:"varint,2,opt,name=wave,proto3" json:"wave,omitempty"`
+	// PENDING (not given the job yet), a job status, or CANCELED.
+	Status string `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	// The job the device was given, and its desired version.
+	JobId          string `protobuf:"bytes,4,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	DesiredVersion uint64 `protobuf:"varint,5,opt,name=desired_version,json=desiredVersion,proto3" json:"desired_version,omitempty"`
+	// How many times the device was given the job.
+	Attempts     uint32                 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	DispatchTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=dispatch_time,json=dispatchTime,proto3" json:"dispatch_time,omitempty"`
+	EndTime      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Whether the device was given the rollback bundle.
+	RolledBack bool `protobuf:"varint,9,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
+	// Why the execution ended as it did, when there is more to say.
+	Message       string `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutExecution) Reset() {
+	*x = RolloutExecution{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutExecution) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutExecution) ProtoMessage() {}
+
+func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutExecution.ProtoReflect.Descriptor instead.
+func (*RolloutExecution) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RolloutExecution) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *RolloutExecution) GetWave() uint32 {
+	if x != nil {
+		return x.Wave
+	}
+	return 0
+}
+
+func (x *RolloutExecution) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *RolloutExecution) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *RolloutExecution) GetDesiredVersion() uint64 {
+	if x != nil {
+		return x.DesiredVersion
+	}
+	return 0
+}
+
+func (x *RolloutExecution) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *RolloutExecution) GetDispatchTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DispatchTime
+	}
+	return nil
+}
+
+func (x *RolloutExecution) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *RolloutExecution) GetRolledBack() bool {
+	if x != nil {
+		return x.RolledBack
+	}
+	return false
+}
+
+func (x *RolloutExecution) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_ferry_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
@@ -3148,7 +3394,32 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"rollout_id\x18\x01 \x01(\tR\trolloutId\"I\n" +
 	"\x14WatchRolloutResponse\x121\n" +
-	"\arollout\x18\x01 \x01(\v2\x17.ferry.fleet.v1.RolloutR\arollout2\xeb\x06\n" +
+	"\arollout\x18\x01 \x01(\v2\x17.ferry.fleet.v1.RolloutR\arollout\"\x91\x01\n" +
+	"\x1cListRolloutExecutionsRequest\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\x89\x01\n" +
+	"\x1dListRolloutExecutionsResponse\x12@\n" +
+	"\n" +
+	"executions\x18\x01 \x03(\v2 .ferry.fleet.v1.RolloutExecutionR\n" +
+	"executions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xea\x02\n" +
+	"\x10RolloutExecution\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x12\n" +
+	"\x04wave\x18\x02 \x01(\rR\x04wave\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\x12\x15\n" +
+	"\x06job_id\x18\x04 \x01(\tR\x05jobId\x12'\n" +
+	"\x0fdesired_version\x18\x05 \x01(\x04R\x0edesiredVersion\x12\x1a\n" +
+	"\battempts\x18\x06 \x01(\rR\battempts\x12?\n" +
+	"\rdispatch_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fdispatchTime\x125\n" +
+	"\bend_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1f\n" +
+	"\vrolled_back\x18\t \x01(\bR\n" +
+	"rolledBack\x12\x18\n" +
+	"\amessage\x18\n" +
+	" \x01(\tR\amessage2\xeb\x06\n" +
 	"\fFleetService\x12U\n" +
 	"\tGetDevice\x12 .ferry.fleet.v1.GetDeviceRequest\x1a!.ferry.fleet.v1.GetDeviceResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\vListDevices\x12\".ferry.fleet.v1.ListDevicesRequest\x1a#.ferry.fleet.v1.ListDevicesResponse\"\x03\x90\x02\x01\x12b\n" +
@@ -3158,7 +3429,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x10ListDeviceEvents\x12'.ferry.fleet.v1.ListDeviceEventsRequest\x1a(.ferry.fleet.v1.ListDeviceEventsResponse\"\x03\x90\x02\x01\x12d\n" +
 	"\x0eGetAttestation\x12%.ferry.fleet.v1.GetAttestationRequest\x1a&.ferry.fleet.v1.GetAttestationResponse\"\x03\x90\x02\x01\x12P\n" +
 	"\tAddDevice\x12 .ferry.fleet.v1.AddDeviceRequest\x1a!.ferry.fleet.v1.AddDeviceResponse\x12Y\n" +
-	"\fRevokeDevice\x12#.ferry.fleet.v1.RevokeDeviceRequest\x1a$.ferry.fleet.v1.RevokeDeviceResponse2\x9c\x05\n" +
+	"\fRevokeDevice\x12#.ferry.fleet.v1.RevokeDeviceRequest\x1a$.ferry.fleet.v1.RevokeDeviceResponse2\x97\x06\n" +
 	"\x0eRolloutService\x12\\\n" +
 	"\rCreateRollout\x12$.ferry.fleet.v1.CreateRolloutRequest\x1a%.ferry.fleet.v1.CreateRolloutResponse\x12X\n" +
 	"\n" +
@@ -3167,7 +3438,8 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\fPauseRollout\x12#.ferry.fleet.v1.PauseRolloutRequest\x1a$.ferry.fleet.v1.PauseRolloutResponse\x12\\\n" +
 	"\rResumeRollout\x12$.ferry.fleet.v1.ResumeRolloutRequest\x1a%.ferry.fleet.v1.ResumeRolloutResponse\x12\\\n" +
 	"\rCancelRollout\x12$.ferry.fleet.v1.CancelRolloutRequest\x1a%.ferry.fleet.v1.CancelRolloutResponse\x12[\n" +
-	"\fWatchRollout\x12#.ferry.fleet.v1.WatchRolloutRequest\x1a$.ferry.fleet.v1.WatchRolloutResponse0\x01B\xb1\x01\n" +
+	"\fWatchRollout\x12#.ferry.fleet.v1.WatchRolloutRequest\x1a$.ferry.fleet.v1.WatchRolloutResponse0\x01\x12y\n" +
+	"\x15ListRolloutExecutions\x12,.ferry.fleet.v1.ListRolloutExecutionsRequest\x1a-.ferry.fleet.v1.ListRolloutExecutionsResponse\"\x03\x90\x02\x01B\xb1\x01\n" +
 	"\x12com.ferry.fleet.v1B\n" +
 	"FleetProtoP\x01Z5github.com/ferryhq/ferry/proto/ferry/fleet/v1;fleetv1\xa2\x02\x03FFX\xaa\x02\x0eFerry.Fleet.V1\xca\x02\x0eFerry\\Fleet\\V1\xe2\x02\x1aFerry\\Fleet\\V1\\GPBMetadata\xea\x02\x10Ferry::Fleet::V1b\x06proto3"
 
@@ -3183,124 +3455,127 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
-	(*Device)(nil),                   // 0: ferry.fleet.v1.Device
-	(*DesiredState)(nil),             // 1: ferry.fleet.v1.DesiredState
-	(*ReportedState)(nil),            // 2: ferry.fleet.v1.ReportedState
-	(*Job)(nil),                      // 3: ferry.fleet.v1.Job
-	(*GetDeviceRequest)(nil),         // 4: ferry.fleet.v1.GetDeviceRequest
-	(*GetDeviceResponse)(nil),        // 5: ferry.fleet.v1.GetDeviceResponse
-	(*ListDevicesRequest)(nil),       // 6: ferry.fleet.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),      // 7: ferry.fleet.v1.ListDevicesResponse
-	(*SetDesiredStateRequest)(nil),   // 8: ferry.fleet.v1.SetDesiredStateRequest
-	(*SetDesiredStateResponse)(nil),  // 9: ferry.fleet.v1.SetDesiredStateResponse
-	(*GetFleetSummaryRequest)(nil),   // 10: ferry.fleet.v1.GetFleetSummaryRequest
-	(*GetFleetSummaryResponse)(nil),  // 11: ferry.fleet.v1.GetFleetSummaryResponse
-	(*WatchDevicesRequest)(nil),      // 12: ferry.fleet.v1.WatchDevicesRequest
-	(*WatchDevicesResponse)(nil),     // 13: ferry.fleet.v1.WatchDevicesResponse
-	(*ListDeviceEventsRequest)(nil),  // 14: ferry.fleet.v1.ListDeviceEventsRequest
-	(*DeviceEvent)(nil),              // 15: ferry.fleet.v1.DeviceEvent
-	(*ListDeviceEventsResponse)(nil), // 16: ferry.fleet.v1.ListDeviceEventsResponse
-	(*GetAttestationRequest)(nil),    // 17: ferry.fleet.v1.GetAttestationRequest
-	(*GetAttestationResponse)(nil),   // 18: ferry.fleet.v1.GetAttestationResponse
-	(*AddDeviceRequest)(nil),         // 19: ferry.fleet.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),        // 20: ferry.fleet.v1.AddDeviceResponse
-	(*RevokeDeviceRequest)(nil),      // 21: ferry.fleet.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),     // 22: ferry.fleet.v1.RevokeDeviceResponse
-	(*Rollout)(nil),                  // 23: ferry.fleet.v1.Rollout
-	(*RolloutStrategy)(nil),          // 24: ferry.fleet.v1.RolloutStrategy
-	(*Wave)(nil),                     // 25: ferry.fleet.v1.Wave
-	(*ExponentialRate)(nil),          // 26: ferry.fleet.v1.ExponentialRate
-	(*AbortRule)(nil),                // 27: ferry.fleet.v1.AbortRule
-	(*MaintenanceWindow)(nil),        // 28: ferry.fleet.v1.MaintenanceWindow
-	(*WaveProgress)(nil),             // 29: ferry.fleet.v1.WaveProgress
-	(*CreateRolloutRequest)(nil),     // 30: ferry.fleet.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),    // 31: ferry.fleet.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),        // 32: ferry.fleet.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 33: ferry.fleet.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 34: ferry.fleet.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 35: ferry.fleet.v1.ListRolloutsResponse
-	(*PauseRolloutRequest)(nil),      // 36: ferry.fleet.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),     // 37: ferry.fleet.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),     // 38: ferry.fleet.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),    // 39: ferry.fleet.v1.ResumeRolloutResponse
-	(*CancelRolloutRequest)(nil),     // 40: ferry.fleet.v1.CancelRolloutRequest
-	(*CancelRolloutResponse)(nil),    // 41: ferry.fleet.v1.CancelRolloutResponse
-	(*WatchRolloutRequest)(nil),      // 42: ferry.fleet.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),     // 43: ferry.fleet.v1.WatchRolloutResponse
-	nil,                              // 44: ferry.fleet.v1.Device.LabelsEntry
-	nil,                              // 45: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                              // 46: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                              // 47: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	nil,                              // 48: ferry.fleet.v1.Rollout.CountsEntry
-	nil,                              // 49: ferry.fleet.v1.WaveProgress.CountsEntry
-	(*timestamppb.Timestamp)(nil),    // 50: google.protobuf.Timestamp
-	(*v1.DesiredDocument)(nil),       // 51: ferry.device.v1.DesiredDocument
-	(*v1.ReportedState)(nil),         // 52: ferry.device.v1.ReportedState
-	(v1.JobStatus)(0),                // 53: ferry.device.v1.JobStatus
-	(v1.Step)(0),                     // 54: ferry.device.v1.Step
-	(*durationpb.Duration)(nil),      // 55: google.protobuf.Duration
-	(*v1.Bundle)(nil),                // 56: ferry.device.v1.Bundle
+	(*Device)(nil),                        // 0: ferry.fleet.v1.Device
+	(*DesiredState)(nil),                  // 1: ferry.fleet.v1.DesiredState
+	(*ReportedState)(nil),                 // 2: ferry.fleet.v1.ReportedState
+	(*Job)(nil),                           // 3: ferry.fleet.v1.Job
+	(*GetDeviceRequest)(nil),              // 4: ferry.fleet.v1.GetDeviceRequest
+	(*GetDeviceResponse)(nil),             // 5: ferry.fleet.v1.GetDeviceResponse
+	(*ListDevicesRequest)(nil),            // 6: ferry.fleet.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),           // 7: ferry.fleet.v1.ListDevicesResponse
+	(*SetDesiredStateRequest)(nil),        // 8: ferry.fleet.v1.SetDesiredStateRequest
+	(*SetDesiredStateResponse)(nil),       // 9: ferry.fleet.v1.SetDesiredStateResponse
+	(*GetFleetSummaryRequest)(nil),        // 10: ferry.fleet.v1.GetFleetSummaryRequest
+	(*GetFleetSummaryResponse)(nil),       // 11: ferry.fleet.v1.GetFleetSummaryResponse
+	(*WatchDevicesRequest)(nil),           // 12: ferry.fleet.v1.WatchDevicesRequest
+	(*WatchDevicesResponse)(nil),          // 13: ferry.fleet.v1.WatchDevicesResponse
+	(*ListDeviceEventsRequest)(nil),       // 14: ferry.fleet.v1.ListDeviceEventsRequest
+	(*DeviceEvent)(nil),                   // 15: ferry.fleet.v1.DeviceEvent
+	(*ListDeviceEventsResponse)(nil),      // 16: ferry.fleet.v1.ListDeviceEventsResponse
+	(*GetAttestationRequest)(nil),         // 17: ferry.fleet.v1.GetAttestationRequest
+	(*GetAttestationResponse)(nil),        // 18: ferry.fleet.v1.GetAttestationResponse
+	(*AddDeviceRequest)(nil),              // 19: ferry.fleet.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),             // 20: ferry.fleet.v1.AddDeviceResponse
+	(*RevokeDeviceRequest)(nil),           // 21: ferry.fleet.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),          // 22: ferry.fleet.v1.RevokeDeviceResponse
+	(*Rollout)(nil),                       // 23: ferry.fleet.v1.Rollout
+	(*RolloutStrategy)(nil),               // 24: ferry.fleet.v1.RolloutStrategy
+	(*Wave)(nil),                          // 25: ferry.fleet.v1.Wave
+	(*ExponentialRate)(nil),               // 26: ferry.fleet.v1.ExponentialRate
+	(*AbortRule)(nil),                     // 27: ferry.fleet.v1.AbortRule
+	(*MaintenanceWindow)(nil),             // 28: ferry.fleet.v1.MaintenanceWindow
+	(*WaveProgress)(nil),                  // 29: ferry.fleet.v1.WaveProgress
+	(*CreateRolloutRequest)(nil),          // 30: ferry.fleet.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),         // 31: ferry.fleet.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),             // 32: ferry.fleet.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),            // 33: ferry.fleet.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),           // 34: ferry.fleet.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),          // 35: ferry.fleet.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),           // 36: ferry.fleet.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),          // 37: ferry.fleet.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),          // 38: ferry.fleet.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),         // 39: ferry.fleet.v1.ResumeRolloutResponse
+	(*CancelRolloutRequest)(nil),          // 40: ferry.fleet.v1.CancelRolloutRequest
+	(*CancelRolloutResponse)(nil),         // 41: ferry.fleet.v1.CancelRolloutResponse
+	(*WatchRolloutRequest)(nil),           // 42: ferry.fleet.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),          // 43: ferry.fleet.v1.WatchRolloutResponse
+	(*ListRolloutExecutionsRequest)(nil),  // 44: ferry.fleet.v1.ListRolloutExecutionsRequest
+	(*ListRolloutExecutionsResponse)(nil), // 45: ferry.fleet.v1.ListRolloutExecutionsResponse
+	(*RolloutExecution)(nil),              // 46: ferry.fleet.v1.RolloutExecution
+	nil,                                   // 47: ferry.fleet.v1.Device.LabelsEntry
+	nil,                                   // 48: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                                   // 49: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                                   // 50: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                                   // 51: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                                   // 52: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),         // 53: google.protobuf.Timestamp
+	(*v1.DesiredDocument)(nil),            // 54: ferry.device.v1.DesiredDocument
+	(*v1.ReportedState)(nil),              // 55: ferry.device.v1.ReportedState
+	(v1.JobStatus)(0),                     // 56: ferry.device.v1.JobStatus
+	(v1.Step)(0),                          // 57: ferry.device.v1.Step
+	(*durationpb.Duration)(nil),           // 58: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 59: ferry.device.v1.Bundle
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
-	44, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	50, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	47, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
+	53, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
 	2,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
 	3,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	50, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
-	51, // 6: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	50, // 7: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	52, // 8: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	50, // 9: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	53, // 10: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	54, // 11: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	50, // 12: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	53, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	54, // 6: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	53, // 7: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	55, // 8: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	53, // 9: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	56, // 10: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	57, // 11: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	53, // 12: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 13: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	53, // 14: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	50, // 15: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	56, // 14: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	53, // 15: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
 	0,  // 16: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	51, // 17: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	54, // 17: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
 	0,  // 18: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	55, // 19: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	45, // 20: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	46, // 21: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	58, // 19: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	48, // 20: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	49, // 21: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
 	0,  // 22: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	50, // 23: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	53, // 24: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	54, // 25: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	53, // 23: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	56, // 24: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	57, // 25: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
 	15, // 26: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	47, // 27: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	50, // 27: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
 	0,  // 28: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	50, // 29: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	56, // 30: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	50, // 31: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	53, // 29: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	59, // 30: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	53, // 31: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
 	24, // 32: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
 	27, // 33: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	56, // 34: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	50, // 35: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	59, // 34: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	53, // 35: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
 	28, // 36: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	50, // 37: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	50, // 38: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	50, // 39: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	53, // 37: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	53, // 38: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	53, // 39: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
 	29, // 40: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	48, // 41: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	51, // 41: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
 	25, // 42: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
 	26, // 43: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	55, // 44: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	55, // 45: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	53, // 46: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	55, // 47: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	49, // 48: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	50, // 49: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	50, // 50: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	50, // 51: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	56, // 52: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	58, // 44: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	58, // 45: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	56, // 46: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	58, // 47: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	52, // 48: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	53, // 49: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	53, // 50: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	53, // 51: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	59, // 52: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
 	24, // 53: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
 	27, // 54: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	56, // 55: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	50, // 56: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	59, // 55: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	53, // 56: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
 	28, // 57: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
 	23, // 58: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
 	23, // 59: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
@@ -3309,43 +3584,48 @@ var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
 	23, // 62: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
 	23, // 63: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
 	23, // 64: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	4,  // 65: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	6,  // 66: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	8,  // 67: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	10, // 68: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	12, // 69: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	14, // 70: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	17, // 71: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	19, // 72: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	21, // 73: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	30, // 74: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	32, // 75: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	34, // 76: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	36, // 77: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	38, // 78: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	40, // 79: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	42, // 80: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	5,  // 81: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	7,  // 82: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	9,  // 83: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	11, // 84: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	13, // 85: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	16, // 86: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	18, // 87: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	20, // 88: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	22, // 89: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	31, // 90: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	33, // 91: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	35, // 92: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	37, // 93: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	39, // 94: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	41, // 95: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	43, // 96: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	81, // [81:97] is the sub-list for method output_type
-	65, // [65:81] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	46, // 65: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	53, // 66: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	53, // 67: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 68: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	6,  // 69: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	8,  // 70: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	10, // 71: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	12, // 72: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	14, // 73: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	17, // 74: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	19, // 75: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	21, // 76: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	30, // 77: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	32, // 78: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	34, // 79: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	36, // 80: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	38, // 81: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	40, // 82: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	42, // 83: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	44, // 84: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	5,  // 85: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	7,  // 86: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	9,  // 87: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	11, // 88: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	13, // 89: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	16, // 90: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	18, // 91: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	20, // 92: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	22, // 93: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	31, // 94: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	33, // 95: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	35, // 96: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	37, // 97: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	39, // 98: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	41, // 99: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	43, // 100: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	45, // 101: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	85, // [85:102] is the sub-list for method output_type
+	68, // [68:85] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -3364,7 +3644,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   50,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

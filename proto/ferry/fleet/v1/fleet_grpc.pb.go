@@ -460,13 +460,14 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	RolloutService_CreateRollout_FullMethodName = "/ferry.fleet.v1.RolloutService/CreateRollout"
-	RolloutService_GetRollout_FullMethodName    = "/ferry.fleet.v1.RolloutService/GetRollout"
-	RolloutService_ListRollouts_FullMethodName  = "/ferry.fleet.v1.RolloutService/ListRollouts"
-	RolloutService_PauseRollout_FullMethodName  = "/ferry.fleet.v1.RolloutService/PauseRollout"
-	RolloutService_ResumeRollout_FullMethodName = "/ferry.fleet.v1.RolloutService/ResumeRollout"
-	RolloutService_CancelRollout_FullMethodName = "/ferry.fleet.v1.RolloutService/CancelRollout"
-	RolloutService_WatchRollout_FullMethodName  = "/ferry.fleet.v1.RolloutService/WatchRollout"
+	RolloutService_CreateRollout_FullMethodName         = "/ferry.fleet.v1.RolloutService/CreateRollout"
+	RolloutService_GetRollout_FullMethodName            = "/ferry.fleet.v1.RolloutService/GetRollout"
+	RolloutService_ListRollouts_FullMethodName          = "/ferry.fleet.v1.RolloutService/ListRollouts"
+	RolloutService_PauseRollout_FullMethodName          = "/ferry.fleet.v1.RolloutService/PauseRollout"
+	RolloutService_ResumeRollout_FullMethodName         = "/ferry.fleet.v1.RolloutService/ResumeRollout"
+	RolloutService_CancelRollout_FullMethodName         = "/ferry.fleet.v1.RolloutService/CancelRollout"
+	RolloutService_WatchRollout_FullMethodName          = "/ferry.fleet.v1.RolloutService/WatchRollout"
+	RolloutService_ListRolloutExecutions_FullMethodName = "/ferry.fleet.v1.RolloutService/ListRolloutExecutions"
 )
 
 // RolloutServiceClient is the client API for RolloutService service.
@@ -498,6 +499,9 @@ type RolloutServiceClient interface {
 	// WatchRollout sends the rollout now and again every time it changes,
 	// until it ends or the client goes away.
 	WatchRollout(ctx context.Context, in *WatchRolloutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRolloutResponse], error)
+	// ListRolloutExecutions pages through a rollout's devices, in device-id
+	// order: each one's wave, status, job and attempts.
+	ListRolloutExecutions(ctx context.Context, in *ListRolloutExecutionsRequest, opts ...grpc.CallOption) (*ListRolloutExecutionsResponse, error)
 }
 
 type rolloutServiceClient struct {
@@ -587,6 +591,16 @@ func (c *rolloutServiceClient) WatchRollout(ctx context.Context, in *WatchRollou
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RolloutService_WatchRolloutClient = grpc.ServerStreamingClient[WatchRolloutResponse]
 
+func (c *rolloutServiceClient) ListRolloutExecutions(ctx context.Context, in *ListRolloutExecutionsRequest, opts ...grpc.CallOption) (*ListRolloutExecutionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRolloutExecutionsResponse)
+	err := c.cc.Invoke(ctx, RolloutService_ListRolloutExecutions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RolloutServiceServer is the server API for RolloutService service.
 // All implementations must embed UnimplementedRolloutServiceServer
 // for forward compatibility.
@@ -616,6 +630,9 @@ type RolloutServiceServer interface {
 	// WatchRollout sends the rollout now and again every time it changes,
 	// until it ends or the client goes away.
 	WatchRollout(*WatchRolloutRequest, grpc.ServerStreamingServer[WatchRolloutResponse]) error
+	// ListRolloutExecutions pages through a rollout's devices, in device-id
+	// order: each one's wave, status, job and attempts.
+	ListRolloutExecutions(context.Context, *ListRolloutExecutionsRequest) (*ListRolloutExecutionsResponse, error)
 	mustEmbedUnimplementedRolloutServiceServer()
 }
 
@@ -646,6 +663,9 @@ func (UnimplementedRolloutServiceServer) CancelRollout(context.Context, *CancelR
 }
 func (UnimplementedRolloutServiceServer) WatchRollout(*WatchRolloutRequest, grpc.ServerStreamingServer[WatchRolloutResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRollout not implemented")
+}
+func (UnimplementedRolloutServiceServer) ListRolloutExecutions(context.Context, *ListRolloutExecutionsRequest) (*ListRolloutExecutionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRolloutExecutions not implemented")
 }
 func (UnimplementedRolloutServiceServer) mustEmbedUnimplementedRolloutServiceServer() {}
 func (UnimplementedRolloutServiceServer) testEmbeddedByValue()                        {}
@@ -787,6 +807,24 @@ func _RolloutService_WatchRollout_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RolloutService_WatchRolloutServer = grpc.ServerStreamingServer[WatchRolloutResponse]
 
+func _RolloutService_ListRolloutExecutions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRolloutExecutionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).ListRolloutExecutions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_ListRolloutExecutions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).ListRolloutExecutions(ctx, req.(*ListRolloutExecutionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RolloutService_ServiceDesc is the grpc.ServiceDesc for RolloutService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -817,6 +855,10 @@ var RolloutService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelRollout",
 			Handler:    _RolloutService_CancelRollout_Handler,
+		},
+		{
+			MethodName: "ListRolloutExecutions",
+			Handler:    _RolloutService_ListRolloutExecutions_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -85,6 +85,9 @@ const (
 	// RolloutServiceWatchRolloutProcedure is the fully-qualified name of the RolloutService's
 	// WatchRollout RPC.
 	RolloutServiceWatchRolloutProcedure = "/ferry.fleet.v1.RolloutService/WatchRollout"
+	// RolloutServiceListRolloutExecutionsProcedure is the fully-qualified name of the RolloutService's
+	// ListRolloutExecutions RPC.
+	RolloutServiceListRolloutExecutionsProcedure = "/ferry.fleet.v1.RolloutService/ListRolloutExecutions"
 )
 
 // FleetServiceClient is a client for the ferry.fleet.v1.FleetService service.
@@ -417,6 +420,9 @@ type RolloutServiceClient interface {
 	// WatchRollout sends the rollout now and again every time it changes,
 	// until it ends or the client goes away.
 	WatchRollout(context.Context, *connect.Request[v1.WatchRolloutRequest]) (*connect.ServerStreamForClient[v1.WatchRolloutResponse], error)
+	// ListRolloutExecutions pages through a rollout's devices, in device-id
+	// order: each one's wave, status, job and attempts.
+	ListRolloutExecutions(context.Context, *connect.Request[v1.ListRolloutExecutionsRequest]) (*connect.Response[v1.ListRolloutExecutionsResponse], error)
 }
 
 // NewRolloutServiceClient constructs a client for the ferry.fleet.v1.RolloutService service. By
@@ -474,18 +480,26 @@ func NewRolloutServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(rolloutServiceMethods.ByName("WatchRollout")),
 			connect.WithClientOptions(opts...),
 		),
+		listRolloutExecutions: connect.NewClient[v1.ListRolloutExecutionsRequest, v1.ListRolloutExecutionsResponse](
+			httpClient,
+			baseURL+RolloutServiceListRolloutExecutionsProcedure,
+			connect.WithSchema(rolloutServiceMethods.ByName("ListRolloutExecutions")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // rolloutServiceClient implements RolloutServiceClient.
 type rolloutServiceClient struct {
-	createRollout *connect.Client[v1.CreateRolloutRequest, v1.CreateRolloutResponse]
-	getRollout    *connect.Client[v1.GetRolloutRequest, v1.GetRolloutResponse]
-	listRollouts  *connect.Client[v1.ListRolloutsRequest, v1.ListRolloutsResponse]
-	pauseRollout  *connect.Client[v1.PauseRolloutRequest, v1.PauseRolloutResponse]
-	resumeRollout *connect.Client[v1.ResumeRolloutRequest, v1.ResumeRolloutResponse]
-	cancelRollout *connect.Client[v1.CancelRolloutRequest, v1.CancelRolloutResponse]
-	watchRollout  *connect.Client[v1.WatchRolloutRequest, v1.WatchRolloutResponse]
+	createRollout         *connect.Client[v1.CreateRolloutRequest, v1.CreateRolloutResponse]
+	getRollout            *connect.Client[v1.GetRolloutRequest, v1.GetRolloutResponse]
+	listRollouts          *connect.Client[v1.ListRolloutsRequest, v1.ListRolloutsResponse]
+	pauseRollout          *connect.Client[v1.PauseRolloutRequest, v1.PauseRolloutResponse]
+	resumeRollout         *connect.Client[v1.ResumeRolloutRequest, v1.ResumeRolloutResponse]
+	cancelRollout         *connect.Client[v1.CancelRolloutRequest, v1.CancelRolloutResponse]
+	watchRollout          *connect.Client[v1.WatchRolloutRequest, v1.WatchRolloutResponse]
+	listRolloutExecutions *connect.Client[v1.ListRolloutExecutionsRequest, v1.ListRolloutExecutionsResponse]
 }
 
 // CreateRollout calls ferry.fleet.v1.RolloutService.CreateRollout.
@@ -523,6 +537,11 @@ func (c *rolloutServiceClient) WatchRollout(ctx context.Context, req *connect.Re
 	return c.watchRollout.CallServerStream(ctx, req)
 }
 
+// ListRolloutExecutions calls ferry.fleet.v1.RolloutService.ListRolloutExecutions.
+func (c *rolloutServiceClient) ListRolloutExecutions(ctx context.Context, req *connect.Request[v1.ListRolloutExecutionsRequest]) (*connect.Response[v1.ListRolloutExecutionsResponse], error) {
+	return c.listRolloutExecutions.CallUnary(ctx, req)
+}
+
 // RolloutServiceHandler is an implementation of the ferry.fleet.v1.RolloutService service.
 type RolloutServiceHandler interface {
 	// CreateRollout creates a rollout; it starts at once, or at start_time.
@@ -543,6 +562,9 @@ type RolloutServiceHandler interface {
 	// WatchRollout sends the rollout now and again every time it changes,
 	// until it ends or the client goes away.
 	WatchRollout(context.Context, *connect.Request[v1.WatchRolloutRequest], *connect.ServerStream[v1.WatchRolloutResponse]) error
+	// ListRolloutExecutions pages through a rollout's devices, in device-id
+	// order: each one's wave, status, job and attempts.
+	ListRolloutExecutions(context.Context, *connect.Request[v1.ListRolloutExecutionsRequest]) (*connect.Response[v1.ListRolloutExecutionsResponse], error)
 }
 
 // NewRolloutServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -596,6 +618,13 @@ func NewRolloutServiceHandler(svc RolloutServiceHandler, opts ...connect.Handler
 		connect.WithSchema(rolloutServiceMethods.ByName("WatchRollout")),
 		connect.WithHandlerOptions(opts...),
 	)
+	rolloutServiceListRolloutExecutionsHandler := connect.NewUnaryHandler(
+		RolloutServiceListRolloutExecutionsProcedure,
+		svc.ListRolloutExecutions,
+		connect.WithSchema(rolloutServiceMethods.ByName("ListRolloutExecutions")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.fleet.v1.RolloutService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case RolloutServiceCreateRolloutProcedure:
@@ -612,6 +641,8 @@ func NewRolloutServiceHandler(svc RolloutServiceHandler, opts ...connect.Handler
 			rolloutServiceCancelRolloutHandler.ServeHTTP(w, r)
 		case RolloutServiceWatchRolloutProcedure:
 			rolloutServiceWatchRolloutHandler.ServeHTTP(w, r)
+		case RolloutServiceListRolloutExecutionsProcedure:
+			rolloutServiceListRolloutExecutionsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -647,4 +678,8 @@ func (UnimplementedRolloutServiceHandler) CancelRollout(context.Context, *connec
 
 func (UnimplementedRolloutServiceHandler) WatchRollout(context.Context, *connect.Request[v1.WatchRolloutRequest], *connect.ServerStream[v1.WatchRolloutResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("ferry.fleet.v1.RolloutService.WatchRollout is not implemented"))
+}
+
+func (UnimplementedRolloutServiceHandler) ListRolloutExecutions(context.Context, *connect.Request[v1.ListRolloutExecutionsRequest]) (*connect.Response[v1.ListRolloutExecutionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.fleet.v1.RolloutService.ListRolloutExecutions is not implemented"))
 }
