@@ -37,6 +37,9 @@ type Config struct {
 	Now func() time.Time
 	// MaxRetries bounds compare-and-set retries under contention (default 16).
 	MaxRetries int
+	// SeenEvery is how often, at most, Seen writes a device's last-seen
+	// time (default 10 s).
+	SeenEvery time.Duration
 }
 
 // Service is the replica. It is safe for concurrent use.
@@ -46,6 +49,7 @@ type Service struct {
 	log        *slog.Logger
 	now        func() time.Time
 	maxRetries int
+	seenEvery  time.Duration
 	hub        hub
 }
 
@@ -60,6 +64,9 @@ func New(cfg Config) *Service {
 	}
 	if s.maxRetries <= 0 {
 		s.maxRetries = 16
+	}
+	if s.seenEvery = cfg.SeenEvery; s.seenEvery <= 0 {
+		s.seenEvery = 10 * time.Second
 	}
 	s.hub.subs = make(map[string]map[chan struct{}]struct{})
 	return s
@@ -173,6 +180,32 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 	}
 	return dev, err
 }
+
+// Seen records that a device is still there (it answered a ping on its
+// stream): its last-seen time, at most every Config.SeenEvery. It is how
+// rollouts tell that a device kept reporting through a soak, and how the
+// fleet summary tells silent devices from quiet ones.
+func (s *Service) Seen(ctx context.Context, id string) error {
+	_, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
+		now := s.now().UTC()
+		if now.Sub(cur.Reported.LastSeen) < s.seenEvery {
+			return store.Reported{}, store.Write{}, errUnchanged
+		}
+		r := cur.Reported
+		r.LastSeen = now
+		return r, store.Write{}, nil
+	})
+	if errors.Is(err, errUnchanged) {
+		return nil
+	}
+	if err == nil {
+		s.changed(ctx, id)
+	}
+	return err
+}
+
+// errUnchanged ends a compare-and-set loop that has nothing to write.
+var errUnchanged = errors.New("unchanged")
 
 // Event kinds of a device's history.
 const (

@@ -34,8 +34,12 @@ type ControllerConfig struct {
 	// Resync is how often every execution is checked against its device,
 	// in case a change notice was lost (default 30 s).
 	Resync time.Duration
-	Logger *slog.Logger
-	Now    func() time.Time
+	// SilentAfter is how long a device may go unseen (no report, no
+	// answered ping) before it no longer counts as healthy in a soak
+	// (default 3 min; ferryd uses three ping intervals).
+	SilentAfter time.Duration
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // Controller moves rollouts on: it gives devices the job wave by wave,
@@ -68,6 +72,8 @@ type run struct {
 	changed map[string]struct{}
 	tokens  float64 // rate strategy: devices that may be given the job now
 	last    time.Time
+	// seen is when each device was last seen, as last read.
+	seen map[string]time.Time
 }
 
 func (rn *run) touch(id string) { rn.changed[id] = struct{}{} }
@@ -90,6 +96,9 @@ func NewController(cfg ControllerConfig) *Controller {
 	}
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
+	}
+	if cfg.SilentAfter <= 0 {
+		cfg.SilentAfter = 3 * time.Minute
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -337,7 +346,7 @@ func (c *Controller) load(ctx context.Context, r store.Rollout) (*run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read executions: %w", err)
 	}
-	rn := &run{execs: make(map[string]*store.Execution, len(execs)), changed: map[string]struct{}{}, tokens: 1}
+	rn := &run{execs: make(map[string]*store.Execution, len(execs)), changed: map[string]struct{}{}, tokens: 1, seen: map[string]time.Time{}}
 	for i := range execs {
 		e := &execs[i]
 		if e.Status == string(replica.StatusQueued) && e.JobID == "" {
@@ -526,6 +535,7 @@ func (c *Controller) observe(r *store.Rollout, rn *run, d store.Device, now time
 		c.log.Info("device joined rollout", "rollout", r.ID, "device", d.ID)
 		return
 	}
+	rn.seen[d.ID] = d.Reported.LastSeen
 	job := d.Reported.Job
 	switch {
 	case inFlight(e.Status) && e.JobID != "":
@@ -660,6 +670,9 @@ func (c *Controller) advance(r *store.Rollout, rn *run, now time.Time) {
 			if now.Before(w.SoakUntil) {
 				return
 			}
+			if c.silent(r, rn, now) > 0 {
+				return // the next tick retries them, or finds the wave done
+			}
 			w.State, w.EndedAt = WaveDone, now
 		case WaveDone:
 			if r.Wave == len(r.Waves)-1 || r.State != StateRunning {
@@ -669,6 +682,24 @@ func (c *Controller) advance(r *store.Rollout, rn *run, now time.Time) {
 			r.Wave++
 		}
 	}
+}
+
+// silent ends, as TIMED_OUT, the executions of the current wave that
+// succeeded but whose device was not seen for SilentAfter: a device must
+// keep reporting through the soak. It returns how many it ended.
+func (c *Controller) silent(r *store.Rollout, rn *run, now time.Time) int {
+	n := 0
+	for id, e := range rn.execs {
+		seen, known := rn.seen[id]
+		if e.Wave != r.Wave || e.Status != string(replica.StatusSucceeded) || !known || now.Sub(seen) <= c.cfg.SilentAfter {
+			continue
+		}
+		e.Status, e.EndedAt = string(replica.StatusTimedOut), now
+		e.Message = "silent during the soak: last seen " + seen.UTC().Format(time.RFC3339)
+		rn.touch(id)
+		n++
+	}
+	return n
 }
 
 // complete ends a rollout whose last wave is done, unless it is

@@ -40,7 +40,7 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) controller(holder string, ttl, resync time.Duration) *Controller {
 	return NewController(ControllerConfig{Rollouts: h.db, Leases: h.db, Replica: h.rep, Holder: holder,
-		LeaseTTL: ttl, Tick: time.Second, Resync: resync, Logger: quiet, Now: h.clk.Now})
+		LeaseTTL: ttl, Tick: time.Second, Resync: resync, SilentAfter: 24 * time.Hour, Logger: quiet, Now: h.clk.Now})
 }
 
 func (h *harness) lead(c *Controller) {
@@ -1314,5 +1314,45 @@ func TestControllerRun(t *testing.T) {
 	// Run gave the lease up: another instance takes it at once.
 	if _, err := h.db.AcquireLease(h.ctx, store.RolloutLease, "next", time.Minute); err != nil {
 		t.Errorf("lease after Run returned: %v", err)
+	}
+}
+
+// TestControllerSoakNeedsReports: a device that succeeded must keep
+// reporting (answer pings, which record it as seen) through the soak. One
+// that went silent ends TIMED_OUT when the soak is over, and the wave is
+// done without it.
+func TestControllerSoakNeedsReports(t *testing.T) {
+	h := newHarness(t)
+	h.c.cfg.SilentAfter = 3 * time.Minute
+	devs := h.fleet("gw", 2, canary)
+	spec := validSpec()
+	spec.Soak = 10 * time.Minute
+	id := h.create(spec)
+	h.step(time.Second)
+	h.step(time.Second)
+	h.answerAll(devs, replica.StatusSucceeded)
+	h.step(time.Second)
+	if w := h.rollout(id).Waves[0]; w.State != WaveSoaking {
+		t.Fatalf("wave %+v, want SOAKING", w)
+	}
+	alive, silent := devs[0], devs[1]
+	for range 10 { // a minute at a time; only one device answers its pings
+		h.clk.Add(time.Minute)
+		if err := h.rep.Seen(h.ctx, alive); err != nil {
+			t.Fatal(err)
+		}
+		h.step(time.Millisecond)
+	}
+	h.step(time.Second)
+	h.step(time.Second)
+	execs := h.execs(id)
+	if e := execs[alive]; e.Status != succeeded {
+		t.Errorf("the device that kept reporting: %+v", e)
+	}
+	if e := execs[silent]; e.Status != string(replica.StatusTimedOut) || !strings.Contains(e.Message, "silent during the soak") {
+		t.Errorf("the silent device: %+v", e)
+	}
+	if r := h.rollout(id); r.State != StateCompleted || r.Counts[string(replica.StatusTimedOut)] != 1 {
+		t.Errorf("rollout %s %v, want COMPLETED with one TIMED_OUT", r.State, r.Counts)
 	}
 }

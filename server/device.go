@@ -212,6 +212,11 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
 		return nil
 	case *devicev1.SyncRequest_Ack:
 		st.svc.metrics.received.WithLabelValues("ack").Inc()
+		if m.Ack.GetPingId() != 0 { // the device is still there
+			if err := st.svc.replica.Seen(ctx, st.id); err != nil {
+				return grpcError(ctx, st.log, err)
+			}
+		}
 		return nil
 	case *devicev1.SyncRequest_Hello:
 		return status.Error(codes.FailedPrecondition, "Hello may be sent only once, first")

@@ -349,6 +349,36 @@ func TestResyncWithoutNotice(t *testing.T) {
 	}
 }
 
+// TestPingAnswerRecordsSeen: a device that answers the server's pings is
+// recorded as seen, though it sends nothing else: a quiet device is not a
+// silent one (the fleet summary, a rollout's soak).
+func TestPingAnswerRecordsSeen(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, func(cfg *server.Config) { cfg.Device.PingInterval = 100 * time.Millisecond })
+	fleet := f.Fleet(t)
+	lastSeen := func() time.Time {
+		r, err := fleet.GetDevice(t.Context(), connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-3"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Msg.GetDevice().GetLastSeenTime().AsTime()
+	}
+	dev := f.OpenDevice(t, "dev-3", &devicev1.Hello{})
+	connected := lastSeen()
+	deadline := time.Now().Add(10 * time.Second)
+	for !lastSeen().After(connected) {
+		if time.Now().After(deadline) {
+			t.Fatal("answered pings did not move the device's last-seen time")
+		}
+		m, err := dev.Stream.Recv() // dev.Recv skips pings
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := m.GetPing(); p != nil {
+			dev.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Ack{Ack: &devicev1.Ack{Of: &devicev1.Ack_PingId{PingId: p.GetId()}}}})
+		}
+	}
+}
+
 // TestSignedReports: only a report signed by the stream's own device, with
 // this stream's nonce, is recorded; everything else is rejected and
 // changes nothing.

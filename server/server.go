@@ -123,7 +123,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, fmt.Errorf("repository: %w", err)
 	}
 	changes, _ := s.devices.(store.Changes)
-	s.replica = replica.New(replica.Config{Devices: s.devices, Changes: changes, Logger: log})
+	s.replica = replica.New(replica.Config{Devices: s.devices, Changes: changes, Logger: log, SeenEvery: cfg.Device.PingInterval / 2})
 	rep := s.replica
 	if s.dev != nil {
 		for _, id := range cfg.Dev.Devices {
@@ -336,6 +336,7 @@ func (s *Server) newRollouts(log *slog.Logger) error {
 	s.control = rollout.NewController(rollout.ControllerConfig{
 		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log,
 		LeaseTTL: s.cfg.Rollouts.LeaseTTL, Tick: s.cfg.Rollouts.Tick, Resync: s.cfg.Rollouts.Resync,
+		SilentAfter: 3 * s.cfg.Device.PingInterval, // a device answers every ping
 	})
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ferry_rollout_controller_leading", Help: "1 when this instance's rollout controller holds the lease, else 0.",
