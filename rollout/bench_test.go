@@ -15,7 +15,7 @@ import (
 
 // benchFleet is a Redis store with n devices labeled ring=bench, and a
 // controller that leads.
-func benchFleet(b *testing.B, n int) (*redis.Store, *replica.Service, *Controller) {
+func benchFleet(b *testing.B, n int) (*redis.Store, *Controller) {
 	b.Helper()
 	db, err := redis.Open(context.Background(), testredis.URL(b), testredis.Prefix(b))
 	if err != nil {
@@ -35,7 +35,7 @@ func benchFleet(b *testing.B, n int) (*redis.Store, *replica.Service, *Controlle
 	if !c.Leading() {
 		b.Fatal("the controller does not lead")
 	}
-	return db, rep, c
+	return db, c
 }
 
 func benchSpec() store.RolloutSpec {
@@ -51,8 +51,8 @@ func benchSpec() store.RolloutSpec {
 // execution per device.
 func BenchmarkRolloutStart(b *testing.B) {
 	const n = 10000
-	db, rep, c := benchFleet(b, n)
-	svc := New(Config{Rollouts: db, Devices: db, Replica: rep, Logger: slog.New(slog.DiscardHandler)})
+	db, c := benchFleet(b, n)
+	svc := New(Config{Rollouts: db, Logger: slog.New(slog.DiscardHandler)})
 	spec := benchSpec()
 	spec.StartAt = time.Now().Add(time.Hour) // started below, by the clock
 	ctx := b.Context()
@@ -82,8 +82,8 @@ func BenchmarkRolloutStart(b *testing.B) {
 // every second for an idle rollout of that size.
 func BenchmarkRolloutTick(b *testing.B) {
 	const n = 10000
-	db, rep, c := benchFleet(b, n)
-	svc := New(Config{Rollouts: db, Devices: db, Replica: rep, Logger: slog.New(slog.DiscardHandler)})
+	db, c := benchFleet(b, n)
+	svc := New(Config{Rollouts: db, Logger: slog.New(slog.DiscardHandler)})
 	spec := benchSpec()
 	spec.MaxInFlight = 1 // one device at work, the rest pending
 	ctx := b.Context()

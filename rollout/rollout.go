@@ -82,8 +82,6 @@ func Ended(r store.Rollout) bool { return !r.EndedAt.IsZero() }
 // Config holds a Service's dependencies. Zero fields get defaults.
 type Config struct {
 	Rollouts store.Rollouts
-	Devices  store.Devices
-	Replica  *replica.Service
 	Logger   *slog.Logger
 	Now      func() time.Time
 	// WatchInterval is how often Watch looks for changes (default 500 ms).
@@ -93,8 +91,6 @@ type Config struct {
 // Service is the operator's side of rollouts: create, read, steer.
 type Service struct {
 	rollouts      store.Rollouts
-	devices       store.Devices
-	replica       *replica.Service
 	log           *slog.Logger
 	now           func() time.Time
 	watchInterval time.Duration
@@ -102,8 +98,7 @@ type Service struct {
 
 // New returns a Service on cfg.
 func New(cfg Config) *Service {
-	s := &Service{rollouts: cfg.Rollouts, devices: cfg.Devices, replica: cfg.Replica,
-		log: cfg.Logger, now: cfg.Now, watchInterval: cfg.WatchInterval}
+	s := &Service{rollouts: cfg.Rollouts, log: cfg.Logger, now: cfg.Now, watchInterval: cfg.WatchInterval}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

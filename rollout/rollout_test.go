@@ -237,7 +237,7 @@ func newServiceHarness(t *testing.T) *serviceHarness {
 	clk := newClock()
 	db := openStore(t)
 	rep := replica.New(replica.Config{Devices: db, Logger: quiet, Now: clk.Now})
-	svc := New(Config{Rollouts: db, Devices: db, Replica: rep, Logger: quiet, Now: clk.Now, WatchInterval: time.Millisecond})
+	svc := New(Config{Rollouts: db, Logger: quiet, Now: clk.Now, WatchInterval: time.Millisecond})
 	return &serviceHarness{ctx: context.Background(), clk: clk, db: db, rep: rep, svc: svc}
 }
 

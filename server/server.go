@@ -332,7 +332,7 @@ func (s *Server) newRollouts(log *slog.Logger) error {
 	nonce := make([]byte, 4)
 	rand.Read(nonce)
 	holder := fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce)
-	s.rollouts = rollout.New(rollout.Config{Rollouts: ro, Devices: s.devices, Replica: s.replica, Logger: log})
+	s.rollouts = rollout.New(rollout.Config{Rollouts: ro, Logger: log})
 	s.control = rollout.NewController(rollout.ControllerConfig{
 		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log,
 		LeaseTTL: s.cfg.Rollouts.LeaseTTL, Tick: s.cfg.Rollouts.Tick, Resync: s.cfg.Rollouts.Resync,
