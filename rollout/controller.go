@@ -867,6 +867,14 @@ func (c *Controller) finish(ctx context.Context, r *store.Rollout, rn *run, befo
 	if n > 0 {
 		c.log.Info("rollback bundle given", "rollout", r.ID, "devices", n, "bundle", r.Spec.RollbackBundle.TargetPath)
 	}
+	for i := range r.Waves {
+		if w := &r.Waves[i]; w.State != WaveDone {
+			w.State, w.SoakUntil = WaveStopped, time.Time{}
+			if !w.StartedAt.IsZero() {
+				w.EndedAt = now
+			}
+		}
+	}
 	c.tally(r, rn)
 	r.EndedAt = now
 	return c.save(ctx, r, rn, before, now)

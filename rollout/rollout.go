@@ -44,6 +44,9 @@ const (
 	WaveRunning = "RUNNING"
 	WaveSoaking = "SOAKING"
 	WaveDone    = "DONE"
+	// WaveStopped: the rollout ended (aborted or cancelled) before the
+	// wave was done.
+	WaveStopped = "STOPPED"
 )
 
 // Statuses of an execution beyond the job statuses of package replica.

@@ -199,6 +199,11 @@ func TestRolloutAbortRollsBack(t *testing.T) {
 	if end.GetState() != "ABORTED" || !strings.Contains(end.GetStateReason(), "FAILED") {
 		t.Fatalf("rollout ended %s (%q), want ABORTED by the FAILED rule", end.GetState(), end.GetStateReason())
 	}
+	for i, wave := range end.GetWaves() {
+		if st := wave.GetState(); st != "DONE" && st != "STOPPED" {
+			t.Errorf("wave %d of an aborted rollout is %s, want DONE or STOPPED", i+1, st)
+		}
+	}
 	// Every device the rollout moved, or was moving, is back on v1; the
 	// failed ones never left what they ran.
 	w.waitRunning(t, good.IDs, v1.path)

@@ -2085,7 +2085,8 @@ type WaveProgress struct {
 	Index uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	// How many devices the wave holds.
 	Size uint64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	// PENDING, RUNNING, SOAKING or DONE.
+	// PENDING, RUNNING, SOAKING, DONE, or STOPPED (the rollout ended before
+	// the wave was done).
 	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
 	// Executions per status, as in Rollout.counts.
 	Counts    map[string]uint64      `protobuf:"bytes,4,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
