@@ -429,15 +429,6 @@ func (s *Service) Executions(ctx context.Context, id, status, after string, limi
 	return out, nil
 }
 
-// countsOf counts executions by status.
-func countsOf(execs []*store.Execution) map[string]uint64 {
-	out := map[string]uint64{}
-	for _, e := range execs {
-		out[e.Status]++
-	}
-	return out
-}
-
 // terminal reports whether an execution is over.
 func terminal(status string) bool {
 	return status != ExecPending && status != string(replica.StatusQueued) && status != string(replica.StatusInProgress)
