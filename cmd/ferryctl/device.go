@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -143,6 +144,7 @@ func newDeviceGetCmd(a *app) *cobra.Command {
 func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	var (
 		bundle   devicev1.Bundle
+		fromRepo string
 		forced   bool
 		config   map[string]string
 		expect   int64
@@ -151,7 +153,8 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "set-desired [DEVICE_ID | --selector LABELS]",
 		Short: "Set the desired state of a device, or of every device with some labels",
-		Example: `  ferryctl device set-desired dev-1 --target gateway/fw-2.0.0.bin --length 1048576 \
+		Example: `  ferryctl device set-desired dev-1 --bundle gateway/2.0.0/fw.bin
+  ferryctl device set-desired dev-1 --target gateway/fw-2.0.0.bin --length 1048576 \
     --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --config log.level=debug
   ferryctl device set-desired --selector model=gw2,ring=canary --config log.level=info`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -172,7 +175,14 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 			if len(args) == 1 {
 				req.DeviceId = args[0]
 			}
-			if bundle.TargetPath != "" {
+			switch {
+			case fromRepo != "" && bundle.TargetPath != "":
+				return errors.New("give --bundle (read from the repository) or --target, --length and --sha256, not both")
+			case fromRepo != "":
+				if req.Document.Bundle, err = resolveBundle(cmd.Context(), a, fromRepo); err != nil {
+					return fmt.Errorf("--bundle: %w", err)
+				}
+			case bundle.TargetPath != "":
 				req.Document.Bundle = &bundle
 			}
 			if expect >= 0 {
@@ -196,6 +206,7 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&fromRepo, "bundle", "", "TUF target path of a published bundle (its length and SHA-256 read from the repository)")
 	f.StringVar(&bundle.TargetPath, "target", "", "TUF target path of the bundle")
 	f.Uint64Var(&bundle.Length, "length", 0, "length of the bundle in bytes")
 	f.StringVar(&bundle.Sha256, "sha256", "", "SHA-256 of the bundle, hex")
@@ -203,6 +214,7 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	f.StringToStringVar(&config, "config", nil, "configuration key=value (repeatable)")
 	f.Int64Var(&expect, "expect-version", -1, "apply only if the desired version is still this one")
 	f.StringVar(&selector, "selector", "", "every device with these labels: key=value,key2=value2")
+	cmd.RegisterFlagCompletionFunc("bundle", bundleCompletion(a))
 	return cmd
 }
 
