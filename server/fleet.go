@@ -47,6 +47,9 @@ func pageSize(asked uint32) int {
 	return int(asked)
 }
 
+// pageToken encodes the last name of a page of a list ordered by name.
+func pageToken(last string) string { return base64.RawURLEncoding.EncodeToString([]byte(last)) }
+
 // afterToken decodes a page token of a list ordered by name: the last name
 // of the previous page.
 func afterToken(tok string) (string, error) {
@@ -94,7 +97,7 @@ func (f *fleetService) ListDevices(ctx context.Context, req *connect.Request[fle
 		resp.Devices[i] = deviceToProto(d)
 	}
 	if len(devs) == size {
-		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(devs[len(devs)-1].ID))
+		resp.NextPageToken = pageToken(devs[len(devs)-1].ID)
 	}
 	return connect.NewResponse(resp), nil
 }

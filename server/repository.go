@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -167,7 +166,7 @@ func (s *repositoryService) ListBundles(ctx context.Context, req *connect.Reques
 		resp.Bundles[i] = repoBundleToProto(b)
 	}
 	if len(bundles) == size {
-		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(bundles[len(bundles)-1].Path))
+		resp.NextPageToken = pageToken(bundles[len(bundles)-1].Path)
 	}
 	return connect.NewResponse(resp), nil
 }

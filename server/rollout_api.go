@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -61,7 +60,7 @@ func (s *rolloutService) ListRollouts(ctx context.Context, req *connect.Request[
 	resp := &fleetv1.ListRolloutsResponse{}
 	if len(page) > size {
 		page = page[:size]
-		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(page[size-1].ID))
+		resp.NextPageToken = pageToken(page[size-1].ID)
 	}
 	for _, r := range page {
 		resp.Rollouts = append(resp.Rollouts, rolloutToProto(r))
@@ -116,7 +115,7 @@ func (s *rolloutService) ListRolloutExecutions(ctx context.Context, req *connect
 	resp := &fleetv1.ListRolloutExecutionsResponse{}
 	if len(page) > size {
 		page = page[:size]
-		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(page[size-1].DeviceID))
+		resp.NextPageToken = pageToken(page[size-1].DeviceID)
 	}
 	for _, e := range page {
 		resp.Executions = append(resp.Executions, &fleetv1.RolloutExecution{

@@ -167,3 +167,32 @@ func printJSON(w io.Writer, m proto.Message) error {
 	_, err = out.WriteTo(w)
 	return err
 }
+
+// maxPage is the largest page ferryd serves.
+const maxPage = 1000
+
+// collect follows a list call's pages: fetch gets a page size and a token
+// and returns a page and the next token. It stops at the last page, or
+// once it has limit items (0: no limit), and returns the items and the
+// token of what is left.
+func collect[T any](pageSize, limit uint32, fetch func(size uint32, token string) ([]T, string, error)) ([]T, string, error) {
+	var out []T
+	token := ""
+	for {
+		size := pageSize
+		if limit > 0 {
+			size = min(limit-uint32(len(out)), size)
+		}
+		page, next, err := fetch(size, token)
+		if err != nil {
+			return nil, "", err
+		}
+		out, token = append(out, page...), next
+		if token == "" || limit > 0 && len(out) >= int(limit) {
+			if limit > 0 && len(out) > int(limit) {
+				out = out[:limit]
+			}
+			return out, token, nil
+		}
+	}
+}

@@ -195,18 +195,17 @@ func newBundleListCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			all := &repositoryv1.ListBundlesResponse{}
-			token := ""
-			for {
-				page, err := client.ListBundles(cmd.Context(), connect.NewRequest(&repositoryv1.ListBundlesRequest{PageSize: 1000, PageToken: token}))
+			bundles, _, err := collect(maxPage, 0, func(size uint32, token string) ([]*repositoryv1.Bundle, string, error) {
+				page, err := client.ListBundles(cmd.Context(), connect.NewRequest(&repositoryv1.ListBundlesRequest{PageSize: size, PageToken: token}))
 				if err != nil {
-					return err
+					return nil, "", err
 				}
-				all.Bundles = append(all.Bundles, page.Msg.GetBundles()...)
-				if token = page.Msg.GetNextPageToken(); token == "" {
-					break
-				}
+				return page.Msg.GetBundles(), page.Msg.GetNextPageToken(), nil
+			})
+			if err != nil {
+				return err
 			}
+			all := &repositoryv1.ListBundlesResponse{Bundles: bundles}
 			if a.output == "json" {
 				return printJSON(cmd.OutOrStdout(), all)
 			}

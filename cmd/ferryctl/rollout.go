@@ -515,29 +515,17 @@ func newRolloutListCmd(a *app) *cobra.Command {
 // listRollouts follows the pages until limit rollouts (0: all). The
 // answer's next_page_token is set when there are more.
 func listRollouts(ctx context.Context, client fleetv1connect.RolloutServiceClient, limit uint32) (*fleetv1.ListRolloutsResponse, error) {
-	const maxPage = 1000
-	out := &fleetv1.ListRolloutsResponse{}
-	token := ""
-	for {
-		size := uint32(maxPage)
-		if limit > 0 {
-			size = min(limit-uint32(len(out.Rollouts)), maxPage)
-		}
+	rs, next, err := collect(maxPage, limit, func(size uint32, token string) ([]*fleetv1.Rollout, string, error) {
 		page, err := client.ListRollouts(ctx, connect.NewRequest(&fleetv1.ListRolloutsRequest{PageSize: size, PageToken: token}))
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		out.Rollouts = append(out.Rollouts, page.Msg.GetRollouts()...)
-		token = page.Msg.GetNextPageToken()
-		if limit > 0 && len(out.Rollouts) >= int(limit) {
-			out.Rollouts = out.Rollouts[:limit]
-			out.NextPageToken = token
-			return out, nil
-		}
-		if token == "" {
-			return out, nil
-		}
+		return page.Msg.GetRollouts(), page.Msg.GetNextPageToken(), nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return &fleetv1.ListRolloutsResponse{Rollouts: rs, NextPageToken: next}, nil
 }
 
 func newRolloutShowCmd(a *app) *cobra.Command {
@@ -774,7 +762,6 @@ func target(r *fleetv1.Rollout) string {
 	return "-"
 }
 
-// rolloutTable prints rollouts one a line.
 func newRolloutDevicesCmd(a *app) *cobra.Command {
 	var (
 		status string
@@ -791,25 +778,18 @@ func newRolloutDevicesCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := &fleetv1.ListRolloutExecutionsResponse{}
-			token := ""
-			for {
-				size := uint32(1000)
-				if limit > 0 {
-					size = min(limit-uint32(len(out.Executions)), size)
-				}
+			execs, next, err := collect(maxPage, limit, func(size uint32, token string) ([]*fleetv1.RolloutExecution, string, error) {
 				page, err := client.ListRolloutExecutions(cmd.Context(), connect.NewRequest(&fleetv1.ListRolloutExecutionsRequest{
 					RolloutId: args[0], Status: strings.ToUpper(status), PageSize: size, PageToken: token}))
 				if err != nil {
-					return err
+					return nil, "", err
 				}
-				out.Executions = append(out.Executions, page.Msg.GetExecutions()...)
-				token = page.Msg.GetNextPageToken()
-				if token == "" || limit > 0 && len(out.Executions) >= int(limit) {
-					out.NextPageToken = token
-					break
-				}
+				return page.Msg.GetExecutions(), page.Msg.GetNextPageToken(), nil
+			})
+			if err != nil {
+				return err
 			}
+			out := &fleetv1.ListRolloutExecutionsResponse{Executions: execs, NextPageToken: next}
 			if a.output == "json" {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
@@ -839,6 +819,7 @@ func newRolloutDevicesCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// rolloutTable prints rollouts one a line.
 func rolloutTable(w io.Writer, rs []*fleetv1.Rollout) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tBUNDLE\tTARGET\tPROGRESS\tCREATED")
