@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/bolt"
 )
@@ -36,7 +37,7 @@ type brokerFixture struct {
 
 func newBrokerFixture(t *testing.T) *brokerFixture {
 	t.Helper()
-	f := &brokerFixture{now: time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)}
+	f := &brokerFixture{now: testclock.Start().UTC().Truncate(time.Second)}
 	var err error
 	if f.store, err = bolt.Open(filepath.Join(t.TempDir(), "ferry.db")); err != nil {
 		t.Fatal(err)

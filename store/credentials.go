@@ -25,10 +25,24 @@ type Enrollment struct {
 	ExpiresAt   time.Time         `json:"expires_at"`
 }
 
+// EnrollmentRetention is how long a store keeps an enrollment's record after
+// it expires, so that a late try is told ErrExpired rather than ErrNotFound.
+//
+// Two clocks are at work. Whether an enrollment has expired is decided by the
+// now given to TakeEnrollment (the caller's clock, which tests control). How
+// long the record is kept is decided by the store's own wall clock: the Redis
+// server's (the key's EXPIREAT), or the host's for the embedded store, which
+// treats a record past its retention as gone in the same way. A record whose
+// ExpiresAt plus the retention is already past by that wall clock is gone
+// as soon as it is written.
+const EnrollmentRetention = 24 * time.Hour
+
 // Enrollments stores one-time enrollment tokens. Implementations are safe for
 // concurrent use.
 type Enrollments interface {
 	// PutEnrollment stores e under its token hash. Repeating it is harmless.
+	// The record is kept until EnrollmentRetention after e.ExpiresAt, by
+	// the store's wall clock; after that it is ErrNotFound.
 	PutEnrollment(ctx context.Context, e Enrollment) error
 	// TakeEnrollment marks the enrollment used by claimant and returns it.
 	// It returns ErrNotFound for an unknown hash, ErrExpired after

@@ -53,6 +53,9 @@ func (s *Store) PutEnrollment(ctx context.Context, e store.Enrollment) error {
 		if rand.IntN(64) == 0 {
 			pruneEnrollments(b, time.Now())
 		}
+		if enrollmentGone(e, time.Now()) {
+			return nil // the Redis backend's key would expire at once
+		}
 		return b.Put([]byte(e.TokenSHA256), raw)
 	})
 	if err != nil {
@@ -61,12 +64,20 @@ func (s *Store) PutEnrollment(ctx context.Context, e store.Enrollment) error {
 	return nil
 }
 
-// pruneEnrollments drops enrollments that expired more than a day ago.
+// enrollmentGone reports whether an enrollment's record is past its
+// retention, store.EnrollmentRetention after it expires, by the host's wall
+// clock (now): such a record is treated as never stored, as the Redis
+// backend's key has expired by then.
+func enrollmentGone(e store.Enrollment, now time.Time) bool {
+	return !now.Before(e.ExpiresAt.Add(store.EnrollmentRetention))
+}
+
+// pruneEnrollments drops enrollments past their retention.
 func pruneEnrollments(b *bbolt.Bucket, now time.Time) {
 	var old [][]byte
 	_ = b.ForEach(func(k, v []byte) error {
 		var e storedEnrollment
-		if json.Unmarshal(v, &e) == nil && now.After(e.ExpiresAt.Add(24*time.Hour)) {
+		if json.Unmarshal(v, &e) == nil && enrollmentGone(e.Enrollment, now) {
 			old = append(old, bytes.Clone(k))
 		}
 		return nil
@@ -93,6 +104,9 @@ func (s *Store) TakeEnrollment(ctx context.Context, tokenSHA256, claimant string
 		}
 		if err := json.Unmarshal(raw, &e); err != nil {
 			return err
+		}
+		if enrollmentGone(e.Enrollment, time.Now()) {
+			return store.ErrNotFound
 		}
 		switch {
 		case e.UsedBy == claimant:

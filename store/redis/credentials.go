@@ -16,8 +16,10 @@ import (
 // Credential keys, under the prefix:
 //
 //	<prefix>enroll:<sha256>   hash: doc (JSON), exp (Unix ms), used
-//	                          (claimant); the key expires a
-//	                          day after the enrollment does
+//	                          (claimant); the key expires
+//	                          store.EnrollmentRetention after
+//	                          the enrollment does, by the
+//	                          Redis server's clock
 //	<prefix>revoked           hash: device id -> revocation JSON
 //	<prefix>jti:<id>          string: claimant; expires with the token
 //	<prefix>secret:<name>     string: the secret
@@ -40,7 +42,11 @@ func (s *Store) PutEnrollment(ctx context.Context, e store.Enrollment) error {
 	key := s.enrollKey(e.TokenSHA256)
 	_, err = s.rdb.TxPipelined(ctx, func(p goredis.Pipeliner) error {
 		p.HSet(ctx, key, "doc", raw, "exp", strconv.FormatInt(e.ExpiresAt.UnixMilli(), 10))
-		p.ExpireAt(ctx, key, e.ExpiresAt.Add(24*time.Hour))
+		// The key's lifetime is decided by redis-server's wall clock, the
+		// enrollment's expiry (ErrExpired) by the now TakeEnrollment is
+		// given: the key outlives the expiry by store.EnrollmentRetention,
+		// and the bbolt backend treats its records the same way.
+		p.ExpireAt(ctx, key, e.ExpiresAt.Add(store.EnrollmentRetention))
 		return nil
 	})
 	if err != nil {

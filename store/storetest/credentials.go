@@ -23,6 +23,7 @@ func RunCredentials(t *testing.T, newStore func(t *testing.T) store.Credentials)
 		{"EnrollmentOnce", testEnrollmentOnce},
 		{"EnrollmentRefusals", testEnrollmentRefusals},
 		{"EnrollmentRace", testEnrollmentRace},
+		{"EnrollmentRetention", testEnrollmentRetention},
 		{"Revocations", testRevocations},
 		{"TokenIDs", testTokenIDs},
 		{"Secrets", testSecrets},
@@ -114,6 +115,33 @@ func testEnrollmentRace(t *testing.T, s store.Credentials) {
 	wg.Wait()
 	if wins != 1 {
 		t.Errorf("%d claimants took one enrollment, want 1", wins)
+	}
+}
+
+// testEnrollmentRetention checks that both backends keep an expired
+// enrollment for store.EnrollmentRetention by their wall clock, and treat it
+// as gone after that. Its times come from the real clock on purpose: the
+// retention is measured by the store's clock, which no test can move.
+func testEnrollmentRetention(t *testing.T, s store.Credentials) {
+	ctx := context.Background()
+	wall := time.Now()
+	kept := enrollment("kept", wall.Add(-store.EnrollmentRetention/2))
+	gone := enrollment("gone", wall.Add(-store.EnrollmentRetention-time.Minute))
+	for _, e := range []store.Enrollment{kept, gone} {
+		if err := s.PutEnrollment(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.TakeEnrollment(ctx, "kept", "c", wall); !errors.Is(err, store.ErrExpired) {
+		t.Errorf("TakeEnrollment within retention = %v, want ErrExpired", err)
+	}
+	if _, err := s.TakeEnrollment(ctx, "gone", "c", wall); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("TakeEnrollment past retention = %v, want ErrNotFound", err)
+	}
+	// Past its retention by the store's clock, it is gone even to a caller
+	// whose clock says it has not expired.
+	if _, err := s.TakeEnrollment(ctx, "gone", "c", gone.ExpiresAt.Add(-time.Hour)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("TakeEnrollment past retention, early caller clock = %v, want ErrNotFound", err)
 	}
 }
 

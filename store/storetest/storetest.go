@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/store"
 )
 
@@ -47,8 +48,11 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 	}
 }
 
-// at is a fixed time in a non-UTC zone, to catch backends that lose zones.
-var at = time.Date(2026, 11, 22, 10, 30, 0, 123456789, time.FixedZone("CET", 3600))
+// at is the test clock's start in a non-UTC zone, to catch backends that
+// lose zones, with nanoseconds, to catch those that lose precision. It comes
+// from testclock, never from a calendar date: the Redis backend lets keys
+// expire by redis-server's own wall clock.
+var at = time.Unix(testclock.Start().Unix(), 123456789).In(time.FixedZone("CET", 3600))
 
 func newDevice(id string) store.Device {
 	return store.Device{ID: id, Labels: map[string]string{"model": "gw2"}, CreatedAt: at}
