@@ -93,18 +93,19 @@ func openRedis(ctx context.Context, cfg Config, log *slog.Logger) (*redis.Store,
 	wait := 250 * time.Millisecond
 	for {
 		attempt, cancel := context.WithDeadline(ctx, earliest(deadline, time.Now().Add(5*time.Second)))
-		st, err := redis.Open(attempt, cfg.RedisURL, cfg.RedisPrefix)
-		cancel()
-		if err == nil {
-			if time.Since(start) > time.Second {
-				log.Info("reached Redis", "addr", addr, "after", time.Since(start).Round(time.Millisecond))
-			}
-			return st, nil
-		}
-		cause := errors.Unwrap(err) // redis.Open says "redis <addr>: <cause>"
+		cause := reachRedis(attempt, *opts)
 		if cause == nil {
-			cause = err
+			var st *redis.Store
+			st, cause = redis.Open(attempt, cfg.RedisURL, cfg.RedisPrefix)
+			if cause == nil {
+				cancel()
+				if time.Since(start) > time.Second {
+					log.Info("reached Redis", "addr", addr, "after", time.Since(start).Round(time.Millisecond))
+				}
+				return st, nil
+			}
 		}
+		cancel()
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("cannot reach Redis at %s: %w (stopped while retrying)", addr, cause)
 		}
@@ -121,6 +122,19 @@ func openRedis(ctx context.Context, cfg Config, log *slog.Logger) (*redis.Store,
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// reachRedis pings Redis once, with a client that dials once and does not
+// retry, so that each attempt's own cause (connection refused, a wrong
+// password) is what is reported.
+func reachRedis(ctx context.Context, opts goredis.Options) error {
+	opts.DialerRetries, opts.MaxRetries = 1, -1
+	if dl, ok := ctx.Deadline(); ok {
+		opts.DialTimeout = max(time.Until(dl), time.Millisecond)
+	}
+	c := goredis.NewClient(&opts)
+	defer c.Close()
+	return c.Ping(ctx).Err()
 }
 
 func earliest(a, b time.Time) time.Time {

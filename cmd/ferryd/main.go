@@ -20,6 +20,8 @@ import (
 	"time"
 	_ "time/tzdata" // maintenance windows name time zones; servers may have no zone files
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/ferryhq/ferry/server"
 
 	_ "gocloud.dev/blob/s3blob" // s3:// repository storage (S3 and S3-compatible)
@@ -91,6 +93,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// The Redis client's own lines (dial retries and the like) go to the
+	// debug log; ferryd reports what they mean itself.
+	goredis.SetLogger(redisLog{log.With("component", "redis")})
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -152,6 +157,13 @@ func setFromEnv(fs *flag.FlagSet) error {
 		}
 	})
 	return err
+}
+
+// redisLog is the Redis client's logger on slog.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
