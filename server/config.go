@@ -25,6 +25,9 @@ type Config struct {
 	RedisURL string
 	// RedisPrefix is put in front of every Redis key.
 	RedisPrefix string
+	// RedisConnectTimeout is how long New keeps trying to reach Redis
+	// before it gives up (a Redis that starts after ferryd is waited for).
+	RedisConnectTimeout time.Duration
 	// TrustDomain of device SPIFFE IDs.
 	TrustDomain string
 
@@ -57,6 +60,11 @@ type Config struct {
 	Repository RepositoryConfig
 	// Rollouts configures the rollout controller.
 	Rollouts RolloutsConfig
+	// ShutdownDelay is how long a stopping ferryd keeps serving with
+	// /healthz, /readyz and gRPC health answering that it is stopping, so
+	// that probes and load balancers take it out of rotation before its
+	// ports close.
+	ShutdownDelay time.Duration
 	// ShutdownTimeout bounds a graceful stop; after it, connections are cut.
 	ShutdownTimeout time.Duration
 }
@@ -144,6 +152,9 @@ func DefaultConfig() Config {
 		APIAddr:     "localhost:8443",
 		RedisPrefix: "ferry:",
 		TrustDomain: "ferry.local",
+		// Long enough for a Redis started at the same time (compose,
+		// systemd) to come up.
+		RedisConnectTimeout: 30 * time.Second,
 		Dev: DevConfig{
 			Devices: []string{"dev-1", "dev-2", "dev-3"},
 			Hosts:   []string{"localhost", "127.0.0.1", "::1"},
@@ -179,6 +190,7 @@ func DefaultConfig() Config {
 			Tick:     time.Second,
 			Resync:   30 * time.Second,
 		},
+		ShutdownDelay:   time.Second,
 		ShutdownTimeout: 3 * time.Second,
 	}
 }
@@ -198,6 +210,9 @@ type RepositoryConfig struct {
 	ResignInterval time.Duration
 	// MaxBlobBytes is the largest bundle accepted.
 	MaxBlobBytes int64
+	// Clock is the repository's clock: the time it signs with and checks
+	// expiry against. Nil means time.Now; tests move it.
+	Clock func() time.Time
 }
 
 // DevPKI reports whether ferryd uses the development PKI.
@@ -239,6 +254,8 @@ func (c Config) Validate() error {
 	check(d.PingInterval > 0, "device ping interval must be positive")
 	check(d.ResyncInterval > 0, "device resync interval must be positive")
 	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
+	check(c.ShutdownDelay >= 0, "shutdown delay must not be negative")
+	check(c.RedisURL == "" || c.RedisConnectTimeout > 0, "Redis connect timeout must be positive")
 	cr := c.Credentials
 	check(cr.DeviceCertTTL >= 10*time.Minute, "device certificate lifetime %v is under 10 minutes", cr.DeviceCertTTL)
 	check(cr.EnrollmentTTL >= time.Minute, "enrollment token lifetime %v is under a minute", cr.EnrollmentTTL)

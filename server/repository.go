@@ -52,6 +52,7 @@ func openRepository(ctx context.Context, cfg Config, log *slog.Logger) (*reposit
 		SnapshotExpiry:  cfg.Repository.SnapshotExpiry,
 		TimestampExpiry: cfg.Repository.TimestampExpiry,
 		MaxBlobBytes:    cfg.Repository.MaxBlobBytes,
+		Now:             cfg.Repository.Clock,
 	})
 	if err != nil {
 		storage.Close()

@@ -18,6 +18,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -38,8 +40,6 @@ import (
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/rollout"
 	"github.com/ferryhq/ferry/store"
-	"github.com/ferryhq/ferry/store/bolt"
-	"github.com/ferryhq/ferry/store/redis"
 )
 
 // Server is a running ferryd. New opens its store and listeners; Run
@@ -61,15 +61,29 @@ type Server struct {
 	creds    *credentialsState // credentials.go
 	rollouts *rollout.Service
 	control  *rollout.Controller
+	// stopping is set when a graceful stop begins: liveness and readiness
+	// answer 503 from then on.
+	stopping atomic.Bool
 }
 
-// servedNames are the services whose health is reported.
+// servedNames are the services whose health is reported (on the API port,
+// for both ports).
 var servedNames = []string{
 	devicev1.DeviceService_ServiceDesc.ServiceName,
 	fleetv1connect.FleetServiceName,
 	fleetv1connect.RolloutServiceName,
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
+}
+
+// apiServiceNames are the services served on the API port: what reflection
+// lists there. The device service is served on the device port only.
+var apiServiceNames = []string{
+	fleetv1connect.FleetServiceName,
+	fleetv1connect.RolloutServiceName,
+	repositoryv1connect.RepositoryServiceName,
+	credentialsv1connect.CredentialServiceName,
+	grpchealth.HealthV1ServiceName,
 }
 
 // New validates cfg, creates the development PKI if it is used, opens the
@@ -111,12 +125,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, fmt.Errorf("operator keys: %w", err)
 	}
 
-	if cfg.RedisURL != "" {
-		s.devices, err = redis.Open(ctx, cfg.RedisURL, cfg.RedisPrefix)
-	} else {
-		s.devices, err = bolt.Open(filepath.Join(cfg.DataDir, "ferry.db"))
-	}
-	if err != nil {
+	if s.devices, err = openStore(ctx, cfg, log); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	if s.repo, err = openRepository(ctx, cfg, log); err != nil {
@@ -148,14 +157,26 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	devicePool := certPool(deviceCAs)
 	s.grpc = s.newDeviceServer(cert, devicePool, rep)
 	s.http = s.newAPIServer(cert, devicePool, operators, rep)
-	if s.deviceLn, err = net.Listen("tcp", cfg.DeviceAddr); err != nil {
-		return nil, fmt.Errorf("device port: %w", err)
+	if s.deviceLn, err = listen("device port", cfg.DeviceAddr, "--device-addr"); err != nil {
+		return nil, err
 	}
-	if s.apiLn, err = net.Listen("tcp", cfg.APIAddr); err != nil {
-		return nil, fmt.Errorf("API port: %w", err)
+	if s.apiLn, err = listen("API port", cfg.APIAddr, "--api-addr"); err != nil {
+		return nil, err
 	}
 	s.creds.listening(s.apiLn.Addr())
 	return s, nil
+}
+
+// listen binds addr; a port in use gets a hint at what to do.
+func listen(what, addr, flag string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("%s: %w: another process (another ferryd?) listens on %s; stop it, or choose another address with %s", what, err, addr, flag)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return l, nil
 }
 
 // certPool returns the device CA certificates as a pool.
@@ -206,9 +227,11 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	// token or certificate), not with operator credentials.
 	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds}))
 
+	// Health is anonymous: gRPC health, and plain HTTP GETs (health.go).
 	s.health = grpchealth.NewStaticChecker(servedNames...)
-	mux.Handle(grpchealth.NewHandler(s.health)) // the one anonymous endpoint
-	reflector := grpcreflect.NewStaticReflector(servedNames...)
+	mux.Handle(grpchealth.NewHandler(s.health))
+	s.healthHandlers(mux)
+	reflector := grpcreflect.NewStaticReflector(apiServiceNames...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, guarded))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, guarded))
 	mux.Handle("/metrics", requireOperator(auth, credentials.RoleViewer,
@@ -288,16 +311,23 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.devices.Close(); err != nil && serveErr == nil {
 		serveErr = fmt.Errorf("close store: %w", err)
 	}
+	if s.cfg.RedisURL == "" {
+		removePID(s.cfg.DataDir)
+	}
 	return serveErr
 }
 
 func (s *Server) shutdown() {
 	start := time.Now()
-	s.log.Info("shutting down", "open_streams", s.sessions.count())
+	s.log.Info("shutting down", "open_streams", s.sessions.count(), "delay", s.cfg.ShutdownDelay)
+	s.stopping.Store(true)
 	s.health.SetStatus("", grpchealth.StatusNotServing)
 	for _, name := range servedNames {
 		s.health.SetStatus(name, grpchealth.StatusNotServing)
 	}
+	// Keep serving, with health saying so, while probes and load
+	// balancers notice.
+	time.Sleep(s.cfg.ShutdownDelay)
 	s.sessions.closeAll()
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
@@ -363,6 +393,9 @@ func (s *Server) Close() error {
 	}
 	if s.devices != nil {
 		errs = append(errs, s.devices.Close())
+		if s.cfg.RedisURL == "" {
+			removePID(s.cfg.DataDir)
+		}
 	}
 	errs = append(errs, s.repo.close())
 	return errors.Join(errs...)

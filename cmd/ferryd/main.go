@@ -3,6 +3,9 @@
 //
 // Every flag can also be set through the environment variable named in its
 // help text (FERRY_ and the flag name in upper case, dashes as underscores).
+//
+// "ferryd healthcheck" probes a running ferryd's /readyz (or /healthz) and
+// exits 0 when it answers 200: a container image's HEALTHCHECK.
 package main
 
 import (
@@ -14,7 +17,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 	_ "time/tzdata" // maintenance windows name time zones; servers may have no zone files
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/ferryhq/ferry/server"
 
@@ -29,6 +35,9 @@ func main() {
 }
 
 func run() error {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		return healthcheck(os.Args[2:])
+	}
 	cfg := server.DefaultConfig()
 	fs := flag.NewFlagSet("ferryd", flag.ContinueOnError)
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the embedded store and the development PKI")
@@ -36,6 +45,7 @@ func run() error {
 	fs.StringVar(&cfg.APIAddr, "api-addr", cfg.APIAddr, "back-office port (Connect, gRPC health, metrics; HTTPS)")
 	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis store, redis://host:port/db (default: embedded store)")
 	fs.StringVar(&cfg.RedisPrefix, "redis-prefix", cfg.RedisPrefix, "prefix of every Redis key")
+	fs.DurationVar(&cfg.RedisConnectTimeout, "redis-connect-timeout", cfg.RedisConnectTimeout, "how long to keep trying to reach Redis at start before giving up")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "trust domain of device SPIFFE IDs")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "serving certificate chain, PEM (default: development PKI)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "serving key, PEM")
@@ -54,12 +64,13 @@ func run() error {
 	fs.DurationVar(&cfg.Rollouts.LeaseTTL, "rollout-lease-ttl", cfg.Rollouts.LeaseTTL, "lease of the active rollout controller: after a crash, the longest rollouts wait for another instance")
 	fs.DurationVar(&cfg.Rollouts.Tick, "rollout-tick", cfg.Rollouts.Tick, "how often the active rollout controller moves rollouts on")
 	fs.DurationVar(&cfg.Rollouts.Resync, "rollout-resync", cfg.Rollouts.Resync, "how often every rollout execution is checked against its device")
+	fs.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", cfg.ShutdownDelay, "how long a stopping ferryd keeps serving with health answering 503, so probes and load balancers take it out of rotation")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
 	fs.BoolVar(&cfg.AllowUnsignedReports, "allow-unsigned-reports", cfg.AllowUnsignedReports, "record device reports that are not signed (kept as claims, with no attestation)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: ferryd [flags]\n\nFlags (or FERRY_<FLAG> environment variables):\n")
+		fmt.Fprintf(fs.Output(), "Usage: ferryd [flags]\n       ferryd healthcheck [flags]\n\nFlags (or FERRY_<FLAG> environment variables):\n")
 		fs.PrintDefaults()
 	}
 	if err := setFromEnv(fs); err != nil {
@@ -82,6 +93,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// The Redis client's own lines (dial retries and the like) go to the
+	// debug log; ferryd reports what they mean itself.
+	goredis.SetLogger(redisLog{log.With("component", "redis")})
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -90,6 +104,43 @@ func run() error {
 		return err
 	}
 	return srv.Run(ctx)
+}
+
+// healthcheck probes the API port of a running ferryd.
+func healthcheck(args []string) error {
+	fs := flag.NewFlagSet("ferryd healthcheck", flag.ContinueOnError)
+	addr := fs.String("api-addr", server.DefaultConfig().APIAddr, "API port of the ferryd to probe; without a host, loopback [$FERRY_API_ADDR]")
+	live := fs.Bool("live", false, "probe liveness ("+server.LivenessPath+") instead of readiness ("+server.ReadinessPath+")")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long the probe may take")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: ferryd healthcheck [flags]\n\nGETs %s (or %s) from a running ferryd over HTTPS, with no credential and\nwithout verifying its certificate; exits 0 on 200, else 1.\n\nFlags:\n",
+			server.ReadinessPath, server.LivenessPath)
+		fs.PrintDefaults()
+	}
+	if v, ok := os.LookupEnv("FERRY_API_ADDR"); ok { // as ferryd reads it
+		*addr = v
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("healthcheck: unexpected arguments: %q", fs.Args())
+	}
+	path := server.ReadinessPath
+	if *live {
+		path = server.LivenessPath
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	line, err := server.Probe(ctx, *addr, path)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	fmt.Println(line)
+	return nil
 }
 
 // setFromEnv applies FERRY_<NAME> variables to the flags; command-line flags
@@ -106,6 +157,13 @@ func setFromEnv(fs *flag.FlagSet) error {
 		}
 	})
 	return err
+}
+
+// redisLog is the Redis client's logger on slog.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "))
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {

@@ -63,6 +63,8 @@ func Start(t testing.TB, backend Backend, edit func(*server.Config)) *Ferryd {
 	// Rollouts move on quickly, and a crashed controller is replaced in
 	// about a second.
 	cfg.Rollouts.Tick, cfg.Rollouts.Resync, cfg.Rollouts.LeaseTTL = 50*time.Millisecond, 500*time.Millisecond, 1500*time.Millisecond
+	// Tests stop at once unless they look at the stopping period.
+	cfg.ShutdownDelay = 0
 	if backend == Redis {
 		cfg.RedisURL = testredis.URL(t)
 		cfg.RedisPrefix = testredis.Prefix(t)

@@ -49,19 +49,65 @@ func Prefix(t testing.TB) string {
 // start runs redis-server on a free loopback port for the rest of the test
 // binary's life. On Linux the kernel kills it when the test process exits.
 func start() (string, error) {
-	bin, err := exec.LookPath("redis-server")
+	port, err := FreePort()
 	if err != nil {
 		return "", err
 	}
+	url, _, err := run(port)
+	return url, err
+}
+
+// FreePort returns a loopback TCP port that nothing listened on a moment
+// ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", err
+		return 0, err
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Private starts a redis-server of t's own on port (0: a free one), for a
+// test that stops it or starts it late; it is stopped at the end of the
+// test, or earlier with stop. It needs redis-server on PATH.
+func Private(t testing.TB, port int) (url string, stop func()) {
+	t.Helper()
+	if port == 0 {
+		var err error
+		if port, err = FreePort(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url, cmd, err := run(port)
+	if err != nil {
+		t.Fatalf("private redis-server: %v", err)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			<-cmd.done
+		})
+	}
+	t.Cleanup(stop)
+	return url, stop
+}
+
+// server is a redis-server process; done closes when it has exited.
+type server struct {
+	*exec.Cmd
+	done chan struct{}
+}
+
+func run(port int) (string, *server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return "", nil, err
+	}
 	dir, err := os.MkdirTemp("", "ferry-redis-")
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir,
@@ -69,16 +115,17 @@ func start() (string, error) {
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	go func() { _ = cmd.Wait(); os.RemoveAll(dir) }()
+	srv := &server{Cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); os.RemoveAll(dir); close(srv.done) }()
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return "redis://" + addr + "/0", nil
+			return "redis://" + addr + "/0", srv, nil
 		}
 	}
 	cmd.Process.Kill()
-	return "", fmt.Errorf("redis-server did not start on %s", addr)
+	return "", nil, fmt.Errorf("redis-server did not start on %s", addr)
 }
