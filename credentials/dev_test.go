@@ -5,11 +5,13 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/ferryhq/ferry/internal/testclock"
 )
 
 func TestEnsureDev(t *testing.T) {
 	dir := t.TempDir()
-	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	now := testclock.Start()
 	opts := DevOptions{
 		TrustDomain: "ferry.test",
 		Hosts:       []string{"localhost", "127.0.0.1"},

@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/ferryhq/ferry/internal/testclock"
 )
 
 func TestOperatorCerts(t *testing.T) {
-	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	now := testclock.Start()
 	opCA, _ := NewCA("operators", 365*24*time.Hour, now)
 	devCA, _ := NewCA("devices", 365*24*time.Hour, now)
 	key, _ := NewKey()
