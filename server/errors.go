@@ -42,8 +42,10 @@ func classify(err error) (connect.Code, string) {
 		return connect.CodeInvalidArgument, err.Error()
 	case errors.Is(err, credentials.ErrForbidden):
 		return connect.CodePermissionDenied, err.Error()
-	case errors.Is(err, credentials.ErrNoIssuer), errors.Is(err, credentials.ErrEnrolled):
+	case errors.Is(err, credentials.ErrNoIssuer):
 		return connect.CodeFailedPrecondition, err.Error()
+	case errors.Is(err, credentials.ErrEnrolled):
+		return connect.CodeFailedPrecondition, err.Error() + " (AddDevice with reenroll: ferryctl device add <id> --reenroll)"
 	case errors.Is(err, rollout.ErrNotFound):
 		return connect.CodeNotFound, "rollout not found"
 	case errors.Is(err, rollout.ErrState):
