@@ -88,6 +88,15 @@ func (b *Broker) Revocations() *RevocationSet { return b.cfg.Revoked }
 // them and they are never confused with API keys.
 const enrollmentPrefix = "ferry_enroll_"
 
+// ErrEnrolled: the device has enrolled already, so a new enrollment token is
+// issued only as an explicit re-enrolment.
+var ErrEnrolled = errors.New("the device has enrolled already")
+
+// ErrEnrollmentToken is every refusal of an enrollment token: unknown, used,
+// expired, or replaced by a newer token of the device. It does not say which
+// (the log does).
+var ErrEnrollmentToken = fmt.Errorf("%w: the enrollment token is unknown, used, expired or replaced by a newer one", ErrUnauthenticated)
+
 // Issued is a certificate the broker issued.
 type Issued struct {
 	DeviceID string
@@ -101,8 +110,11 @@ func (i Issued) Leaf() *x509.Certificate { return i.Chain[0] }
 // CreateEnrollment creates a one-time enrollment token for device id. The
 // device itself must have been added to the fleet already; the labels are
 // recorded with the enrollment. It returns the token (shown once, stored
-// only as a hash) and when it expires. A revoked device gets ErrRevoked.
-func (b *Broker) CreateEnrollment(ctx context.Context, id string, labels map[string]string) (string, time.Time, error) {
+// only as a hash) and when it expires. The new token replaces the device's
+// earlier tokens that were not used: they stop working. A device that has
+// enrolled gets ErrEnrolled unless reenroll is set (the operator's explicit
+// re-enrolment); a revoked device gets ErrRevoked.
+func (b *Broker) CreateEnrollment(ctx context.Context, id string, labels map[string]string, reenroll bool) (string, time.Time, error) {
 	if !ValidDeviceID(id) {
 		return "", time.Time{}, fmt.Errorf("%w: malformed device id %q", ErrInvalid, id)
 	}
@@ -119,7 +131,11 @@ func (b *Broker) CreateEnrollment(ctx context.Context, id string, labels map[str
 		TokenSHA256: hashToken(token), DeviceID: id, Labels: maps.Clone(labels),
 		CreatedAt: now, ExpiresAt: now.Add(b.cfg.EnrollmentTTL),
 	}
-	if err := b.cfg.Store.PutEnrollment(ctx, e); err != nil {
+	err := b.cfg.Store.PutEnrollment(ctx, e, reenroll)
+	switch {
+	case errors.Is(err, store.ErrEnrolled):
+		return "", time.Time{}, fmt.Errorf("device %s: %w; re-enrol it to issue a new token, which voids its earlier ones", id, ErrEnrolled)
+	case err != nil:
 		return "", time.Time{}, fmt.Errorf("create enrollment for %s: %w", id, err)
 	}
 	return token, e.ExpiresAt, nil
@@ -131,8 +147,9 @@ func hashToken(token string) string {
 }
 
 // Enroll trades a CSR and a one-time enrollment token for a device
-// certificate. Every failure of the token (unknown, used, expired) is
-// ErrUnauthenticated, without saying which.
+// certificate. Every failure of the token (unknown, used, expired, replaced
+// by a newer token of the device or void because the device enrolled with
+// another) is ErrEnrollmentToken, without saying which.
 func (b *Broker) Enroll(ctx context.Context, csrDER []byte, token string) (Issued, error) {
 	if b.cfg.Issuer == nil {
 		return Issued{}, ErrNoIssuer
@@ -155,9 +172,10 @@ func (b *Broker) Enroll(ctx context.Context, csrDER []byte, token string) (Issue
 	}
 	e, err := b.cfg.Store.TakeEnrollment(ctx, hashToken(token), hex.EncodeToString(claim), b.cfg.Now())
 	switch {
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrUsed), errors.Is(err, store.ErrExpired):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrUsed), errors.Is(err, store.ErrExpired),
+		errors.Is(err, store.ErrSuperseded):
 		b.cfg.Logger.InfoContext(ctx, "enrollment refused", "reason", err)
-		return Issued{}, fmt.Errorf("%w: the enrollment token is unknown, used or expired", ErrUnauthenticated)
+		return Issued{}, ErrEnrollmentToken
 	case err != nil:
 		return Issued{}, fmt.Errorf("enroll: %w", err)
 	}

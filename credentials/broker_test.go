@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -37,12 +38,13 @@ type brokerFixture struct {
 
 func newBrokerFixture(t *testing.T) *brokerFixture {
 	t.Helper()
-	f := &brokerFixture{now: testclock.Start().UTC().Truncate(time.Second)}
+	f := &brokerFixture{now: testclock.Start()}
 	var err error
 	if f.store, err = bolt.Open(filepath.Join(t.TempDir(), "ferry.db")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.store.Close() })
+	f.store.SetClock(testclock.Now)
 	if f.ca, err = NewCA("device CA", 365*24*time.Hour, f.now); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +82,7 @@ func (f *brokerFixture) factoryCert(t *testing.T, id string) *x509.Certificate {
 func TestEnrollWithToken(t *testing.T) {
 	ctx := context.Background()
 	f := newBrokerFixture(t)
-	token, exp, err := f.broker.CreateEnrollment(ctx, "gw-7", map[string]string{"model": "gw2"})
+	token, exp, err := f.broker.CreateEnrollment(ctx, "gw-7", map[string]string{"model": "gw2"}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,15 +123,17 @@ func TestEnrollRefusals(t *testing.T) {
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	tampered := newCSR(t, key)
 	tampered[len(tampered)-5] ^= 0xff
-	valid := func() string {
-		tok, _, err := f.broker.CreateEnrollment(ctx, "dev-ok", nil)
+	n := 0
+	valid := func() string { // a device each: a new token voids a device's earlier ones
+		n++
+		tok, _, err := f.broker.CreateEnrollment(ctx, fmt.Sprintf("dev-ok-%d", n), nil, false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return tok
 	}
-	expired, _, _ := f.broker.CreateEnrollment(ctx, "dev-late", nil)
-	revoked, _, _ := f.broker.CreateEnrollment(ctx, "dev-revoked", nil)
+	expired, _, _ := f.broker.CreateEnrollment(ctx, "dev-late", nil, false)
+	revoked, _, _ := f.broker.CreateEnrollment(ctx, "dev-revoked", nil, false)
 	if _, err := f.broker.Revoke(ctx, "dev-revoked", "lost", "test"); err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +164,44 @@ func TestEnrollRefusals(t *testing.T) {
 				t.Errorf("Enroll = %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestReaddingVoidsOldTokens: adding a device again voids its earlier
+// tokens, a device that enrolled gets a new token only by re-enrolment, and
+// no old token works after either.
+func TestReaddingVoidsOldTokens(t *testing.T) {
+	ctx := context.Background()
+	f := newBrokerFixture(t)
+	key, _ := NewKey()
+	create := func(reenroll bool) string {
+		t.Helper()
+		tok, _, err := f.broker.CreateEnrollment(ctx, "gw-7", nil, reenroll)
+		if err != nil {
+			t.Fatalf("CreateEnrollment(reenroll %v) = %v", reenroll, err)
+		}
+		return tok
+	}
+	first, second, third := create(false), create(false), create(false)
+	for _, old := range []string{first, second} {
+		if _, err := f.broker.Enroll(ctx, newCSR(t, key), old); !errors.Is(err, ErrEnrollmentToken) {
+			t.Errorf("Enroll with a replaced token = %v, want ErrEnrollmentToken", err)
+		}
+	}
+	if _, err := f.broker.Enroll(ctx, newCSR(t, key), third); err != nil {
+		t.Fatalf("Enroll with the newest token = %v", err)
+	}
+	if _, _, err := f.broker.CreateEnrollment(ctx, "gw-7", nil, false); !errors.Is(err, ErrEnrolled) {
+		t.Errorf("CreateEnrollment for an enrolled device = %v, want ErrEnrolled", err)
+	}
+	again := create(true)
+	for _, old := range []string{first, second, third} {
+		if _, err := f.broker.Enroll(ctx, newCSR(t, key), old); !errors.Is(err, ErrEnrollmentToken) {
+			t.Errorf("Enroll with an old token after re-enrolment = %v, want ErrEnrollmentToken", err)
+		}
+	}
+	if _, err := f.broker.Enroll(ctx, newCSR(t, key), again); err != nil {
+		t.Errorf("Enroll with the re-enrolment token = %v", err)
 	}
 }
 
@@ -221,7 +263,7 @@ func TestRenewAndRevoke(t *testing.T) {
 	if _, err := f.broker.Renew(ctx, "dev-1", newCSR(t, key)); !errors.Is(err, ErrRevoked) || !errors.Is(err, ErrForbidden) {
 		t.Errorf("Renew of a revoked device = %v, want ErrRevoked", err)
 	}
-	if _, _, err := f.broker.CreateEnrollment(ctx, "dev-1", nil); !errors.Is(err, ErrRevoked) {
+	if _, _, err := f.broker.CreateEnrollment(ctx, "dev-1", nil, false); !errors.Is(err, ErrRevoked) {
 		t.Errorf("CreateEnrollment of a revoked device = %v, want ErrRevoked", err)
 	}
 	r, err := f.store.GetRevocation(ctx, "dev-1")
@@ -264,7 +306,7 @@ func TestCertificateNeverOutlivesIssuer(t *testing.T) {
 func TestRefusedEnrollmentKeepsToken(t *testing.T) {
 	ctx := context.Background()
 	f := newBrokerFixture(t)
-	token, _, err := f.broker.CreateEnrollment(ctx, "gw-8", nil)
+	token, _, err := f.broker.CreateEnrollment(ctx, "gw-8", nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}

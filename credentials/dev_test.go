@@ -11,7 +11,7 @@ import (
 
 func TestEnsureDev(t *testing.T) {
 	dir := t.TempDir()
-	now := testclock.Start().UTC().Truncate(time.Second)
+	now := testclock.Start()
 	opts := DevOptions{
 		TrustDomain: "ferry.test",
 		Hosts:       []string{"localhost", "127.0.0.1"},

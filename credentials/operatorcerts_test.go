@@ -12,7 +12,7 @@ import (
 )
 
 func TestOperatorCerts(t *testing.T) {
-	now := testclock.Start().UTC().Truncate(time.Second)
+	now := testclock.Start()
 	opCA, _ := NewCA("operators", 365*24*time.Hour, now)
 	devCA, _ := NewCA("devices", 365*24*time.Hour, now)
 	key, _ := NewKey()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/store/bolt"
 )
 
@@ -19,7 +20,7 @@ var testKey = []byte("0123456789abcdef0123456789abcdef")
 
 func testCerts(t testing.TB) (a, b *x509.Certificate) {
 	t.Helper()
-	now := time.Now()
+	now := testclock.Now()
 	ca, err := NewCA("t", time.Hour, now)
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +33,7 @@ func testCerts(t testing.TB) (a, b *x509.Certificate) {
 }
 
 func TestTokenRoundTrip(t *testing.T) {
-	now := time.Unix(1_800_000_000, 0)
+	now := testclock.Start().Local() // tokens decode times in the local zone
 	tok, err := NewTokens(testKey, func() time.Time { return now })
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +66,7 @@ func TestTokenRoundTrip(t *testing.T) {
 }
 
 func TestTokenVerifyRefusals(t *testing.T) {
-	now := time.Unix(1_800_000_000, 0)
+	now := testclock.Start().Local() // tokens decode times in the local zone
 	tok, _ := NewTokens(testKey, func() time.Time { return now })
 	other, _ := NewTokens([]byte("another key, also thirty-two bytes!"), func() time.Time { return now })
 	certA, _ := testCerts(t)
@@ -106,13 +107,14 @@ func TestTokenVerifyRefusals(t *testing.T) {
 
 func TestDownloadsAuthorize(t *testing.T) {
 	ctx := context.Background()
-	now := time.Now()
+	now := testclock.Now()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	tok, _ := NewTokens(testKey, nil)
+	db.SetClock(testclock.Now)
+	tok, _ := NewTokens(testKey, testclock.Now)
 	revoked := NewRevocationSet(db)
 	d := &Downloads{Tokens: tok, Revoked: revoked, Used: db}
 	certA, certB := testCerts(t)
@@ -162,7 +164,7 @@ func TestDownloadsAuthorize(t *testing.T) {
 }
 
 func FuzzVerifyToken(f *testing.F) {
-	now := time.Unix(1_800_000_000, 0)
+	now := testclock.Start().Local() // tokens decode times in the local zone
 	tok, _ := NewTokens(testKey, func() time.Time { return now })
 	good, _, _ := tok.Issue(DownloadGrant{DeviceID: "d", Target: "t", Presigned: true, ExpiresAt: now.Add(time.Minute)})
 	f.Add(good)

@@ -44,6 +44,8 @@ func classify(err error) (connect.Code, string) {
 		return connect.CodePermissionDenied, err.Error()
 	case errors.Is(err, credentials.ErrNoIssuer):
 		return connect.CodeFailedPrecondition, err.Error()
+	case errors.Is(err, credentials.ErrEnrolled):
+		return connect.CodeFailedPrecondition, err.Error() + " (AddDevice with reenroll: ferryctl device add <id> --reenroll)"
 	case errors.Is(err, rollout.ErrNotFound):
 		return connect.CodeNotFound, "rollout not found"
 	case errors.Is(err, rollout.ErrState):
@@ -54,6 +56,9 @@ func classify(err error) (connect.Code, string) {
 		return connect.CodeNotFound, "no signed report is recorded for that job"
 	case errors.Is(err, store.ErrConflict):
 		return connect.CodeAborted, "the document changed concurrently; read it again and retry"
+	case errors.Is(err, credentials.ErrEnrollmentToken):
+		return connect.CodeUnauthenticated, "the enrollment token is unknown, used, expired or replaced by a newer one; " +
+			"an admin issues a new one with ferryctl device add <id> (--reenroll for a device that has enrolled)"
 	case errors.Is(err, credentials.ErrUnauthenticated):
 		return connect.CodeUnauthenticated, "a valid credential is required"
 	case errors.Is(err, errPermissionDenied):

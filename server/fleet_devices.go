@@ -11,8 +11,8 @@ import (
 
 // AddDevice adds a device to the fleet (or finds it) and returns a new
 // one-time enrollment token for it. Calling it again for the same device
-// gives a new token, for a device that must enroll again; earlier tokens
-// stay good until used or expired.
+// gives a new token and voids the earlier unused ones; a device that has
+// enrolled gets one only with reenroll set.
 func (f *fleetService) AddDevice(ctx context.Context, req *connect.Request[fleetv1.AddDeviceRequest]) (*connect.Response[fleetv1.AddDeviceResponse], error) {
 	id := req.Msg.GetDeviceId()
 	labels := req.Msg.GetLabels()
@@ -24,11 +24,11 @@ func (f *fleetService) AddDevice(ctx context.Context, req *connect.Request[fleet
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}
-	token, exp, err := f.creds.broker.CreateEnrollment(ctx, id, labels)
+	token, exp, err := f.creds.broker.CreateEnrollment(ctx, id, labels, req.Msg.GetReenroll())
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}
-	f.log.InfoContext(ctx, "device added", "device", id, "by", operatorFromContext(ctx).Name)
+	f.log.InfoContext(ctx, "device added", "device", id, "reenroll", req.Msg.GetReenroll(), "by", operatorFromContext(ctx).Name)
 	return connect.NewResponse(&fleetv1.AddDeviceResponse{
 		Device: deviceToProto(d), EnrollmentToken: token, EnrollmentExpireTime: timestamppb.New(exp),
 	}), nil

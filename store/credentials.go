@@ -13,7 +13,16 @@ var (
 	ErrUsed = errors.New("already used")
 	// ErrExpired: the stored value exists but its time is over.
 	ErrExpired = errors.New("expired")
+	// ErrSuperseded: a newer enrollment of the same device replaced this
+	// one, or the device enrolled with another.
+	ErrSuperseded = errors.New("superseded by a newer enrollment of the device")
+	// ErrEnrolled: the device has enrolled already, and a new enrollment
+	// was not asked for as a re-enrolment.
+	ErrEnrolled = errors.New("the device has enrolled already")
 )
+
+// Retention is how long a store keeps an enrollment after its ExpiresAt.
+const Retention = 24 * time.Hour
 
 // Enrollment is a pending one-time enrollment of a device. Only the SHA-256
 // of the token is stored.
@@ -25,30 +34,35 @@ type Enrollment struct {
 	ExpiresAt   time.Time         `json:"expires_at"`
 }
 
-// EnrollmentRetention is how long a store keeps an enrollment's record after
-// it expires, so that a late try is told ErrExpired rather than ErrNotFound.
-//
-// Two clocks are at work. Whether an enrollment has expired is decided by the
-// now given to TakeEnrollment (the caller's clock, which tests control). How
-// long the record is kept is decided by the store's own wall clock: the Redis
-// server's (the key's EXPIREAT), or the host's for the embedded store, which
-// treats a record past its retention as gone in the same way. A record whose
-// ExpiresAt plus the retention is already past by that wall clock is gone
-// as soon as it is written.
-const EnrollmentRetention = 24 * time.Hour
-
 // Enrollments stores one-time enrollment tokens. Implementations are safe for
 // concurrent use.
+//
+// A device has at most one enrollment that can still be taken: storing one
+// supersedes the device's earlier ones, and once the device has taken one
+// every other enrollment it had is void. A device that has enrolled gets a
+// new enrollment only as an explicit re-enrolment.
+//
+// Two clocks are involved, and every backend uses them alike. Whether an
+// enrollment has expired (ErrExpired) is decided by the now passed to
+// TakeEnrollment: the caller's domain clock. How long it is kept is decided
+// by the store's own wall clock (the host's time.Now unless the backend was
+// given another): an enrollment more than Retention past its ExpiresAt is
+// gone, and TakeEnrollment returns ErrNotFound for it.
 type Enrollments interface {
-	// PutEnrollment stores e under its token hash. Repeating it is harmless.
-	// The record is kept until EnrollmentRetention after e.ExpiresAt, by
-	// the store's wall clock; after that it is ErrNotFound.
-	PutEnrollment(ctx context.Context, e Enrollment) error
+	// PutEnrollment stores e under its token hash as its device's current
+	// enrollment: the device's earlier enrollments that were not taken are
+	// superseded. If the device has taken an enrollment before, it returns
+	// ErrEnrolled and changes nothing unless reenroll is set. An
+	// enrollment already past its retention is not stored. Repeating it is
+	// harmless: a hash that is stored already is kept as it is.
+	PutEnrollment(ctx context.Context, e Enrollment, reenroll bool) error
 	// TakeEnrollment marks the enrollment used by claimant and returns it.
-	// It returns ErrNotFound for an unknown hash, ErrExpired after
-	// ExpiresAt, and ErrUsed when another claimant took it. A repeat by the
-	// same claimant succeeds again, so a retried call is harmless; claimant
-	// must be unique per attempt.
+	// It returns ErrNotFound for an unknown hash (or one past retention),
+	// ErrUsed when another claimant took it, ErrSuperseded when a newer
+	// enrollment of the device replaced it or the device enrolled with
+	// another, and ErrExpired at or after ExpiresAt. A repeat by the same
+	// claimant succeeds again, so a retried call is harmless; claimant must
+	// be unique per attempt.
 	TakeEnrollment(ctx context.Context, tokenSHA256, claimant string, now time.Time) (Enrollment, error)
 }
 
@@ -74,8 +88,9 @@ type Revocations interface {
 // TokenIDs records the ids of single-use tokens.
 type TokenIDs interface {
 	// UseTokenID records that id was used by claimant, keeping the record
-	// until expires. It returns ErrUsed if another claimant used it first;
-	// a repeat by the same claimant succeeds.
+	// until expires, and at least a second, by the store's wall clock. It
+	// returns ErrUsed if another claimant used it while the record is
+	// kept; a repeat by the same claimant succeeds.
 	UseTokenID(ctx context.Context, id, claimant string, expires time.Time) error
 }
 

@@ -11,15 +11,20 @@ import (
 )
 
 func newDeviceAddCmd(a *app) *cobra.Command {
-	var labels []string
+	var (
+		labels   []string
+		reenroll bool
+	)
 	cmd := &cobra.Command{
 		Use:   "add <device-id>",
 		Short: "Add a device and print its one-time enrollment token",
 		Long: "Add a device to the fleet (or find it) and print a new one-time enrollment token.\n" +
-			"The device sends the token with a certificate signing request to CredentialService.Enroll.",
+			"The device sends the token with a certificate signing request to CredentialService.Enroll.\n" +
+			"A new token voids the device's earlier unused ones. A device that has enrolled gets a new\n" +
+			"token only with --reenroll (a lost key, a replaced board).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &fleetv1.AddDeviceRequest{DeviceId: args[0], Labels: map[string]string{}}
+			req := &fleetv1.AddDeviceRequest{DeviceId: args[0], Labels: map[string]string{}, Reenroll: reenroll}
 			for _, l := range labels {
 				k, v, ok := strings.Cut(l, "=")
 				if !ok || k == "" {
@@ -45,6 +50,7 @@ func newDeviceAddCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringArrayVar(&labels, "label", nil, "label key=value (repeatable), for example model=gw2")
+	cmd.Flags().BoolVar(&reenroll, "reenroll", false, "issue a token to a device that has enrolled already, so that it enrolls again")
 	return cmd
 }
 

@@ -17,6 +17,7 @@ func TestDeviceAdminCommands(t *testing.T) {
 	}{
 		{"add", []string{"device", "add", "gw-1", "--label", "model=gw2"}, []string{"gw-1 added", "ferry_enroll_"}, ""},
 		{"add as JSON", []string{"device", "add", "gw-1", "-o", "json"}, []string{`"enrollmentToken": "ferry_enroll_`}, ""},
+		{"add with re-enrolment", []string{"device", "add", "gw-1", "--reenroll"}, []string{"gw-1 added", "ferry_enroll_"}, ""},
 		{"bad label", []string{"device", "add", "gw-2", "--label", "model"}, nil, "want key=value"},
 		{"bad id", []string{"device", "add", "a b"}, nil, "invalid_argument"},
 		{"revoke", []string{"device", "revoke", "gw-1", "--reason", "stolen"}, []string{"gw-1 revoked"}, ""},

@@ -38,7 +38,8 @@ var (
 // Change notices stay in this process (store.LocalChanges): one bbolt file
 // serves one ferryd.
 type Store struct {
-	db *bbolt.DB
+	db  *bbolt.DB
+	now func() time.Time
 	store.LocalChanges
 }
 
@@ -67,8 +68,13 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, now: time.Now}, nil
 }
+
+// SetClock sets the wall clock the store keeps enrollments and token ids
+// by (time.Now by default; see store.Enrollments). Tests give it their
+// test clock. Call it before the store is used.
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
 // Close closes the database file.
 func (s *Store) Close() error { return s.db.Close() }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/bolt"
 	"github.com/ferryhq/ferry/store/storetest"
@@ -17,6 +18,7 @@ func TestConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.SetClock(testclock.Now)
 		return s
 	})
 }
@@ -27,6 +29,7 @@ func TestCredentialsConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.SetClock(testclock.Now)
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
@@ -38,6 +41,7 @@ func TestRolloutsConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.SetClock(testclock.Now)
 		t.Cleanup(func() { s.Close() })
 		return s
 	})

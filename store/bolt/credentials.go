@@ -13,12 +13,16 @@ import (
 	"github.com/ferryhq/ferry/store"
 )
 
-// Buckets of the credential broker.
+// Buckets of the credential broker: enrollments holds one storedEnrollment
+// per token hash; enrollment-devices one enrollmentDevice per device id
+// (which enrollment is current, and whether the device has taken one),
+// kept for good. Both change in the same transaction.
 var (
-	enrollmentsBucket = []byte("enrollments")
-	revocationsBucket = []byte("revocations")
-	tokenIDsBucket    = []byte("token-ids")
-	secretsBucket     = []byte("secrets")
+	enrollmentsBucket       = []byte("enrollments")
+	enrollmentDevicesBucket = []byte("enrollment-devices")
+	revocationsBucket       = []byte("revocations")
+	tokenIDsBucket          = []byte("token-ids")
+	secretsBucket           = []byte("secrets")
 )
 
 var _ store.Credentials = (*Store)(nil)
@@ -36,40 +40,75 @@ type storedEnrollment struct {
 	UsedBy string `json:"used_by,omitempty"`
 }
 
-// PutEnrollment implements store.Enrollments.
-func (s *Store) PutEnrollment(ctx context.Context, e store.Enrollment) error {
-	if err := ctx.Err(); err != nil {
-		return err
+// enrollmentDevice is a device's enrollment state. A device without one
+// (stored before this record existed) accepts any of its enrollments once.
+type enrollmentDevice struct {
+	Current  string `json:"current,omitempty"`
+	Enrolled bool   `json:"enrolled,omitempty"`
+}
+
+func getJSON(b *bbolt.Bucket, key string, v any) (bool, error) {
+	raw := b.Get([]byte(key))
+	if raw == nil {
+		return false, nil
 	}
-	raw, err := json.Marshal(storedEnrollment{Enrollment: e})
+	return true, json.Unmarshal(raw, v)
+}
+
+func putJSON(b *bbolt.Bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	err = s.db.Update(func(tx *bbolt.Tx) error {
+	return b.Put([]byte(key), raw)
+}
+
+// retained reports whether an enrollment expiring at exp is still kept at
+// now, by this store's wall clock (see store.Enrollments). The Redis store
+// keeps its keys exactly as long.
+func retained(exp, now time.Time) bool { return now.Before(exp.Add(store.Retention)) }
+
+// PutEnrollment implements store.Enrollments.
+func (s *Store) PutEnrollment(ctx context.Context, e store.Enrollment, reenroll bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := s.now()
+	if !retained(e.ExpiresAt, now) {
+		return nil
+	}
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b, err := bucket(tx, enrollmentsBucket)
 		if err != nil {
 			return err
 		}
+		devs, err := bucket(tx, enrollmentDevicesBucket)
+		if err != nil {
+			return err
+		}
+		if b.Get([]byte(e.TokenSHA256)) != nil {
+			return nil // a repeat
+		}
+		var dev enrollmentDevice
+		if _, err := getJSON(devs, e.DeviceID, &dev); err != nil {
+			return err
+		}
+		if dev.Enrolled && !reenroll {
+			return store.ErrEnrolled
+		}
 		if rand.IntN(64) == 0 {
-			pruneEnrollments(b, time.Now())
+			pruneEnrollments(b, now)
 		}
-		if enrollmentGone(e, time.Now()) {
-			return nil // the Redis backend's key would expire at once
+		if err := putJSON(b, e.TokenSHA256, storedEnrollment{Enrollment: e}); err != nil {
+			return err
 		}
-		return b.Put([]byte(e.TokenSHA256), raw)
+		dev.Current = e.TokenSHA256
+		return putJSON(devs, e.DeviceID, dev)
 	})
 	if err != nil {
-		return fmt.Errorf("put enrollment: %w", err)
+		return fmt.Errorf("put enrollment for %s: %w", e.DeviceID, err)
 	}
 	return nil
-}
-
-// enrollmentGone reports whether an enrollment's record is past its
-// retention, store.EnrollmentRetention after it expires, by the host's wall
-// clock (now): such a record is treated as never stored, as the Redis
-// backend's key has expired by then.
-func enrollmentGone(e store.Enrollment, now time.Time) bool {
-	return !now.Before(e.ExpiresAt.Add(store.EnrollmentRetention))
 }
 
 // pruneEnrollments drops enrollments past their retention.
@@ -77,7 +116,7 @@ func pruneEnrollments(b *bbolt.Bucket, now time.Time) {
 	var old [][]byte
 	_ = b.ForEach(func(k, v []byte) error {
 		var e storedEnrollment
-		if json.Unmarshal(v, &e) == nil && enrollmentGone(e.Enrollment, now) {
+		if json.Unmarshal(v, &e) == nil && !retained(e.ExpiresAt, now) {
 			old = append(old, bytes.Clone(k))
 		}
 		return nil
@@ -98,30 +137,39 @@ func (s *Store) TakeEnrollment(ctx context.Context, tokenSHA256, claimant string
 		if err != nil {
 			return err
 		}
-		raw := b.Get([]byte(tokenSHA256))
-		if raw == nil {
-			return store.ErrNotFound
-		}
-		if err := json.Unmarshal(raw, &e); err != nil {
+		devs, err := bucket(tx, enrollmentDevicesBucket)
+		if err != nil {
 			return err
 		}
-		if enrollmentGone(e.Enrollment, time.Now()) {
+		found, err := getJSON(b, tokenSHA256, &e)
+		switch {
+		case err != nil:
+			return err
+		case !found:
 			return store.ErrNotFound
+		case !retained(e.ExpiresAt, s.now()):
+			return store.ErrNotFound // pruned later
+		}
+		var dev enrollmentDevice
+		known, err := getJSON(devs, e.DeviceID, &dev)
+		if err != nil {
+			return err
 		}
 		switch {
 		case e.UsedBy == claimant:
 			return nil
 		case e.UsedBy != "":
 			return store.ErrUsed
+		case known && dev.Current != tokenSHA256:
+			return store.ErrSuperseded
 		case !now.Before(e.ExpiresAt):
 			return store.ErrExpired
 		}
 		e.UsedBy = claimant
-		out, err := json.Marshal(e)
-		if err != nil {
+		if err := putJSON(b, tokenSHA256, e); err != nil {
 			return err
 		}
-		return b.Put([]byte(tokenSHA256), out)
+		return putJSON(devs, e.DeviceID, enrollmentDevice{Current: tokenSHA256, Enrolled: true})
 	})
 	if err != nil {
 		return store.Enrollment{}, fmt.Errorf("take enrollment: %w", err)
@@ -210,12 +258,16 @@ type usedTokenID struct {
 	Expires  time.Time `json:"e"`
 }
 
-// UseTokenID implements store.TokenIDs. Expired ids are pruned now and then
-// (on about one write in 256) by the writes themselves.
+// UseTokenID implements store.TokenIDs. The record is kept until expires,
+// and at least a second, by the store's wall clock, as on Redis. Expired ids
+// are pruned now and then (on about one write in 256) by the writes
+// themselves.
 func (s *Store) UseTokenID(ctx context.Context, id, claimant string, expires time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	now := s.now()
+	expires = later(expires, now.Add(time.Second))
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b, err := bucket(tx, tokenIDsBucket)
 		if err != nil {
@@ -229,12 +281,12 @@ func (s *Store) UseTokenID(ctx context.Context, id, claimant string, expires tim
 			if u.Claimant == claimant {
 				return nil
 			}
-			if time.Now().Before(u.Expires) {
+			if now.Before(u.Expires) {
 				return store.ErrUsed
 			}
 		}
 		if rand.IntN(256) == 0 {
-			pruneTokenIDs(b, time.Now())
+			pruneTokenIDs(b, now)
 		}
 		raw, err := json.Marshal(usedTokenID{Claimant: claimant, Expires: expires})
 		if err != nil {
@@ -246,6 +298,13 @@ func (s *Store) UseTokenID(ctx context.Context, id, claimant string, expires tim
 		return fmt.Errorf("use token id: %w", err)
 	}
 	return nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func pruneTokenIDs(b *bbolt.Bucket, now time.Time) {

@@ -50,6 +50,7 @@ type Store struct {
 	rdb    goredis.UniversalClient
 	prefix string
 	owned  bool
+	now    func() time.Time
 }
 
 var (
@@ -80,8 +81,13 @@ func New(rdb goredis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "ferry:"
 	}
-	return &Store{rdb: rdb, prefix: prefix}
+	return &Store{rdb: rdb, prefix: prefix, now: time.Now}
 }
+
+// SetClock sets the wall clock the store turns expiry times into key TTLs
+// with (time.Now by default; see the credential keys). Tests give it their
+// test clock. Call it before the store is used.
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
 // Close closes the client if Open created it.
 func (s *Store) Close() error {

@@ -8,6 +8,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/internal/testredis"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/redis"
@@ -21,6 +22,7 @@ func TestConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.SetClock(testclock.Now)
 		return s
 	})
 }
@@ -32,6 +34,7 @@ func TestCredentialsConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.SetClock(testclock.Now)
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
@@ -44,6 +47,7 @@ func TestRolloutsConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		s.SetClock(testclock.Now)
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
@@ -98,6 +102,60 @@ func TestRolloutKeysShareASlot(t *testing.T) {
 	}
 	if ttl <= 0 || ttl > time.Minute {
 		t.Errorf("lease TTL %v, want within a minute", ttl)
+	}
+}
+
+// TestEnrollmentKeys checks that a device's enrollment keys share its hash
+// tag (the scripts touch them together), and that their TTL comes from the
+// store's clock, not from the date on the Redis host: a store whose clock
+// runs a year ahead still keeps an enrollment for its lifetime plus a day.
+func TestEnrollmentKeys(t *testing.T) {
+	ctx := context.Background()
+	url := testredis.URL(t)
+	prefix := testredis.Prefix(t)
+	s, err := redis.Open(ctx, url, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ahead := func() time.Time { return testclock.Now().Add(365 * 24 * time.Hour) }
+	s.SetClock(ahead)
+	now := ahead()
+	e := store.Enrollment{TokenSHA256: "ab12", DeviceID: "gw-7", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := s.PutEnrollment(ctx, e, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TakeEnrollment(ctx, "ab12", "c", now); err != nil {
+		t.Fatalf("TakeEnrollment on a clock a year ahead = %v", err)
+	}
+
+	opts, _ := goredis.ParseURL(url)
+	rdb := goredis.NewClient(opts)
+	defer rdb.Close()
+	keys, err := rdb.Keys(ctx, prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{prefix + "enroll:{gw-7}": true, prefix + "enroll:{gw-7}:ab12": true, prefix + "enrollment:ab12": true}
+	if len(keys) != len(want) {
+		t.Errorf("keys %q, want %d", keys, len(want))
+	}
+	for _, k := range keys {
+		if !want[k] {
+			t.Errorf("unexpected key %q", k)
+		}
+	}
+	for _, k := range []string{prefix + "enroll:{gw-7}:ab12", prefix + "enrollment:ab12"} {
+		ttl, err := rdb.PTTL(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lo, hi := 25*time.Hour-time.Minute, 25*time.Hour; ttl < lo || ttl > hi {
+			t.Errorf("%s: TTL %v, want about 25h (an hour to expiry plus a day)", k, ttl)
+		}
+	}
+	if ttl, _ := rdb.PTTL(ctx, prefix+"enroll:{gw-7}").Result(); ttl != -1 {
+		t.Errorf("device enrollment state TTL %v, want none (kept for good)", ttl)
 	}
 }
 

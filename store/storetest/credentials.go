@@ -10,11 +10,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/store"
 )
 
 // RunCredentials runs the conformance suite of store.Credentials against the
-// stores newStore returns (fresh and empty for each subtest).
+// stores newStore returns (fresh and empty for each subtest, on
+// testclock.Now).
 func RunCredentials(t *testing.T, newStore func(t *testing.T) store.Credentials) {
 	tests := []struct {
 		name string
@@ -24,8 +26,12 @@ func RunCredentials(t *testing.T, newStore func(t *testing.T) store.Credentials)
 		{"EnrollmentRefusals", testEnrollmentRefusals},
 		{"EnrollmentRace", testEnrollmentRace},
 		{"EnrollmentRetention", testEnrollmentRetention},
+		{"EnrollmentSupersedes", testEnrollmentSupersedes},
+		{"EnrollmentAfterEnrolled", testEnrollmentAfterEnrolled},
+		{"EnrollmentDevicesApart", testEnrollmentDevicesApart},
 		{"Revocations", testRevocations},
 		{"TokenIDs", testTokenIDs},
+		{"TokenIDKeptASecond", testTokenIDKeptASecond},
 		{"Secrets", testSecrets},
 	}
 	for _, tt := range tests {
@@ -46,7 +52,7 @@ func testEnrollmentOnce(t *testing.T, s store.Credentials) {
 	ctx := context.Background()
 	e := enrollment("aa", at.Add(time.Hour))
 	for range 2 { // repeating a put is harmless
-		if err := s.PutEnrollment(ctx, e); err != nil {
+		if err := s.PutEnrollment(ctx, e, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -67,7 +73,7 @@ func testEnrollmentOnce(t *testing.T, s store.Credentials) {
 
 func testEnrollmentRefusals(t *testing.T, s store.Credentials) {
 	ctx := context.Background()
-	if err := s.PutEnrollment(ctx, enrollment("bb", at.Add(time.Hour))); err != nil {
+	if err := s.PutEnrollment(ctx, enrollment("bb", at.Add(time.Hour)), false); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -92,7 +98,7 @@ func testEnrollmentRefusals(t *testing.T, s store.Credentials) {
 
 func testEnrollmentRace(t *testing.T, s store.Credentials) {
 	ctx := context.Background()
-	if err := s.PutEnrollment(ctx, enrollment("dd", at.Add(time.Hour))); err != nil {
+	if err := s.PutEnrollment(ctx, enrollment("dd", at.Add(time.Hour)), false); err != nil {
 		t.Fatal(err)
 	}
 	var (
@@ -118,30 +124,116 @@ func testEnrollmentRace(t *testing.T, s store.Credentials) {
 	}
 }
 
-// testEnrollmentRetention checks that both backends keep an expired
-// enrollment for store.EnrollmentRetention by their wall clock, and treat it
-// as gone after that. Its times come from the real clock on purpose: the
-// retention is measured by the store's clock, which no test can move.
+// testEnrollmentRetention checks that an enrollment is kept a day past its
+// expiry by the store's wall clock (the test clock), and gone after.
 func testEnrollmentRetention(t *testing.T, s store.Credentials) {
 	ctx := context.Background()
-	wall := time.Now()
-	kept := enrollment("kept", wall.Add(-store.EnrollmentRetention/2))
-	gone := enrollment("gone", wall.Add(-store.EnrollmentRetention-time.Minute))
-	for _, e := range []store.Enrollment{kept, gone} {
-		if err := s.PutEnrollment(ctx, e); err != nil {
+	now := testclock.Now()
+	tests := []struct {
+		name, hash string
+		expires    time.Time
+		want       error
+	}{
+		{"expired, kept", "r1", now.Add(-store.Retention + time.Hour), store.ErrExpired},
+		{"past retention", "r2", now.Add(-store.Retention - time.Minute), store.ErrNotFound},
+		{"long past retention", "r3", now.Add(-365 * 24 * time.Hour), store.ErrNotFound},
+	}
+	for _, tt := range tests {
+		e := enrollment(tt.hash, tt.expires)
+		e.DeviceID = "dev-" + tt.hash
+		if err := s.PutEnrollment(ctx, e, false); err != nil {
+			t.Fatalf("%s: PutEnrollment = %v", tt.name, err)
+		}
+		if _, err := s.TakeEnrollment(ctx, tt.hash, "c", now); !errors.Is(err, tt.want) {
+			t.Errorf("%s: TakeEnrollment = %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	// The domain clock decides expiry, the store's clock retention: an
+	// enrollment the store still keeps is good for a caller whose now is
+	// before its expiry.
+	if _, err := s.TakeEnrollment(ctx, "r1", "c", now.Add(-store.Retention)); err != nil {
+		t.Errorf("TakeEnrollment of a kept enrollment before its expiry = %v", err)
+	}
+}
+
+// testEnrollmentSupersedes checks that a device's newer enrollment voids
+// its earlier ones, and that the device then enrolls only with the newest.
+func testEnrollmentSupersedes(t *testing.T, s store.Credentials) {
+	ctx := context.Background()
+	for _, h := range []string{"s1", "s2", "s3"} {
+		if err := s.PutEnrollment(ctx, enrollment(h, at.Add(time.Hour)), false); err != nil {
+			t.Fatalf("PutEnrollment(%s) = %v", h, err)
+		}
+	}
+	// Repeating the put of an older hash does not make it current again.
+	if err := s.PutEnrollment(ctx, enrollment("s1", at.Add(time.Hour)), false); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"s1", "s2"} {
+		if _, err := s.TakeEnrollment(ctx, h, "c-"+h, at); !errors.Is(err, store.ErrSuperseded) {
+			t.Errorf("TakeEnrollment(%s) after a newer one = %v, want ErrSuperseded", h, err)
+		}
+	}
+	if _, err := s.TakeEnrollment(ctx, "s3", "c-3", at); err != nil {
+		t.Fatalf("TakeEnrollment of the newest = %v", err)
+	}
+	if _, err := s.TakeEnrollment(ctx, "s3", "c-3", at); err != nil {
+		t.Errorf("repeated TakeEnrollment by the same claimant = %v", err)
+	}
+	if _, err := s.TakeEnrollment(ctx, "s1", "c-1", at); !errors.Is(err, store.ErrSuperseded) {
+		t.Errorf("TakeEnrollment of an old one after enrolling = %v, want ErrSuperseded", err)
+	}
+}
+
+// testEnrollmentAfterEnrolled checks that a device that enrolled gets a new
+// enrollment only as a re-enrolment, and that it voids the old ones.
+func testEnrollmentAfterEnrolled(t *testing.T, s store.Credentials) {
+	ctx := context.Background()
+	if err := s.PutEnrollment(ctx, enrollment("e1", at.Add(time.Hour)), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TakeEnrollment(ctx, "e1", "c-1", at); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // refused, and refusing changes nothing
+		if err := s.PutEnrollment(ctx, enrollment("e2", at.Add(time.Hour)), false); !errors.Is(err, store.ErrEnrolled) {
+			t.Errorf("PutEnrollment for an enrolled device = %v, want ErrEnrolled", err)
+		}
+	}
+	if _, err := s.TakeEnrollment(ctx, "e2", "c-2", at); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("TakeEnrollment of a refused enrollment = %v, want ErrNotFound", err)
+	}
+	for range 2 { // a repeated re-enrolment is harmless
+		if err := s.PutEnrollment(ctx, enrollment("e3", at.Add(time.Hour)), true); err != nil {
+			t.Fatalf("PutEnrollment with reenroll = %v", err)
+		}
+	}
+	if err := s.PutEnrollment(ctx, enrollment("e4", at.Add(time.Hour)), false); !errors.Is(err, store.ErrEnrolled) {
+		t.Errorf("PutEnrollment without reenroll after a re-enrolment = %v, want ErrEnrolled", err)
+	}
+	if _, err := s.TakeEnrollment(ctx, "e1", "c-9", at); !errors.Is(err, store.ErrUsed) {
+		t.Errorf("TakeEnrollment of the used one by another claimant = %v, want ErrUsed", err)
+	}
+	if _, err := s.TakeEnrollment(ctx, "e3", "c-3", at); err != nil {
+		t.Errorf("TakeEnrollment of the re-enrolment = %v", err)
+	}
+}
+
+// testEnrollmentDevicesApart checks that one device's enrollments do not
+// touch another's.
+func testEnrollmentDevicesApart(t *testing.T, s store.Credentials) {
+	ctx := context.Background()
+	a, b := enrollment("a1", at.Add(time.Hour)), enrollment("b1", at.Add(time.Hour))
+	b.DeviceID = "dev-2"
+	for _, e := range []store.Enrollment{a, b} {
+		if err := s.PutEnrollment(ctx, e, false); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.TakeEnrollment(ctx, "kept", "c", wall); !errors.Is(err, store.ErrExpired) {
-		t.Errorf("TakeEnrollment within retention = %v, want ErrExpired", err)
-	}
-	if _, err := s.TakeEnrollment(ctx, "gone", "c", wall); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("TakeEnrollment past retention = %v, want ErrNotFound", err)
-	}
-	// Past its retention by the store's clock, it is gone even to a caller
-	// whose clock says it has not expired.
-	if _, err := s.TakeEnrollment(ctx, "gone", "c", gone.ExpiresAt.Add(-time.Hour)); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("TakeEnrollment past retention, early caller clock = %v, want ErrNotFound", err)
+	for _, h := range []string{"a1", "b1"} {
+		if _, err := s.TakeEnrollment(ctx, h, "c-"+h, at); err != nil {
+			t.Errorf("TakeEnrollment(%s) = %v", h, err)
+		}
 	}
 }
 
@@ -187,7 +279,7 @@ func testRevocations(t *testing.T, s store.Credentials) {
 
 func testTokenIDs(t *testing.T, s store.Credentials) {
 	ctx := context.Background()
-	exp := time.Now().Add(time.Minute)
+	exp := testclock.Now().Add(time.Minute)
 	steps := []struct {
 		id, claimant string
 		want         error
@@ -201,6 +293,23 @@ func testTokenIDs(t *testing.T, s store.Credentials) {
 		if err := s.UseTokenID(ctx, st.id, st.claimant, exp); !errors.Is(err, st.want) {
 			t.Errorf("UseTokenID(%s, %s) = %v, want %v", st.id, st.claimant, err, st.want)
 		}
+	}
+}
+
+// testTokenIDKeptASecond checks that a record is kept at least a second,
+// even for a token that expired already, and then frees the id.
+func testTokenIDKeptASecond(t *testing.T, s store.Credentials) {
+	ctx := context.Background()
+	past := testclock.Now().Add(-time.Hour)
+	if err := s.UseTokenID(ctx, "late", "a", past); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UseTokenID(ctx, "late", "b", past); !errors.Is(err, store.ErrUsed) {
+		t.Errorf("UseTokenID by another claimant at once = %v, want ErrUsed", err)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	if err := s.UseTokenID(ctx, "late", "b", past); err != nil {
+		t.Errorf("UseTokenID after the record lapsed = %v, want success", err)
 	}
 }
 

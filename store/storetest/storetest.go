@@ -1,7 +1,10 @@
 // Package storetest is the conformance suite every store backend passes.
 //
 // A backend's test calls Run with a function that returns a fresh, empty
-// store for each subtest.
+// store for each subtest. Every time in the suite derives from
+// internal/testclock, and a backend with a wall clock of its own (SetClock)
+// must be given testclock.Now, so that the suite passes on any date and
+// with the test clock moved (FERRY_TEST_CLOCK_SHIFT).
 package storetest
 
 import (
@@ -48,11 +51,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 	}
 }
 
-// at is the test clock's start in a non-UTC zone, to catch backends that
-// lose zones, with nanoseconds, to catch those that lose precision. It comes
-// from testclock, never from a calendar date: the Redis backend lets keys
-// expire by redis-server's own wall clock.
-var at = time.Unix(testclock.Start().Unix(), 123456789).In(time.FixedZone("CET", 3600))
+// at is the suite's start on the test clock, in a non-UTC zone and with
+// nanoseconds, to catch backends that lose zones or precision.
+var at = testclock.Start().Add(123456789 * time.Nanosecond).In(time.FixedZone("CET", 3600))
 
 func newDevice(id string) store.Device {
 	return store.Device{ID: id, Labels: map[string]string{"model": "gw2"}, CreatedAt: at}

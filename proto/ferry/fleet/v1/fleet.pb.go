@@ -1265,9 +1265,13 @@ func (x *GetAttestationResponse) GetCertificateChain() [][]byte {
 }
 
 type AddDeviceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Labels   map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Issue a token to a device that has enrolled already, so that it enrolls
+	// again (a lost key, a replaced board). Without it such a device is
+	// refused: re-enrolment is an explicit act.
+	Reenroll      bool `protobuf:"varint,3,opt,name=reenroll,proto3" json:"reenroll,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1314,6 +1318,13 @@ func (x *AddDeviceRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *AddDeviceRequest) GetReenroll() bool {
+	if x != nil {
+		return x.Reenroll
+	}
+	return false
 }
 
 type AddDeviceResponse struct {
@@ -3255,10 +3266,11 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\"a\n" +
 	"\x16GetAttestationResponse\x12\x1a\n" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\x12+\n" +
-	"\x11certificate_chain\x18\x02 \x03(\fR\x10certificateChain\"\xb0\x01\n" +
+	"\x11certificate_chain\x18\x02 \x03(\fR\x10certificateChain\"\xcc\x01\n" +
 	"\x10AddDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12D\n" +
-	"\x06labels\x18\x02 \x03(\v2,.ferry.fleet.v1.AddDeviceRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x02 \x03(\v2,.ferry.fleet.v1.AddDeviceRequest.LabelsEntryR\x06labels\x12\x1a\n" +
+	"\breenroll\x18\x03 \x01(\bR\breenroll\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +

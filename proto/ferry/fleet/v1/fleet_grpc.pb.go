@@ -57,6 +57,8 @@ type FleetServiceClient interface {
 	// GetAttestation returns the signed report a device sent for a job.
 	GetAttestation(ctx context.Context, in *GetAttestationRequest, opts ...grpc.CallOption) (*GetAttestationResponse, error)
 	// AddDevice registers a device and returns a one-time enrollment token.
+	// The new token voids the device's earlier unused ones. A device that
+	// has enrolled gets FAILED_PRECONDITION unless reenroll is set.
 	AddDevice(ctx context.Context, in *AddDeviceRequest, opts ...grpc.CallOption) (*AddDeviceResponse, error)
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.
@@ -192,6 +194,8 @@ type FleetServiceServer interface {
 	// GetAttestation returns the signed report a device sent for a job.
 	GetAttestation(context.Context, *GetAttestationRequest) (*GetAttestationResponse, error)
 	// AddDevice registers a device and returns a one-time enrollment token.
+	// The new token voids the device's earlier unused ones. A device that
+	// has enrolled gets FAILED_PRECONDITION unless reenroll is set.
 	AddDevice(context.Context, *AddDeviceRequest) (*AddDeviceResponse, error)
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.

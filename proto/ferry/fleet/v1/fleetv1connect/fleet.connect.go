@@ -108,6 +108,8 @@ type FleetServiceClient interface {
 	// GetAttestation returns the signed report a device sent for a job.
 	GetAttestation(context.Context, *connect.Request[v1.GetAttestationRequest]) (*connect.Response[v1.GetAttestationResponse], error)
 	// AddDevice registers a device and returns a one-time enrollment token.
+	// The new token voids the device's earlier unused ones. A device that
+	// has enrolled gets FAILED_PRECONDITION unless reenroll is set.
 	AddDevice(context.Context, *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error)
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.
@@ -263,6 +265,8 @@ type FleetServiceHandler interface {
 	// GetAttestation returns the signed report a device sent for a job.
 	GetAttestation(context.Context, *connect.Request[v1.GetAttestationRequest]) (*connect.Response[v1.GetAttestationResponse], error)
 	// AddDevice registers a device and returns a one-time enrollment token.
+	// The new token voids the device's earlier unused ones. A device that
+	// has enrolled gets FAILED_PRECONDITION unless reenroll is set.
 	AddDevice(context.Context, *connect.Request[v1.AddDeviceRequest]) (*connect.Response[v1.AddDeviceResponse], error)
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.
