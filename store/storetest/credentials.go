@@ -26,6 +26,7 @@ func RunCredentials(t *testing.T, newStore func(t *testing.T) store.Credentials)
 		{"Revocations", testRevocations},
 		{"TokenIDs", testTokenIDs},
 		{"Secrets", testSecrets},
+		{"SecretSwap", testSecretSwap}, // keys.go
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
