@@ -107,7 +107,7 @@ func (ks DownloadKeyset) VerifyingKey(_ context.Context, kid string, now time.Ti
 		return DownloadKey{}, fmt.Errorf("the token's signing key %q is unknown", kid)
 	}
 	if !k.RetireAt.IsZero() && !now.Before(k.RetireAt) {
-		return DownloadKey{}, fmt.Errorf("%w: key %q at %s", errKeyRetired, k.ID, k.RetireAt.UTC().Format(time.RFC3339))
+		return DownloadKey{}, fmt.Errorf("%w: key %q at %s", errKeyRetired, k.ID, k.RetireAt.UTC().Format(time.RFC3339Nano))
 	}
 	return k, nil
 }
