@@ -179,8 +179,8 @@ func DefaultConfig() Config {
 			MaxBlobBytes:    4 << 30,
 		},
 		Credentials: CredentialsConfig{
-			DeviceCertTTL:     24 * time.Hour,
-			EnrollmentTTL:     7 * 24 * time.Hour,
+			DeviceCertTTL:      24 * time.Hour,
+			EnrollmentTTL:      7 * 24 * time.Hour,
 			DownloadTokenTTL:   5 * time.Minute,
 			DownloadKeyGrace:   10 * time.Minute, // the token lifetime plus five minutes
 			DownloadKeyRefresh: 5 * time.Second,
