@@ -15,7 +15,7 @@ import (
 	"github.com/ferryhq/ferry/internal/testclock"
 )
 
-var now = testclock.Start().UTC().Truncate(time.Second)
+var now = testclock.Start()
 
 const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 

@@ -114,6 +114,11 @@ func NewOperatorKeys(keys []OperatorKey) (*OperatorKeys, error) {
 	return k, nil
 }
 
+// LooksLikeAPIKey reports whether a bearer credential claims to be a Ferry
+// API key (it has the API key prefix), as opposed to a download token (a
+// JWT) or anything else. It says nothing about whether the key is valid.
+func LooksLikeAPIKey(s string) bool { return strings.HasPrefix(s, apiKeyPrefix) }
+
 // Authenticate returns the operator an API key belongs to.
 func (k *OperatorKeys) Authenticate(key string) (Operator, error) {
 	if !strings.HasPrefix(key, apiKeyPrefix) {

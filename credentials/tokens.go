@@ -18,16 +18,18 @@ import (
 )
 
 // Download tokens are JWTs (RFC 7519) signed with HMAC-SHA256 under a key
-// every ferryd instance shares (kept in the store). Only ferryd issues and
-// verifies them, so a symmetric key costs nothing in trust and makes issue
-// and verify cost microseconds, where an ECDSA P-256 verify costs about 60.
+// every ferryd instance shares (kept in the store, see downloadkeys.go);
+// the header's "kid" names the key. Only ferryd issues and verifies them,
+// so a symmetric key costs nothing in trust and makes issue and verify
+// cost microseconds, where an ECDSA P-256 verify costs about 60.
 
 const (
 	tokenIssuer   = "ferryd"
 	tokenAudience = "ferry-download"
 	// MaxTokenBytes bounds the tokens Verify looks at.
 	MaxTokenBytes = 4 << 10
-	// TokenKeyName is the name of the shared signing key in the store.
+	// TokenKeyName is the name in the store of the single signing key of
+	// the time before key ids; the first keyset adopts it.
 	TokenKeyName = "download-token-hs256"
 )
 
@@ -78,23 +80,23 @@ func Thumbprint(cert *x509.Certificate) string {
 // Tokens issues and verifies download tokens. It is safe for concurrent
 // use.
 type Tokens struct {
-	key    []byte
+	keys   KeySource
 	now    func() time.Time
 	parser *jwt.Parser
 }
 
-// NewTokens returns a token issuer and verifier with a key of at least 32
-// bytes. now is the clock (time.Now when nil).
-func NewTokens(key []byte, now func() time.Time) (*Tokens, error) {
-	if len(key) < 32 {
-		return nil, errors.New("download token key must have at least 32 bytes")
+// NewTokens returns a token issuer and verifier over keys (a Keyring, or a
+// fixed DownloadKeyset). now is the clock (time.Now when nil).
+func NewTokens(keys KeySource, now func() time.Time) (*Tokens, error) {
+	if keys == nil {
+		return nil, errors.New("download tokens need keys")
 	}
 	if now == nil {
 		now = time.Now
 	}
 	return &Tokens{
-		key: key,
-		now: now,
+		keys: keys,
+		now:  now,
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 			jwt.WithIssuer(tokenIssuer),
@@ -107,8 +109,8 @@ func NewTokens(key []byte, now func() time.Time) (*Tokens, error) {
 	}, nil
 }
 
-// TokenKey returns the shared download token key from secrets, creating a
-// random one the first time.
+// TokenKey returns the single download token key of the time before key
+// ids from secrets, creating a random one the first time.
 func TokenKey(ctx context.Context, secrets store.Secrets) ([]byte, error) {
 	candidate := make([]byte, 32)
 	if _, err := rand.Read(candidate); err != nil {
@@ -121,10 +123,10 @@ func TokenKey(ctx context.Context, secrets store.Secrets) ([]byte, error) {
 	return key, nil
 }
 
-// Issue signs g. It fills in ID and IssuedAt when they are empty; g must
-// name a device, a target and an expiry, and be either bound to a
-// certificate or presigned.
-func (t *Tokens) Issue(g DownloadGrant) (string, DownloadGrant, error) {
+// Issue signs g with the current key, named in the token's "kid". It fills
+// in ID and IssuedAt when they are empty; g must name a device, a target
+// and an expiry, and be either bound to a certificate or presigned.
+func (t *Tokens) Issue(ctx context.Context, g DownloadGrant) (string, DownloadGrant, error) {
 	if g.DeviceID == "" || g.Target == "" || g.ExpiresAt.IsZero() {
 		return "", g, errors.New("download grant needs a device, a target and an expiry")
 	}
@@ -152,7 +154,13 @@ func (t *Tokens) Issue(g DownloadGrant) (string, DownloadGrant, error) {
 	if g.CertThumbprint != "" {
 		c.Cnf = &confirmation{X5tS256: g.CertThumbprint}
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(t.key)
+	key, err := t.keys.SigningKey(ctx)
+	if err != nil {
+		return "", g, fmt.Errorf("sign download token: %w", err)
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, c)
+	tok.Header["kid"] = key.ID
+	s, err := tok.SignedString(key.Secret)
 	if err != nil {
 		return "", g, fmt.Errorf("sign download token: %w", err)
 	}
@@ -161,14 +169,29 @@ func (t *Tokens) Issue(g DownloadGrant) (string, DownloadGrant, error) {
 	return s, g, nil
 }
 
-// Verify checks a token's signature, algorithm, issuer, audience and
-// expiry, and returns its grant. Any failure is ErrUnauthenticated.
-func (t *Tokens) Verify(token string) (DownloadGrant, error) {
+// Verify checks a token's signature (with the key its "kid" names, which
+// must not have retired), algorithm, issuer, audience and expiry, and
+// returns its grant. Any failure is ErrUnauthenticated.
+func (t *Tokens) Verify(ctx context.Context, token string) (DownloadGrant, error) {
 	if len(token) > MaxTokenBytes {
 		return DownloadGrant{}, fmt.Errorf("%w: download token is over %d bytes", ErrUnauthenticated, MaxTokenBytes)
 	}
 	var c downloadClaims
-	_, err := t.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return t.key, nil })
+	_, err := t.parser.ParseWithClaims(token, &c, func(tok *jwt.Token) (any, error) {
+		kid := ""
+		if v, ok := tok.Header["kid"]; ok {
+			s, isString := v.(string)
+			if !isString || s == "" {
+				return nil, errors.New("the token's kid is not a key id")
+			}
+			kid = s
+		}
+		key, err := t.keys.VerifyingKey(ctx, kid, t.now())
+		if err != nil {
+			return nil, err
+		}
+		return key.Secret, nil
+	})
 	if err != nil {
 		return DownloadGrant{}, fmt.Errorf("%w: download token: %v", ErrUnauthenticated, err)
 	}
@@ -216,7 +239,7 @@ type Downloads struct {
 // ErrUnauthenticated; a good token used out of its scope (another target,
 // another certificate, a revoked device, a second use) is ErrForbidden.
 func (d *Downloads) Authorize(ctx context.Context, token string, req DownloadRequest) (DownloadGrant, error) {
-	g, err := d.Tokens.Verify(token)
+	g, err := d.Tokens.Verify(ctx, token)
 	if err != nil {
 		return DownloadGrant{}, err
 	}

@@ -18,6 +18,28 @@ import (
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
 
+// testKeys is a fixed keyset of one key, testKey.
+func testKeys(t testing.TB, secret []byte) DownloadKeyset {
+	t.Helper()
+	k, err := NewDownloadKey(secret, testclock.Start().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return DownloadKeyset{Current: k}
+}
+
+// mint signs claims with method and testKey, naming its key id.
+func mint(t testing.TB, method jwt.SigningMethod, claims jwt.MapClaims) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(method, claims)
+	tok.Header["kid"] = testKeys(t, testKey).Current.ID
+	s, err := tok.SignedString(testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func testCerts(t testing.TB) (a, b *x509.Certificate) {
 	t.Helper()
 	now := testclock.Now()
@@ -34,7 +56,7 @@ func testCerts(t testing.TB) (a, b *x509.Certificate) {
 
 func TestTokenRoundTrip(t *testing.T) {
 	now := testclock.Start().Local() // tokens decode times in the local zone
-	tok, err := NewTokens(testKey, func() time.Time { return now })
+	tok, err := NewTokens(testKeys(t, testKey), func() time.Time { return now })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,39 +65,39 @@ func TestTokenRoundTrip(t *testing.T) {
 		DeviceID: "dev-a", Target: "fw/gw2-1.2.0.bin", SHA256: "ab12", Length: 42,
 		CertThumbprint: Thumbprint(certA), SingleUse: true, ExpiresAt: now.Add(5 * time.Minute),
 	}
-	s, issued, err := tok.Issue(in)
+	s, issued, err := tok.Issue(t.Context(), in)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if issued.ID == "" || !issued.IssuedAt.Equal(now) {
 		t.Errorf("issued grant %+v lacks id or issue time", issued)
 	}
-	got, err := tok.Verify(s)
+	got, err := tok.Verify(t.Context(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got != issued {
 		t.Errorf("Verify = %+v, want %+v", got, issued)
 	}
-	if _, _, err := tok.Issue(DownloadGrant{DeviceID: "d", Target: "t", ExpiresAt: now}); err == nil {
+	if _, _, err := tok.Issue(t.Context(), DownloadGrant{DeviceID: "d", Target: "t", ExpiresAt: now}); err == nil {
 		t.Error("issued a grant neither bound nor presigned")
 	}
-	if _, err := NewTokens([]byte("short"), nil); err == nil {
+	if _, err := NewDownloadKey([]byte("short"), now); err == nil {
 		t.Error("accepted a 5-byte key")
 	}
 }
 
 func TestTokenVerifyRefusals(t *testing.T) {
 	now := testclock.Start().Local() // tokens decode times in the local zone
-	tok, _ := NewTokens(testKey, func() time.Time { return now })
-	other, _ := NewTokens([]byte("another key, also thirty-two bytes!"), func() time.Time { return now })
+	tok, _ := NewTokens(testKeys(t, testKey), func() time.Time { return now })
+	other, _ := NewTokens(testKeys(t, []byte("another key, also thirty-two bytes!")), func() time.Time { return now })
 	certA, _ := testCerts(t)
 	g := DownloadGrant{DeviceID: "dev-a", Target: "t.bin", CertThumbprint: Thumbprint(certA), ExpiresAt: now.Add(time.Minute)}
-	good, _, _ := tok.Issue(g)
-	foreign, _, _ := other.Issue(g)
+	good, _, _ := tok.Issue(t.Context(), g)
+	foreign, _, _ := other.Issue(t.Context(), g)
 	expiredGrant := g
 	expiredGrant.IssuedAt, expiredGrant.ExpiresAt = now.Add(-time.Hour), now.Add(-time.Minute)
-	expired, _, _ := tok.Issue(expiredGrant)
+	expired, _, _ := tok.Issue(t.Context(), expiredGrant)
 	parts := strings.Split(good, ".")
 	payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
 	tamperedPayload := strings.Replace(string(payload), `"t.bin"`, `"x.bin"`, 1)
@@ -83,9 +105,26 @@ func TestTokenVerifyRefusals(t *testing.T) {
 	none := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + parts[1] + "."
 	// A token signed with the same key but another algorithm family is
 	// refused by the algorithm list, not by luck.
-	hs512, _ := jwt.NewWithClaims(jwt.SigningMethodHS512, jwt.MapClaims{"sub": "dev-a", "target": "t.bin", "iss": tokenIssuer, "aud": tokenAudience, "exp": now.Add(time.Minute).Unix(), "iat": now.Unix(), "jti": "x", "psu": true}).SignedString(testKey)
-	noIat, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "dev-a", "target": "t.bin", "iss": tokenIssuer, "aud": tokenAudience, "exp": now.Add(time.Minute).Unix(), "jti": "x", "psu": true}).SignedString(testKey)
-	wrongAud, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "dev-a", "target": "t.bin", "iss": tokenIssuer, "aud": "other", "exp": now.Add(time.Minute).Unix(), "iat": now.Unix(), "jti": "x", "psu": true}).SignedString(testKey)
+	hs512 := mint(t, jwt.SigningMethodHS512, jwt.MapClaims{"sub": "dev-a", "target": "t.bin", "iss": tokenIssuer, "aud": tokenAudience, "exp": now.Add(time.Minute).Unix(), "iat": now.Unix(), "jti": "x", "psu": true})
+	noIat := mint(t, jwt.SigningMethodHS256, jwt.MapClaims{"sub": "dev-a", "target": "t.bin", "iss": tokenIssuer, "aud": tokenAudience, "exp": now.Add(time.Minute).Unix(), "jti": "x", "psu": true})
+	wrongAud := mint(t, jwt.SigningMethodHS256, jwt.MapClaims{"sub": "dev-a", "target": "t.bin", "iss": tokenIssuer, "aud": "other", "exp": now.Add(time.Minute).Unix(), "iat": now.Unix(), "jti": "x", "psu": true})
+	// The same claims, correctly signed, but without a kid, or naming
+	// a key that does not exist or as a number: refused, with no legacy
+	// key in this keyset.
+	claims := jwt.MapClaims{"sub": "dev-a", "target": "t.bin", "iss": tokenIssuer, "aud": tokenAudience, "exp": now.Add(time.Minute).Unix(), "iat": now.Unix(), "jti": "x", "psu": true}
+	withKid := func(kid any) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims)
+		if kid == nil {
+			delete(tok.Header, "kid")
+		} else {
+			tok.Header["kid"] = kid
+		}
+		s, _ := tok.SignedString(testKey)
+		return s
+	}
+	if _, err := tok.Verify(t.Context(), mint(t, jwt.SigningMethodHS256, claims)); err != nil {
+		t.Fatalf("the correctly minted control token is refused: %v", err)
+	}
 	tests := []struct{ name, token string }{
 		{"empty", ""},
 		{"garbage", "a.b.c"},
@@ -96,10 +135,15 @@ func TestTokenVerifyRefusals(t *testing.T) {
 		{"HS512", hs512},
 		{"no issue time", noIat},
 		{"other audience", wrongAud},
+		{"no kid", withKid(nil)},
+		{"unknown kid", withKid("nope")},
+		{"numeric kid", withKid(7)},
+		{"empty kid", withKid("")},
+		{"huge kid", withKid(strings.Repeat("k", 100))},
 		{"huge", strings.Repeat("a", MaxTokenBytes+1)},
 	}
 	for _, tt := range tests {
-		if _, err := tok.Verify(tt.token); !errors.Is(err, ErrUnauthenticated) {
+		if _, err := tok.Verify(t.Context(), tt.token); !errors.Is(err, ErrUnauthenticated) {
 			t.Errorf("%s: Verify = %v, want ErrUnauthenticated", tt.name, err)
 		}
 	}
@@ -113,8 +157,7 @@ func TestDownloadsAuthorize(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	db.SetClock(testclock.Now)
-	tok, _ := NewTokens(testKey, testclock.Now)
+	tok, _ := NewTokens(testKeys(t, testKey), nil)
 	revoked := NewRevocationSet(db)
 	d := &Downloads{Tokens: tok, Revoked: revoked, Used: db}
 	certA, certB := testCerts(t)
@@ -122,7 +165,7 @@ func TestDownloadsAuthorize(t *testing.T) {
 		if g.ExpiresAt.IsZero() {
 			g.ExpiresAt = now.Add(time.Minute)
 		}
-		s, _, err := tok.Issue(g)
+		s, _, err := tok.Issue(t.Context(), g)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,13 +208,13 @@ func TestDownloadsAuthorize(t *testing.T) {
 
 func FuzzVerifyToken(f *testing.F) {
 	now := testclock.Start().Local() // tokens decode times in the local zone
-	tok, _ := NewTokens(testKey, func() time.Time { return now })
-	good, _, _ := tok.Issue(DownloadGrant{DeviceID: "d", Target: "t", Presigned: true, ExpiresAt: now.Add(time.Minute)})
+	tok, _ := NewTokens(testKeys(f, testKey), func() time.Time { return now })
+	good, _, _ := tok.Issue(f.Context(), DownloadGrant{DeviceID: "d", Target: "t", Presigned: true, ExpiresAt: now.Add(time.Minute)})
 	f.Add(good)
 	f.Add("eyJhbGciOiJub25lIn0.e30.")
 	f.Add("")
 	f.Fuzz(func(t *testing.T, s string) {
-		g, err := tok.Verify(s)
+		g, err := tok.Verify(t.Context(), s)
 		if err != nil {
 			if !errors.Is(err, ErrUnauthenticated) {
 				t.Fatalf("error %v is not ErrUnauthenticated", err)
@@ -180,18 +223,18 @@ func FuzzVerifyToken(f *testing.F) {
 		}
 		// Whatever verifies must be exactly what this key signed: issuing
 		// the grant again gives a token that verifies to the same grant.
-		again, _, err := tok.Issue(g)
+		again, _, err := tok.Issue(t.Context(), g)
 		if err != nil {
 			t.Fatalf("verified grant %+v cannot be issued: %v", g, err)
 		}
-		if g2, err := tok.Verify(again); err != nil || g2 != g {
+		if g2, err := tok.Verify(t.Context(), again); err != nil || g2 != g {
 			t.Fatalf("round trip of %+v gives %+v, %v", g, g2, err)
 		}
 	})
 }
 
 func BenchmarkDownloadToken(b *testing.B) {
-	tok, _ := NewTokens(testKey, nil)
+	tok, _ := NewTokens(testKeys(b, testKey), nil)
 	certA, _ := testCerts(b)
 	g := DownloadGrant{
 		DeviceID: "gw-000123", Target: "bundles/gw2/firmware-1.2.0.tar", Length: 52428800,
@@ -201,17 +244,17 @@ func BenchmarkDownloadToken(b *testing.B) {
 	b.Run("issue", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, _, err := tok.Issue(g); err != nil {
+			if _, _, err := tok.Issue(b.Context(), g); err != nil {
 				b.Fatal(err)
 			}
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
 	})
-	s, _, _ := tok.Issue(g)
+	s, _, _ := tok.Issue(b.Context(), g)
 	b.Run("verify", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := tok.Verify(s); err != nil {
+			if _, err := tok.Verify(b.Context(), s); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -240,7 +240,7 @@ func TestSeen(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	now := testclock.Start().UTC().Truncate(time.Second)
+	now := testclock.Start()
 	r := replica.New(replica.Config{Devices: s, Logger: slog.New(slog.DiscardHandler), SeenEvery: 10 * time.Second,
 		Now: func() time.Time { return now }})
 	ctx := context.Background()

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferrycreds "github.com/ferryhq/ferry/credentials"
+	"github.com/ferryhq/ferry/proto/ferry/credentials/v1/credentialsv1connect"
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 	"github.com/ferryhq/ferry/proto/ferry/repository/v1/repositoryv1connect"
 )
@@ -144,6 +145,9 @@ var procedureRoles = map[string]ferrycreds.Role{
 	fleetv1connect.FleetServiceSetDesiredStateProcedure:  ferrycreds.RoleOperator,
 	fleetv1connect.FleetServiceAddDeviceProcedure:        ferrycreds.RoleAdmin,
 	fleetv1connect.FleetServiceRevokeDeviceProcedure:     ferrycreds.RoleAdmin,
+
+	credentialsv1connect.DownloadKeyServiceListDownloadKeysProcedure:  ferrycreds.RoleViewer,
+	credentialsv1connect.DownloadKeyServiceRotateDownloadKeyProcedure: ferrycreds.RoleAdmin,
 
 	fleetv1connect.RolloutServiceGetRolloutProcedure:            ferrycreds.RoleViewer,
 	fleetv1connect.RolloutServiceListRolloutsProcedure:          ferrycreds.RoleViewer,

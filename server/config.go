@@ -103,6 +103,17 @@ type CredentialsConfig struct {
 	// DownloadTokenTTL is the lifetime of a download token (never more than
 	// the device certificate's remaining life).
 	DownloadTokenTTL time.Duration
+	// DownloadKeyGrace is how long a download token key replaced by a
+	// rotation keeps verifying the tokens it signed, unless the rotation
+	// names another grace. It must cover DownloadTokenTTL plus
+	// DownloadKeyRefresh, so that no token in flight breaks.
+	DownloadKeyGrace time.Duration
+	// DownloadKeyRefresh is how old this instance's copy of the download
+	// token keyset may get before it is read again from the store: the
+	// longest a rotation made on another instance takes to reach this one
+	// (a token naming a key this instance does not know makes it read the
+	// keyset at once).
+	DownloadKeyRefresh time.Duration
 	// RevocationRefresh is how often the cached revocation set is reloaded
 	// from the store and revoked devices' streams are closed; it bounds
 	// how long a revocation made on another instance takes here.
@@ -179,11 +190,13 @@ func DefaultConfig() Config {
 			MaxBlobBytes:    4 << 30,
 		},
 		Credentials: CredentialsConfig{
-			DeviceCertTTL:     24 * time.Hour,
-			EnrollmentTTL:     7 * 24 * time.Hour,
-			DownloadTokenTTL:  5 * time.Minute,
-			RevocationRefresh: 5 * time.Second,
-			ServingCertCheck:  5 * time.Second,
+			DeviceCertTTL:      24 * time.Hour,
+			EnrollmentTTL:      7 * 24 * time.Hour,
+			DownloadTokenTTL:   5 * time.Minute,
+			DownloadKeyGrace:   10 * time.Minute, // the token lifetime plus five minutes
+			DownloadKeyRefresh: 5 * time.Second,
+			RevocationRefresh:  5 * time.Second,
+			ServingCertCheck:   5 * time.Second,
 		},
 		Rollouts: RolloutsConfig{
 			LeaseTTL: 15 * time.Second,
@@ -260,6 +273,10 @@ func (c Config) Validate() error {
 	check(cr.DeviceCertTTL >= 10*time.Minute, "device certificate lifetime %v is under 10 minutes", cr.DeviceCertTTL)
 	check(cr.EnrollmentTTL >= time.Minute, "enrollment token lifetime %v is under a minute", cr.EnrollmentTTL)
 	check(cr.DownloadTokenTTL >= 10*time.Second && cr.DownloadTokenTTL <= time.Hour, "download token lifetime %v: want 10s to 1h", cr.DownloadTokenTTL)
+	check(cr.DownloadKeyRefresh > 0 && cr.DownloadKeyRefresh <= time.Minute, "download key refresh %v: want more than 0 and at most a minute", cr.DownloadKeyRefresh)
+	check(cr.DownloadKeyGrace >= cr.DownloadTokenTTL+cr.DownloadKeyRefresh,
+		"download key grace %v is under the download token lifetime %v plus the key refresh %v: tokens in flight would be refused after a rotation; set it to at least %v",
+		cr.DownloadKeyGrace, cr.DownloadTokenTTL, cr.DownloadKeyRefresh, cr.DownloadTokenTTL+cr.DownloadKeyRefresh)
 	check(cr.RevocationRefresh > 0 && cr.ServingCertCheck > 0, "revocation refresh and serving certificate check intervals must be positive")
 	check((c.DeviceIssuerCertFile == "") == (c.DeviceIssuerKeyFile == ""), "device issuer certificate and key go together")
 	r := c.Repository

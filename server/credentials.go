@@ -35,6 +35,7 @@ type credentialsState struct {
 	cfg           Config
 	log           *slog.Logger
 	broker        *credentials.Broker
+	keys          *credentials.Keyring // download token keys
 	tokens        *credentials.Tokens
 	downloads     *credentials.Downloads
 	operatorCerts *credentials.OperatorCerts // nil: API keys only
@@ -116,11 +117,13 @@ func newCredentials(ctx context.Context, cfg Config, log *slog.Logger, st store.
 	if c.broker, err = credentials.NewBroker(bc); err != nil {
 		return nil, err
 	}
-	key, err := credentials.TokenKey(ctx, st)
+	c.keys, err = credentials.NewKeyring(ctx, credentials.KeyringConfig{
+		Secrets: st, Refresh: cfg.Credentials.DownloadKeyRefresh, Logger: log,
+	})
 	if err != nil {
 		return nil, err
 	}
-	if c.tokens, err = credentials.NewTokens(key, nil); err != nil {
+	if c.tokens, err = credentials.NewTokens(c.keys, nil); err != nil {
 		return nil, err
 	}
 	c.downloads = &credentials.Downloads{Tokens: c.tokens, Revoked: c.revoked, Used: st}
@@ -268,7 +271,7 @@ func (d *credentialDevice) IssueDownloadToken(ctx context.Context, req *credenti
 	if !g.Presigned {
 		g.CertThumbprint = credentials.Thumbprint(leaf)
 	}
-	token, g, err := d.creds.tokens.Issue(g)
+	token, g, err := d.creds.tokens.Issue(ctx, g)
 	if err != nil {
 		return nil, grpcError(ctx, d.creds.log, err)
 	}

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	goredis "github.com/redis/go-redis/v9"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,6 +29,7 @@ import (
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 	"github.com/ferryhq/ferry/server"
+	"github.com/ferryhq/ferry/store/redis"
 	"github.com/ferryhq/ferry/tuf/tuftest"
 )
 
@@ -188,21 +188,20 @@ func mustToken(t *testing.T, f *ferrytest.Ferryd, d *device, req *credentialsv1.
 	return resp
 }
 
-// sharedTokenKey reads the download token key from the store, as any other
-// ferryd on the same Redis would.
-func sharedTokenKey(t *testing.T, cfg server.Config) []byte {
+// sharedTokenKeys reads the download token keyset from the store, as any
+// other ferryd on the same Redis would.
+func sharedTokenKeys(t *testing.T, cfg server.Config) *credentials.Keyring {
 	t.Helper()
-	opts, err := goredis.ParseURL(cfg.RedisURL)
+	st, err := redis.Open(context.Background(), cfg.RedisURL, cfg.RedisPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rdb := goredis.NewClient(opts)
-	defer rdb.Close()
-	key, err := rdb.Get(context.Background(), cfg.RedisPrefix+"secret:"+credentials.TokenKeyName).Bytes()
+	t.Cleanup(func() { st.Close() })
+	ring, err := credentials.NewKeyring(context.Background(), credentials.KeyringConfig{Secrets: st})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return key
+	return ring
 }
 
 func code(err error) codes.Code {
@@ -269,12 +268,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 	if !strings.Contains(tok1.GetUrl(), "/tuf/targets/a/") || !strings.Contains(presigned.GetUrl(), "token=") {
 		t.Fatalf("download URLs %q and %q", tok1.GetUrl(), presigned.GetUrl())
 	}
-	minter, err := credentials.NewTokens(sharedTokenKey(t, f.Config()), nil)
+	minter, err := credentials.NewTokens(sharedTokenKeys(t, f.Config()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	gw1Leaf := gw1.tls.Certificates[0].Leaf
-	expiredTok, _, err := minter.Issue(credentials.DownloadGrant{
+	expiredTok, _, err := minter.Issue(ctx, credentials.DownloadGrant{
 		DeviceID: "gw-1", Target: "a/fw-1.bin", SHA256: tuftest.SHA256(fw1), CertThumbprint: credentials.Thumbprint(gw1Leaf),
 		IssuedAt: time.Now().Add(-time.Hour), ExpiresAt: time.Now().Add(-time.Minute),
 	})

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -227,15 +228,15 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
 
 func (st *syncStream) report(r *devicev1.Report) error {
 	ctx := st.ctx
-	rep, unverified := st.verify(r)
+	rep, refusal, reason := st.verify(r)
 	var out replica.Outcome
-	if unverified != "" {
+	if reason != "" {
 		cur, err := st.svc.replica.GetDevice(ctx, st.id)
 		if err != nil {
 			return grpcError(ctx, st.log, err)
 		}
-		st.log.InfoContext(ctx, "report rejected", "reason", unverified)
-		out = replica.Outcome{Code: replica.RejectUnverified, Reason: unverified, Device: cur}
+		st.log.InfoContext(ctx, "report rejected", "code", rejectCodes[refusal], "reason", reason)
+		out = replica.Outcome{Code: refusal, Reason: reason, Device: cur}
 	} else {
 		var err error
 		if out, err = st.svc.replica.Report(ctx, st.id, rep); err != nil {
@@ -327,36 +328,62 @@ func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
 // verify turns a report into the replica's form. A signed report is
 // checked (signature, certificate chain, device identity, this stream's
 // nonce) and taken from its envelope; an unsigned one is refused unless the
-// server allows them. A non-empty reason means the report is refused.
-func (st *syncStream) verify(r *devicev1.Report) (replica.Report, string) {
+// server allows them. A non-empty reason means the report is refused with
+// code: INVALID for a malformed report (an envelope with other fields set
+// beside it), UNVERIFIED for one whose signature does not make it the
+// device's own (unsigned, tampered, foreign-signed, another stream's).
+func (st *syncStream) verify(r *devicev1.Report) (replica.Report, replica.RejectCode, string) {
 	env := r.GetEnvelope()
 	if len(env) == 0 {
 		if st.svc.requireSigned {
-			return replica.Report{JobID: r.GetJobId(), DesiredVersion: r.GetDesiredVersion()},
+			return replica.Report{JobID: r.GetJobId(), DesiredVersion: r.GetDesiredVersion()}, replica.RejectUnverified,
 				"reports must be signed: send a DSSE envelope"
 		}
-		return reportFromProto(r), ""
+		return reportFromProto(r), 0, ""
 	}
-	if r.GetJobId() != "" || r.GetDesiredVersion() != 0 || r.GetStatus() != 0 || r.GetStep() != 0 ||
-		r.GetErrorCode() != "" || r.GetMessage() != "" || r.GetReported() != nil {
-		return replica.Report{}, "a signed report carries its content in the envelope only"
+	if set := fieldsBesideEnvelope(r); len(set) > 0 {
+		return replica.Report{}, replica.RejectInvalid, fmt.Sprintf(
+			"a signed report carries its content in the envelope only; %s must be empty", strings.Join(set, ", "))
 	}
 	// The chain was verified in this stream's TLS handshake (and revocation
 	// closes the stream), so the leaf's key is the device's.
 	s, err := attest.VerifyByDevice(env, st.leaf, st.svc.trustDomain)
 	if err != nil {
-		return replica.Report{}, err.Error()
+		return replica.Report{}, replica.RejectUnverified, err.Error()
 	}
 	p := s.Predicate
 	rep := reportFromPredicate(p)
 	switch {
 	case p.Device != st.id:
-		return rep, fmt.Sprintf("report about device %q on device %q's stream", p.Device, st.id)
+		return rep, replica.RejectUnverified, fmt.Sprintf("report about device %q on device %q's stream", p.Device, st.id)
 	case p.Nonce != st.nonce:
-		return rep, "the report's nonce is not this stream's (replayed from another stream?)"
+		return rep, replica.RejectUnverified, "the report's nonce is not this stream's (replayed from another stream?)"
 	}
 	rep.Signed = &replica.Signed{Envelope: env, CertificateChain: st.chain}
-	return rep, ""
+	return rep, 0, ""
+}
+
+// fieldsBesideEnvelope names the fields of a signed report that are set
+// beside its envelope.
+func fieldsBesideEnvelope(r *devicev1.Report) []string {
+	var set []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"job_id", r.GetJobId() != ""},
+		{"desired_version", r.GetDesiredVersion() != 0},
+		{"status", r.GetStatus() != 0},
+		{"step", r.GetStep() != 0},
+		{"error_code", r.GetErrorCode() != ""},
+		{"message", r.GetMessage() != ""},
+		{"reported", r.GetReported() != nil},
+	} {
+		if f.set {
+			set = append(set, f.name)
+		}
+	}
+	return set
 }
 
 // refresh reads the device and sends the newest Delta if it is ahead.

@@ -27,6 +27,13 @@ const downloadTokenParam = "token"
 // single use. A valid token works for any number of Range requests until
 // it expires, unless it is single-use. Metadata needs a device certificate
 // of an unrevoked device, or an operator credential.
+//
+// On metadata, a device certificate is enough whatever else comes with
+// it: generic TUF clients send the download token (or other headers) on
+// every request, so an Authorization header that is not an API key is
+// ignored. An API key ("Bearer ferry_…") is a claim to be an operator and
+// is checked as one, certificate or not: a wrong one is refused (401), so
+// a mistyped or withdrawn operator key is reported instead of masked.
 type tokenDownloadAuthorizer struct {
 	creds *credentialsState
 	auth  Authenticator
@@ -36,7 +43,7 @@ var _ DownloadAuthorizer = tokenDownloadAuthorizer{}
 
 // AuthorizeMetadata implements DownloadAuthorizer.
 func (a tokenDownloadAuthorizer) AuthorizeMetadata(r *http.Request) error {
-	if r.Header.Get("Authorization") == "" && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+	if !presentsAPIKey(r.Header) && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		if id, ok := a.device(r); ok {
 			if a.creds.revoked.Revoked(id) {
 				return connect.NewError(connect.CodePermissionDenied, errors.New("the device's certificate was revoked"))
@@ -46,6 +53,13 @@ func (a tokenDownloadAuthorizer) AuthorizeMetadata(r *http.Request) error {
 	}
 	_, err := authorizeRequest(a.auth, a.creds.operatorCerts, r.Header, r.TLS, credentials.RoleViewer)
 	return err
+}
+
+// presentsAPIKey reports whether h carries an operator API key as its
+// bearer credential.
+func presentsAPIKey(h http.Header) bool {
+	key, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	return ok && credentials.LooksLikeAPIKey(strings.TrimSpace(key))
 }
 
 // device returns the id of a verified device certificate on r.
@@ -73,7 +87,7 @@ func (a tokenDownloadAuthorizer) AuthorizeTarget(r *http.Request, path, sha256 s
 	if !hasBearer {
 		token = r.URL.Query().Get(downloadTokenParam)
 	}
-	if token == "" || strings.HasPrefix(token, "ferry_") {
+	if token == "" || credentials.LooksLikeAPIKey(token) {
 		if token == "" && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			if _, isDevice := a.device(r); isDevice {
 				return connect.NewError(connect.CodeUnauthenticated,

@@ -407,23 +407,43 @@ func TestSignedReports(t *testing.T) {
 			withEnvelope := func(env []byte) *devicev1.SyncRequest {
 				return &devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{Envelope: env}}}
 			}
-			mixed := withEnvelope(dev.Sign(ok, dev.Nonce))
-			mixed.GetReport().JobId = job
+			// A good envelope with one more field set beside it: malformed.
+			mixed := func(set func(r *devicev1.Report)) *devicev1.SyncRequest {
+				m := withEnvelope(dev.Sign(ok, dev.Nonce))
+				set(m.GetReport())
+				return m
+			}
+			const (
+				unverified = devicev1.RejectCode_REJECT_CODE_UNVERIFIED
+				invalid    = devicev1.RejectCode_REJECT_CODE_INVALID
+			)
 			tests := []struct {
 				name string
 				msg  *devicev1.SyncRequest
+				want devicev1.RejectCode
 			}{
-				{"unsigned", &devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: ok}}},
-				{"another stream's nonce", withEnvelope(dev.Sign(ok, other.Nonce))},
-				{"signed by another device", withEnvelope(foreign.Sign(ok, dev.Nonce))},
-				{"envelope and fields", mixed},
-				{"garbage envelope", withEnvelope([]byte(`{"payloadType":"application/vnd.in-toto+json","payload":"e30=","signatures":[]}`))},
+				{"unsigned", &devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: ok}}, unverified},
+				{"another stream's nonce", withEnvelope(dev.Sign(ok, other.Nonce)), unverified},
+				{"signed by another device", withEnvelope(foreign.Sign(ok, dev.Nonce)), unverified},
+				{"garbage envelope", withEnvelope([]byte(`{"payloadType":"application/vnd.in-toto+json","payload":"e30=","signatures":[]}`)), unverified},
+				{"envelope and job_id", mixed(func(r *devicev1.Report) { r.JobId = job }), invalid},
+				{"envelope and desired_version", mixed(func(r *devicev1.Report) { r.DesiredVersion = 1 }), invalid},
+				{"envelope and status", mixed(func(r *devicev1.Report) { r.Status = devicev1.JobStatus_JOB_STATUS_SUCCEEDED }), invalid},
+				{"envelope and step", mixed(func(r *devicev1.Report) { r.Step = devicev1.Step_STEP_INSTALLING }), invalid},
+				{"envelope and error_code", mixed(func(r *devicev1.Report) { r.ErrorCode = "x" }), invalid},
+				{"envelope and message", mixed(func(r *devicev1.Report) { r.Message = "x" }), invalid},
+				{"envelope and reported", mixed(func(r *devicev1.Report) { r.Reported = &devicev1.ReportedState{} }), invalid},
+				{"foreign envelope and fields", func() *devicev1.SyncRequest {
+					m := withEnvelope(foreign.Sign(ok, dev.Nonce))
+					m.GetReport().JobId = job
+					return m
+				}(), invalid},
 			}
 			for _, tt := range tests {
 				dev.Send(tt.msg)
 				rej := dev.Recv().GetRejected()
-				if rej.GetCode() != devicev1.RejectCode_REJECT_CODE_UNVERIFIED || rej.GetCurrentDesiredVersion() != 1 {
-					t.Errorf("%s: %v, want Rejected UNVERIFIED", tt.name, rej)
+				if rej.GetCode() != tt.want || rej.GetCurrentDesiredVersion() != 1 {
+					t.Errorf("%s: %v, want Rejected %v", tt.name, rej, tt.want)
 				}
 			}
 			got, err := f.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))

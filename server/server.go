@@ -74,6 +74,7 @@ var servedNames = []string{
 	fleetv1connect.RolloutServiceName,
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
+	credentialsv1connect.DownloadKeyServiceName,
 }
 
 // apiServiceNames are the services served on the API port: what reflection
@@ -221,6 +222,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, log: s.log, creds: s.creds}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, log: s.log}, guarded))
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
+	mux.Handle(credentialsv1connect.NewDownloadKeyServiceHandler(&downloadKeyService{creds: s.creds}, guarded))
 	// TUF metadata and targets: operators and devices (see tufhttp.go).
 	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth}, log: s.log})
 	// Devices authenticate to CredentialService themselves (enrollment

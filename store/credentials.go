@@ -100,6 +100,12 @@ type Secrets interface {
 	// GetOrCreateSecret returns the secret stored under name, storing
 	// candidate first if there is none. Every caller gets the same bytes.
 	GetOrCreateSecret(ctx context.Context, name string, candidate []byte) ([]byte, error)
+	// SwapSecret replaces the secret stored under name with next if it
+	// still holds prev (compare-and-set). It returns ErrNotFound if there
+	// is none and ErrConflict if it holds something else. If it already
+	// holds next, it succeeds without a change, so a retried swap is
+	// harmless.
+	SwapSecret(ctx context.Context, name string, prev, next []byte) error
 }
 
 // Credentials is everything the credential broker persists.

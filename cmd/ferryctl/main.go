@@ -43,5 +43,6 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newRepoCmd(a))
 	root.AddCommand(newBundleCmd(a))
 	root.AddCommand(newRolloutCmd(a))
+	root.AddCommand(newTokenCmd(a))
 	return root
 }

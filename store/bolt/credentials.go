@@ -344,3 +344,30 @@ func (s *Store) GetOrCreateSecret(ctx context.Context, name string, candidate []
 	}
 	return out, nil
 }
+
+// SwapSecret implements store.Secrets.
+func (s *Store) SwapSecret(ctx context.Context, name string, prev, next []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, secretsBucket)
+		if err != nil {
+			return err
+		}
+		cur := b.Get([]byte(name))
+		switch {
+		case cur == nil:
+			return store.ErrNotFound
+		case bytes.Equal(cur, next):
+			return nil
+		case !bytes.Equal(cur, prev):
+			return store.ErrConflict
+		}
+		return b.Put([]byte(name), bytes.Clone(next))
+	})
+	if err != nil {
+		return fmt.Errorf("swap secret %q: %w", name, err)
+	}
+	return nil
+}

@@ -26,7 +26,8 @@ import (
 //	                                the enrollment's key
 //	<prefix>revoked                 hash: device id -> revocation JSON
 //	<prefix>jti:<id>                string: claimant; expires with the token
-//	<prefix>secret:<name>           string: the secret
+//	<prefix>secret:<name>           string: the secret (SwapSecret
+//	                                compare-and-sets it in one script)
 //
 // A script touches either one key or the keys of one device, which share
 // the device's hash tag {<id>} (the slot of dev:{<id>} too), so they work
@@ -241,4 +242,31 @@ func (s *Store) GetOrCreateSecret(ctx context.Context, name string, candidate []
 		return nil, fmt.Errorf("secret %q: %w", name, err)
 	}
 	return out, nil
+}
+
+// swapSecretScript sets KEYS[1] to ARGV[2] if it holds ARGV[1]; it
+// succeeds without a change if it already holds ARGV[2] (a retry).
+var swapSecretScript = goredis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 'missing' end
+if cur == ARGV[2] then return 'ok' end
+if cur ~= ARGV[1] then return 'conflict' end
+redis.call('SET', KEYS[1], ARGV[2])
+return 'ok'
+`)
+
+// SwapSecret implements store.Secrets.
+func (s *Store) SwapSecret(ctx context.Context, name string, prev, next []byte) error {
+	res, err := swapSecretScript.Run(ctx, s.rdb, []string{s.secretKey(name)}, prev, next).Text()
+	if err != nil {
+		return fmt.Errorf("swap secret %q: %w", name, err)
+	}
+	switch res {
+	case "ok":
+		return nil
+	case "missing":
+		return fmt.Errorf("swap secret %q: %w", name, store.ErrNotFound)
+	default:
+		return fmt.Errorf("swap secret %q: %w", name, store.ErrConflict)
+	}
 }

@@ -33,6 +33,7 @@ func RunCredentials(t *testing.T, newStore func(t *testing.T) store.Credentials)
 		{"TokenIDs", testTokenIDs},
 		{"TokenIDKeptASecond", testTokenIDKeptASecond},
 		{"Secrets", testSecrets},
+		{"SecretSwap", testSecretSwap}, // keys.go
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

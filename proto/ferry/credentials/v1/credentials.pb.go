@@ -5,13 +5,15 @@
 // source: ferry/credentials/v1/credentials.proto
 
 // Package ferry.credentials.v1 is the credential broker: device enrollment,
-// certificate renewal and short-lived download tokens.
+// certificate renewal, short-lived download tokens and the keys that sign
+// them.
 
 package credentialsv1
 
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -361,11 +363,275 @@ func (x *IssueDownloadTokenResponse) GetUrl() string {
 	return ""
 }
 
+// DownloadKey describes one key of the keyset, without its secret.
+type DownloadKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key id, the "kid" in the JWT header of the tokens it signs.
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When a previous key stops verifying; unset for the current key.
+	RetireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=retire_time,json=retireTime,proto3" json:"retire_time,omitempty"`
+	// legacy marks the key adopted from the single key of the time before
+	// key ids: tokens without a "kid" verify with it while it has not
+	// retired.
+	Legacy        bool `protobuf:"varint,4,opt,name=legacy,proto3" json:"legacy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadKey) Reset() {
+	*x = DownloadKey{}
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadKey) ProtoMessage() {}
+
+func (x *DownloadKey) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadKey.ProtoReflect.Descriptor instead.
+func (*DownloadKey) Descriptor() ([]byte, []int) {
+	return file_ferry_credentials_v1_credentials_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DownloadKey) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DownloadKey) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *DownloadKey) GetRetireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetireTime
+	}
+	return nil
+}
+
+func (x *DownloadKey) GetLegacy() bool {
+	if x != nil {
+		return x.Legacy
+	}
+	return false
+}
+
+type ListDownloadKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDownloadKeysRequest) Reset() {
+	*x = ListDownloadKeysRequest{}
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDownloadKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDownloadKeysRequest) ProtoMessage() {}
+
+func (x *ListDownloadKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDownloadKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListDownloadKeysRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_credentials_v1_credentials_proto_rawDescGZIP(), []int{7}
+}
+
+type ListDownloadKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key that signs new tokens.
+	Current *DownloadKey `protobuf:"bytes,1,opt,name=current,proto3" json:"current,omitempty"`
+	// The keys that still verify the tokens they signed, newest first.
+	Previous      []*DownloadKey `protobuf:"bytes,2,rep,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDownloadKeysResponse) Reset() {
+	*x = ListDownloadKeysResponse{}
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDownloadKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDownloadKeysResponse) ProtoMessage() {}
+
+func (x *ListDownloadKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDownloadKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListDownloadKeysResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_credentials_v1_credentials_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListDownloadKeysResponse) GetCurrent() *DownloadKey {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+func (x *ListDownloadKeysResponse) GetPrevious() []*DownloadKey {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+type RotateDownloadKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the replaced key keeps verifying. Unset: the server's
+	// configured grace (by default the download token lifetime plus five
+	// minutes). Zero retires it at once, for a key that leaked: every token
+	// it signed is refused from then on.
+	Grace         *durationpb.Duration `protobuf:"bytes,1,opt,name=grace,proto3" json:"grace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateDownloadKeyRequest) Reset() {
+	*x = RotateDownloadKeyRequest{}
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateDownloadKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateDownloadKeyRequest) ProtoMessage() {}
+
+func (x *RotateDownloadKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateDownloadKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateDownloadKeyRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_credentials_v1_credentials_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RotateDownloadKeyRequest) GetGrace() *durationpb.Duration {
+	if x != nil {
+		return x.Grace
+	}
+	return nil
+}
+
+type RotateDownloadKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Current       *DownloadKey           `protobuf:"bytes,1,opt,name=current,proto3" json:"current,omitempty"`
+	Previous      []*DownloadKey         `protobuf:"bytes,2,rep,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateDownloadKeyResponse) Reset() {
+	*x = RotateDownloadKeyResponse{}
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateDownloadKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateDownloadKeyResponse) ProtoMessage() {}
+
+func (x *RotateDownloadKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_credentials_v1_credentials_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateDownloadKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateDownloadKeyResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_credentials_v1_credentials_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RotateDownloadKeyResponse) GetCurrent() *DownloadKey {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+func (x *RotateDownloadKeyResponse) GetPrevious() []*DownloadKey {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
 var File_ferry_credentials_v1_credentials_proto protoreflect.FileDescriptor
 
 const file_ferry_credentials_v1_credentials_proto_rawDesc = "" +
 	"\n" +
-	"&ferry/credentials/v1/credentials.proto\x12\x14ferry.credentials.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n" +
+	"&ferry/credentials/v1/credentials.proto\x12\x14ferry.credentials.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n" +
 	"\rEnrollRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12)\n" +
 	"\x10enrollment_token\x18\x02 \x01(\tR\x0fenrollmentToken\"z\n" +
@@ -389,11 +655,30 @@ const file_ferry_credentials_v1_credentials_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12\x10\n" +
-	"\x03url\x18\x03 \x01(\tR\x03url2\xd4\x02\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\"\xaf\x01\n" +
+	"\vDownloadKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12;\n" +
+	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vretire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"retireTime\x12\x16\n" +
+	"\x06legacy\x18\x04 \x01(\bR\x06legacy\"\x19\n" +
+	"\x17ListDownloadKeysRequest\"\x96\x01\n" +
+	"\x18ListDownloadKeysResponse\x12;\n" +
+	"\acurrent\x18\x01 \x01(\v2!.ferry.credentials.v1.DownloadKeyR\acurrent\x12=\n" +
+	"\bprevious\x18\x02 \x03(\v2!.ferry.credentials.v1.DownloadKeyR\bprevious\"K\n" +
+	"\x18RotateDownloadKeyRequest\x12/\n" +
+	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"\x97\x01\n" +
+	"\x19RotateDownloadKeyResponse\x12;\n" +
+	"\acurrent\x18\x01 \x01(\v2!.ferry.credentials.v1.DownloadKeyR\acurrent\x12=\n" +
+	"\bprevious\x18\x02 \x03(\v2!.ferry.credentials.v1.DownloadKeyR\bprevious2\xd4\x02\n" +
 	"\x11CredentialService\x12S\n" +
 	"\x06Enroll\x12#.ferry.credentials.v1.EnrollRequest\x1a$.ferry.credentials.v1.EnrollResponse\x12q\n" +
 	"\x10RenewCertificate\x12-.ferry.credentials.v1.RenewCertificateRequest\x1a..ferry.credentials.v1.RenewCertificateResponse\x12w\n" +
-	"\x12IssueDownloadToken\x12/.ferry.credentials.v1.IssueDownloadTokenRequest\x1a0.ferry.credentials.v1.IssueDownloadTokenResponseB\xe1\x01\n" +
+	"\x12IssueDownloadToken\x12/.ferry.credentials.v1.IssueDownloadTokenRequest\x1a0.ferry.credentials.v1.IssueDownloadTokenResponse2\xfd\x01\n" +
+	"\x12DownloadKeyService\x12q\n" +
+	"\x10ListDownloadKeys\x12-.ferry.credentials.v1.ListDownloadKeysRequest\x1a..ferry.credentials.v1.ListDownloadKeysResponse\x12t\n" +
+	"\x11RotateDownloadKey\x12..ferry.credentials.v1.RotateDownloadKeyRequest\x1a/.ferry.credentials.v1.RotateDownloadKeyResponseB\xe1\x01\n" +
 	"\x18com.ferry.credentials.v1B\x10CredentialsProtoP\x01ZAgithub.com/ferryhq/ferry/proto/ferry/credentials/v1;credentialsv1\xa2\x02\x03FCX\xaa\x02\x14Ferry.Credentials.V1\xca\x02\x14Ferry\\Credentials\\V1\xe2\x02 Ferry\\Credentials\\V1\\GPBMetadata\xea\x02\x16Ferry::Credentials::V1b\x06proto3"
 
 var (
@@ -408,7 +693,7 @@ func file_ferry_credentials_v1_credentials_proto_rawDescGZIP() []byte {
 	return file_ferry_credentials_v1_credentials_proto_rawDescData
 }
 
-var file_ferry_credentials_v1_credentials_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_ferry_credentials_v1_credentials_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_ferry_credentials_v1_credentials_proto_goTypes = []any{
 	(*EnrollRequest)(nil),              // 0: ferry.credentials.v1.EnrollRequest
 	(*EnrollResponse)(nil),             // 1: ferry.credentials.v1.EnrollResponse
@@ -416,23 +701,40 @@ var file_ferry_credentials_v1_credentials_proto_goTypes = []any{
 	(*RenewCertificateResponse)(nil),   // 3: ferry.credentials.v1.RenewCertificateResponse
 	(*IssueDownloadTokenRequest)(nil),  // 4: ferry.credentials.v1.IssueDownloadTokenRequest
 	(*IssueDownloadTokenResponse)(nil), // 5: ferry.credentials.v1.IssueDownloadTokenResponse
-	(*timestamppb.Timestamp)(nil),      // 6: google.protobuf.Timestamp
+	(*DownloadKey)(nil),                // 6: ferry.credentials.v1.DownloadKey
+	(*ListDownloadKeysRequest)(nil),    // 7: ferry.credentials.v1.ListDownloadKeysRequest
+	(*ListDownloadKeysResponse)(nil),   // 8: ferry.credentials.v1.ListDownloadKeysResponse
+	(*RotateDownloadKeyRequest)(nil),   // 9: ferry.credentials.v1.RotateDownloadKeyRequest
+	(*RotateDownloadKeyResponse)(nil),  // 10: ferry.credentials.v1.RotateDownloadKeyResponse
+	(*timestamppb.Timestamp)(nil),      // 11: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 12: google.protobuf.Duration
 }
 var file_ferry_credentials_v1_credentials_proto_depIdxs = []int32{
-	6, // 0: ferry.credentials.v1.EnrollResponse.expire_time:type_name -> google.protobuf.Timestamp
-	6, // 1: ferry.credentials.v1.RenewCertificateResponse.expire_time:type_name -> google.protobuf.Timestamp
-	6, // 2: ferry.credentials.v1.IssueDownloadTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	0, // 3: ferry.credentials.v1.CredentialService.Enroll:input_type -> ferry.credentials.v1.EnrollRequest
-	2, // 4: ferry.credentials.v1.CredentialService.RenewCertificate:input_type -> ferry.credentials.v1.RenewCertificateRequest
-	4, // 5: ferry.credentials.v1.CredentialService.IssueDownloadToken:input_type -> ferry.credentials.v1.IssueDownloadTokenRequest
-	1, // 6: ferry.credentials.v1.CredentialService.Enroll:output_type -> ferry.credentials.v1.EnrollResponse
-	3, // 7: ferry.credentials.v1.CredentialService.RenewCertificate:output_type -> ferry.credentials.v1.RenewCertificateResponse
-	5, // 8: ferry.credentials.v1.CredentialService.IssueDownloadToken:output_type -> ferry.credentials.v1.IssueDownloadTokenResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	11, // 0: ferry.credentials.v1.EnrollResponse.expire_time:type_name -> google.protobuf.Timestamp
+	11, // 1: ferry.credentials.v1.RenewCertificateResponse.expire_time:type_name -> google.protobuf.Timestamp
+	11, // 2: ferry.credentials.v1.IssueDownloadTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	11, // 3: ferry.credentials.v1.DownloadKey.create_time:type_name -> google.protobuf.Timestamp
+	11, // 4: ferry.credentials.v1.DownloadKey.retire_time:type_name -> google.protobuf.Timestamp
+	6,  // 5: ferry.credentials.v1.ListDownloadKeysResponse.current:type_name -> ferry.credentials.v1.DownloadKey
+	6,  // 6: ferry.credentials.v1.ListDownloadKeysResponse.previous:type_name -> ferry.credentials.v1.DownloadKey
+	12, // 7: ferry.credentials.v1.RotateDownloadKeyRequest.grace:type_name -> google.protobuf.Duration
+	6,  // 8: ferry.credentials.v1.RotateDownloadKeyResponse.current:type_name -> ferry.credentials.v1.DownloadKey
+	6,  // 9: ferry.credentials.v1.RotateDownloadKeyResponse.previous:type_name -> ferry.credentials.v1.DownloadKey
+	0,  // 10: ferry.credentials.v1.CredentialService.Enroll:input_type -> ferry.credentials.v1.EnrollRequest
+	2,  // 11: ferry.credentials.v1.CredentialService.RenewCertificate:input_type -> ferry.credentials.v1.RenewCertificateRequest
+	4,  // 12: ferry.credentials.v1.CredentialService.IssueDownloadToken:input_type -> ferry.credentials.v1.IssueDownloadTokenRequest
+	7,  // 13: ferry.credentials.v1.DownloadKeyService.ListDownloadKeys:input_type -> ferry.credentials.v1.ListDownloadKeysRequest
+	9,  // 14: ferry.credentials.v1.DownloadKeyService.RotateDownloadKey:input_type -> ferry.credentials.v1.RotateDownloadKeyRequest
+	1,  // 15: ferry.credentials.v1.CredentialService.Enroll:output_type -> ferry.credentials.v1.EnrollResponse
+	3,  // 16: ferry.credentials.v1.CredentialService.RenewCertificate:output_type -> ferry.credentials.v1.RenewCertificateResponse
+	5,  // 17: ferry.credentials.v1.CredentialService.IssueDownloadToken:output_type -> ferry.credentials.v1.IssueDownloadTokenResponse
+	8,  // 18: ferry.credentials.v1.DownloadKeyService.ListDownloadKeys:output_type -> ferry.credentials.v1.ListDownloadKeysResponse
+	10, // 19: ferry.credentials.v1.DownloadKeyService.RotateDownloadKey:output_type -> ferry.credentials.v1.RotateDownloadKeyResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ferry_credentials_v1_credentials_proto_init() }
@@ -446,9 +748,9 @@ func file_ferry_credentials_v1_credentials_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_credentials_v1_credentials_proto_rawDesc), len(file_ferry_credentials_v1_credentials_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   11,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_ferry_credentials_v1_credentials_proto_goTypes,
 		DependencyIndexes: file_ferry_credentials_v1_credentials_proto_depIdxs,

@@ -5,7 +5,8 @@
 // source: ferry/credentials/v1/credentials.proto
 
 // Package ferry.credentials.v1 is the credential broker: device enrollment,
-// certificate renewal and short-lived download tokens.
+// certificate renewal, short-lived download tokens and the keys that sign
+// them.
 
 package credentialsv1
 
@@ -211,6 +212,172 @@ var CredentialService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IssueDownloadToken",
 			Handler:    _CredentialService_IssueDownloadToken_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "ferry/credentials/v1/credentials.proto",
+}
+
+const (
+	DownloadKeyService_ListDownloadKeys_FullMethodName  = "/ferry.credentials.v1.DownloadKeyService/ListDownloadKeys"
+	DownloadKeyService_RotateDownloadKey_FullMethodName = "/ferry.credentials.v1.DownloadKeyService/RotateDownloadKey"
+)
+
+// DownloadKeyServiceClient is the client API for DownloadKeyService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// DownloadKeyService manages the keys that sign download tokens, on the
+// back-office port with operator credentials. Every ferryd sharing a store
+// shares one keyset: the current key, which signs new tokens and is named
+// in their "kid", and previous keys, which verify the tokens they signed
+// until their retire time. Secrets are never returned.
+type DownloadKeyServiceClient interface {
+	// ListDownloadKeys returns the keyset as the serving instance knows it.
+	// Needs the viewer role.
+	ListDownloadKeys(ctx context.Context, in *ListDownloadKeysRequest, opts ...grpc.CallOption) (*ListDownloadKeysResponse, error)
+	// RotateDownloadKey makes a new random key the current one. The key it
+	// replaces keeps verifying its tokens for the grace period, so tokens in
+	// flight keep working on every instance; previous keys past their retire
+	// time are dropped. Two rotations at the same time both apply, one after
+	// the other. Needs the admin role.
+	RotateDownloadKey(ctx context.Context, in *RotateDownloadKeyRequest, opts ...grpc.CallOption) (*RotateDownloadKeyResponse, error)
+}
+
+type downloadKeyServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewDownloadKeyServiceClient(cc grpc.ClientConnInterface) DownloadKeyServiceClient {
+	return &downloadKeyServiceClient{cc}
+}
+
+func (c *downloadKeyServiceClient) ListDownloadKeys(ctx context.Context, in *ListDownloadKeysRequest, opts ...grpc.CallOption) (*ListDownloadKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDownloadKeysResponse)
+	err := c.cc.Invoke(ctx, DownloadKeyService_ListDownloadKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *downloadKeyServiceClient) RotateDownloadKey(ctx context.Context, in *RotateDownloadKeyRequest, opts ...grpc.CallOption) (*RotateDownloadKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateDownloadKeyResponse)
+	err := c.cc.Invoke(ctx, DownloadKeyService_RotateDownloadKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// DownloadKeyServiceServer is the server API for DownloadKeyService service.
+// All implementations must embed UnimplementedDownloadKeyServiceServer
+// for forward compatibility.
+//
+// DownloadKeyService manages the keys that sign download tokens, on the
+// back-office port with operator credentials. Every ferryd sharing a store
+// shares one keyset: the current key, which signs new tokens and is named
+// in their "kid", and previous keys, which verify the tokens they signed
+// until their retire time. Secrets are never returned.
+type DownloadKeyServiceServer interface {
+	// ListDownloadKeys returns the keyset as the serving instance knows it.
+	// Needs the viewer role.
+	ListDownloadKeys(context.Context, *ListDownloadKeysRequest) (*ListDownloadKeysResponse, error)
+	// RotateDownloadKey makes a new random key the current one. The key it
+	// replaces keeps verifying its tokens for the grace period, so tokens in
+	// flight keep working on every instance; previous keys past their retire
+	// time are dropped. Two rotations at the same time both apply, one after
+	// the other. Needs the admin role.
+	RotateDownloadKey(context.Context, *RotateDownloadKeyRequest) (*RotateDownloadKeyResponse, error)
+	mustEmbedUnimplementedDownloadKeyServiceServer()
+}
+
+// UnimplementedDownloadKeyServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedDownloadKeyServiceServer struct{}
+
+func (UnimplementedDownloadKeyServiceServer) ListDownloadKeys(context.Context, *ListDownloadKeysRequest) (*ListDownloadKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDownloadKeys not implemented")
+}
+func (UnimplementedDownloadKeyServiceServer) RotateDownloadKey(context.Context, *RotateDownloadKeyRequest) (*RotateDownloadKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateDownloadKey not implemented")
+}
+func (UnimplementedDownloadKeyServiceServer) mustEmbedUnimplementedDownloadKeyServiceServer() {}
+func (UnimplementedDownloadKeyServiceServer) testEmbeddedByValue()                            {}
+
+// UnsafeDownloadKeyServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to DownloadKeyServiceServer will
+// result in compilation errors.
+type UnsafeDownloadKeyServiceServer interface {
+	mustEmbedUnimplementedDownloadKeyServiceServer()
+}
+
+func RegisterDownloadKeyServiceServer(s grpc.ServiceRegistrar, srv DownloadKeyServiceServer) {
+	// If the following call panics, it indicates UnimplementedDownloadKeyServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&DownloadKeyService_ServiceDesc, srv)
+}
+
+func _DownloadKeyService_ListDownloadKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDownloadKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DownloadKeyServiceServer).ListDownloadKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DownloadKeyService_ListDownloadKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DownloadKeyServiceServer).ListDownloadKeys(ctx, req.(*ListDownloadKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DownloadKeyService_RotateDownloadKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateDownloadKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DownloadKeyServiceServer).RotateDownloadKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DownloadKeyService_RotateDownloadKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DownloadKeyServiceServer).RotateDownloadKey(ctx, req.(*RotateDownloadKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// DownloadKeyService_ServiceDesc is the grpc.ServiceDesc for DownloadKeyService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var DownloadKeyService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "ferry.credentials.v1.DownloadKeyService",
+	HandlerType: (*DownloadKeyServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListDownloadKeys",
+			Handler:    _DownloadKeyService_ListDownloadKeys_Handler,
+		},
+		{
+			MethodName: "RotateDownloadKey",
+			Handler:    _DownloadKeyService_RotateDownloadKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -3,7 +3,8 @@
 // Source: ferry/credentials/v1/credentials.proto
 
 // Package ferry.credentials.v1 is the credential broker: device enrollment,
-// certificate renewal and short-lived download tokens.
+// certificate renewal, short-lived download tokens and the keys that sign
+// them.
 package credentialsv1connect
 
 import (
@@ -25,6 +26,8 @@ const _ = connect.IsAtLeastVersion1_13_0
 const (
 	// CredentialServiceName is the fully-qualified name of the CredentialService service.
 	CredentialServiceName = "ferry.credentials.v1.CredentialService"
+	// DownloadKeyServiceName is the fully-qualified name of the DownloadKeyService service.
+	DownloadKeyServiceName = "ferry.credentials.v1.DownloadKeyService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -44,6 +47,12 @@ const (
 	// CredentialServiceIssueDownloadTokenProcedure is the fully-qualified name of the
 	// CredentialService's IssueDownloadToken RPC.
 	CredentialServiceIssueDownloadTokenProcedure = "/ferry.credentials.v1.CredentialService/IssueDownloadToken"
+	// DownloadKeyServiceListDownloadKeysProcedure is the fully-qualified name of the
+	// DownloadKeyService's ListDownloadKeys RPC.
+	DownloadKeyServiceListDownloadKeysProcedure = "/ferry.credentials.v1.DownloadKeyService/ListDownloadKeys"
+	// DownloadKeyServiceRotateDownloadKeyProcedure is the fully-qualified name of the
+	// DownloadKeyService's RotateDownloadKey RPC.
+	DownloadKeyServiceRotateDownloadKeyProcedure = "/ferry.credentials.v1.DownloadKeyService/RotateDownloadKey"
 )
 
 // CredentialServiceClient is a client for the ferry.credentials.v1.CredentialService service.
@@ -179,4 +188,115 @@ func (UnimplementedCredentialServiceHandler) RenewCertificate(context.Context, *
 
 func (UnimplementedCredentialServiceHandler) IssueDownloadToken(context.Context, *connect.Request[v1.IssueDownloadTokenRequest]) (*connect.Response[v1.IssueDownloadTokenResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.credentials.v1.CredentialService.IssueDownloadToken is not implemented"))
+}
+
+// DownloadKeyServiceClient is a client for the ferry.credentials.v1.DownloadKeyService service.
+type DownloadKeyServiceClient interface {
+	// ListDownloadKeys returns the keyset as the serving instance knows it.
+	// Needs the viewer role.
+	ListDownloadKeys(context.Context, *connect.Request[v1.ListDownloadKeysRequest]) (*connect.Response[v1.ListDownloadKeysResponse], error)
+	// RotateDownloadKey makes a new random key the current one. The key it
+	// replaces keeps verifying its tokens for the grace period, so tokens in
+	// flight keep working on every instance; previous keys past their retire
+	// time are dropped. Two rotations at the same time both apply, one after
+	// the other. Needs the admin role.
+	RotateDownloadKey(context.Context, *connect.Request[v1.RotateDownloadKeyRequest]) (*connect.Response[v1.RotateDownloadKeyResponse], error)
+}
+
+// NewDownloadKeyServiceClient constructs a client for the ferry.credentials.v1.DownloadKeyService
+// service. By default, it uses the Connect protocol with the binary Protobuf Codec, asks for
+// gzipped responses, and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply
+// the connect.WithGRPC() or connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewDownloadKeyServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) DownloadKeyServiceClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	downloadKeyServiceMethods := v1.File_ferry_credentials_v1_credentials_proto.Services().ByName("DownloadKeyService").Methods()
+	return &downloadKeyServiceClient{
+		listDownloadKeys: connect.NewClient[v1.ListDownloadKeysRequest, v1.ListDownloadKeysResponse](
+			httpClient,
+			baseURL+DownloadKeyServiceListDownloadKeysProcedure,
+			connect.WithSchema(downloadKeyServiceMethods.ByName("ListDownloadKeys")),
+			connect.WithClientOptions(opts...),
+		),
+		rotateDownloadKey: connect.NewClient[v1.RotateDownloadKeyRequest, v1.RotateDownloadKeyResponse](
+			httpClient,
+			baseURL+DownloadKeyServiceRotateDownloadKeyProcedure,
+			connect.WithSchema(downloadKeyServiceMethods.ByName("RotateDownloadKey")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// downloadKeyServiceClient implements DownloadKeyServiceClient.
+type downloadKeyServiceClient struct {
+	listDownloadKeys  *connect.Client[v1.ListDownloadKeysRequest, v1.ListDownloadKeysResponse]
+	rotateDownloadKey *connect.Client[v1.RotateDownloadKeyRequest, v1.RotateDownloadKeyResponse]
+}
+
+// ListDownloadKeys calls ferry.credentials.v1.DownloadKeyService.ListDownloadKeys.
+func (c *downloadKeyServiceClient) ListDownloadKeys(ctx context.Context, req *connect.Request[v1.ListDownloadKeysRequest]) (*connect.Response[v1.ListDownloadKeysResponse], error) {
+	return c.listDownloadKeys.CallUnary(ctx, req)
+}
+
+// RotateDownloadKey calls ferry.credentials.v1.DownloadKeyService.RotateDownloadKey.
+func (c *downloadKeyServiceClient) RotateDownloadKey(ctx context.Context, req *connect.Request[v1.RotateDownloadKeyRequest]) (*connect.Response[v1.RotateDownloadKeyResponse], error) {
+	return c.rotateDownloadKey.CallUnary(ctx, req)
+}
+
+// DownloadKeyServiceHandler is an implementation of the ferry.credentials.v1.DownloadKeyService
+// service.
+type DownloadKeyServiceHandler interface {
+	// ListDownloadKeys returns the keyset as the serving instance knows it.
+	// Needs the viewer role.
+	ListDownloadKeys(context.Context, *connect.Request[v1.ListDownloadKeysRequest]) (*connect.Response[v1.ListDownloadKeysResponse], error)
+	// RotateDownloadKey makes a new random key the current one. The key it
+	// replaces keeps verifying its tokens for the grace period, so tokens in
+	// flight keep working on every instance; previous keys past their retire
+	// time are dropped. Two rotations at the same time both apply, one after
+	// the other. Needs the admin role.
+	RotateDownloadKey(context.Context, *connect.Request[v1.RotateDownloadKeyRequest]) (*connect.Response[v1.RotateDownloadKeyResponse], error)
+}
+
+// NewDownloadKeyServiceHandler builds an HTTP handler from the service implementation. It returns
+// the path on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewDownloadKeyServiceHandler(svc DownloadKeyServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	downloadKeyServiceMethods := v1.File_ferry_credentials_v1_credentials_proto.Services().ByName("DownloadKeyService").Methods()
+	downloadKeyServiceListDownloadKeysHandler := connect.NewUnaryHandler(
+		DownloadKeyServiceListDownloadKeysProcedure,
+		svc.ListDownloadKeys,
+		connect.WithSchema(downloadKeyServiceMethods.ByName("ListDownloadKeys")),
+		connect.WithHandlerOptions(opts...),
+	)
+	downloadKeyServiceRotateDownloadKeyHandler := connect.NewUnaryHandler(
+		DownloadKeyServiceRotateDownloadKeyProcedure,
+		svc.RotateDownloadKey,
+		connect.WithSchema(downloadKeyServiceMethods.ByName("RotateDownloadKey")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ferry.credentials.v1.DownloadKeyService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case DownloadKeyServiceListDownloadKeysProcedure:
+			downloadKeyServiceListDownloadKeysHandler.ServeHTTP(w, r)
+		case DownloadKeyServiceRotateDownloadKeyProcedure:
+			downloadKeyServiceRotateDownloadKeyHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedDownloadKeyServiceHandler returns CodeUnimplemented from all methods.
+type UnimplementedDownloadKeyServiceHandler struct{}
+
+func (UnimplementedDownloadKeyServiceHandler) ListDownloadKeys(context.Context, *connect.Request[v1.ListDownloadKeysRequest]) (*connect.Response[v1.ListDownloadKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.credentials.v1.DownloadKeyService.ListDownloadKeys is not implemented"))
+}
+
+func (UnimplementedDownloadKeyServiceHandler) RotateDownloadKey(context.Context, *connect.Request[v1.RotateDownloadKeyRequest]) (*connect.Response[v1.RotateDownloadKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.credentials.v1.DownloadKeyService.RotateDownloadKey is not implemented"))
 }
