@@ -11,11 +11,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ferryhq/ferry/attest"
+	"github.com/ferryhq/ferry/internal/version"
 )
 
 // Config configures an Agent. Link, Credentials, Store, Installer and
@@ -566,49 +566,10 @@ func (a *Agent) confirm(ctx context.Context, stream Stream) error {
 	return a.finish(ctx, stream, res)
 }
 
-// CompareVersions compares dotted versions ("1.10.0" > "1.9.2"): numeric
-// parts numerically, others as strings, a missing part as less; a
-// pre-release suffix after "-" sorts before the release.
-func CompareVersions(a, b string) int {
-	ar, apre, _ := strings.Cut(strings.TrimPrefix(a, "v"), "-")
-	br, bpre, _ := strings.Cut(strings.TrimPrefix(b, "v"), "-")
-	as, bs := strings.Split(ar, "."), strings.Split(br, ".")
-	for i := range max(len(as), len(bs)) {
-		if i >= len(as) {
-			return -1
-		}
-		if i >= len(bs) {
-			return 1
-		}
-		an, aerr := strconv.ParseUint(as[i], 10, 64)
-		bn, berr := strconv.ParseUint(bs[i], 10, 64)
-		var c int
-		if aerr == nil && berr == nil {
-			c = cmpUint(an, bn)
-		} else {
-			c = strings.Compare(as[i], bs[i])
-		}
-		if c != 0 {
-			return c
-		}
-	}
-	switch {
-	case apre == bpre:
-		return 0
-	case apre == "":
-		return 1
-	case bpre == "":
-		return -1
-	}
-	return strings.Compare(apre, bpre)
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
+// CompareVersions orders bundle versions by Semantic Versioning 2.0
+// precedence: -1, 0 or +1 as a is lower than, equal to or higher than b.
+// Numeric identifiers compare numerically ("1.0.0-rc.9" < "1.0.0-rc.10"),
+// build metadata is ignored ("2.0.0+build5" == "2.0.0"), a leading "v" is
+// accepted, the shorthand "1.2" equals "1.2.0", and a string that is not a
+// version sorts below every version (see internal/version).
+func CompareVersions(a, b string) int { return version.Compare(a, b) }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/ferryhq/ferry/internal/version"
 )
 
 // Limits on what the repository accepts.
@@ -70,6 +72,60 @@ type BundleInfo struct {
 	Published        time.Time `json:"published"`
 }
 
+// ValidBundleVersion checks a bundle version: full Semantic Versioning
+// 2.0 (MAJOR.MINOR.PATCH, optional -PRERELEASE and +BUILD), with or
+// without a leading "v". Devices order versions by SemVer precedence to
+// refuse downgrades, so the repository accepts no version they could not
+// order.
+func ValidBundleVersion(v string) error {
+	if err := version.Valid(v); err != nil {
+		return invalidf("%v", err)
+	}
+	return nil
+}
+
+// ferryVersion returns the version in Ferry's custom metadata of a
+// target; ok is false when the target has none (custom that is not an
+// object, or has no "ferry" member, belongs to another tool).
+func ferryVersion(path string, custom *json.RawMessage) (v string, ok bool, err error) {
+	if custom == nil {
+		return "", false, nil
+	}
+	var members map[string]json.RawMessage
+	if json.Unmarshal(*custom, &members) != nil {
+		return "", false, nil
+	}
+	raw, ok := members["ferry"]
+	if !ok {
+		return "", false, nil
+	}
+	var info BundleInfo
+	if err := json.Unmarshal(raw, &info); err != nil {
+		return "", true, invalidf("target %q: custom metadata \"ferry\": %v", path, err)
+	}
+	return info.Version, true, nil
+}
+
+// checkBundleVersion checks the version in Ferry's custom metadata of a
+// target being published. prev is the target as published before, if
+// any: a version it already had is kept, even one published before
+// versions were checked, so older bundles do not block their role.
+func checkBundleVersion(path string, tf, prev *metadata.TargetFiles) error {
+	v, ok, err := ferryVersion(path, tf.Custom)
+	if err != nil || !ok {
+		return err
+	}
+	if prev != nil {
+		if pv, pok, _ := ferryVersion(path, prev.Custom); pok && pv == v {
+			return nil
+		}
+	}
+	if err := version.Valid(v); err != nil {
+		return invalidf("target %q: %v", path, err)
+	}
+	return nil
+}
+
 type customJSON struct {
 	Ferry *BundleInfo `json:"ferry,omitempty"`
 }
@@ -106,6 +162,9 @@ func bundleFrom(path, role string, tf *metadata.TargetFiles) Bundle {
 // metadata.
 func NewTargetFile(path string, length int64, sha256Hex string, info BundleInfo) (*metadata.TargetFiles, error) {
 	if err := ValidTargetPath(path); err != nil {
+		return nil, err
+	}
+	if err := ValidBundleVersion(info.Version); err != nil {
 		return nil, err
 	}
 	digest, err := hex.DecodeString(sha256Hex)

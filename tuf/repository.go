@@ -578,10 +578,15 @@ func (r *Repository) verifyTargets(ctx context.Context, cur state, top *metadata
 		if tf.Length < 0 || tf.Length > r.cfg.MaxBlobBytes {
 			return nil, invalidf("target %q: length %d is out of range (0 to %d)", path, tf.Length, r.cfg.MaxBlobBytes)
 		}
+		var prev *metadata.TargetFiles
 		if old != nil {
-			if prev, ok := old.Signed.Targets[path]; ok && prev.Length == tf.Length && slices.Equal(prev.Hashes["sha256"], digest) {
-				continue // unchanged: its blob was checked when it was published
-			}
+			prev = old.Signed.Targets[path]
+		}
+		if err := checkBundleVersion(path, tf, prev); err != nil {
+			return nil, err
+		}
+		if prev != nil && prev.Length == tf.Length && slices.Equal(prev.Hashes["sha256"], digest) {
+			continue // unchanged: its blob was checked when it was published
 		}
 		hexDigest := hex.EncodeToString(digest)
 		size, err := r.cfg.Storage.Size(ctx, BlobKey(hexDigest))

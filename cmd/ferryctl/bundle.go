@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	repositoryv1 "github.com/ferryhq/ferry/proto/ferry/repository/v1"
@@ -39,11 +40,18 @@ as a target (path NAME/VERSION/<file name> unless --path is given) with
 its custom metadata to the role that holds that path, signs that role's
 next version with the offline keys in <repo-dir>/keys, and submits it.
 ferryd verifies the signatures against the trusted root before it
-accepts anything.`,
+accepts anything. VERSION must be a semantic version (MAJOR.MINOR.PATCH,
+optional -PRERELEASE and +BUILD, a leading "v" accepted): devices order
+versions by SemVer 2.0 precedence to refuse downgrades. While it uploads,
+a progress bar with the rate and the time left is drawn on stderr when it
+is a terminal (nothing otherwise).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if name == "" || version == "" {
 				return errors.New("--name and --version are required")
+			}
+			if err := tuf.ValidBundleVersion(version); err != nil {
+				return fmt.Errorf("--version: %w", err)
 			}
 			if notesFile != "" {
 				raw, err := os.ReadFile(notesFile)
@@ -88,11 +96,9 @@ accepts anything.`,
 			if _, err := f.Seek(0, io.SeekStart); err != nil {
 				return err
 			}
-			var progress io.Writer = cmd.ErrOrStderr()
-			if quiet {
-				progress = io.Discard
-			}
-			if err := upload(cmd, s, f, length, digest, progress); err != nil {
+			bar := newProgress(cmd, quiet).transfer("upload "+path, length)
+			if err := upload(cmd, s, f, length, digest, bar); err != nil {
+				_ = bar.Exit()
 				return fmt.Errorf("upload: %w", err)
 			}
 			md.Signed.Targets[path] = tf
@@ -110,19 +116,20 @@ accepts anything.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&name, "name", "", "bundle name, for example the product's firmware")
-	fl.StringVar(&version, "version", "", "bundle version")
+	fl.StringVar(&version, "version", "", "bundle version, a semantic version such as 1.2.0 or 1.3.0-rc.1")
 	fl.StringVar(&path, "path", "", "target path (default NAME/VERSION/<file name>)")
 	fl.StringSliceVar(&hardware, "hardware", nil, "hardware the bundle is compatible with (repeatable)")
 	fl.StringVar(&notes, "release-notes", "", "release notes")
 	fl.StringVar(&notesFile, "release-notes-file", "", "file holding the release notes")
 	fl.BoolVar(&downgrade, "allow-downgrade", false, "devices may install this bundle over a newer version")
-	fl.BoolVarP(&quiet, "quiet", "q", false, "no progress bar")
+	fl.BoolVarP(&quiet, "quiet", "q", false, "no progress bar (there is none unless stderr is a terminal)")
 	fl.DurationVar(&expiry, "targets-expiry", tuf.DefaultTargetsExpiry, "lifetime of the signed targets metadata")
 	return cmd
 }
 
-// upload streams r to UploadBlob in 256 KiB chunks with a progress bar.
-func upload(cmd *cobra.Command, s *session, r io.Reader, length int64, digest string, progress io.Writer) error {
+// upload streams r to UploadBlob in 256 KiB chunks, counting them into
+// bar.
+func upload(cmd *cobra.Command, s *session, r io.Reader, length int64, digest string, bar *progressbar.ProgressBar) error {
 	stream := s.client.UploadBlob(cmd.Context())
 	if err := stream.Send(&repositoryv1.UploadBlobRequest{Message: &repositoryv1.UploadBlobRequest_Info{
 		Info: &repositoryv1.BlobInfo{Length: uint64(length), Sha256: digest},
@@ -131,7 +138,6 @@ func upload(cmd *cobra.Command, s *session, r io.Reader, length int64, digest st
 		return errors.Join(err, cerr)
 	}
 	buf := make([]byte, 256<<10)
-	var sent int64
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
@@ -139,8 +145,7 @@ func upload(cmd *cobra.Command, s *session, r io.Reader, length int64, digest st
 				_, cerr := stream.CloseAndReceive()
 				return errors.Join(serr, cerr)
 			}
-			sent += int64(n)
-			drawProgress(progress, sent, length)
+			_ = bar.Add(n)
 		}
 		if err == io.EOF {
 			break
@@ -149,40 +154,10 @@ func upload(cmd *cobra.Command, s *session, r io.Reader, length int64, digest st
 			return err
 		}
 	}
-	if length == 0 {
-		drawProgress(progress, 0, 0)
+	if _, err := stream.CloseAndReceive(); err != nil {
+		return err
 	}
-	fmt.Fprintln(progress)
-	_, err := stream.CloseAndReceive()
-	return err
-}
-
-func drawProgress(w io.Writer, done, total int64) {
-	const width = 30
-	frac := 1.0
-	if total > 0 {
-		frac = float64(done) / float64(total)
-	}
-	bar := make([]byte, width)
-	for i := range bar {
-		bar[i] = ' '
-		if float64(i) < frac*width {
-			bar[i] = '='
-		}
-	}
-	fmt.Fprintf(w, "\rupload [%s] %3.0f%% %s / %s", bar, frac*100, humanBytes(done), humanBytes(total))
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
+	return bar.Finish()
 }
 
 func newBundleListCmd(a *app) *cobra.Command {
@@ -297,13 +272,16 @@ func bundleTable(w io.Writer, bundles []*repositoryv1.Bundle) error {
 
 func newBundleFetchCmd(a *app, opts *repoOpts) *cobra.Command {
 	var out string
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "fetch TARGET_PATH",
 		Short: "Download a bundle and verify it as a device does (go-tuf's updater)",
 		Long: `fetch refreshes the repository's metadata from <repo-dir>/root.json with
 go-tuf's updater (signatures, thresholds, versions, expiry), downloads the
 bundle, checks its length and hashes, and writes it to --output (default:
-the file name of TARGET_PATH).`,
+the file name of TARGET_PATH). While it downloads, a progress bar with the
+rate and the time left is drawn on stderr when it is a terminal (nothing
+otherwise).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := openSession(a, opts, false)
@@ -317,13 +295,20 @@ the file name of TARGET_PATH).`,
 			if out == "" {
 				out = filepath.Base(args[0])
 			}
-			if _, _, err := s.u.DownloadTarget(tf, out, ""); err != nil {
+			bar := newProgress(cmd, quiet).transfer("fetch "+args[0], tf.Length)
+			s.hc.watch(bar)
+			_, _, err = s.u.DownloadTarget(tf, out, "")
+			s.hc.watch(nil)
+			if err != nil {
+				_ = bar.Exit()
 				return err
 			}
+			_ = bar.Finish()
 			fmt.Fprintf(cmd.OutOrStdout(), "verified %s (%d bytes, sha256 %s) -> %s\n", args[0], tf.Length, hex.EncodeToString(tf.Hashes["sha256"]), out)
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "O", "", "file to write")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress bar (there is none unless stderr is a terminal)")
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -137,6 +138,7 @@ func newRepoInitCmd(a *app, opts *repoOpts) *cobra.Command {
 	var rootKeys, rootThreshold, targetsKeys, targetsThreshold, bins int
 	var rootKMS, targetsKMS []string
 	var rootExpiry, targetsExpiry time.Duration
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create offline root and targets keys, sign the first root and targets, and publish them",
@@ -149,12 +151,15 @@ given KMS keys instead ("awskms:///…", "gcpkms://…", "azurekms://…",
 "hashivault://…", or "<scheme>://…" served by a sigstore-kms-<scheme>
 plugin on PATH); only the reference is kept in <repo-dir>/keys.
 Keep <repo-dir> offline and backed up; <repo-dir>/root.json is the trusted
-root to ship with devices.`,
+root to ship with devices. While it signs the hash bins and publishes, a
+progress bar or spinner is drawn on stderr when it is a terminal, and one
+line per step otherwise.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := os.Stat(opts.rootFile()); err == nil {
 				return fmt.Errorf("%s exists: this directory already holds a repository", opts.rootFile())
 			}
+			prog := newProgress(cmd, quiet)
 			bits := 0
 			if bins > 0 {
 				for 1<<bits < bins {
@@ -216,28 +221,41 @@ root to ship with devices.`,
 				if err := tuf.DelegateHashBins(top, "bins", bits, bk); err != nil {
 					return err
 				}
+				bar := prog.steps(fmt.Sprintf("signing %d hash bins", bins), bins)
 				for _, name := range tuf.DelegatedRoles(top) {
 					bin := tuf.NewTargets(1, now.Add(targetsExpiry))
 					raw, err := signTargets(bin, binSigners)
 					if err != nil {
+						_ = bar.Exit()
 						return err
 					}
 					batch = append(batch, &repositoryv1.RoleMetadata{Role: name, Metadata: raw})
+					_ = bar.Add(1)
 				}
+				_ = bar.Finish()
 			}
 			topJSON, err := signTargets(top, targetSigners)
 			if err != nil {
 				return err
 			}
-			if _, err := client.PublishRoot(cmd.Context(), connect.NewRequest(&repositoryv1.PublishRootRequest{Metadata: rootJSON})); err != nil {
+			done := prog.phase("publishing root")
+			_, err = client.PublishRoot(cmd.Context(), connect.NewRequest(&repositoryv1.PublishRootRequest{Metadata: rootJSON}))
+			done()
+			if err != nil {
 				return fmt.Errorf("publish root: %w", err)
 			}
 			if err := os.WriteFile(opts.rootFile(), rootJSON, 0o644); err != nil {
 				return err
 			}
+			what := "publishing targets"
+			if bits > 0 {
+				what = fmt.Sprintf("publishing targets and %d hash bins", bins)
+			}
+			done = prog.phase(what)
 			resp, err := client.PublishTargets(cmd.Context(), connect.NewRequest(&repositoryv1.PublishTargetsRequest{
 				Role: metadata.TARGETS, Metadata: topJSON, AdditionalRoles: batch,
 			}))
+			done()
 			if err != nil {
 				return fmt.Errorf("publish targets: %w", err)
 			}
@@ -263,6 +281,7 @@ root to ship with devices.`,
 	f.IntVar(&bins, "hash-bins", 0, "delegate targets to this many hash bins (a power of two; 0: none)")
 	f.DurationVar(&rootExpiry, "root-expiry", tuf.DefaultRootExpiry, "lifetime of the root")
 	f.DurationVar(&targetsExpiry, "targets-expiry", tuf.DefaultTargetsExpiry, "lifetime of targets metadata")
+	f.BoolVarP(&quiet, "quiet", "q", false, "say nothing about the steps while they run")
 	return cmd
 }
 
@@ -322,6 +341,8 @@ type session struct {
 	client repositoryv1connect.RepositoryServiceClient
 	u      *updater.Updater
 	ring   tuf.KeyRing
+	// hc is the HTTP client of u; it shows target downloads in a bar.
+	hc *progressClient
 }
 
 func openSession(a *app, opts *repoOpts, needKeys bool) (*session, error) {
@@ -345,8 +366,13 @@ func openSession(a *app, opts *repoOpts, needKeys bool) (*session, error) {
 	cfg.RemoteTargetsURL = base + "/targets"
 	cfg.LocalMetadataDir = filepath.Join(opts.dir, "cache")
 	cfg.LocalTargetsDir = filepath.Join(opts.dir, "cache", "targets")
+	targets, err := url.Parse(cfg.RemoteTargetsURL + "/")
+	if err != nil {
+		return nil, fmt.Errorf("--server: %w", err)
+	}
+	pc := &progressClient{next: hc, targets: targets.Path}
 	f := fetcher.NewDefaultFetcher()
-	f.SetHTTPClient(hc)
+	f.SetHTTPClient(pc)
 	cfg.Fetcher = f
 	if err := cfg.EnsurePathsExist(); err != nil {
 		return nil, err
@@ -358,7 +384,7 @@ func openSession(a *app, opts *repoOpts, needKeys bool) (*session, error) {
 	if err := u.Refresh(); err != nil {
 		return nil, fmt.Errorf("verify the repository: %w", err)
 	}
-	s := &session{a: a, opts: opts, client: client, u: u}
+	s := &session{a: a, opts: opts, client: client, u: u, hc: pc}
 	if needKeys {
 		s.ring = opts.keyRing(false)
 	}

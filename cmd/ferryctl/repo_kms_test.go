@@ -86,17 +86,17 @@ func TestRepositoryKMSKeys(t *testing.T) {
 					t.Fatalf("PEM keys created beside the KMS keys: %v", m)
 				}
 			}},
-		{"publish", append([]string{"bundle", "publish", fw, "--name", "gateway", "--version", "1.0", "-q"}, repo...), []string{"published gateway/1.0/fw.bin (17000 bytes", "targets v2"}, "", nil},
-		{"fetch", append([]string{"bundle", "fetch", "gateway/1.0/fw.bin", "-O", fetched}, repo...), []string{"verified gateway/1.0/fw.bin"}, "", fetchedOK},
-		{"remove", append([]string{"bundle", "remove", "gateway/1.0/fw.bin"}, repo...), []string{"removed gateway/1.0/fw.bin"}, "", nil},
+		{"publish", append([]string{"bundle", "publish", fw, "--name", "gateway", "--version", "1.0.0", "-q"}, repo...), []string{"published gateway/1.0.0/fw.bin (17000 bytes", "targets v2"}, "", nil},
+		{"fetch", append([]string{"bundle", "fetch", "gateway/1.0.0/fw.bin", "-O", fetched}, repo...), []string{"verified gateway/1.0.0/fw.bin"}, "", fetchedOK},
+		{"remove", append([]string{"bundle", "remove", "gateway/1.0.0/fw.bin"}, repo...), []string{"removed gateway/1.0.0/fw.bin"}, "", nil},
 		{"rotate targets to another KMS key", append([]string{"repo", "rotate-key", "targets", "--kms", "ferrytest://targets-2"}, repo...),
 			[]string{"root v2", "1-of-1 new keys", "re-signed"}, "", retired("targets-*.kms")},
 		{"rotate root to a KMS key and keep the other", append([]string{"repo", "rotate-key", "root", "--kms", "ferrytest://root-2", "--kms", "ferrytest://root-1", "--threshold", "2"}, repo...),
 			[]string{"root v3", "2-of-2 new keys"}, "", nil},
 		{"rotate root to one KMS key", append([]string{"repo", "rotate-key", "root", "--kms", "ferrytest://root-2"}, repo...),
 			[]string{"root v4", "1-of-1 new keys"}, "", retired("root-*.kms")},
-		{"publish after rotation", append([]string{"bundle", "publish", fw, "--name", "gateway", "--version", "2.0", "-q"}, repo...), []string{"published gateway/2.0/fw.bin"}, "", nil},
-		{"fetch after rotation", append([]string{"bundle", "fetch", "gateway/2.0/fw.bin", "-O", fetched}, repo...), []string{"verified gateway/2.0/fw.bin"}, "", fetchedOK},
+		{"publish after rotation", append([]string{"bundle", "publish", fw, "--name", "gateway", "--version", "2.0.0", "-q"}, repo...), []string{"published gateway/2.0.0/fw.bin"}, "", nil},
+		{"fetch after rotation", append([]string{"bundle", "fetch", "gateway/2.0.0/fw.bin", "-O", fetched}, repo...), []string{"verified gateway/2.0.0/fw.bin"}, "", fetchedOK},
 	}
 	runSteps(t, f, tests)
 }

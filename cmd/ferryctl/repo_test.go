@@ -35,7 +35,7 @@ func TestRepositoryCommands(t *testing.T) {
 	var firstRoot []byte
 
 	tests := []cmdStep{
-		{"publish before init", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.0"}, repo...), nil, "trusted root", nil},
+		{"publish before init", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.0.0"}, repo...), nil, "trusted root", nil},
 		{"init", append([]string{"repo", "init", "--root-keys", "3", "--root-threshold", "2", "--hash-bins", "16"}, repo...),
 			[]string{"root v1 (2-of-3 keys)", "16 hash bins"}, "", func(t *testing.T) {
 				var err error
@@ -44,18 +44,18 @@ func TestRepositoryCommands(t *testing.T) {
 				}
 			}},
 		{"init twice", append([]string{"repo", "init"}, repo...), nil, "already holds a repository", nil},
-		{"publish", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.0", "--hardware", "cam-a",
-			"--release-notes", "first", "-q"}, repo...), []string{"published camera/1.0/fw.bin (640000 bytes", "bins-"}, "", nil},
-		{"publish another", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.1", "--path", "camera/1.1/fw.bin", "-q"}, repo...), []string{"published camera/1.1/fw.bin"}, "", nil},
-		{"wrong passphrase", []string{"bundle", "publish", fw, "--name", "x", "--version", "1", "--repo-dir", repoDir, "--passphrase-file", fw, "-q"}, nil, "passphrase", nil},
-		{"list", []string{"bundle", "list"}, []string{"PATH", "camera/1.0/fw.bin", "camera/1.1/fw.bin", "640000"}, "", nil},
-		{"show", []string{"bundle", "show", "camera/1.0/fw.bin"}, []string{"cam-a", "first", "bins-"}, "", nil},
-		{"show as JSON", []string{"bundle", "show", "camera/1.0/fw.bin", "-o", "json"}, []string{`"releaseNotes"`, `"first"`}, "", nil},
-		{"remove", append([]string{"bundle", "remove", "camera/1.1/fw.bin"}, repo...), []string{"removed camera/1.1/fw.bin"}, "", nil},
-		{"show removed", []string{"bundle", "show", "camera/1.1/fw.bin"}, nil, "not_found", nil},
+		{"publish", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.0.0", "--hardware", "cam-a",
+			"--release-notes", "first", "-q"}, repo...), []string{"published camera/1.0.0/fw.bin (640000 bytes", "bins-"}, "", nil},
+		{"publish another", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.1.0", "--path", "camera/1.1.0/fw.bin", "-q"}, repo...), []string{"published camera/1.1.0/fw.bin"}, "", nil},
+		{"wrong passphrase", []string{"bundle", "publish", fw, "--name", "x", "--version", "1.0.0", "--repo-dir", repoDir, "--passphrase-file", fw, "-q"}, nil, "passphrase", nil},
+		{"list", []string{"bundle", "list"}, []string{"PATH", "camera/1.0.0/fw.bin", "camera/1.1.0/fw.bin", "640000"}, "", nil},
+		{"show", []string{"bundle", "show", "camera/1.0.0/fw.bin"}, []string{"cam-a", "first", "bins-"}, "", nil},
+		{"show as JSON", []string{"bundle", "show", "camera/1.0.0/fw.bin", "-o", "json"}, []string{`"releaseNotes"`, `"first"`}, "", nil},
+		{"remove", append([]string{"bundle", "remove", "camera/1.1.0/fw.bin"}, repo...), []string{"removed camera/1.1.0/fw.bin"}, "", nil},
+		{"show removed", []string{"bundle", "show", "camera/1.1.0/fw.bin"}, nil, "not_found", nil},
 		{"rotate targets", append([]string{"repo", "rotate-key", "targets"}, repo...), []string{"root v2", "re-signed"}, "", nil},
 		{"rotate root", append([]string{"repo", "rotate-key", "root", "--keys", "2", "--threshold", "2"}, repo...), []string{"root v3", "2-of-2"}, "", nil},
-		{"publish after rotation", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "2.0", "-q"}, repo...), []string{"published camera/2.0/fw.bin"}, "", nil},
+		{"publish after rotation", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "2.0.0", "-q"}, repo...), []string{"published camera/2.0.0/fw.bin"}, "", nil},
 		{"rotate to ferryd's snapshot key", append([]string{"repo", "rotate-key", "snapshot"}, repo...), []string{"root v4", "snapshot is ferryd's key"}, "", nil},
 		{"rotate an unknown role", append([]string{"repo", "rotate-key", "bins"}, repo...), nil, "want root, targets", nil},
 		{"delegate beside hash bins", append([]string{"repo", "delegate", "gateway", "--path", "gateway/*/*"}, repo...), nil, "hash bins", nil},
@@ -83,7 +83,7 @@ func TestRepositoryCommands(t *testing.T) {
 	if v := u.GetTrustedMetadataSet().Root.Signed.Version; v != 4 {
 		t.Fatalf("device trusts root v%d, want 4", v)
 	}
-	tf, err := u.GetTargetInfo("camera/2.0/fw.bin")
+	tf, err := u.GetTargetInfo("camera/2.0.0/fw.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestRepositoryCommands(t *testing.T) {
 	if err != nil || !bytes.Equal(got, fwData) {
 		t.Fatalf("download: %v", err)
 	}
-	if _, err := u.GetTargetInfo("camera/1.1/fw.bin"); err == nil {
+	if _, err := u.GetTargetInfo("camera/1.1.0/fw.bin"); err == nil {
 		t.Fatal("the removed bundle is still found")
 	}
 }

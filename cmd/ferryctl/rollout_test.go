@@ -308,18 +308,18 @@ func TestRolloutCommands(t *testing.T) {
 	}
 	steps := []cmdStep{
 		{"repo init", append([]string{"repo", "init"}, repo...), []string{"repository initialized"}, "", nil},
-		{"publish 1.0", append([]string{"bundle", "publish", fw, "--name", "gw", "--version", "1.0", "-q"}, repo...), []string{"published gw/1.0/fw.bin"}, "", nil},
-		{"publish 2.0", append([]string{"bundle", "publish", fw, "--name", "gw", "--version", "2.0", "-q"}, repo...), []string{"published gw/2.0/fw.bin"}, "", nil},
+		{"publish 1.0.0", append([]string{"bundle", "publish", fw, "--name", "gw", "--version", "1.0.0", "-q"}, repo...), []string{"published gw/1.0.0/fw.bin"}, "", nil},
+		{"publish 2.0.0", append([]string{"bundle", "publish", fw, "--name", "gw", "--version", "2.0.0", "-q"}, repo...), []string{"published gw/2.0.0/fw.bin"}, "", nil},
 		{"list none", []string{"rollout", "list"}, []string{"ID  NAME  STATE  BUNDLE  TARGET  PROGRESS  CREATED"}, "", nil},
 		{"unknown bundle", []string{"rollout", "create", "--bundle", "gw/9.0/fw.bin", "--group", "dev"}, nil, "--bundle: bundle gw/9.0/fw.bin: not_found", nil},
-		{"unknown rollback bundle", []string{"rollout", "create", "--bundle", "gw/2.0/fw.bin", "--group", "dev", "--rollback-bundle", "nope/x"}, nil, "--rollback-bundle: bundle nope/x", nil},
-		{"create", []string{"rollout", "create", "--bundle", "gw/2.0/fw.bin", "--group", "dev", "--name", "canary",
-			"--waves", "1,50%,100%", "--abort", "failed:10%:2", "--abort", "timed_out:20%", "--rollback-bundle", "gw/1.0/fw.bin",
+		{"unknown rollback bundle", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--group", "dev", "--rollback-bundle", "nope/x"}, nil, "--rollback-bundle: bundle nope/x", nil},
+		{"create", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--group", "dev", "--name", "canary",
+			"--waves", "1,50%,100%", "--abort", "failed:10%:2", "--abort", "timed_out:20%", "--rollback-bundle", "gw/1.0.0/fw.bin",
 			"--soak", "10m", "--max-in-flight", "2", "--device-timeout", "30m", "--retries", "1"},
-			[]string{"name             canary", "state            RUNNING", "gw/2.0/fw.bin (16 bytes, sha256 ", "target           group=dev",
+			[]string{"name             canary", "state            RUNNING", "gw/2.0.0/fw.bin (16 bytes, sha256 ", "target           group=dev",
 				"waves 1,50%,100%; at most 2 in flight; device timeout 30m; 1 retry; soak 10m",
 				"FAILED >= 10% of at least 2 ended; TIMED_OUT >= 20% of at least 1 ended",
-				"rollback bundle  gw/1.0/fw.bin", "start            at creation", "window           any time", "by operator:dev-admin"}, "", capture(&id, "canary")},
+				"rollback bundle  gw/1.0.0/fw.bin", "start            at creation", "window           any time", "by operator:dev-admin"}, "", capture(&id, "canary")},
 	}
 	runSteps(t, f, steps)
 
@@ -346,7 +346,7 @@ func TestRolloutCommands(t *testing.T) {
 	}
 
 	steps = []cmdStep{
-		{"list", []string{"rollout", "list"}, []string{id + "  canary  RUNNING  gw/2.0/fw.bin  group=dev  0/3 ok"}, "", nil},
+		{"list", []string{"rollout", "list"}, []string{id + "  canary  RUNNING  gw/2.0.0/fw.bin  group=dev  0/3 ok"}, "", nil},
 		{"show as JSON", []string{"rollout", "show", id, "-o", "json"}, []string{`"id": "` + id + `"`}, "", func(t *testing.T) {
 			out, _ := run(t, f, "rollout", "show", id, "-o", "json")
 			var resp fleetv1.GetRolloutResponse
@@ -355,7 +355,7 @@ func TestRolloutCommands(t *testing.T) {
 			}
 			r := resp.GetRollout()
 			if r.GetId() != id || len(r.GetWaves()) != 3 || r.GetTargetCount() != 3 || len(r.GetAbortRules()) != 2 ||
-				r.GetRollbackBundle().GetTargetPath() != "gw/1.0/fw.bin" || r.GetBundle().GetLength() != 16 {
+				r.GetRollbackBundle().GetTargetPath() != "gw/1.0.0/fw.bin" || r.GetBundle().GetLength() != 16 {
 				t.Fatalf("rollout %v", r)
 			}
 		}},
@@ -385,9 +385,9 @@ func TestRolloutCommands(t *testing.T) {
 		{"devices", []string{"rollout", "devices", id}, []string{"DEVICE  WAVE  STATUS    ATTEMPTS  JOB", "replaced by the rollback bundle; rollback bundle given", "rollout canceled"}, "", nil},
 		{"devices by status", []string{"rollout", "devices", id, "--status", "canceled", "--limit", "1", "-o", "json"}, []string{`"status": "CANCELED"`, `"nextPageToken"`}, "", nil},
 		{"devices, bad status", []string{"rollout", "devices", id, "--status", "bogus"}, nil, "invalid_argument: status: must be one of", nil},
-		{"set desired from the repository", []string{"device", "set-desired", "dev-3", "--bundle", "gw/1.0/fw.bin", "-o", "json"},
-			[]string{`"targetPath": "gw/1.0/fw.bin"`, `"length": "16"`}, "", nil},
-		{"set desired, bundle and target", []string{"device", "set-desired", "dev-3", "--bundle", "gw/1.0/fw.bin", "--target", "x"},
+		{"set desired from the repository", []string{"device", "set-desired", "dev-3", "--bundle", "gw/1.0.0/fw.bin", "-o", "json"},
+			[]string{`"targetPath": "gw/1.0.0/fw.bin"`, `"length": "16"`}, "", nil},
+		{"set desired, bundle and target", []string{"device", "set-desired", "dev-3", "--bundle", "gw/1.0.0/fw.bin", "--target", "x"},
 			nil, "not both", nil},
 		{"set desired, unknown bundle", []string{"device", "set-desired", "dev-3", "--bundle", "gw/7.0/fw.bin"}, nil, "--bundle: bundle gw/7.0/fw.bin: not_found", nil},
 		{"unknown rollout", []string{"rollout", "show", "r-20260101-000000-000000"}, nil, "not_found", nil},
@@ -396,11 +396,11 @@ func TestRolloutCommands(t *testing.T) {
 
 		// No device matches: the rollout completes at once, and watch
 		// exits 0.
-		{"create and watch", []string{"rollout", "create", "--bundle", "gw/2.0/fw.bin", "--selector", "ring=nowhere", "--watch"},
+		{"create and watch", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--selector", "ring=nowhere", "--watch"},
 			[]string{"target           ring=nowhere", "COMPLETED", "(no device matches the target set)"}, "", nil},
 
 		// Scheduled: it waits, and shows its schedule.
-		{"create scheduled", []string{"rollout", "create", "--bundle", "gw/2.0/fw.bin", "--devices", "dev-1,dev-2", "--name", "later",
+		{"create scheduled", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--devices", "dev-1,dev-2", "--name", "later",
 			"--rate", "10", "--rate-factor", "2", "--rate-raise-after", "5", "--start-at", "+1h",
 			"--window", "02:00/4h", "--window-days", "mon-fri", "--window-tz", "Europe/Berlin"},
 			[]string{"state            SCHEDULED", "target           2 devices: dev-1,dev-2", "rate 10/min, x2 after every 5 successes",
@@ -421,10 +421,10 @@ func TestRolloutCommands(t *testing.T) {
 	if out := complete("rollout", "show", ""); !strings.Contains(out, id+"\t") || !strings.Contains(out, scheduled+"\t") {
 		t.Errorf("show completion lacks the rollouts:\n%s", out)
 	}
-	if out := complete("rollout", "pause", ""); strings.Contains(out, id) || !strings.Contains(out, scheduled+"\tlater, SCHEDULED gw/2.0/fw.bin") {
+	if out := complete("rollout", "pause", ""); strings.Contains(out, id) || !strings.Contains(out, scheduled+"\tlater, SCHEDULED gw/2.0.0/fw.bin") {
 		t.Errorf("pause completion: want only the scheduled rollout:\n%s", out)
 	}
-	if out := complete("rollout", "create", "--bundle", ""); !strings.Contains(out, "gw/1.0/fw.bin\ngw/2.0/fw.bin\n:4") {
+	if out := complete("rollout", "create", "--bundle", ""); !strings.Contains(out, "gw/1.0.0/fw.bin\ngw/2.0.0/fw.bin\n:4") {
 		t.Errorf("bundle completion:\n%s", out)
 	}
 
@@ -442,8 +442,8 @@ func TestRolloutCommands(t *testing.T) {
 				rows = append(rows, strings.Join(strings.Fields(line), " "))
 			}
 			all := strings.Join(rows, "\n")
-			for _, w := range []string{scheduled + " later SCHEDULED gw/2.0/fw.bin 2 devices - ",
-				" - COMPLETED gw/2.0/fw.bin ring=nowhere 0/0 ok ", id + " canary CANCELED gw/2.0/fw.bin group=dev 0/3 ok "} {
+			for _, w := range []string{scheduled + " later SCHEDULED gw/2.0.0/fw.bin 2 devices - ",
+				" - COMPLETED gw/2.0.0/fw.bin ring=nowhere 0/0 ok ", id + " canary CANCELED gw/2.0.0/fw.bin group=dev 0/3 ok "} {
 				if !strings.Contains(all, w) {
 					t.Fatalf("list lacks %q:\n%s", w, out)
 				}

@@ -175,7 +175,7 @@ func (r *Release) Edit(path string, change func(targets map[string]*metadata.Tar
 // Add adds a target for data at path and returns its role, signed.
 func (r *Release) Add(path string, data []byte) tuf.SignedMetadata {
 	r.t.Helper()
-	tf, err := tuf.NewTargetFile(path, int64(len(data)), SHA256(data), tuf.BundleInfo{Name: "test", Version: "1", Published: r.opts.Now().UTC().Truncate(time.Second)})
+	tf, err := tuf.NewTargetFile(path, int64(len(data)), SHA256(data), tuf.BundleInfo{Name: "test", Version: "1.0.0", Published: r.opts.Now().UTC().Truncate(time.Second)})
 	if err != nil {
 		r.t.Fatal(err)
 	}
