@@ -18,7 +18,7 @@ type Config struct {
 	// required.
 	DeviceAddr string
 	// APIAddr is the back-office port: Connect, gRPC health and reflection,
-	// Prometheus metrics, over HTTPS.
+	// plain HTTP health (/healthz, /readyz), Prometheus metrics, over HTTPS.
 	APIAddr string
 	// RedisURL selects the Redis store (redis:// or rediss://); empty means
 	// the embedded store in DataDir.

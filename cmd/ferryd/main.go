@@ -59,6 +59,7 @@ func run() error {
 	fs.DurationVar(&cfg.Credentials.EnrollmentTTL, "enrollment-ttl", cfg.Credentials.EnrollmentTTL, "how long a one-time enrollment token stays good")
 	fs.DurationVar(&cfg.Credentials.DownloadTokenTTL, "download-token-ttl", cfg.Credentials.DownloadTokenTTL, "lifetime of a download token (at most the device certificate's remaining life)")
 	fs.DurationVar(&cfg.Credentials.DownloadKeyGrace, "download-key-grace", cfg.Credentials.DownloadKeyGrace, "how long a download token key replaced by a rotation (ferryctl token rotate-key) keeps verifying its tokens; at least the token lifetime plus the key refresh")
+	fs.StringVar(&cfg.Credentials.DownloadURL, "download-url", cfg.Credentials.DownloadURL, "base URL of target downloads that download tokens name, as devices reach it (default: https://<api-addr>/tuf/targets)")
 	fs.StringVar(&cfg.Repository.URL, "repository-url", cfg.Repository.URL, "blob store of the TUF repository: a directory or a URL such as s3://bucket?region=... (default: <data-dir>/repository)")
 	fs.DurationVar(&cfg.Repository.SnapshotExpiry, "snapshot-expiry", cfg.Repository.SnapshotExpiry, "lifetime of each snapshot ferryd signs (re-signed at half)")
 	fs.DurationVar(&cfg.Repository.TimestampExpiry, "timestamp-expiry", cfg.Repository.TimestampExpiry, "lifetime of each timestamp ferryd signs (re-signed at half)")
