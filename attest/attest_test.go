@@ -12,9 +12,10 @@ import (
 
 	"github.com/ferryhq/ferry/attest"
 	"github.com/ferryhq/ferry/credentials"
+	"github.com/ferryhq/ferry/internal/testclock"
 )
 
-var now = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+var now = testclock.Start()
 
 const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 

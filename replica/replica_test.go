@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/bolt"
@@ -239,7 +240,7 @@ func TestSeen(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	now := testclock.Start()
 	r := replica.New(replica.Config{Devices: s, Logger: slog.New(slog.DiscardHandler), SeenEvery: 10 * time.Second,
 		Now: func() time.Time { return now }})
 	ctx := context.Background()
