@@ -37,6 +37,10 @@ type clock struct {
 	t  time.Time
 }
 
+// newClock starts on a fixed Friday: the window tests need a known weekday
+// and a winter date in Europe/Berlin. Nothing here compares it with a real
+// clock (stores get durations, never these times, for leases), so it is
+// right on any date.
 func newClock() *clock { return &clock{t: time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)} }
 
 func (c *clock) Now() time.Time {

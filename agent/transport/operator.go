@@ -24,9 +24,11 @@ func NewRegistrar(l *Link, apiKey string) *Registrar {
 	return &Registrar{client: fleetv1connect.NewFleetServiceClient(&http.Client{Transport: tr}, l.cfg.APIURL), key: apiKey}
 }
 
-// AddDevice registers id with labels and returns its enrollment token.
+// AddDevice registers id with labels and returns its enrollment token. It
+// asks for a re-enrolment: simulated devices keep no key between runs, so a
+// device of an earlier run enrolls again.
 func (r *Registrar) AddDevice(ctx context.Context, id string, labels map[string]string) (string, error) {
-	req := connect.NewRequest(&fleetv1.AddDeviceRequest{DeviceId: id, Labels: labels})
+	req := connect.NewRequest(&fleetv1.AddDeviceRequest{DeviceId: id, Labels: labels, Reenroll: true})
 	req.Header().Set("Authorization", "Bearer "+r.key)
 	resp, err := r.client.AddDevice(ctx, req)
 	if err != nil {
