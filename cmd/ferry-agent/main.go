@@ -244,7 +244,7 @@ how many devices are connected of how many enrolled, what the simulated
 hardware did, and ferryd's fleet summary (job statuses and the bundles the
 devices run, most common first). A device that ferryd keeps refusing
 (revoked or removed, or ferryd's CA changed) stops retrying, and the
-simulator says so once.`,
+simulator says so once; it exits when ferryd has refused every device.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -297,6 +297,9 @@ simulator says so once.`,
 							fmt.Fprintln(out, line)
 						}
 						reported = len(refused)
+					}
+					if fleet.Stats.Running.Load() == 0 && fleet.Stats.Refused.Load() > 0 {
+						return fmt.Errorf("ferryd refused all %d devices; nothing left to simulate", fleet.Stats.Refused.Load())
 					}
 					fleetLine, err := summary(ctx, reg)
 					if err != nil {
