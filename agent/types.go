@@ -229,6 +229,13 @@ type Stream interface {
 	Drain(ctx context.Context) error
 }
 
+// ErrRefused marks a Link error whose cause is that ferryd refuses the
+// device's credential (revoked, unknown, not authenticated or not
+// permitted), or that the device and ferryd no longer trust each other's
+// certificates: retrying with the same credential does not help. Test it
+// with errors.Is.
+var ErrRefused = errors.New("ferryd refuses this device's credential")
+
 // ErrRestart is returned by Run when the device must restart (a reboot
 // step): the caller starts a new Agent on the same state, as the device
 // would after booting.

@@ -233,6 +233,8 @@ func TestFleetUpdate(t *testing.T) {
 	v1 := w.add(t, "gateway", "1.0.0", 40<<10, tuf.BundleInfo{Hardware: []string{"gw-a"}, DowngradeAllowed: true})
 	v2 := w.add(t, "gateway", "2.0.0", 96<<10, tuf.BundleInfo{Hardware: []string{"gw-a"}})
 	v1unsigned := w.add(t, "gateway", "1.5.0", 8<<10, tuf.BundleInfo{Hardware: []string{"gw-a"}})
+	rc9 := w.add(t, "gateway", "3.0.0-rc.9", 8<<10, tuf.BundleInfo{Hardware: []string{"gw-a"}})
+	rc10 := w.add(t, "gateway", "3.0.0-rc.10", 8<<10, tuf.BundleInfo{Hardware: []string{"gw-a"}})
 	const n = 6
 	tests := []struct {
 		name     string
@@ -283,6 +285,11 @@ func TestFleetUpdate(t *testing.T) {
 			{bundle: &v1, status: devicev1.JobStatus_JOB_STATUS_REJECTED, code: agent.CodeDowngradeNotForced, runs: &v2},
 			{bundle: &v1unsigned, forced: true, status: devicev1.JobStatus_JOB_STATUS_REJECTED, code: agent.CodeDowngradeNotSigned, runs: &v2},
 			{bundle: &v1, forced: true, status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED, runs: &v1},
+		}},
+		{name: "versions order by SemVer precedence: rc.9 to rc.10 is an upgrade", hardware: "gw-a", steps: []step{
+			{bundle: &rc9, status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED, runs: &rc9},
+			{bundle: &rc10, status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED, runs: &rc10},
+			{bundle: &rc9, status: devicev1.JobStatus_JOB_STATUS_REJECTED, code: agent.CodeDowngradeNotForced, runs: &rc10},
 		}},
 		{name: "configuration alone is applied and reported", hardware: "gw-a", steps: []step{
 			{config: map[string]string{"mode": "eco"}, status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED},

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,12 +77,19 @@ type Config struct {
 	// DownloadAttempts and DownloadBackoff of each agent.
 	DownloadAttempts int
 	DownloadBackoff  time.Duration
-	Logger           *slog.Logger
+	// RefuseAfter: a device that ferryd refuses this many times in a row
+	// (agent.ErrRefused: revoked, unknown, or certificates no longer
+	// trusted) stops retrying and is listed in Refused (default 3).
+	RefuseAfter int
+	Logger      *slog.Logger
 }
 
 // Stats counts what happened in the fleet.
 type Stats struct {
-	Enrolled, Running                  atomic.Int64
+	Enrolled, Running atomic.Int64
+	// Connected counts devices whose stream is open; Refused, devices
+	// that stopped because ferryd refuses them.
+	Connected, Refused                 atomic.Int64
 	Restarts                           atomic.Int64
 	Installs, Commits, Rollbacks       atomic.Int64
 	RangeRequests, Interrupted         atomic.Int64
@@ -97,6 +105,24 @@ type Fleet struct {
 	wg      sync.WaitGroup
 	errOnce sync.Once
 	err     error
+
+	mu      sync.Mutex
+	refused []Refusal
+}
+
+// Refusal is a device that stopped because ferryd refuses it.
+type Refusal struct {
+	ID string
+	// Err is the last refusal.
+	Err error
+}
+
+// Refused returns the devices that stopped because ferryd refuses them,
+// in the order they stopped.
+func (f *Fleet) Refused() []Refusal {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.refused)
 }
 
 // Start registers and enrolls every device, then runs them until ctx
@@ -113,6 +139,9 @@ func Start(ctx context.Context, cfg Config) (*Fleet, error) {
 	}
 	if cfg.Seed == 0 {
 		cfg.Seed = rand.Uint64()
+	}
+	if cfg.RefuseAfter <= 0 {
+		cfg.RefuseAfter = 3
 	}
 	f := &Fleet{cfg: cfg, IDs: make([]string, cfg.Devices)}
 	width := len(fmt.Sprint(cfg.Devices))
@@ -169,6 +198,11 @@ type device struct {
 	hw    *hardware
 	link  *faultLink
 	dir   string
+	// stop ends the device's agent; refusals counts ferryd's refusals in
+	// a row.
+	stop     context.CancelFunc
+	refusals atomic.Int64
+	stopOnce sync.Once
 }
 
 func (f *Fleet) enroll(ctx context.Context, id string, n uint64) (*device, error) {
@@ -195,12 +229,14 @@ func (f *Fleet) enroll(ctx context.Context, id string, n uint64) (*device, error
 	rng := rand.New(rand.NewPCG(f.cfg.Seed, n))
 	d := &device{id: id, creds: creds, store: &agent.MemoryStore{}, dir: filepath.Join(f.cfg.Dir, id)}
 	d.hw = &hardware{f: f, rng: rng, slots: [2]string{}, booted: 0, confirmed: 0}
-	d.link = &faultLink{Link: f.cfg.Link, f: f, hw: d.hw}
+	d.link = &faultLink{Link: f.cfg.Link, f: f, hw: d.hw, d: d}
 	return d, nil
 }
 
 // run runs a device's agent, restarting it after each simulated reboot.
 func (f *Fleet) run(ctx context.Context, d *device) {
+	ctx, d.stop = context.WithCancel(ctx)
+	defer d.stop()
 	f.Stats.Running.Add(1)
 	defer f.Stats.Running.Add(-1)
 	defer os.RemoveAll(d.dir)
@@ -324,11 +360,99 @@ func (h *hardware) Reboot(ctx context.Context, _ agent.Job) error {
 	return agent.ErrRestart
 }
 
-// faultLink injects download faults into the device's HTTP client.
+// faultLink injects download faults into the device's HTTP client, and
+// watches its streams: which are open, and whether ferryd refuses the
+// device.
 type faultLink struct {
 	agent.Link
 	f  *Fleet
 	hw *hardware
+	d  *device
+}
+
+// Dial implements agent.Link.
+func (l *faultLink) Dial(ctx context.Context, creds *agent.Credentials) (agent.Conn, error) {
+	c, err := l.Link.Dial(ctx, creds)
+	if err != nil {
+		l.f.refusal(l.d, err)
+		return nil, err
+	}
+	return &watchedConn{Conn: c, f: l.f, d: l.d}, nil
+}
+
+// refusal counts err against d when it is a refusal, and stops d after
+// RefuseAfter refusals in a row; any other outcome starts the count over.
+func (f *Fleet) refusal(d *device, err error) {
+	if !errors.Is(err, agent.ErrRefused) {
+		d.refusals.Store(0)
+		return
+	}
+	if d.refusals.Add(1) < int64(f.cfg.RefuseAfter) {
+		return
+	}
+	d.stopOnce.Do(func() {
+		f.mu.Lock()
+		f.refused = append(f.refused, Refusal{ID: d.id, Err: err})
+		f.mu.Unlock()
+		f.Stats.Refused.Add(1)
+		f.cfg.Logger.Info("ferryd refuses the device; it stops retrying", "device", d.id, "err", err)
+		d.stop()
+	})
+}
+
+// watchedConn counts the device's open stream in Stats.Connected.
+type watchedConn struct {
+	agent.Conn
+	f    *Fleet
+	d    *device
+	mu   sync.Mutex
+	open bool
+}
+
+func (c *watchedConn) Sync(ctx context.Context, hello agent.Hello) (agent.Stream, error) {
+	s, err := c.Conn.Sync(ctx, hello)
+	c.f.refusal(c.d, err)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if !c.open {
+		c.open = true
+		c.f.Stats.Connected.Add(1)
+	}
+	c.mu.Unlock()
+	return &watchedStream{Stream: s, c: c}, nil
+}
+
+// closed marks the stream ended (once).
+func (c *watchedConn) closed() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.open {
+		c.open = false
+		c.f.Stats.Connected.Add(-1)
+	}
+}
+
+func (c *watchedConn) Close() error {
+	c.closed()
+	return c.Conn.Close()
+}
+
+type watchedStream struct {
+	agent.Stream
+	c *watchedConn
+}
+
+func (s *watchedStream) Recv() (agent.Event, error) {
+	ev, err := s.Stream.Recv()
+	if err != nil {
+		s.c.closed()
+		if errors.Is(err, agent.ErrRefused) {
+			s.c.f.refusal(s.c.d, err) // ended by ferryd: revoked while connected
+		}
+	}
+	return ev, err
 }
 
 func (l *faultLink) HTTPClient(creds *agent.Credentials) *http.Client {

@@ -19,7 +19,9 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	grpccreds "google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/ferryhq/ferry/agent"
 	credentialsv1 "github.com/ferryhq/ferry/proto/ferry/credentials/v1"
@@ -149,7 +151,50 @@ func (c *conn) DownloadToken(ctx context.Context, target string) (agent.Download
 	return agent.DownloadToken{Token: resp.GetToken(), URL: resp.GetUrl(), Expires: resp.GetExpireTime().AsTime()}, nil
 }
 
+// Sync implements agent.Conn. An error that says ferryd refuses the
+// device's credential is marked agent.ErrRefused, here and in the
+// stream's Recv.
 func (c *conn) Sync(ctx context.Context, hello agent.Hello) (agent.Stream, error) {
+	st, err := c.sync(ctx, hello)
+	return st, refusal(err)
+}
+
+// certificateFailures are what a failed TLS certificate check says, as
+// gRPC reports it in an Unavailable status: Go's certificate verification
+// and the TLS alerts about certificates (crypto/tls alert texts).
+var certificateFailures = []string{
+	"tls: failed to verify certificate", "tls: bad certificate", "tls: unknown certificate authority",
+	"tls: revoked certificate", "tls: expired certificate", "tls: unknown certificate", "tls: certificate required",
+}
+
+// refusal marks err agent.ErrRefused when ferryd refused the credential:
+// Unauthenticated, PermissionDenied, or a connection that failed on a
+// certificate check.
+func refusal(err error) error {
+	if err == nil {
+		return nil
+	}
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return &refusedError{err: err}
+	case codes.Unavailable:
+		msg := status.Convert(err).Message()
+		for _, f := range certificateFailures {
+			if strings.Contains(msg, f) {
+				return &refusedError{err: err}
+			}
+		}
+	}
+	return err
+}
+
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string        { return e.err.Error() }
+func (e *refusedError) Unwrap() error        { return e.err }
+func (e *refusedError) Is(target error) bool { return target == agent.ErrRefused }
+
+func (c *conn) sync(ctx context.Context, hello agent.Hello) (agent.Stream, error) {
 	s, err := devicev1.NewDeviceServiceClient(c.cc).Sync(ctx)
 	if err != nil {
 		return nil, err
@@ -186,7 +231,7 @@ func (s *stream) Recv() (agent.Event, error) {
 	for {
 		m, err := s.s.Recv()
 		if err != nil {
-			return agent.Event{}, err
+			return agent.Event{}, refusal(err)
 		}
 		switch msg := m.GetMessage().(type) {
 		case *devicev1.SyncResponse_Ping:

@@ -239,7 +239,12 @@ func newSimulateCmd() *cobra.Command {
 		Long: `simulate adds N devices (ids PREFIX00001...) with the operator key in
 --token-file, enrolls each with a fresh key, and runs a real agent for each
 in this process: simulated A/B slots, health check and reboot, with faults
-injected at the given rates. It prints the fleet's progress until stopped.`,
+injected at the given rates. It prints the fleet's progress until stopped:
+how many devices are connected of how many enrolled, what the simulated
+hardware did, and ferryd's fleet summary (job statuses and the bundles the
+devices run, most common first). A device that ferryd keeps refusing
+(revoked or removed, or ferryd's CA changed) stops retrying, and the
+simulator says so once; it exits when ferryd has refused every device.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -281,17 +286,37 @@ injected at the given rates. It prints the fleet's progress until stopped.`,
 			fmt.Fprintf(out, "%d devices enrolled in %s (%s%0*d ...); stop with Ctrl-C\n", n, time.Since(start).Round(time.Millisecond), prefix, max(len(fmt.Sprint(n)), 5), 1)
 			tick := time.NewTicker(interval)
 			defer tick.Stop()
+			reported, lastErr := 0, ""
 			for {
 				select {
 				case <-ctx.Done():
 					return fleet.Wait()
 				case <-tick.C:
+					if refused := fleet.Refused(); len(refused) > reported {
+						for _, line := range sim.DescribeRefusals(refused[reported:]) {
+							fmt.Fprintln(out, line)
+						}
+						reported = len(refused)
+					}
+					if fleet.Stats.Running.Load() == 0 && fleet.Stats.Refused.Load() > 0 {
+						return fmt.Errorf("ferryd refused all %d devices; nothing left to simulate", fleet.Stats.Refused.Load())
+					}
+					fleetLine, err := summary(ctx, reg)
+					if err != nil {
+						// Said once per distinct error, not on every line.
+						if msg := err.Error(); msg != lastErr {
+							fmt.Fprintf(out, "%v (said once; the lines below show fleet=unavailable until it answers)\n", err)
+							lastErr = msg
+						}
+						fleetLine = "fleet=unavailable"
+					} else {
+						lastErr = ""
+					}
 					var m runtime.MemStats
 					runtime.ReadMemStats(&m)
-					fmt.Fprintf(out, "%s running=%d restarts=%d installs=%d rollbacks=%d heap=%.1fMiB goroutines=%d %s\n",
-						time.Now().Format(time.TimeOnly), fleet.Stats.Running.Load(), fleet.Stats.Restarts.Load(),
-						fleet.Stats.Installs.Load(), fleet.Stats.Rollbacks.Load(), float64(m.HeapInuse)/(1<<20),
-						runtime.NumGoroutine(), summary(ctx, reg))
+					fmt.Fprintf(out, "%s %s heap=%.1fMiB goroutines=%d | %s\n",
+						time.Now().Format(time.TimeOnly), fleet.Summary(), float64(m.HeapInuse)/(1<<20),
+						runtime.NumGoroutine(), fleetLine)
 				}
 			}
 		},
@@ -314,11 +339,12 @@ injected at the given rates. It prints the fleet's progress until stopped.`,
 	return cmd
 }
 
-// summary prints ferryd's fleet summary.
-func summary(ctx context.Context, reg *transport.Registrar) string {
+// summary is ferryd's fleet summary as one line: job statuses, then the
+// bundles devices run, each sorted by count.
+func summary(ctx context.Context, reg *transport.Registrar) (string, error) {
 	bundles, statuses, err := reg.FleetSummary(ctx)
 	if err != nil {
-		return err.Error()
+		return "", err
 	}
-	return fmt.Sprintf("bundles=%v statuses=%v", bundles, statuses)
+	return fmt.Sprintf("jobs: %s | runs: %s", sim.FormatCounts(statuses), sim.FormatCounts(bundles)), nil
 }
