@@ -16,9 +16,9 @@ import (
 
 func TestAttestVerify(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.Publish(t, "gw/fw-2.bin")
 	ctx := context.Background()
-	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-	b := &devicev1.Bundle{TargetPath: "gw/fw-2.bin", Length: 10, Sha256: sum}
+	b := ferrytest.Bundle("gw/fw-2.bin")
 	dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{})
 	if _, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
 		DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Bundle: b, Config: map[string]string{"log.level": "debug"}},
@@ -38,7 +38,7 @@ func TestAttestVerify(t *testing.T) {
 	if err != nil {
 		t.Fatalf("verify from ferryd: %v\n%s", err, out)
 	}
-	for _, want := range []string{"verified: signed by dev-1", "SUCCEEDED", "runs gw/fw-2.bin sha256:" + sum, "config log.level=debug"} {
+	for _, want := range []string{"verified: signed by dev-1", "SUCCEEDED", "runs gw/fw-2.bin sha256:" + b.GetSha256(), "config log.level=debug"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -23,7 +24,8 @@ func run(t *testing.T, f *ferrytest.Ferryd, args ...string) (string, error) {
 
 func TestDeviceCommands(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, nil)
-	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	f.Publish(t, "gw/fw-2.bin")
+	sum, length := ferrytest.BundleSHA256, fmt.Sprint(len(ferrytest.BundleData))
 	tests := []struct {
 		name    string
 		args    []string
@@ -31,7 +33,7 @@ func TestDeviceCommands(t *testing.T) {
 		wantErr string
 	}{
 		{"list", []string{"device", "list"}, []string{"DEVICE", "dev-1", "dev-3", "never"}, ""},
-		{"set desired", []string{"device", "set-desired", "dev-1", "--target", "gw/fw-2.bin", "--length", "10",
+		{"set desired", []string{"device", "set-desired", "dev-1", "--target", "gw/fw-2.bin", "--length", length,
 			"--sha256", sum, "--config", "log.level=debug"}, []string{"dev-1: desired version 1, job job-"}, ""},
 		{"get", []string{"device", "get", "dev-1"}, []string{"dev-1", "v1", "QUEUED"}, ""},
 		{"get as JSON", []string{"device", "get", "dev-1", "-o", "json"}, []string{`"targetPath": "gw/fw-2.bin"`, `"log.level": "debug"`}, ""},
