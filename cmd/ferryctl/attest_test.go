@@ -62,4 +62,29 @@ func TestAttestVerify(t *testing.T) {
 	if _, err := run(t, f, append([]string{"attest", "verify", "dev-1", "job-none"}, common...)...); err == nil || !strings.Contains(err.Error(), "not_found") {
 		t.Errorf("unknown job: %v", err)
 	}
+
+	// Without a job id: the device's latest job, once it has ended.
+	if _, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+		DeviceId: "dev-3", Document: &devicev1.DesiredDocument{Bundle: b},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, device string
+		want, err    string
+	}{
+		{"latest job", "dev-1", "job " + delta.GetJobId() + ", desired version 1: SUCCEEDED", ""},
+		{"no job yet", "dev-2", "", "dev-2 has no job yet"},
+		{"job not ended", "dev-3", "", "latest job job-"},
+		{"unknown device", "gw-9", "", `device "gw-9" not found`},
+	}
+	for _, tt := range tests {
+		out, err := run(t, f, append([]string{"attest", "verify", tt.device}, common...)...)
+		switch {
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+			t.Errorf("%s: %v, want an error with %q", tt.name, err, tt.err)
+		case tt.err == "" && (err != nil || !strings.Contains(out, tt.want)):
+			t.Errorf("%s: %v, want output with %q:\n%s", tt.name, err, tt.want, out)
+		}
+	}
 }

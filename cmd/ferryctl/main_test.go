@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -35,7 +36,11 @@ func TestDeviceCommands(t *testing.T) {
 		{"list", []string{"device", "list"}, []string{"DEVICE", "dev-1", "dev-3", "never"}, ""},
 		{"set desired", []string{"device", "set-desired", "dev-1", "--target", "gw/fw-2.bin", "--length", length,
 			"--sha256", sum, "--config", "log.level=debug"}, []string{"dev-1: desired version 1, job job-"}, ""},
-		{"get", []string{"device", "get", "dev-1"}, []string{"dev-1", "v1", "QUEUED"}, ""},
+		{"get", []string{"device", "get", "dev-1"}, []string{"device           dev-1", "labels           group=dev",
+			"desired          v1: gw/fw-2.bin (4095 bytes, sha256 ", "desired config   log.level=debug", "set by           operator:dev-admin at ",
+			"reported         v0: -", "job              job-", ": QUEUED", "last seen        never"}, ""},
+		{"show", []string{"device", "show", "dev-2"}, []string{"device           dev-2", "job              -"}, ""},
+		{"list wide", []string{"device", "list", "--wide"}, []string{"JOB ID", "DESIRED BUNDLE", "QUEUED  job-", "gw/fw-2.bin"}, ""},
 		{"get as JSON", []string{"device", "get", "dev-1", "-o", "json"}, []string{`"targetPath": "gw/fw-2.bin"`, `"log.level": "debug"`}, ""},
 		{"stale expected version", []string{"device", "set-desired", "dev-1", "--config", "a=b", "--expect-version", "0"}, nil, "aborted"},
 		{"bad target", []string{"device", "set-desired", "dev-1", "--target", "/etc/x", "--length", "1", "--sha256", sum}, nil, "invalid_argument: document.bundle.target_path"},
@@ -54,13 +59,17 @@ func TestDeviceCommands(t *testing.T) {
 			t.Errorf("%s: %v\n%s", tt.name, err, out)
 			continue
 		}
+		// Columns are compared with their padding collapsed to one space.
 		for _, w := range tt.want {
-			if !strings.Contains(out, w) {
+			if !strings.Contains(spaces.ReplaceAllString(out, " "), spaces.ReplaceAllString(w, " ")) {
 				t.Errorf("%s: output lacks %q:\n%s", tt.name, w, out)
 			}
 		}
 	}
 }
+
+// spaces is a run of spaces, as tabwriter pads columns.
+var spaces = regexp.MustCompile(` {2,}`)
 
 func TestNoCredential(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, nil)
