@@ -99,7 +99,8 @@ func (s *Service) GetDevice(ctx context.Context, id string) (store.Device, error
 	if err := validateDeviceID(id); err != nil {
 		return store.Device{}, err
 	}
-	return s.devices.GetDevice(ctx, id)
+	d, err := s.devices.GetDevice(ctx, id)
+	return d, store.NameDevice(id, err)
 }
 
 // ListDevices returns up to limit devices with ids after after.
@@ -121,7 +122,7 @@ func (s *Service) SetDesired(ctx context.Context, id string, doc Document, setBy
 	for range s.maxRetries {
 		cur, err := s.devices.GetDevice(ctx, id)
 		if err != nil {
-			return store.Device{}, err
+			return store.Device{}, store.NameDevice(id, err)
 		}
 		if expect != nil && cur.Desired.Version != *expect {
 			return cur, fmt.Errorf("set desired state of %q: %w: version is %d, expected %d", id, store.ErrConflict, cur.Desired.Version, *expect)
@@ -142,7 +143,7 @@ func (s *Service) SetDesired(ctx context.Context, id string, doc Document, setBy
 			continue
 		}
 		if err != nil {
-			return dev, err
+			return dev, store.NameDevice(id, err)
 		}
 		s.log.InfoContext(ctx, "desired state set", "device", id, "version", next.Version, "job", next.JobID, "by", setBy)
 		s.changed(ctx, id)
@@ -221,7 +222,8 @@ func (s *Service) ListEvents(ctx context.Context, id string, before uint64, limi
 	if err := validateDeviceID(id); err != nil {
 		return nil, err
 	}
-	return s.devices.ListEvents(ctx, id, before, limit)
+	events, err := s.devices.ListEvents(ctx, id, before, limit)
+	return events, store.NameDevice(id, err)
 }
 
 // GetAttestation returns the signed report a device sent for a job.
@@ -232,7 +234,8 @@ func (s *Service) GetAttestation(ctx context.Context, id, jobID string) (store.A
 	if err := validateText("job_id", jobID); err != nil || jobID == "" {
 		return store.Attestation{}, invalid("job_id", "is required")
 	}
-	return s.devices.GetAttestation(ctx, id, jobID)
+	a, err := s.devices.GetAttestation(ctx, id, jobID)
+	return a, store.NameDevice(id, err)
 }
 
 // changed tells this and every other instance that device id changed.

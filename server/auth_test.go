@@ -93,6 +93,7 @@ func TestAPIAuth(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, func(cfg *server.Config) {
 		viewerKey = ferrytest.AddOperator(t, cfg, "dashboard", credentials.RoleViewer)
 	})
+	f.Publish(t, "fw.bin")
 	ctx := context.Background()
 	anonymous := fleetv1connect.NewFleetServiceClient(f.HTTPClient(t), f.APIURL())
 	withKey := func(key string) fleetv1connect.FleetServiceClient {
@@ -193,6 +194,7 @@ func TestAPIAuth(t *testing.T) {
 // TestBadInput: bad requests get the right code and change nothing.
 func TestBadInput(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.Publish(t, "fw-1.bin", "fw.bin")
 	ctx := context.Background()
 	fleet := f.Fleet(t)
 	if _, err := fleet.SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
@@ -220,6 +222,14 @@ func TestBadInput(t *testing.T) {
 		{"no document", func() error { return set("dev-1", nil, nil) }, connect.CodeInvalidArgument},
 		{"malformed device id", func() error { return set("dev 1", withBundle(bundle("fw.bin")), nil) }, connect.CodeInvalidArgument},
 		{"unknown device", func() error { return set("dev-404", withBundle(bundle("fw.bin")), nil) }, connect.CodeNotFound},
+		{"unpublished bundle", func() error { return set("dev-1", withBundle(bundle("gw/9.9.9/fw.bin")), nil) }, connect.CodeFailedPrecondition},
+		{"unpublished bundle, selector", func() error {
+			_, err := fleet.SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{Selector: "group=dev", Document: withBundle(bundle("gw/9.9.9/fw.bin"))}))
+			return err
+		}, connect.CodeFailedPrecondition},
+		{"bundle with another digest", func() error {
+			return set("dev-1", withBundle(&devicev1.Bundle{TargetPath: "fw.bin", Length: 4, Sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}), nil)
+		}, connect.CodeFailedPrecondition},
 		{"stale expected version", func() error { return set("dev-1", withBundle(bundle("fw.bin")), &stale) }, connect.CodeAborted},
 		{"bad page token", func() error {
 			_, err := fleet.ListDevices(ctx, connect.NewRequest(&fleetv1.ListDevicesRequest{PageToken: "!!"}))
@@ -253,6 +263,24 @@ func TestBadInput(t *testing.T) {
 	for _, tt := range tests {
 		if got := connect.CodeOf(tt.call()); got != tt.code {
 			t.Errorf("%s: code %v, want %v", tt.name, got, tt.code)
+		}
+	}
+	// The messages say which device or bundle is meant.
+	messages := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"unknown device", set("gw-9", withBundle(bundle("fw.bin")), nil), `not_found: device "gw-9" not found`},
+		{"events of an unknown device", func() error {
+			_, err := fleet.ListDeviceEvents(ctx, connect.NewRequest(&fleetv1.ListDeviceEventsRequest{DeviceId: "gw-9"}))
+			return err
+		}(), `device "gw-9" not found`},
+		{"unpublished bundle", set("dev-1", withBundle(bundle("gw/9.9.9/fw.bin")), nil), `no bundle "gw/9.9.9/fw.bin" is published in the repository`},
+	}
+	for _, m := range messages {
+		if m.err == nil || !strings.Contains(m.err.Error(), m.want) {
+			t.Errorf("%s: %v, want a message with %q", m.name, m.err, m.want)
 		}
 	}
 	d, err := fleet.GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))

@@ -129,6 +129,7 @@ func BenchmarkDeltaLatency(b *testing.B) {
 		ids[i] = fmt.Sprintf("dev-%04d", i)
 	}
 	f := ferrytest.Start(b, ferrytest.Redis, func(cfg *server.Config) { cfg.Dev.Devices = ids })
+	f.Publish(b, "gw/fw.bin")
 	devs := make([]*ferrytest.Device, connected)
 	for i, id := range ids {
 		devs[i] = f.OpenDevice(b, id, &devicev1.Hello{})

@@ -23,11 +23,12 @@ import (
 	"github.com/ferryhq/ferry/store/redis"
 )
 
-const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+// sum is the SHA-256 of the bundles the tests publish (ferrytest.Publish).
+var sum = ferrytest.BundleSHA256
 
-func bundle(path string) *devicev1.Bundle {
-	return &devicev1.Bundle{TargetPath: path, Length: 4096, Sha256: sum}
-}
+// bundle names the bundle ferrytest.Publish publishes at path: a desired
+// state may only name a published bundle.
+func bundle(path string) *devicev1.Bundle { return ferrytest.Bundle(path) }
 
 // TestWalkingSkeleton is the update pattern end to end, on each backend: a
 // device opens its stream over mutual TLS, an operator sets desired state
@@ -37,6 +38,7 @@ func TestWalkingSkeleton(t *testing.T) {
 	for _, backend := range ferrytest.Backends {
 		t.Run(string(backend), func(t *testing.T) {
 			f := ferrytest.Start(t, backend, nil)
+			f.Publish(t, "gw/fw-2.0.connect.bin", "gw/fw-2.0.grpc.bin", "gw/fw-2.0.http-json.bin")
 			ctx := context.Background()
 			dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{
 				AgentVersion: "ferry-agent/test",
@@ -165,6 +167,7 @@ func TestDeltaOnReconnect(t *testing.T) {
 	for _, backend := range ferrytest.Backends {
 		t.Run(string(backend), func(t *testing.T) {
 			f := ferrytest.Start(t, backend, nil)
+			f.Publish(t, "gw/fw.bin")
 			ctx := context.Background()
 			for range 2 {
 				_, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
@@ -207,6 +210,7 @@ func TestSupersededReport(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	f.Publish(t, "a.bin", "b.bin")
 	set("a.bin")
 	first := dev.Recv().GetDelta()
 	set("b.bin")
@@ -269,6 +273,7 @@ func BenchmarkUpdateCycle(b *testing.B) {
 	for _, backend := range ferrytest.Backends {
 		b.Run(string(backend), func(b *testing.B) {
 			f := ferrytest.Start(b, backend, func(cfg *server.Config) { cfg.Device.MessagesPerSecond = 1e9 })
+			f.Publish(b, "gw/fw.bin")
 			ctx := context.Background()
 			fleet := f.Fleet(b)
 			dev := f.OpenDevice(b, "dev-1", &devicev1.Hello{})
@@ -299,6 +304,7 @@ func BenchmarkUpdateCycle(b *testing.B) {
 func TestManyInstances(t *testing.T) {
 	a := ferrytest.Start(t, ferrytest.Redis, nil)
 	b := a.StartPeer(t, nil)
+	a.Publish(t, "gw/fw.bin")
 	ctx := context.Background()
 	dev := a.OpenDeviceOn(t, b, "dev-1", &devicev1.Hello{})
 	// A round trip makes sure B holds the stream before A changes anything.
@@ -386,6 +392,7 @@ func TestSignedReports(t *testing.T) {
 	for _, backend := range ferrytest.Backends {
 		t.Run(string(backend), func(t *testing.T) {
 			f := ferrytest.Start(t, backend, nil)
+			f.Publish(t, "gw/fw.bin")
 			ctx := context.Background()
 			resp, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
 				DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Bundle: bundle("gw/fw.bin")},

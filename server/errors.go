@@ -27,6 +27,7 @@ func classify(err error) (connect.Code, string) {
 	var invalid *replica.InvalidError
 	var ce *connect.Error
 	var repoErr *tuf.Error
+	var noDevice *store.DeviceNotFoundError
 	switch {
 	case errors.As(err, &ce):
 		return ce.Code(), ce.Message()
@@ -50,6 +51,8 @@ func classify(err error) (connect.Code, string) {
 		return connect.CodeNotFound, "rollout not found"
 	case errors.Is(err, rollout.ErrState):
 		return connect.CodeFailedPrecondition, err.Error()
+	case errors.As(err, &noDevice):
+		return connect.CodeNotFound, noDevice.Error()
 	case errors.Is(err, store.ErrNotFound):
 		return connect.CodeNotFound, "device not found"
 	case errors.Is(err, store.ErrNoAttestation):

@@ -17,6 +17,7 @@ import (
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/tuf"
 )
 
 // fleetService is the Connect handler of FleetService: thin, it converts
@@ -24,6 +25,7 @@ import (
 type fleetService struct {
 	fleetv1connect.UnimplementedFleetServiceHandler
 	replica *replica.Service
+	repo    *tuf.Repository // bundles given to devices (preconditions.go)
 	log     *slog.Logger
 	creds   *credentialsState // AddDevice, RevokeDevice (fleet_devices.go)
 }
@@ -105,6 +107,13 @@ func (f *fleetService) ListDevices(ctx context.Context, req *connect.Request[fle
 func (f *fleetService) SetDesiredState(ctx context.Context, req *connect.Request[fleetv1.SetDesiredStateRequest]) (*connect.Response[fleetv1.SetDesiredStateResponse], error) {
 	op := operatorFromContext(ctx)
 	m := req.Msg
+	doc := documentFromProto(m.GetDocument())
+	if err := doc.Validate(); err != nil {
+		return nil, connectError(ctx, f.log, err)
+	}
+	if err := checkPublished(ctx, f.repo, "document.bundle", doc.Bundle); err != nil {
+		return nil, connectError(ctx, f.log, err)
+	}
 	if m.GetSelector() != "" {
 		if m.GetDeviceId() != "" || m.ExpectedVersion != nil {
 			return nil, connect.NewError(connect.CodeInvalidArgument,
@@ -114,13 +123,13 @@ func (f *fleetService) SetDesiredState(ctx context.Context, req *connect.Request
 		if err != nil {
 			return nil, connectError(ctx, f.log, err)
 		}
-		n, err := f.replica.SetDesiredMatching(ctx, labels, documentFromProto(m.GetDocument()), "operator:"+op.Name)
+		n, err := f.replica.SetDesiredMatching(ctx, labels, doc, "operator:"+op.Name)
 		if err != nil {
 			return nil, connectError(ctx, f.log, err)
 		}
 		return connect.NewResponse(&fleetv1.SetDesiredStateResponse{DevicesUpdated: uint64(n)}), nil
 	}
-	d, err := f.replica.SetDesired(ctx, m.GetDeviceId(), documentFromProto(m.GetDocument()), "operator:"+op.Name, m.ExpectedVersion)
+	d, err := f.replica.SetDesired(ctx, m.GetDeviceId(), doc, "operator:"+op.Name, m.ExpectedVersion)
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}

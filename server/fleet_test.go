@@ -19,6 +19,7 @@ func TestFleetQueries(t *testing.T) {
 	for _, backend := range ferrytest.Backends {
 		t.Run(string(backend), func(t *testing.T) {
 			f := ferrytest.Start(t, backend, nil)
+			f.Publish(t, "gw/fw-2.bin")
 			ctx := context.Background()
 			fleet := f.Fleet(t)
 

@@ -17,11 +17,14 @@ import (
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/rollout"
 	"github.com/ferryhq/ferry/store"
+	"github.com/ferryhq/ferry/tuf"
 )
 
 // rolloutService is the Connect handler of RolloutService.
 type rolloutService struct {
 	rollouts *rollout.Service
+	replica  *replica.Service // devices a rollout matches (preconditions.go)
+	repo     *tuf.Repository  // bundles a rollout gives (preconditions.go)
 	log      *slog.Logger
 }
 
@@ -30,6 +33,18 @@ var _ fleetv1connect.RolloutServiceHandler = (*rolloutService)(nil)
 func (s *rolloutService) CreateRollout(ctx context.Context, req *connect.Request[fleetv1.CreateRolloutRequest]) (*connect.Response[fleetv1.CreateRolloutResponse], error) {
 	spec, err := rolloutSpecFromProto(req.Msg)
 	if err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	if err := rollout.Validate(spec); err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	if err := checkPublished(ctx, s.repo, "bundle", spec.Bundle); err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	if err := checkPublished(ctx, s.repo, "rollback_bundle", spec.RollbackBundle); err != nil {
+		return nil, connectError(ctx, s.log, err)
+	}
+	if err := checkMatchesDevices(ctx, s.replica, spec); err != nil {
 		return nil, connectError(ctx, s.log, err)
 	}
 	r, err := s.rollouts.Create(ctx, spec, "operator:"+operatorFromContext(ctx).Name)

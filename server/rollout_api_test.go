@@ -17,7 +17,8 @@ import (
 	"github.com/ferryhq/ferry/server"
 )
 
-var testBundle = &devicev1.Bundle{TargetPath: "gw/2.0.0/fw.bin", Length: 10, Sha256: strings.Repeat("ab", 32)}
+// testBundle is published in every test's repository (ferrytest.Publish).
+var testBundle = ferrytest.Bundle("gw/2.0.0/fw.bin")
 
 // TestRolloutBadInput checks that every malformed RolloutService call gets
 // a clear error with the right code and creates nothing.
@@ -25,6 +26,7 @@ func TestRolloutBadInput(t *testing.T) {
 	for _, backend := range ferrytest.Backends {
 		t.Run(string(backend), func(t *testing.T) {
 			f := ferrytest.Start(t, backend, nil)
+			f.Publish(t, testBundle.GetTargetPath())
 			api := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
 			ctx := t.Context()
 			create := func(edit func(*fleetv1.CreateRolloutRequest)) func() error {
@@ -47,6 +49,17 @@ func TestRolloutBadInput(t *testing.T) {
 					r.Bundle = &devicev1.Bundle{TargetPath: "a", Length: 1, Sha256: "xyz"}
 				}), connect.CodeInvalidArgument, "sha256"},
 				{"no target", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector = "" }), connect.CodeInvalidArgument, "selector"},
+				{"unpublished bundle", create(func(r *fleetv1.CreateRolloutRequest) { r.Bundle = ferrytest.Bundle("gw/9.9.9/fw.bin") }),
+					connect.CodeFailedPrecondition, `no bundle "gw/9.9.9/fw.bin" is published`},
+				{"bundle with another digest", create(func(r *fleetv1.CreateRolloutRequest) {
+					r.Bundle = &devicev1.Bundle{TargetPath: testBundle.GetTargetPath(), Length: 10, Sha256: strings.Repeat("ab", 32)}
+				}), connect.CodeFailedPrecondition, "sha256"},
+				{"unpublished rollback bundle", create(func(r *fleetv1.CreateRolloutRequest) { r.RollbackBundle = ferrytest.Bundle("gw/1.0.0/fw.bin") }),
+					connect.CodeFailedPrecondition, "rollback_bundle"},
+				{"selector matching no device", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector = "fleet=nowhere" }),
+					connect.CodeFailedPrecondition, "fleet=nowhere matches no device"},
+				{"no listed device exists", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector, r.DeviceIds = "", []string{"gw-404", "gw-405"} }),
+					connect.CodeFailedPrecondition, "none of the listed devices exists"},
 				{"selector and devices", create(func(r *fleetv1.CreateRolloutRequest) { r.DeviceIds = []string{"dev-1"} }), connect.CodeInvalidArgument, "device_ids"},
 				{"bad selector", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector = "a=b=c" }), connect.CodeInvalidArgument, "selector"},
 				{"bad device id", create(func(r *fleetv1.CreateRolloutRequest) { r.Selector, r.DeviceIds = "", []string{"../x"} }), connect.CodeInvalidArgument, "device_ids"},

@@ -219,8 +219,8 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, auth Authenticator, rep *replica.Service) *http.Server {
 	guarded := connect.WithInterceptors(operatorAuth{auth: auth, certs: s.creds.operatorCerts})
 	mux := http.NewServeMux()
-	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, log: s.log, creds: s.creds}, guarded))
-	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, log: s.log}, guarded))
+	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, repo: s.repo.repo, log: s.log, creds: s.creds}, guarded))
+	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, replica: rep, repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(credentialsv1connect.NewDownloadKeyServiceHandler(&downloadKeyService{creds: s.creds}, guarded))
 	// TUF metadata and targets: operators and devices (see tufhttp.go).

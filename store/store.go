@@ -14,6 +14,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -24,6 +25,25 @@ var (
 	// ErrConflict: a compare-and-set saw another version than expected.
 	ErrConflict = errors.New("version conflict")
 )
+
+// DeviceNotFoundError is ErrNotFound for the device it names:
+// errors.Is(err, ErrNotFound) holds for it.
+type DeviceNotFoundError struct{ ID string }
+
+func (e *DeviceNotFoundError) Error() string { return fmt.Sprintf("device %q not found", e.ID) }
+
+// Is makes a DeviceNotFoundError match ErrNotFound.
+func (e *DeviceNotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// NameDevice returns err with the device id named when it is ErrNotFound
+// without a name, and err unchanged otherwise.
+func NameDevice(id string, err error) error {
+	var named *DeviceNotFoundError
+	if errors.Is(err, ErrNotFound) && !errors.As(err, &named) {
+		return &DeviceNotFoundError{ID: id}
+	}
+	return err
+}
 
 // Bundle names a TUF target.
 type Bundle struct {

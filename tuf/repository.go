@@ -778,6 +778,22 @@ func (r *Repository) Bundle(path string) (Bundle, error) {
 	return bundleFrom(path, role, tf), nil
 }
 
+// FindBundle is Bundle, but on a miss it first reads the storage again:
+// another instance sharing it may have published the bundle since this one
+// last synchronised.
+func (r *Repository) FindBundle(ctx context.Context, path string) (Bundle, error) {
+	if b, err := r.Bundle(path); err == nil {
+		return b, nil
+	}
+	r.write.Lock()
+	_, err := r.sync(ctx)
+	r.write.Unlock()
+	if err != nil {
+		return Bundle{}, err
+	}
+	return r.Bundle(path)
+}
+
 // Bundles returns up to n published targets whose paths sort after
 // 'after', in path order.
 func (r *Repository) Bundles(after string, n int) []Bundle {

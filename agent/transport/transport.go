@@ -126,7 +126,13 @@ func (e Enroller) Enroll(ctx context.Context, csr []byte, token string) ([][]byt
 	c := credentialsv1connect.NewCredentialServiceClient(&http.Client{Transport: tr}, e.Link.cfg.APIURL)
 	resp, err := c.Enroll(ctx, connect.NewRequest(&credentialsv1.EnrollRequest{Csr: csr, EnrollmentToken: token}))
 	if err != nil {
-		return nil, fmt.Errorf("enroll: %w", err)
+		if connect.CodeOf(err) == connect.CodeUnauthenticated {
+			if token == "" {
+				return nil, fmt.Errorf("%w (ferryd accepted no credential: give a one-time enrollment token from `ferryctl device add <id>`, with ferry-agent's --enrollment-token)", err)
+			}
+			return nil, fmt.Errorf("%w (the enrollment token was refused: each token works once, until it expires or the device is added again; get a new one with `ferryctl device add <id>`)", err)
+		}
+		return nil, err
 	}
 	return resp.Msg.GetCertificateChain(), nil
 }

@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -113,8 +112,8 @@ func newRootCmd() *cobra.Command {
 func newRunCmd() *cobra.Command {
 	var (
 		srv                           server
-		stateDir, token, hardware     string
-		factoryCert, factoryKey       string
+		ident                         identity
+		stateDir, hardware            string
 		installHook, healthHook       string
 		rebootHook, configHook, abDir string
 	)
@@ -124,6 +123,10 @@ func newRunCmd() *cobra.Command {
 		Long: `run enrolls the device on first start (with --enrollment-token, or the
 factory certificate), then keeps its stream to ferryd open and carries out
 every desired state. Keys, certificate and job state live in --state-dir.
+A device that already has a certificate and key (such as ferryd's
+development devices, ferry-data/pki/devices/dev-1.pem and dev-1.key) gives
+them with --cert and --key instead: it does not enroll, and renewed
+certificates are written back to those files.
 
 Installing uses --install-hook (a command called with the action as its last
 argument and FERRY_* environment variables, see docs/agent.md) or the
@@ -134,41 +137,32 @@ rolls back.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := srv.logger()
+			var installer agent.Installer
+			switch {
+			case installHook != "":
+				installer = agent.Exec{Command: strings.Fields(installHook)}
+			case abDir != "":
+				installer = &agent.AB{Dir: abDir}
+			default:
+				return errors.New("give --install-hook (your installer) or --ab-dir (the built-in A/B installer's directory)")
+			}
 			link, root, err := srv.link(false)
 			if err != nil {
 				return err
 			}
-			enroller := transport.Enroller{Link: link}
-			if factoryCert != "" {
-				pair, err := tls.LoadX509KeyPair(factoryCert, factoryKey)
-				if err != nil {
-					return fmt.Errorf("factory certificate: %w", err)
-				}
-				enroller.FactoryCert = &pair
-			}
 			if err := os.MkdirAll(stateDir, 0o700); err != nil {
 				return err
 			}
-			creds, err := agent.LoadOrEnroll(ctx, stateDir, enroller, token)
+			creds, save, err := ident.credentials(ctx, link, stateDir)
 			if err != nil {
 				return err
 			}
 			id := deviceID(creds.Leaf())
 			cfg := agent.Config{
 				Link: link, Credentials: creds, DeviceID: id, Store: agent.FileStore{Path: filepath.Join(stateDir, "state.json")},
-				TrustedRoot: root, Hardware: hardware, DownloadDir: filepath.Join(stateDir, "downloads"),
+				TrustedRoot: root, Installer: installer, Hardware: hardware, DownloadDir: filepath.Join(stateDir, "downloads"),
 				AgentVersion: "ferry-agent/" + version(), Logger: log,
-				OnRenew: func(c *agent.Credentials) error {
-					return c.Save(filepath.Join(stateDir, agent.KeyFile), filepath.Join(stateDir, agent.CertFile))
-				},
-			}
-			switch {
-			case installHook != "":
-				cfg.Installer = agent.Exec{Command: strings.Fields(installHook)}
-			case abDir != "":
-				cfg.Installer = &agent.AB{Dir: abDir}
-			default:
-				return errors.New("give --install-hook or --ab-dir")
+				OnRenew: save,
 			}
 			if healthHook != "" {
 				cfg.Health = agent.Exec{Command: strings.Fields(healthHook)}
@@ -201,9 +195,7 @@ rolls back.`,
 	srv.flags(cmd)
 	f := cmd.Flags()
 	f.StringVar(&stateDir, "state-dir", envOr("FERRY_STATE_DIR", "ferry-agent-state"), "device key, certificate and job state [$FERRY_STATE_DIR]")
-	f.StringVar(&token, "enrollment-token", envOr("FERRY_ENROLLMENT_TOKEN", ""), "one-time enrollment token (first start) [$FERRY_ENROLLMENT_TOKEN]")
-	f.StringVar(&factoryCert, "factory-cert", envOr("FERRY_FACTORY_CERT", ""), "factory certificate to enroll with, PEM [$FERRY_FACTORY_CERT]")
-	f.StringVar(&factoryKey, "factory-key", envOr("FERRY_FACTORY_KEY", ""), "its key, PEM [$FERRY_FACTORY_KEY]")
+	ident.flags(cmd)
 	f.StringVar(&hardware, "hardware", envOr("FERRY_HARDWARE", ""), "this device's hardware model [$FERRY_HARDWARE]")
 	f.StringVar(&installHook, "install-hook", envOr("FERRY_INSTALL_HOOK", ""), "install/commit/rollback command [$FERRY_INSTALL_HOOK]")
 	f.StringVar(&abDir, "ab-dir", envOr("FERRY_AB_DIR", ""), "directory of the built-in A/B installer's slots [$FERRY_AB_DIR]")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferryhq/ferry/attest"
 	"github.com/ferryhq/ferry/credentials"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
 )
 
@@ -33,21 +34,23 @@ func newAttestVerifyCmd(a *app) *cobra.Command {
 		save         string
 	)
 	cmd := &cobra.Command{
-		Use:   "verify [DEVICE_ID JOB_ID]",
+		Use:   "verify [DEVICE_ID [JOB_ID]]",
 		Short: "Verify a device's signed report against the device CA, offline",
 		Long: `Verify checks a signed report (a DSSE envelope over an in-toto statement) with
 nothing but the device CA certificate: the certificate chain at the time the
 report was made, the device identity in it, the signature, and that the
 report is about that device. The report comes from ferryd (DEVICE_ID JOB_ID,
-through GetAttestation) or from files (--envelope and --chain, for example
-saved earlier with --save).`,
-		Example: `  ferryctl attest verify dev-1 job-9b2e720bafd4cd07ccb8 --device-ca ferry-data/pki/ca.pem
+through GetAttestation; without JOB_ID, the device's latest job, as
+ferryctl device get shows it) or from files (--envelope and --chain, for
+example saved earlier with --save).`,
+		Example: `  ferryctl attest verify dev-1 --device-ca ferry-data/pki/ca.pem
+  ferryctl attest verify dev-1 job-9b2e720bafd4cd07ccb8 --device-ca ferry-data/pki/ca.pem
   ferryctl attest verify --envelope report.dsse.json --chain device-chain.pem --device-ca ca.pem`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if envelopeFile != "" {
 				return cobra.NoArgs(cmd, args)
 			}
-			return cobra.ExactArgs(2)(cmd, args)
+			return cobra.RangeArgs(1, 2)(cmd, args)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var envelope []byte
@@ -69,7 +72,25 @@ saved earlier with --save).`,
 				if err != nil {
 					return err
 				}
-				resp, err := fleet.GetAttestation(cmd.Context(), connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: args[0], JobId: args[1]}))
+				var job string
+				if len(args) == 2 {
+					job = args[1]
+				} else {
+					d, err := fleet.GetDevice(cmd.Context(), connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: args[0]}))
+					if err != nil {
+						return err
+					}
+					j := d.Msg.GetDevice().GetJob()
+					if j.GetId() == "" {
+						return fmt.Errorf("%s has no job yet: give it a desired state first (ferryctl device set-desired)", args[0])
+					}
+					if final := j.GetStatus() != devicev1.JobStatus_JOB_STATUS_QUEUED && j.GetStatus() != devicev1.JobStatus_JOB_STATUS_IN_PROGRESS; !final {
+						return fmt.Errorf("%s's latest job %s is %s: its signed report comes when it ends (or give an earlier JOB_ID, see ferryctl device events %s)",
+							args[0], j.GetId(), jobStatus(j), args[0])
+					}
+					job = j.GetId()
+				}
+				resp, err := fleet.GetAttestation(cmd.Context(), connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: args[0], JobId: job}))
 				if err != nil {
 					return err
 				}

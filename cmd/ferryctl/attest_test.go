@@ -16,9 +16,9 @@ import (
 
 func TestAttestVerify(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.Publish(t, "gw/fw-2.bin")
 	ctx := context.Background()
-	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-	b := &devicev1.Bundle{TargetPath: "gw/fw-2.bin", Length: 10, Sha256: sum}
+	b := ferrytest.Bundle("gw/fw-2.bin")
 	dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{})
 	if _, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
 		DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Bundle: b, Config: map[string]string{"log.level": "debug"}},
@@ -38,7 +38,7 @@ func TestAttestVerify(t *testing.T) {
 	if err != nil {
 		t.Fatalf("verify from ferryd: %v\n%s", err, out)
 	}
-	for _, want := range []string{"verified: signed by dev-1", "SUCCEEDED", "runs gw/fw-2.bin sha256:" + sum, "config log.level=debug"} {
+	for _, want := range []string{"verified: signed by dev-1", "SUCCEEDED", "runs gw/fw-2.bin sha256:" + b.GetSha256(), "config log.level=debug"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -61,5 +61,30 @@ func TestAttestVerify(t *testing.T) {
 	}
 	if _, err := run(t, f, append([]string{"attest", "verify", "dev-1", "job-none"}, common...)...); err == nil || !strings.Contains(err.Error(), "not_found") {
 		t.Errorf("unknown job: %v", err)
+	}
+
+	// Without a job id: the device's latest job, once it has ended.
+	if _, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+		DeviceId: "dev-3", Document: &devicev1.DesiredDocument{Bundle: b},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, device string
+		want, err    string
+	}{
+		{"latest job", "dev-1", "job " + delta.GetJobId() + ", desired version 1: SUCCEEDED", ""},
+		{"no job yet", "dev-2", "", "dev-2 has no job yet"},
+		{"job not ended", "dev-3", "", "latest job job-"},
+		{"unknown device", "gw-9", "", `device "gw-9" not found`},
+	}
+	for _, tt := range tests {
+		out, err := run(t, f, append([]string{"attest", "verify", tt.device}, common...)...)
+		switch {
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+			t.Errorf("%s: %v, want an error with %q", tt.name, err, tt.err)
+		case tt.err == "" && (err != nil || !strings.Contains(out, tt.want)):
+			t.Errorf("%s: %v, want output with %q:\n%s", tt.name, err, tt.want, out)
+		}
 	}
 }

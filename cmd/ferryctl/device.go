@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,7 +27,7 @@ func newDeviceCmd(a *app) *cobra.Command {
 }
 
 func newDeviceListCmd(a *app) *cobra.Command {
-	var all bool
+	var all, wide bool
 	var pageSize uint32
 	var filter fleetv1.ListDevicesRequest
 	var status string
@@ -68,10 +70,11 @@ func newDeviceListCmd(a *app) *cobra.Command {
 			if a.output == "json" {
 				return printJSON(cmd.OutOrStdout(), resp)
 			}
-			return deviceTable(cmd.OutOrStdout(), resp.GetDevices())
+			return deviceTable(cmd.OutOrStdout(), resp.GetDevices(), wide)
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", true, "follow pages to the end")
+	cmd.Flags().BoolVarP(&wide, "wide", "w", false, "also show each device's job id (for attest verify) and desired bundle")
 	cmd.Flags().Uint32Var(&pageSize, "page-size", 500, "devices per request")
 	cmd.Flags().StringVarP(&filter.LabelSelector, "label", "l", "", "only devices with these labels: key=value,key2=value2")
 	cmd.Flags().StringVar(&filter.Bundle, "bundle", "", "only devices running this bundle target path ((none): no bundle)")
@@ -121,9 +124,10 @@ func newDeviceEventsCmd(a *app) *cobra.Command {
 
 func newDeviceGetCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:   "get DEVICE_ID",
-		Short: "Show one device",
-		Args:  cobra.ExactArgs(1),
+		Use:     "get DEVICE_ID",
+		Aliases: []string{"show"},
+		Short:   "Show one device: labels, desired and reported state, its job (with the job id) and when it was seen",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fleet, err := a.fleet()
 			if err != nil {
@@ -136,9 +140,67 @@ func newDeviceGetCmd(a *app) *cobra.Command {
 			if a.output == "json" {
 				return printJSON(cmd.OutOrStdout(), resp.Msg)
 			}
-			return deviceTable(cmd.OutOrStdout(), []*fleetv1.Device{resp.Msg.GetDevice()})
+			return deviceDetails(cmd.OutOrStdout(), resp.Msg.GetDevice())
 		},
 	}
+}
+
+// deviceDetails prints one device, a field a line.
+func deviceDetails(w io.Writer, d *fleetv1.Device) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	line := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, args...)...) }
+	line("device", "%s", d.GetId())
+	line("labels", "%s", fmtMap(d.GetLabels()))
+	des := d.GetDesired()
+	line("desired", "v%d: %s", des.GetVersion(), fmtBundle(des.GetDocument().GetBundle()))
+	if c := des.GetDocument().GetConfig(); len(c) > 0 {
+		line("desired config", "%s", fmtMap(c))
+	}
+	if des.GetSetBy() != "" {
+		line("set by", "%s at %s", des.GetSetBy(), des.GetSetTime().AsTime().Local().Format("2006-01-02 15:04:05"))
+	}
+	rep := d.GetReported()
+	line("reported", "v%d: %s", rep.GetDesiredVersion(), fmtBundle(rep.GetState().GetBundle()))
+	if c := rep.GetState().GetConfig(); len(c) > 0 {
+		line("reported config", "%s", fmtMap(c))
+	}
+	if v := rep.GetAgentVersion(); v != "" {
+		line("agent", "%s", v)
+	}
+	if j := d.GetJob(); j != nil && j.GetId() != "" {
+		line("job", "%s: %s", j.GetId(), jobStatus(j))
+		if m := j.GetMessage(); m != "" {
+			line("job message", "%s", m)
+		}
+	} else {
+		line("job", "-")
+	}
+	line("last seen", "%s", ago(d.GetLastSeenTime()))
+	return tw.Flush()
+}
+
+// fmtMap writes k=v pairs in key order, "-" for none.
+func fmtMap(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var kv []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		kv = append(kv, k+"="+m[k])
+	}
+	return strings.Join(kv, ",")
+}
+
+// jobStatus is a job's status, with its step and error code if any.
+func jobStatus(j *fleetv1.Job) string {
+	s := strings.TrimPrefix(j.GetStatus().String(), "JOB_STATUS_")
+	if st := j.GetStep(); st != devicev1.Step_STEP_UNSPECIFIED {
+		s += "/" + strings.TrimPrefix(st.String(), "STEP_")
+	}
+	if c := j.GetErrorCode(); c != "" {
+		s += " (" + c + ")"
+	}
+	return s
 }
 
 func newDeviceSetDesiredCmd(a *app) *cobra.Command {
@@ -218,24 +280,32 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	return cmd
 }
 
-// deviceTable prints devices one a line.
-func deviceTable(w io.Writer, devs []*fleetv1.Device) error {
+// deviceTable prints devices one a line; wide adds the job id and the
+// desired bundle.
+func deviceTable(w io.Writer, devs []*fleetv1.Device, wide bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tDESIRED\tREPORTED\tRUNS\tJOB\tLAST SEEN")
+	if wide {
+		fmt.Fprintln(tw, "DEVICE\tDESIRED\tREPORTED\tRUNS\tJOB\tJOB ID\tDESIRED BUNDLE\tLAST SEEN")
+	} else {
+		fmt.Fprintln(tw, "DEVICE\tDESIRED\tREPORTED\tRUNS\tJOB\tLAST SEEN")
+	}
+	dash := func(s string) string {
+		if s == "" {
+			return "-"
+		}
+		return s
+	}
 	for _, d := range devs {
 		job := "-"
 		if j := d.GetJob(); j != nil {
-			job = strings.TrimPrefix(j.GetStatus().String(), "JOB_STATUS_")
-			if s := j.GetStep(); s != devicev1.Step_STEP_UNSPECIFIED {
-				job += "/" + strings.TrimPrefix(s.String(), "STEP_")
-			}
-			if c := j.GetErrorCode(); c != "" {
-				job += " (" + c + ")"
-			}
+			job = jobStatus(j)
 		}
-		runs := d.GetReported().GetState().GetBundle().GetTargetPath()
-		if runs == "" {
-			runs = "-"
+		runs := dash(d.GetReported().GetState().GetBundle().GetTargetPath())
+		if wide {
+			fmt.Fprintf(tw, "%s\tv%d\tv%d\t%s\t%s\t%s\t%s\t%s\n", d.GetId(), d.GetDesired().GetVersion(),
+				d.GetReported().GetDesiredVersion(), runs, job, dash(d.GetJob().GetId()),
+				dash(d.GetDesired().GetDocument().GetBundle().GetTargetPath()), ago(d.GetLastSeenTime()))
+			continue
 		}
 		fmt.Fprintf(tw, "%s\tv%d\tv%d\t%s\t%s\t%s\n", d.GetId(), d.GetDesired().GetVersion(),
 			d.GetReported().GetDesiredVersion(), runs, job, ago(d.GetLastSeenTime()))

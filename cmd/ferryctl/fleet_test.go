@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -9,8 +10,9 @@ import (
 
 func TestFleetCommands(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Redis, nil)
-	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-	if _, err := run(t, f, "device", "set-desired", "dev-2", "--target", "gw/fw-2.bin", "--length", "10", "--sha256", sum); err != nil {
+	f.Publish(t, "gw/fw-2.bin")
+	b := ferrytest.Bundle("gw/fw-2.bin")
+	if _, err := run(t, f, "device", "set-desired", "dev-2", "--target", b.GetTargetPath(), "--length", fmt.Sprint(b.GetLength()), "--sha256", b.GetSha256()); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -23,7 +25,8 @@ func run(t *testing.T, f *ferrytest.Ferryd, args ...string) (string, error) {
 
 func TestDeviceCommands(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, nil)
-	const sum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	f.Publish(t, "gw/fw-2.bin")
+	sum, length := ferrytest.BundleSHA256, fmt.Sprint(len(ferrytest.BundleData))
 	tests := []struct {
 		name    string
 		args    []string
@@ -31,9 +34,13 @@ func TestDeviceCommands(t *testing.T) {
 		wantErr string
 	}{
 		{"list", []string{"device", "list"}, []string{"DEVICE", "dev-1", "dev-3", "never"}, ""},
-		{"set desired", []string{"device", "set-desired", "dev-1", "--target", "gw/fw-2.bin", "--length", "10",
+		{"set desired", []string{"device", "set-desired", "dev-1", "--target", "gw/fw-2.bin", "--length", length,
 			"--sha256", sum, "--config", "log.level=debug"}, []string{"dev-1: desired version 1, job job-"}, ""},
-		{"get", []string{"device", "get", "dev-1"}, []string{"dev-1", "v1", "QUEUED"}, ""},
+		{"get", []string{"device", "get", "dev-1"}, []string{"device           dev-1", "labels           group=dev",
+			"desired          v1: gw/fw-2.bin (4095 bytes, sha256 ", "desired config   log.level=debug", "set by           operator:dev-admin at ",
+			"reported         v0: -", "job              job-", ": QUEUED", "last seen        never"}, ""},
+		{"show", []string{"device", "show", "dev-2"}, []string{"device           dev-2", "job              -"}, ""},
+		{"list wide", []string{"device", "list", "--wide"}, []string{"JOB ID", "DESIRED BUNDLE", "QUEUED  job-", "gw/fw-2.bin"}, ""},
 		{"get as JSON", []string{"device", "get", "dev-1", "-o", "json"}, []string{`"targetPath": "gw/fw-2.bin"`, `"log.level": "debug"`}, ""},
 		{"stale expected version", []string{"device", "set-desired", "dev-1", "--config", "a=b", "--expect-version", "0"}, nil, "aborted"},
 		{"bad target", []string{"device", "set-desired", "dev-1", "--target", "/etc/x", "--length", "1", "--sha256", sum}, nil, "invalid_argument: document.bundle.target_path"},
@@ -52,13 +59,17 @@ func TestDeviceCommands(t *testing.T) {
 			t.Errorf("%s: %v\n%s", tt.name, err, out)
 			continue
 		}
+		// Columns are compared with their padding collapsed to one space.
 		for _, w := range tt.want {
-			if !strings.Contains(out, w) {
+			if !strings.Contains(spaces.ReplaceAllString(out, " "), spaces.ReplaceAllString(w, " ")) {
 				t.Errorf("%s: output lacks %q:\n%s", tt.name, w, out)
 			}
 		}
 	}
 }
+
+// spaces is a run of spaces, as tabwriter pads columns.
+var spaces = regexp.MustCompile(` {2,}`)
 
 func TestNoCredential(t *testing.T) {
 	f := ferrytest.Start(t, ferrytest.Embedded, nil)

@@ -394,10 +394,12 @@ func TestRolloutCommands(t *testing.T) {
 		{"pause unknown", []string{"rollout", "pause", "r-20260101-000000-000000"}, nil, "not_found", nil},
 		{"missing id", []string{"rollout", "show"}, nil, "accepts 1 arg", nil},
 
-		// No device matches: the rollout completes at once, and watch
-		// exits 0.
-		{"create and watch", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--selector", "ring=nowhere", "--watch"},
-			[]string{"target           ring=nowhere", "COMPLETED", "(no device matches the target set)"}, "", nil},
+		// No device matches: the rollout is refused, unless it is
+		// continuous and waits for devices.
+		{"create matching no device", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--selector", "ring=nowhere", "--watch"},
+			nil, "failed_precondition: selector: ring=nowhere matches no device", nil},
+		{"create continuous matching no device", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--selector", "ring=nowhere", "--continuous"},
+			[]string{"target           ring=nowhere, continuous", "state            RUNNING"}, "", nil},
 
 		// Scheduled: it waits, and shows its schedule.
 		{"create scheduled", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--devices", "dev-1,dev-2", "--name", "later",
@@ -443,7 +445,7 @@ func TestRolloutCommands(t *testing.T) {
 			}
 			all := strings.Join(rows, "\n")
 			for _, w := range []string{scheduled + " later SCHEDULED gw/2.0.0/fw.bin 2 devices - ",
-				" - COMPLETED gw/2.0.0/fw.bin ring=nowhere 0/0 ok ", id + " canary CANCELED gw/2.0.0/fw.bin group=dev 0/3 ok "} {
+				" - RUNNING gw/2.0.0/fw.bin ring=nowhere 0/0 ok ", id + " canary CANCELED gw/2.0.0/fw.bin group=dev 0/3 ok "} {
 				if !strings.Contains(all, w) {
 					t.Fatalf("list lacks %q:\n%s", w, out)
 				}

@@ -50,6 +50,8 @@ type Ferryd struct {
 	// Stop stops the server and returns Run's error; it is also called at
 	// the end of the test.
 	Stop func() error
+
+	release releaser // Publish (repo.go)
 }
 
 // Start runs a ferryd on loopback ports with the development PKI and the
