@@ -40,6 +40,10 @@ func (a *Agent) resume(ctx context.Context, stream Stream) error {
 	if pd.Phase == "" {
 		pd.Phase = PhaseInstalled // saved by an older agent before its reboot
 	}
+	if pd.Phase == PhaseRollingBack && pd.Failure == nil {
+		pd.Failure = &Result{JobID: pd.JobID, DesiredVersion: pd.DesiredVersion, Status: StatusFailed, Step: StepInstalling,
+			ErrorCode: CodeInstallInterrupted, Message: "the agent stopped while rolling back"}
+	}
 	d := Delta{JobID: pd.JobID, DesiredVersion: pd.DesiredVersion}
 	a.log.InfoContext(ctx, "resuming job", "job", pd.JobID, "version", pd.DesiredVersion, "phase", pd.Phase)
 	switch pd.Phase {
