@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -135,6 +134,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.p = p
+	a.cleanDownloads(ctx)
 	failures := 0
 	for {
 		start := a.cfg.Now()
@@ -209,8 +209,8 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	a.log.DebugContext(ctx, "stream open", "last_applied", a.p.LastApplied)
 	if a.p.Pending != nil {
-		// confirm ends with the report, sent once.
-		if err := a.confirm(ctx, stream); err != nil {
+		// resume ends with the report, sent once.
+		if err := a.resume(ctx, stream); err != nil {
 			return a.cause(ctx, err)
 		}
 	} else if a.p.Outbox != nil {
@@ -304,11 +304,13 @@ func (a *Agent) delta(ctx context.Context, conn Conn, stream Stream, d Delta) er
 	if err != nil {
 		return err // ErrRestart after a persisted install, or the stream broke
 	}
-	return a.finish(ctx, stream, res)
+	return a.finish(ctx, stream, res, d.Desired.Bundle)
 }
 
-// finish records a final result and reports it.
-func (a *Agent) finish(ctx context.Context, stream Stream, res Result) error {
+// finish records a final result, removes the job's download and reports
+// the result. download is the bundle the job installed or meant to (nil
+// for configuration only).
+func (a *Agent) finish(ctx context.Context, stream Stream, res Result, download *Bundle) error {
 	a.log.InfoContext(ctx, "job ended", "job", res.JobID, "version", res.DesiredVersion, "status", res.Status,
 		"step", res.Step, "code", res.ErrorCode, "message", res.Message)
 	a.p.Current = res.State.clone()
@@ -317,7 +319,18 @@ func (a *Agent) finish(ctx context.Context, stream Stream, res Result) error {
 	if err := a.save(ctx); err != nil {
 		return err
 	}
+	if download != nil {
+		// After a crash here, the start-up cleaning removes it.
+		if err := removeFile(a.partPath(download)); err != nil {
+			a.log.WarnContext(ctx, "removing the job's download failed", "err", err)
+		}
+	}
 	return a.sendReport(stream, res)
+}
+
+// partPath is where bundle b is downloaded.
+func (a *Agent) partPath(b *Bundle) string {
+	return filepath.Join(a.cfg.DownloadDir, b.SHA256+".part")
 }
 
 func (a *Agent) sendReport(stream Stream, res Result) error {
@@ -443,14 +456,19 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	job.Bundle, job.Version = want.Bundle, info.Version
 
 	// Download, streaming to disk, resuming with Range.
-	if err := os.MkdirAll(a.cfg.DownloadDir, 0o700); err != nil {
+	if err := makeDir(a.cfg.DownloadDir, 0o700); err != nil {
 		return fail(StatusFailed, StepDownloading, CodeDownloadFailed, err)
 	}
-	part := filepath.Join(a.cfg.DownloadDir, want.Bundle.SHA256+".part")
+	part := a.partPath(want.Bundle)
 	dl := &downloader{
 		client: client, attempts: a.cfg.DownloadAttempts, backoff: a.cfg.DownloadBackoff,
 		token: func(ctx context.Context) (DownloadToken, error) {
 			return conn.DownloadToken(ctx, want.Bundle.TargetPath)
+		},
+		unavailable: func(ctx context.Context, attempt int, err error) error {
+			delay := a.backoff(attempt)
+			a.log.WarnContext(ctx, "download token unavailable; retrying", "job", d.JobID, "err", err, "in", delay.Round(time.Millisecond))
+			return sleep(ctx, delay)
 		},
 	}
 	lastPct := uint32(0)
@@ -467,25 +485,34 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 		return res, err
 	}
 	if err := verifyFile(ctx, part, tf); err != nil {
-		os.Remove(part) // never install, never resume from it
+		if rerr := removeFile(part); rerr != nil { // never install, never resume from it
+			a.log.WarnContext(ctx, "removing a download that failed verification", "err", rerr)
+		}
 		return a.jobFailure(ctx, fail, err)
 	}
-	defer os.Remove(part)
+	// The download stays until the job ends (finish), so that the file an
+	// installer was given exists until its job is done.
 
-	// Install, with the desired configuration.
+	// Install, with the desired configuration. The intent is saved first:
+	// whatever instruction a power loss stops the install at, the agent
+	// started again finds PhaseInstalling and rolls it back.
 	if err := a.progress(stream, d, StepInstalling, 0); err != nil {
 		return res, err
 	}
+	pd := &Pending{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Phase: PhaseInstalling, Previous: cur.clone(), Next: next}
+	a.p.Pending = pd
+	if err := a.save(ctx); err != nil {
+		a.p.Pending = nil
+		return fail(StatusFailed, StepInstalling, CodeInstallFailed, err)
+	}
 	job.Path = part
 	if err := a.cfg.Installer.Install(ctx, job); err != nil {
+		// Install changed nothing: the job ends here.
 		return fail(StatusFailed, StepInstalling, CodeInstallFailed, err)
 	}
 	if !maps.Equal(cur.Config, want.Config) {
 		if err := a.cfg.ConfigApplier.Apply(ctx, job); err != nil {
-			if rerr := a.cfg.Installer.Rollback(ctx, job); rerr != nil {
-				return fail(StatusFailed, StepInstalling, CodeRollbackFailed, errors.Join(err, rerr))
-			}
-			return fail(StatusFailed, StepInstalling, CodeConfigFailed, err)
+			return a.rollBackNow(ctx, pd, Result{Status: StatusFailed, Step: StepInstalling, ErrorCode: CodeConfigFailed, Message: err.Error()}, false)
 		}
 	}
 
@@ -493,9 +520,9 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	if err := a.progress(stream, d, StepRebooting, 0); err != nil {
 		return res, err
 	}
-	a.p.Pending = &Pending{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Previous: cur.clone(), Next: next}
+	pd.Phase = PhaseInstalled
 	if err := a.save(ctx); err != nil {
-		return res, err
+		return a.rollBackNow(ctx, pd, Result{Status: StatusFailed, Step: StepRebooting, ErrorCode: CodeRebootFailed, Message: err.Error()}, false)
 	}
 	// Let ferryd record the steps so far before the connection goes down.
 	drainCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -504,12 +531,7 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	}
 	cancel()
 	if err := a.cfg.Rebooter.Reboot(ctx, job); err != nil && !errors.Is(err, ErrRestart) {
-		a.p.Pending = nil
-		rerr := a.cfg.Installer.Rollback(ctx, job)
-		if rerr != nil {
-			return fail(StatusFailed, StepRebooting, CodeRollbackFailed, errors.Join(err, rerr))
-		}
-		return fail(StatusFailed, StepRebooting, CodeRebootFailed, err)
+		return a.rollBackNow(ctx, pd, Result{Status: StatusFailed, Step: StepRebooting, ErrorCode: CodeRebootFailed, Message: err.Error()}, false)
 	}
 	return res, ErrRestart
 }
@@ -532,38 +554,6 @@ func (a *Agent) trustedRoot() []byte {
 		return a.p.TrustedRoot
 	}
 	return a.cfg.TrustedRoot
-}
-
-// confirm finishes a job installed before a restart: health check, then
-// commit and SUCCEEDED, or rollback and ROLLED_BACK.
-func (a *Agent) confirm(ctx context.Context, stream Stream) error {
-	pd := *a.p.Pending
-	d := Delta{JobID: pd.JobID, DesiredVersion: pd.DesiredVersion}
-	if err := a.progress(stream, d, StepConfirming, 0); err != nil {
-		return err
-	}
-	job := Job{ID: pd.JobID, DesiredVersion: pd.DesiredVersion, Bundle: pd.Next.Bundle, Version: pd.Next.Version, Config: pd.Next.Config}
-	res := Result{JobID: pd.JobID, DesiredVersion: pd.DesiredVersion, Status: StatusSucceeded, State: pd.Next}
-	if err := a.cfg.Health.Check(ctx, job); err != nil {
-		res = Result{JobID: pd.JobID, DesiredVersion: pd.DesiredVersion, Status: StatusRolledBack, Step: StepConfirming,
-			ErrorCode: CodeHealthFailed, Message: err.Error(), State: pd.Previous}
-		if rerr := a.cfg.Installer.Rollback(ctx, job); rerr != nil {
-			res.Status, res.ErrorCode, res.Message = StatusFailed, CodeRollbackFailed, errors.Join(err, rerr).Error()
-			res.State = pd.Next
-		} else if !maps.Equal(pd.Previous.Config, pd.Next.Config) {
-			prev := Job{ID: pd.JobID, DesiredVersion: pd.DesiredVersion, Bundle: pd.Previous.Bundle, Version: pd.Previous.Version, Config: pd.Previous.Config}
-			if cerr := a.cfg.ConfigApplier.Apply(ctx, prev); cerr != nil {
-				a.log.WarnContext(ctx, "restoring the previous configuration failed", "err", cerr)
-			}
-		}
-	} else if err := a.cfg.Installer.Commit(ctx, job); err != nil {
-		res = Result{JobID: pd.JobID, DesiredVersion: pd.DesiredVersion, Status: StatusFailed, Step: StepConfirming,
-			ErrorCode: CodeCommitFailed, Message: err.Error(), State: pd.Previous}
-		if rerr := a.cfg.Installer.Rollback(ctx, job); rerr != nil {
-			res.ErrorCode, res.Message, res.State = CodeRollbackFailed, errors.Join(err, rerr).Error(), pd.Next
-		}
-	}
-	return a.finish(ctx, stream, res)
 }
 
 // CompareVersions orders bundle versions by Semantic Versioning 2.0

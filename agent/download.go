@@ -120,13 +120,31 @@ type downloader struct {
 	attempts int
 	backoff  time.Duration
 	token    func(ctx context.Context) (DownloadToken, error)
-	progress func(percent uint32)
+	// unavailable waits before the next token request after ferryd
+	// answered that it cannot issue one now (ErrUnavailable); attempt
+	// counts from 1. Such answers never fail the download.
+	unavailable func(ctx context.Context, attempt int, err error) error
+	progress    func(percent uint32)
+}
+
+// getToken asks for a download token until ferryd issues one or refuses
+// for another reason than being unavailable (or ctx ends).
+func (d *downloader) getToken(ctx context.Context) (DownloadToken, error) {
+	for attempt := 1; ; attempt++ {
+		tok, err := d.token(ctx)
+		if err == nil || !errors.Is(err, ErrUnavailable) || d.unavailable == nil {
+			return tok, err
+		}
+		if err := d.unavailable(ctx, attempt, err); err != nil {
+			return DownloadToken{}, err
+		}
+	}
 }
 
 // fetch downloads length bytes to part, resuming from what part already
 // holds. It returns once part holds length bytes (unverified).
 func (d *downloader) fetch(ctx context.Context, part string, length int64) error {
-	tok, err := d.token(ctx)
+	tok, err := d.getToken(ctx)
 	if err != nil {
 		return &jobError{StepDownloading, CodeDownloadToken, err}
 	}
@@ -146,7 +164,7 @@ func (d *downloader) fetch(ctx context.Context, part string, length int64) error
 		}
 		last = err
 		if errors.Is(err, errUnauthorized) {
-			if tok, err = d.token(ctx); err != nil {
+			if tok, err = d.getToken(ctx); err != nil {
 				return &jobError{StepDownloading, CodeDownloadToken, err}
 			}
 		}
@@ -155,7 +173,7 @@ func (d *downloader) fetch(ctx context.Context, part string, length int64) error
 }
 
 func (d *downloader) once(ctx context.Context, part string, length int64, tok DownloadToken) error {
-	f, err := os.OpenFile(part, os.O_CREATE|os.O_WRONLY, 0o600)
+	f, err := openPart(part)
 	if err != nil {
 		return err
 	}
@@ -165,10 +183,9 @@ func (d *downloader) once(ctx context.Context, part string, length int64, tok Do
 		return err
 	}
 	if have > length {
-		if err := f.Truncate(0); err != nil {
+		if have, err = f.Truncate(); err != nil {
 			return err
 		}
-		have, _ = f.Seek(0, io.SeekStart)
 	}
 	if have == length {
 		return nil
@@ -190,14 +207,12 @@ func (d *downloader) once(ctx context.Context, part string, length int64, tok Do
 	case http.StatusPartialContent:
 	case http.StatusOK:
 		// The whole target: start over.
-		if err := f.Truncate(0); err != nil {
-			return err
-		}
-		if have, err = f.Seek(0, io.SeekStart); err != nil {
+		if have, err = f.Truncate(); err != nil {
 			return err
 		}
 	case http.StatusRequestedRangeNotSatisfiable:
-		return f.Truncate(0)
+		_, err := f.Truncate()
+		return err
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return fmt.Errorf("%w: HTTP %d", errUnauthorized, resp.StatusCode)
 	default:

@@ -219,15 +219,10 @@ func (ab *AB) read(name string) (string, error) {
 
 // point replaces link name with one to slot, atomically.
 func (ab *AB) point(name, slot string) error {
-	tmp := filepath.Join(ab.Dir, "."+name+".tmp")
-	os.Remove(tmp)
-	if err := os.Symlink(slot, tmp); err != nil {
+	if err := replaceLink(ab.Dir, name, slot); err != nil {
 		return fmt.Errorf("a/b %s: %w", name, err)
 	}
-	if err := os.Rename(tmp, filepath.Join(ab.Dir, name)); err != nil {
-		return fmt.Errorf("a/b %s: %w", name, err)
-	}
-	return syncDir(ab.Dir)
+	return nil
 }
 
 func other(slot string) string {
@@ -247,13 +242,29 @@ func (ab *AB) Install(ctx context.Context, job Job) error {
 	}
 	target := other(confirmed)
 	dir := filepath.Join(ab.Dir, target)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := makeDir(dir, 0o755); err != nil {
 		return fmt.Errorf("a/b slot %s: %w", target, err)
 	}
-	if err := copyFile(ctx, job.Path, filepath.Join(dir, "bundle")); err != nil {
+	if err := copyFileAtomic(ctx, job.Path, filepath.Join(dir, "bundle")); err != nil {
 		return fmt.Errorf("a/b slot %s: %w", target, err)
 	}
 	return ab.point("boot", target)
+}
+
+// Uncommitted implements BootInspector: "boot" names another slot than
+// "confirmed".
+func (ab *AB) Uncommitted(context.Context) (bool, error) {
+	ab.mu.Lock()
+	defer ab.mu.Unlock()
+	booted, err := ab.Booted()
+	if err != nil {
+		return false, err
+	}
+	confirmed, err := ab.Confirmed()
+	if err != nil {
+		return false, err
+	}
+	return booted != confirmed, nil
 }
 
 // Commit implements Installer.
@@ -278,33 +289,6 @@ func (ab *AB) Rollback(context.Context, Job) error {
 	return ab.point("boot", confirmed)
 }
 
-func copyFile(ctx context.Context, from, to string) error {
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := to + ".tmp"
-	out, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, ctxReader{ctx, in})
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, to)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
-}
-
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader
@@ -315,13 +299,4 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -17,8 +17,8 @@ type Persisted struct {
 	LastApplied uint64 `json:"lastApplied"`
 	// Current is what the device runs.
 	Current State `json:"current"`
-	// Pending is a job installed and waiting for the reboot and health
-	// check; it is written before the device restarts.
+	// Pending is a job whose install has begun and that has no final
+	// result yet; it is written before the install starts.
 	Pending *Pending `json:"pending,omitempty"`
 	// Outbox is a final result not yet accepted by ferryd; it is sent
 	// again on every new stream until it is answered.
@@ -27,13 +27,50 @@ type Persisted struct {
 	TrustedRoot json.RawMessage `json:"trustedRoot,omitempty"`
 }
 
-// Pending is an installed job waiting for its confirmation.
+// Pending is a job between the start of its install and its final
+// result. It is saved before each step that changes what the device
+// boots, so that an agent stopped at any instruction (power loss) knows,
+// when it starts again, what it was doing (see Phase).
 type Pending struct {
 	JobID          string `json:"jobId"`
 	DesiredVersion uint64 `json:"desiredVersion"`
-	Previous       State  `json:"previous"`
-	Next           State  `json:"next"`
+	// Phase is where the job is; empty (a state written by an older agent)
+	// is PhaseInstalled.
+	Phase    Phase `json:"phase,omitempty"`
+	Previous State `json:"previous"`
+	Next     State `json:"next"`
+	// Failure is the result to report once the rollback of PhaseRollingBack
+	// is done, and Reboot whether the device reboots then (it may run the
+	// bundle rolled back).
+	Failure *Result `json:"failure,omitempty"`
+	Reboot  bool    `json:"reboot,omitempty"`
 }
+
+// Phase is how far a pending job got; each is saved before the step it
+// names.
+type Phase string
+
+// The phases of a pending job, in order, and what a restarted agent does
+// in each.
+const (
+	// PhaseInstalling: the install (and the configuration) may have begun,
+	// and may or may not have switched the boot. A restarted agent rolls
+	// it back, restores the previous configuration, reboots when the
+	// device may run the new bundle, and reports FAILED
+	// (install.interrupted).
+	PhaseInstalling Phase = "installing"
+	// PhaseInstalled: installed and configured, the device boots the new
+	// bundle. A restarted agent runs the health check, then commits or
+	// rolls back (as after every reboot).
+	PhaseInstalled Phase = "installed"
+	// PhaseCommitting: the health check passed. A restarted agent commits
+	// (again) and reports SUCCEEDED.
+	PhaseCommitting Phase = "committing"
+	// PhaseRollingBack: the job failed after its install and Failure says
+	// how. A restarted agent rolls back (again), restores the previous
+	// configuration and reports Failure.
+	PhaseRollingBack Phase = "rolling_back"
+)
 
 // StateStore keeps Persisted durably. Save must be atomic: after a crash
 // Load returns either the old or the new value.

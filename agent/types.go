@@ -77,9 +77,11 @@ const (
 	CodeLengthMismatch       = "verify.length_mismatch"
 	CodeHashMismatch         = "verify.hash_mismatch"
 	CodeInstallFailed        = "install.failed"
+	CodeInstallInterrupted   = "install.interrupted"
 	CodeConfigFailed         = "config.apply_failed"
 	CodeRebootFailed         = "reboot.failed"
 	CodeHealthFailed         = "health.check_failed"
+	CodeNotBooted            = "confirm.not_booted"
 	CodeRollbackFailed       = "rollback.failed"
 	CodeCommitFailed         = "confirm.commit_failed"
 )
@@ -235,6 +237,13 @@ type Stream interface {
 // certificates: retrying with the same credential does not help. Test it
 // with errors.Is.
 var ErrRefused = errors.New("ferryd refuses this device's credential")
+
+// ErrUnavailable marks a Link error whose cause is that ferryd cannot
+// serve the request for now (its store is unreachable, it is starting or
+// stopping, or it cannot be reached): the same request may succeed later.
+// A download token refused so is asked for again, with backoff, without
+// failing the job. Test it with errors.Is.
+var ErrUnavailable = errors.New("ferryd is unavailable")
 
 // ErrRestart is returned by Run when the device must restart (a reboot
 // step): the caller starts a new Agent on the same state, as the device

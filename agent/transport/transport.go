@@ -152,7 +152,7 @@ func (c *conn) Renew(ctx context.Context, csr []byte) ([][]byte, error) {
 func (c *conn) DownloadToken(ctx context.Context, target string) (agent.DownloadToken, error) {
 	resp, err := credentialsv1.NewCredentialServiceClient(c.cc).IssueDownloadToken(ctx, &credentialsv1.IssueDownloadTokenRequest{TargetPath: target})
 	if err != nil {
-		return agent.DownloadToken{}, fmt.Errorf("download token: %w", err)
+		return agent.DownloadToken{}, fmt.Errorf("download token: %w", unavailable(refusal(err)))
 	}
 	return agent.DownloadToken{Token: resp.GetToken(), URL: resp.GetUrl(), Expires: resp.GetExpireTime().AsTime()}, nil
 }
@@ -193,6 +193,22 @@ func refusal(err error) error {
 	}
 	return err
 }
+
+// unavailable marks err agent.ErrUnavailable when gRPC says Unavailable
+// and the cause is not a refused certificate (already marked by refusal):
+// ferryd's store is unreachable, or ferryd cannot be reached.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, agent.ErrRefused) || status.Code(err) != codes.Unavailable {
+		return err
+	}
+	return &unavailableError{err: err}
+}
+
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string        { return e.err.Error() }
+func (e *unavailableError) Unwrap() error        { return e.err }
+func (e *unavailableError) Is(target error) bool { return target == agent.ErrUnavailable }
 
 type refusedError struct{ err error }
 
