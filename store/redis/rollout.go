@@ -46,11 +46,11 @@ var (
 	_ store.Leases   = (*Store)(nil)
 )
 
-func (s *Store) rolloutDocsKey() string           { return s.prefix + "{rollouts}:docs" }
-func (s *Store) rolloutIDsKey() string            { return s.prefix + "{rollouts}:ids" }
+func (s *Store) rolloutDocsKey() string             { return s.prefix + "{rollouts}:docs" }
+func (s *Store) rolloutIDsKey() string              { return s.prefix + "{rollouts}:ids" }
 func (s *Store) rolloutBucketsKey(id string) string { return s.prefix + "{rollouts}:buckets:" + id }
-func (s *Store) leaseKey(name string) string      { return s.prefix + "{rollouts}:lease:" + name }
-func (s *Store) leaseFenceKey(name string) string { return s.prefix + "{rollouts}:fence:" + name }
+func (s *Store) leaseKey(name string) string        { return s.prefix + "{rollouts}:lease:" + name }
+func (s *Store) leaseFenceKey(name string) string   { return s.prefix + "{rollouts}:fence:" + name }
 
 // executionsKey is the hash of rollout id's executions in bucket b.
 func (s *Store) executionsKey(b int, id string) string { return s.bucketPrefix(b) + "rexec:" + id }
