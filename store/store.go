@@ -26,6 +26,10 @@ var (
 	ErrConflict = errors.New("version conflict")
 )
 
+// ErrUnavailable: the backend cannot be reached, or could not make a write
+// as durable as asked; the operation may succeed if retried later.
+var ErrUnavailable = errors.New("store unavailable")
+
 // DeviceNotFoundError is ErrNotFound for the device it names:
 // errors.Is(err, ErrNotFound) holds for it.
 type DeviceNotFoundError struct{ ID string }
@@ -217,6 +221,12 @@ type Summary struct {
 	Silent uint64
 }
 
+// Seen is one device's last-seen time, for Devices.MarkSeen.
+type Seen struct {
+	ID string
+	At time.Time
+}
+
 // Devices stores device documents. Implementations are safe for concurrent
 // use by many goroutines and, for shared backends, many processes.
 type Devices interface {
@@ -248,6 +258,13 @@ type Devices interface {
 	// Summary counts the fleet from maintained counters, without reading
 	// device documents.
 	Summary(ctx context.Context, silentBefore time.Time) (Summary, error)
+	// MarkSeen records last-seen times in one batch without touching the
+	// versioned documents or appending events: a later time replaces an
+	// earlier one, an earlier one is ignored, and ids of devices that do
+	// not exist are ignored. GetDevice, listings, SeenBefore queries and
+	// Summary's silent count use the latest of the reported document's
+	// LastSeen and the marked time.
+	MarkSeen(ctx context.Context, seen []Seen) error
 	// Close releases the backend's resources.
 	Close() error
 }

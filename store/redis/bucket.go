@@ -30,3 +30,7 @@ func (s *Store) deviceBucket(id string) string { return s.bucketPrefix(bucketOf(
 // holdersKey is the hash, in device id's bucket, that maps the ids of the
 // bucket's connected devices to the ferryd instance holding their streams.
 func (s *Store) holdersKey(id string) string { return s.deviceBucket(id) + "holders" }
+
+// BucketTag returns the hash tag of the bucket that holds device id,
+// "{b042}": for tests and operators looking at the keys of one device.
+func BucketTag(id string) string { return fmt.Sprintf("{b%03d}", bucketOf(id)) }

@@ -30,7 +30,7 @@ import (
 //	                                compare-and-sets it in one script)
 //
 // A script touches either one key or the keys of one device, which share
-// the device's hash tag {<id>} (the slot of dev:{<id>} too), so they work
+// the device's hash tag {<id>}, so they work
 // unchanged on Redis Cluster.
 //
 // Which clock decides a key's lifetime: this store's wall clock (s.now,

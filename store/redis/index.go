@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -12,115 +14,51 @@ import (
 	"github.com/ferryhq/ferry/store"
 )
 
-// Fleet indexes, written after the device's compare-and-set (they live in
-// another cluster slot than the device). The index update is idempotent and
-// every device write re-asserts the device's current entries, so an index
-// left behind by a crash between the two is repaired by the device's next
-// write; listings re-check each device against the query anyway.
+// Fleet indexes and counters, one set per bucket B, written by the device's
+// write script together with the device (device.go):
 //
-//	<prefix>{idx}:s:<status>     sorted set (lex) of ids with that job status
-//	<prefix>{idx}:b:<bundle>     sorted set (lex) of ids running that bundle
-//	<prefix>{idx}:l:<key>=<val>  sorted set (lex) of ids with that label
-//	<prefix>{idx}:statuses       set of statuses in use
-//	<prefix>{idx}:bundles        set of bundles in use
-//	<prefix>{idx}:st, {idx}:bd   hashes: id -> the status and bundle indexed
-//	<prefix>{idx}:seen           sorted set of ids by last-seen (unix ms; 0 never)
+//	B ids              sorted set (lex) of the bucket's device ids
+//	B s:<status>       sorted set (lex) of ids with that job status
+//	B b:<bundle>       sorted set (lex) of ids running that bundle
+//	B l:<key>=<value>  sorted set (lex) of ids with that label
+//	B seen             sorted set of ids by last-seen (unix ms; 0 never)
+//	B count            hash: n (devices), s:<status>, b:<bundle> -> count
 //
-// The {idx} hash tag puts them in one cluster slot, so that one device's
-// index update is one script even in Redis Cluster.
+// A listing walks one index in all 256 buckets at once and merges the
+// pages in id order; the summary adds up the 256 count hashes.
 
-func (s *Store) statusKey(v string) string { return s.prefix + "{idx}:s:" + v }
-func (s *Store) bundleKey(v string) string { return s.prefix + "{idx}:b:" + v }
-func (s *Store) labelKey(k, v string) string {
-	return s.prefix + "{idx}:l:" + k + "=" + v
-}
-func (s *Store) seenKey() string     { return s.prefix + "{idx}:seen" }
-func (s *Store) statusesKey() string { return s.prefix + "{idx}:statuses" }
-func (s *Store) bundlesKey() string  { return s.prefix + "{idx}:bundles" }
-
-// reindexScript moves one device's entries to its current status, bundle
-// and last-seen time, and announces the change, atomically: the device's
-// current entries are kept in {idx}:st and {idx}:bd, so concurrent writes
-// of one device cannot leave it in two sets.
-// KEYS: statuses hash, bundles hash, status-values set, bundle-values set,
-// seen zset. ARGV: id, status, bundle, seen (ms), changes channel, prefix.
-var reindexScript = goredis.NewScript(`
-local id, status, bundle, seen, channel, p = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local old = redis.call('HGET', KEYS[1], id)
-if old ~= status then
-  if old then redis.call('ZREM', p .. '{idx}:s:' .. old, id) end
-  redis.call('HSET', KEYS[1], id, status)
-end
-redis.call('ZADD', p .. '{idx}:s:' .. status, 0, id)
-redis.call('SADD', KEYS[3], status)
-old = redis.call('HGET', KEYS[2], id)
-if old ~= bundle then
-  if old then redis.call('ZREM', p .. '{idx}:b:' .. old, id) end
-  redis.call('HSET', KEYS[2], id, bundle)
-end
-redis.call('ZADD', p .. '{idx}:b:' .. bundle, 0, id)
-redis.call('SADD', KEYS[4], bundle)
-redis.call('ZADD', KEYS[5], 'GT', seen, id)
-redis.call('PUBLISH', channel, id)
-return 1
-`)
-
-// reindex moves device cur's index entries to its current state and
-// announces the change (store.Changes). Labels are indexed when the device
-// is created (withLabels); they do not change afterwards.
-func (s *Store) reindex(ctx context.Context, cur *store.Device, withLabels bool) error {
-	var seen int64
-	if !cur.Reported.LastSeen.IsZero() {
-		seen = cur.Reported.LastSeen.UnixMilli()
-	}
-	keys := []string{s.prefix + "{idx}:st", s.prefix + "{idx}:bd", s.statusesKey(), s.bundlesKey(), s.seenKey()}
-	err := reindexScript.Run(ctx, s.rdb, keys, cur.ID, cur.JobStatus(), cur.BundleKey(), seen, s.changesKey(), s.prefix).Err()
-	if err != nil {
-		return fmt.Errorf("index: %w", err)
-	}
-	if withLabels && len(cur.Labels) > 0 {
-		_, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
-			for k, v := range cur.Labels {
-				p.ZAdd(ctx, s.labelKey(k, v), goredis.Z{Member: cur.ID})
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("index labels: %w", err)
-		}
-	}
-	return nil
-}
-
-// ListDevices implements store.Devices.
-func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]store.Device, error) {
-	if opts.Limit <= 0 {
-		return nil, fmt.Errorf("list devices: limit %d must be positive", opts.Limit)
-	}
-	q := opts.Query
-	key := s.indexKey()
+// indexSuffix is the bucket key of the index a query walks: status,
+// bundle, the first label in key order, or every device.
+func indexSuffix(q store.Query) string {
 	switch {
 	case q.Status != "":
-		key = s.statusKey(q.Status)
+		return "s:" + q.Status
 	case q.Bundle != "":
-		key = s.bundleKey(q.Bundle)
+		return "b:" + q.Bundle
 	case len(q.Labels) > 0:
 		keys := make([]string, 0, len(q.Labels))
 		for k := range q.Labels {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		key = s.labelKey(keys[0], q.Labels[keys[0]])
+		return "l:" + keys[0] + "=" + q.Labels[keys[0]]
 	}
-	min := "-"
-	if opts.After != "" {
-		min = "(" + opts.After
+	return "ids"
+}
+
+// ListDevices implements store.Devices. It merges one index's ids from
+// every bucket in id order (merger), reads the devices of each run of ids
+// in one pipeline and keeps those that match the whole query, until the
+// page is full or the index ends. The cursor is the last id returned, so
+// pages stay stable whatever bucket a device is in.
+func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]store.Device, error) {
+	if opts.Limit <= 0 {
+		return nil, fmt.Errorf("list devices: limit %d must be positive", opts.Limit)
 	}
+	m := s.newMerger(indexSuffix(opts.Query), opts.After)
 	var out []store.Device
 	for len(out) < opts.Limit {
-		ids, err := s.rdb.ZRangeArgs(ctx, goredis.ZRangeArgs{
-			Key: key, Start: min, Stop: "+", ByLex: true, Count: int64(opts.Limit - len(out)),
-		}).Result()
+		ids, err := m.next(ctx, opts.Limit-len(out))
 		if err != nil {
 			return nil, fmt.Errorf("list devices: %w", err)
 		}
@@ -130,7 +68,7 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 		cmds := make([]*goredis.SliceCmd, len(ids))
 		_, err = s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for i, id := range ids {
-				cmds[i] = p.HMGet(ctx, s.deviceKey(id), "meta", "d", "r")
+				cmds[i] = p.HMGet(ctx, s.deviceKey(id), docFields...)
 			}
 			return nil
 		})
@@ -140,58 +78,157 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 		for _, c := range cmds {
 			d, err := decodeValues(c.Val())
 			if errors.Is(err, store.ErrNotFound) {
-				continue // indexed, but its create never landed
+				continue // cannot happen: one script writes a device and its entries
 			}
 			if err != nil {
 				return nil, fmt.Errorf("list devices: %w", err)
 			}
-			if q.Match(d) { // also drops stale index entries
+			if opts.Query.Match(d) {
 				out = append(out, d)
 			}
 		}
-		min = "(" + ids[len(ids)-1]
 	}
 	return out, nil
 }
 
-// Summary implements store.Devices from index cardinalities: a few
-// round trips whatever the fleet's size.
-func (s *Store) Summary(ctx context.Context, silentBefore time.Time) (store.Summary, error) {
-	statuses, err := s.rdb.SMembers(ctx, s.statusesKey()).Result()
-	if err != nil {
-		return store.Summary{}, fmt.Errorf("summary: %w", err)
+// merger walks one index of every bucket in id order: it keeps a buffer of
+// the next ids of each bucket and refills, in one pipeline, the buffers
+// that ran dry, so that the smallest id not yet returned is always in a
+// buffer.
+type merger struct {
+	s      *Store
+	suffix string
+	heads  [Buckets]bucketHead
+}
+
+type bucketHead struct {
+	after string   // the last id read from the bucket ("" for none)
+	buf   []string // ids read and not yet returned, in order
+	done  bool     // the bucket's index has no ids after buf
+}
+
+func (s *Store) newMerger(suffix, after string) *merger {
+	m := &merger{s: s, suffix: suffix}
+	for b := range m.heads {
+		m.heads[b].after = after
 	}
-	bundles, err := s.rdb.SMembers(ctx, s.bundlesKey()).Result()
-	if err != nil {
-		return store.Summary{}, fmt.Errorf("summary: %w", err)
-	}
-	var total, silent *goredis.IntCmd
-	perStatus := make([]*goredis.IntCmd, len(statuses))
-	perBundle := make([]*goredis.IntCmd, len(bundles))
-	_, err = s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		total = p.ZCard(ctx, s.indexKey())
-		silent = p.ZCount(ctx, s.seenKey(), "-inf", fmt.Sprintf("(%d", silentBefore.UnixMilli()))
-		for i, v := range statuses {
-			perStatus[i] = p.ZCard(ctx, s.statusKey(v))
+	return m
+}
+
+// next returns up to n more ids in order; none once every index ended.
+func (m *merger) next(ctx context.Context, n int) ([]string, error) {
+	var out []string
+	for len(out) < n {
+		if err := m.refill(ctx, n-len(out)); err != nil {
+			return nil, err
 		}
-		for i, v := range bundles {
-			perBundle[i] = p.ZCard(ctx, s.bundleKey(v))
+		// Return ids while every bucket that may hold more has some
+		// buffered: the smallest head is then the next id.
+		for len(out) < n {
+			min := -1
+			for b := range m.heads {
+				h := &m.heads[b]
+				if len(h.buf) == 0 {
+					if !h.done {
+						min = -2 // must refill first
+						break
+					}
+					continue
+				}
+				if min == -1 || h.buf[0] < m.heads[min].buf[0] {
+					min = b
+				}
+			}
+			if min == -2 {
+				break
+			}
+			if min == -1 {
+				return out, nil // every bucket ended
+			}
+			out = append(out, m.heads[min].buf[0])
+			m.heads[min].buf = m.heads[min].buf[1:]
+		}
+	}
+	return out, nil
+}
+
+// refill reads the next ids of every bucket whose buffer is empty and
+// whose index did not end, in one pipeline, about twice a fair share of
+// want from each.
+func (m *merger) refill(ctx context.Context, want int) error {
+	var dry []int
+	for b := range m.heads {
+		if len(m.heads[b].buf) == 0 && !m.heads[b].done {
+			dry = append(dry, b)
+		}
+	}
+	if len(dry) == 0 {
+		return nil
+	}
+	chunk := int64(max(4, 2*want/len(dry)+1))
+	cmds := make([]*goredis.StringSliceCmd, len(dry))
+	_, err := m.s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for i, b := range dry {
+			start := "-"
+			if a := m.heads[b].after; a != "" {
+				start = "(" + a
+			}
+			cmds[i] = p.ZRangeArgs(ctx, goredis.ZRangeArgs{
+				Key: m.s.bucketPrefix(b) + m.suffix, Start: start, Stop: "+", ByLex: true, Count: chunk,
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, b := range dry {
+		ids := cmds[i].Val()
+		h := &m.heads[b]
+		h.buf = ids
+		h.done = int64(len(ids)) < chunk
+		if len(ids) > 0 {
+			h.after = ids[len(ids)-1]
+		}
+	}
+	return nil
+}
+
+// Summary implements store.Devices from the buckets' counters and seen
+// indexes: one pipeline of 512 small commands whatever the fleet's size.
+func (s *Store) Summary(ctx context.Context, silentBefore time.Time) (store.Summary, error) {
+	counts := make([]*goredis.MapStringStringCmd, Buckets)
+	silent := make([]*goredis.IntCmd, Buckets)
+	below := fmt.Sprintf("(%d", silentBefore.UnixMilli())
+	_, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for b := range Buckets {
+			counts[b] = p.HGetAll(ctx, s.bucketPrefix(b)+"count")
+			silent[b] = p.ZCount(ctx, s.bucketPrefix(b)+"seen", "-inf", below)
 		}
 		return nil
 	})
 	if err != nil {
 		return store.Summary{}, fmt.Errorf("summary: %w", err)
 	}
-	sum := store.Summary{Total: uint64(total.Val()), Silent: uint64(silent.Val()),
-		PerStatus: map[string]uint64{}, PerBundle: map[string]uint64{}}
-	for i, v := range statuses {
-		if n := perStatus[i].Val(); n > 0 {
-			sum.PerStatus[v] = uint64(n)
-		}
-	}
-	for i, v := range bundles {
-		if n := perBundle[i].Val(); n > 0 {
-			sum.PerBundle[v] = uint64(n)
+	sum := store.Summary{PerStatus: map[string]uint64{}, PerBundle: map[string]uint64{}}
+	for b := range Buckets {
+		sum.Silent += uint64(silent[b].Val())
+		for field, v := range counts[b].Val() {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return store.Summary{}, fmt.Errorf("summary: counter %q: %w", field, err)
+			}
+			if n <= 0 {
+				continue
+			}
+			switch {
+			case field == "n":
+				sum.Total += uint64(n)
+			case strings.HasPrefix(field, "s:"):
+				sum.PerStatus[field[2:]] += uint64(n)
+			case strings.HasPrefix(field, "b:"):
+				sum.PerBundle[field[2:]] += uint64(n)
+			}
 		}
 	}
 	return sum, nil

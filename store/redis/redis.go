@@ -1,34 +1,18 @@
 // Package redis is Ferry's production store on Redis (go-redis v9), shared by
-// any number of ferryd instances.
+// any number of ferryd instances, on a single server, behind Sentinel or on a
+// Redis Cluster.
 //
-// Layout, under a configurable prefix (default "ferry:"):
-//
-//	<prefix>dev:{<id>}          hash: meta (JSON), d (desired JSON), dv
-//	                            (desired version), r (reported JSON), rv
-//	                            (reported version), es (last event seq)
-//	<prefix>dev:{<id>}:events   list of event JSON, newest first, capped
-//	<prefix>dev:{<id>}:att      hash: job id -> attestation JSON
-//	<prefix>devices             sorted set of device ids (score 0, by id)
-//	<prefix>changes             pub/sub channel of changed device ids
-//
-// A device's keys carry its id as a hash tag, so everything about one device
-// shares a Redis Cluster slot. Compare-and-set runs as a Lua script on the one
-// device key; the id index is written first and is idempotent, so a crash
-// between the two leaves at worst an index entry that List skips.
-//
-// Rollouts and leases (store.Rollouts, store.Leases):
-//
-//	<prefix>{rollouts}:docs          hash: rollout id -> rollout JSON
-//	<prefix>{rollouts}:ids           sorted set of rollout ids (score 0, by id)
-//	<prefix>{rollouts}:exec:<id>     hash: device id -> execution JSON
-//	<prefix>{rollouts}:lease:<name>  hash: holder, fence; expires with the
-//	                                 lease (PEXPIRE, Redis's clock)
-//	<prefix>{rollouts}:fence:<name>  counter: the last fencing token issued
-//	                                 for the lease; never expires
-//
-// The {rollouts} hash tag puts them in one cluster slot, so that each
-// rollout write, fenced or not, is one script: the fence check against the
-// lease and the write happen at once.
+// Devices are spread over 256 buckets chosen from the device id (bucket.go).
+// Every key of a device, and its entries in the fleet's indexes and
+// counters, carry its bucket's hash tag "{bNNN}", so one Lua script writes a
+// device's document, history, attestation, indexes and counters atomically
+// on one cluster slot, and a cluster spreads the buckets, and so the load,
+// over its masters. Listings and the fleet summary scatter over the 256
+// buckets in one pipeline (go-redis sends it per master) and merge.
+// Rollout documents and leases stay small in "{rollouts}"; a rollout's
+// executions live in the bucket of their device. docs/architecture.md
+// gives the layout and the reason for each hash tag; the keys are in
+// device.go, index.go and rollout.go.
 package redis
 
 import (
@@ -38,6 +22,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -51,6 +36,15 @@ type Store struct {
 	prefix string
 	owned  bool
 	now    func() time.Time
+
+	// minReplicas and waitTimeout: see SetMinReplicas.
+	minReplicas int
+	waitTimeout time.Duration
+
+	// fenceMu guards raised: the newest fencing token of each lease that
+	// every bucket has been told of (see AcquireLease).
+	fenceMu sync.Mutex
+	raised  map[string]uint64
 }
 
 var (
@@ -81,7 +75,7 @@ func New(rdb goredis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "ferry:"
 	}
-	return &Store{rdb: rdb, prefix: prefix, now: time.Now}
+	return &Store{rdb: rdb, prefix: prefix, now: time.Now, raised: map[string]uint64{}}
 }
 
 // SetClock sets the wall clock the store turns expiry times into key TTLs
@@ -97,11 +91,7 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func (s *Store) deviceKey(id string) string { return s.prefix + "dev:{" + id + "}" }
-func (s *Store) eventsKey(id string) string { return s.deviceKey(id) + ":events" }
-func (s *Store) attKey(id string) string    { return s.deviceKey(id) + ":att" }
-func (s *Store) indexKey() string           { return s.prefix + "devices" }
-func (s *Store) changesKey() string         { return s.prefix + "changes" }
+func (s *Store) changesKey() string { return s.prefix + "changes" }
 
 // meta is the part of a device that is not versioned.
 type meta struct {
@@ -110,78 +100,9 @@ type meta struct {
 	CreatedAt time.Time         `json:"created_at,omitzero"`
 }
 
-// createScript stores a new device unless one exists, and returns the
-// stored fields.
-var createScript = goredis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'd', ARGV[2], 'dv', '0', 'r', ARGV[3], 'rv', '0')
-  return {'created', ARGV[1], ARGV[2], ARGV[3]}
-end
-local v = redis.call('HMGET', KEYS[1], 'meta', 'd', 'r')
-return {'exists', v[1], v[2], v[3]}
-`)
-
-// casScript replaces one versioned document of a device if its version is
-// still ARGV[3], appends the event ARGV[6] (if any) to the capped history
-// and stores the attestation ARGV[9] under job ARGV[8] (if any), all at
-// once. A repeat of a write that already landed (same new version, same
-// bytes) succeeds without writing anything.
-// KEYS: device hash, events list, attestations hash.
-var casScript = goredis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'missing'}
-end
-local vf, df, expect, nextv, doc = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ev, cap, attJob, att = ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9]
-local cur = redis.call('HGET', KEYS[1], vf)
-local res = 'conflict'
-if cur == nextv and redis.call('HGET', KEYS[1], df) == doc then
-  res = 'ok'
-elseif cur == expect then
-  redis.call('HSET', KEYS[1], vf, nextv, df, doc)
-  if ev ~= '' then
-    local seq = redis.call('HINCRBY', KEYS[1], 'es', 1)
-    redis.call('LPUSH', KEYS[2], seq .. ' ' .. ev)
-    redis.call('LTRIM', KEYS[2], 0, cap - 1)
-  end
-  if attJob ~= '' then
-    redis.call('HSET', KEYS[3], attJob, att)
-  end
-  res = 'ok'
-end
-local v = redis.call('HMGET', KEYS[1], 'meta', 'd', 'r')
-return {res, v[1], v[2], v[3]}
-`)
-
-// CreateDevice implements store.Devices.
-func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device, bool, error) {
-	d.Desired.Version, d.Reported.Version = 0, 0
-	m, dj, rj, err := encode(d)
-	if err != nil {
-		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
-	}
-	if err := s.rdb.ZAdd(ctx, s.indexKey(), goredis.Z{Member: d.ID}).Err(); err != nil {
-		return store.Device{}, false, fmt.Errorf("create device %q: index: %w", d.ID, err)
-	}
-	res, err := createScript.Run(ctx, s.rdb, []string{s.deviceKey(d.ID)}, m, dj, rj).StringSlice()
-	if err != nil {
-		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
-	}
-	stored, err := decodeFields(res[1:])
-	if err != nil {
-		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
-	}
-	// Indexing the stored document every time also repairs the entries of
-	// a create that was cut short.
-	if err := s.reindex(ctx, &stored, true); err != nil {
-		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
-	}
-	return stored, res[0] == "created", nil
-}
-
 // GetDevice implements store.Devices.
 func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) {
-	vals, err := s.rdb.HMGet(ctx, s.deviceKey(id), "meta", "d", "r").Result()
+	vals, err := s.rdb.HMGet(ctx, s.deviceKey(id), docFields...).Result()
 	if err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
@@ -190,65 +111,6 @@ func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) 
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
 	return d, nil
-}
-
-// SetDesired implements store.Devices.
-func (s *Store) SetDesired(ctx context.Context, id string, expect uint64, d store.Desired, w store.Write) (store.Device, error) {
-	return s.compareAndSet(ctx, id, "dv", "d", expect, d.Version, d, w)
-}
-
-// SetReported implements store.Devices.
-func (s *Store) SetReported(ctx context.Context, id string, expect uint64, r store.Reported, w store.Write) (store.Device, error) {
-	return s.compareAndSet(ctx, id, "rv", "r", expect, r.Version, r, w)
-}
-
-func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField string, expect, next uint64, doc any, w store.Write) (store.Device, error) {
-	if next != expect+1 {
-		return store.Device{}, fmt.Errorf("set device %q: new version %d must be %d+1", id, next, expect)
-	}
-	raw, err := json.Marshal(doc)
-	if err != nil {
-		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-	}
-	var ev, attJob, att []byte
-	if w.Event.Kind != "" {
-		w.Event.Seq = 0 // the script numbers events
-		if ev, err = json.Marshal(w.Event); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-		}
-	}
-	if w.Attestation != nil {
-		attJob = []byte(w.Attestation.JobID)
-		if att, err = json.Marshal(w.Attestation); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-		}
-	}
-	res, err := casScript.Run(ctx, s.rdb, []string{s.deviceKey(id), s.eventsKey(id), s.attKey(id)},
-		versionField, docField, strconv.FormatUint(expect, 10), strconv.FormatUint(next, 10), raw,
-		ev, store.MaxEvents, attJob, att).StringSlice()
-	if err != nil {
-		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-	}
-	if res[0] == "missing" {
-		return store.Device{}, fmt.Errorf("set device %q: %w", id, store.ErrNotFound)
-	}
-	dev, err := decodeFields(res[1:4])
-	if err != nil {
-		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-	}
-	if res[0] == "ok" {
-		if err := s.reindex(ctx, &dev, false); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-		}
-	}
-	if res[0] == "conflict" {
-		cur := dev.Desired.Version
-		if versionField == "rv" {
-			cur = dev.Reported.Version
-		}
-		return dev, fmt.Errorf("set device %q: %w: version is %d, expected %d", id, store.ErrConflict, cur, expect)
-	}
-	return dev, nil
 }
 
 func encode(d store.Device) (m, desired, reported []byte, err error) {
@@ -264,12 +126,17 @@ func encode(d store.Device) (m, desired, reported []byte, err error) {
 	return m, desired, reported, nil
 }
 
-// decodeValues decodes an HMGET of meta, d, r; a missing hash gives nils.
+// docFields are the fields of a device hash that make up store.Device:
+// meta, the two documents, and the time MarkSeen last recorded ("" if
+// none).
+var docFields = []string{"meta", "d", "r", "ls"}
+
+// decodeValues decodes an HMGET of docFields; a missing hash gives nils.
 func decodeValues(vals []any) (store.Device, error) {
 	fields := make([]string, len(vals))
 	for i, v := range vals {
 		s, ok := v.(string)
-		if !ok {
+		if !ok && i < 3 {
 			return store.Device{}, store.ErrNotFound
 		}
 		fields[i] = s
@@ -277,8 +144,10 @@ func decodeValues(vals []any) (store.Device, error) {
 	return decodeFields(fields)
 }
 
+// decodeFields decodes meta, desired, reported and the marked last-seen
+// time (seenField; may be "").
 func decodeFields(f []string) (store.Device, error) {
-	if len(f) != 3 {
+	if len(f) != 4 {
 		return store.Device{}, store.ErrNotFound
 	}
 	var (
@@ -294,6 +163,15 @@ func decodeFields(f []string) (store.Device, error) {
 	}
 	if err := json.Unmarshal([]byte(f[2]), &d.Reported); err != nil {
 		return store.Device{}, fmt.Errorf("decode reported: %w", err)
+	}
+	if f[3] != "" {
+		ns, err := strconv.ParseInt(f[3], 10, 64)
+		if err != nil {
+			return store.Device{}, fmt.Errorf("decode last seen: %w", err)
+		}
+		if marked := time.Unix(0, ns); marked.After(d.Reported.LastSeen) {
+			d.Reported.LastSeen = marked
+		}
 	}
 	return d, nil
 }

@@ -2,6 +2,7 @@ package redis_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,10 +54,10 @@ func TestRolloutsConformance(t *testing.T) {
 	})
 }
 
-// TestRolloutKeysShareASlot checks that every key of rollouts and leases
-// carries the {rollouts} hash tag (one Redis Cluster slot, so the fenced
-// scripts may touch them together), and that leases expire by Redis's TTL.
-func TestRolloutKeysShareASlot(t *testing.T) {
+// TestRolloutKeys checks where rollout keys live: the rollout's own keys
+// and the lease in {rollouts}, each execution in its device's bucket (with
+// that bucket's fence), and that leases expire by Redis's TTL.
+func TestRolloutKeys(t *testing.T) {
 	ctx := context.Background()
 	url := testredis.URL(t)
 	prefix := testredis.Prefix(t)
@@ -88,13 +89,27 @@ func TestRolloutKeysShareASlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != 5 { // docs, ids, exec:r-1, lease:rollouts, fence:rollouts
-		t.Errorf("keys %q, want 5", keys)
-	}
+	d1 := prefix + redis.BucketTag("d1") + ":"
+	rollouts, fences := 0, 0
 	for _, k := range keys {
-		if !strings.HasPrefix(k, prefix+"{rollouts}:") {
-			t.Errorf("key %q is outside the {rollouts} slot", k)
+		switch {
+		case strings.HasPrefix(k, prefix+"{rollouts}:"):
+			rollouts++
+		case strings.HasSuffix(k, ":fence:"+store.RolloutLease):
+			fences++ // every bucket learns the new holder's token
+		case k == d1+"rexec:r-1":
+		default:
+			t.Errorf("unexpected key %q", k)
 		}
+	}
+	if rollouts != 5 { // docs, ids, buckets:r-1, lease:rollouts, fence:rollouts
+		t.Errorf("%d keys in {rollouts}, want 5", rollouts)
+	}
+	if fences != redis.Buckets {
+		t.Errorf("%d bucket fences, want %d", fences, redis.Buckets)
+	}
+	if n, _ := rdb.Exists(ctx, d1+"rexec:r-1").Result(); n != 1 {
+		t.Errorf("no execution hash in d1's bucket %s", d1)
 	}
 	ttl, err := rdb.PTTL(ctx, prefix+"{rollouts}:lease:"+store.RolloutLease).Result()
 	if err != nil {
@@ -159,9 +174,10 @@ func TestEnrollmentKeys(t *testing.T) {
 	}
 }
 
-// TestListSkipsHalfCreated checks the index-first write order: an id whose
-// device hash never landed is not listed.
-func TestListSkipsHalfCreated(t *testing.T) {
+// TestDeviceKeysInBucket checks that everything a device write stores is
+// in the device's bucket: its document, history and attestations and its
+// index and counter entries.
+func TestDeviceKeysInBucket(t *testing.T) {
 	ctx := context.Background()
 	url := testredis.URL(t)
 	prefix := testredis.Prefix(t)
@@ -170,21 +186,33 @@ func TestListSkipsHalfCreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	d := store.Device{ID: "gw-42", Labels: map[string]string{"model": "gw2"}}
+	if _, _, err := s.CreateDevice(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetDesired(ctx, "gw-42", 0, store.Desired{Version: 1, JobID: "j1"}, store.Write{Event: store.Event{Kind: "desired_set"}}); err != nil {
+		t.Fatal(err)
+	}
+	rep := store.Reported{Version: 1, Bundle: store.Bundle{TargetPath: "fw.bin"}, Job: store.Job{ID: "j1", DesiredVersion: 1, Status: "SUCCEEDED"}}
+	att := &store.Attestation{JobID: "j1", Envelope: []byte("{}")}
+	if _, err := s.SetReported(ctx, "gw-42", 0, rep, store.Write{Event: store.Event{Kind: "job_ended"}, Attestation: att}); err != nil {
+		t.Fatal(err)
+	}
+
 	opts, _ := goredis.ParseURL(url)
 	rdb := goredis.NewClient(opts)
 	defer rdb.Close()
-	if err := rdb.ZAdd(ctx, prefix+"devices", goredis.Z{Member: "ghost"}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.CreateDevice(ctx, store.Device{ID: "real"}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.ListDevices(ctx, store.ListOptions{Limit: 10})
+	keys, err := rdb.Keys(ctx, prefix+"*").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 1 || got[0].ID != "real" {
-		t.Errorf("ListDevices = %+v, want only \"real\"", got)
+	b := prefix + redis.BucketTag("gw-42") + ":"
+	want := []string{b + "dev:gw-42", b + "ev:gw-42", b + "att:gw-42", b + "ids", b + "l:model=gw2",
+		b + "s:SUCCEEDED", b + "b:fw.bin", b + "seen", b + "count"}
+	slices.Sort(keys)
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		t.Errorf("keys %q, want %q", keys, want)
 	}
 }
 

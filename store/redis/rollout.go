@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -14,20 +15,50 @@ import (
 	"github.com/ferryhq/ferry/store"
 )
 
-// Rollout keys (see the package comment) all carry the {rollouts} hash tag,
-// so that a fenced write checks the lease and writes the rollout in one
-// script on one cluster slot.
+// Rollouts and leases (store.Rollouts, store.Leases):
+//
+//	<prefix>{rollouts}:docs            hash: rollout id -> rollout JSON
+//	<prefix>{rollouts}:ids             sorted set of rollout ids (lex)
+//	<prefix>{rollouts}:buckets:<id>    set of the buckets that hold
+//	                                   executions of rollout id
+//	<prefix>{rollouts}:lease:<name>    hash: holder, fence; expires with
+//	                                   the lease (PEXPIRE, Redis's clock)
+//	<prefix>{rollouts}:fence:<name>    counter: the last fencing token
+//	                                   issued for the lease; never expires
+//	B rexec:<id>                       hash, in each bucket B: device id ->
+//	                                   execution JSON of rollout id
+//	B fence:<name>                     the highest fencing token of lease
+//	                                   name that bucket B has seen
+//
+// The {rollouts} keys are few and small (a rollout's document, not its
+// devices), and share one slot so that a fenced rollout update checks the
+// lease and writes in one script. Executions, one per device, live in the
+// device's bucket, so a large rollout's dispatch spreads over the masters
+// like the devices' own writes. A fenced PutExecutions first checks the
+// lease in {rollouts}, then each bucket's script refuses a token below the
+// highest that bucket has seen (storage-side fencing): once a new holder
+// has written to a bucket, or AcquireLease has raised every bucket to its
+// token, the old holder's writes there are refused. No script crosses a
+// slot.
 
 var (
 	_ store.Rollouts = (*Store)(nil)
 	_ store.Leases   = (*Store)(nil)
 )
 
-func (s *Store) rolloutDocsKey() string           { return s.prefix + "{rollouts}:docs" }
-func (s *Store) rolloutIDsKey() string            { return s.prefix + "{rollouts}:ids" }
-func (s *Store) executionsKey(id string) string   { return s.prefix + "{rollouts}:exec:" + id }
-func (s *Store) leaseKey(name string) string      { return s.prefix + "{rollouts}:lease:" + name }
-func (s *Store) leaseFenceKey(name string) string { return s.prefix + "{rollouts}:fence:" + name }
+func (s *Store) rolloutDocsKey() string             { return s.prefix + "{rollouts}:docs" }
+func (s *Store) rolloutIDsKey() string              { return s.prefix + "{rollouts}:ids" }
+func (s *Store) rolloutBucketsKey(id string) string { return s.prefix + "{rollouts}:buckets:" + id }
+func (s *Store) leaseKey(name string) string        { return s.prefix + "{rollouts}:lease:" + name }
+func (s *Store) leaseFenceKey(name string) string   { return s.prefix + "{rollouts}:fence:" + name }
+
+// executionsKey is the hash of rollout id's executions in bucket b.
+func (s *Store) executionsKey(b int, id string) string { return s.bucketPrefix(b) + "rexec:" + id }
+
+// bucketFenceKey holds the highest token of lease name that bucket b saw.
+func (s *Store) bucketFenceKey(b int, name string) string {
+	return s.bucketPrefix(b) + "fence:" + name
+}
 
 // fenceCheck is the Lua preamble of fenced scripts: with a non-zero token
 // ARGV[1], the lease hash KEYS[1] must exist (it expires with the lease)
@@ -66,18 +97,43 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 return {'ok', ARGV[4]}
 `)
 
-// putExecutionsScript stores the device/execution pairs ARGV[3:] of rollout
-// ARGV[2], after the fence check, in chunks that stay below Lua's limit on
-// unpacked arguments.
-// KEYS: lease hash, documents hash, executions hash. ARGV: fence, id, pairs.
-var putExecutionsScript = goredis.NewScript(fenceCheck + `
+// claimExecutionsScript checks a PutExecutions of rollout ARGV[2]: the
+// fence check, the rollout exists, and records the buckets ARGV[3:] that
+// will hold its executions.
+// KEYS: lease hash, documents hash, buckets set. ARGV: fence, id, buckets.
+var claimExecutionsScript = goredis.NewScript(fenceCheck + `
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return {'missing'} end
-local chunk = 1000
-for i = 3, #ARGV, chunk do
-  redis.call('HSET', KEYS[3], unpack(ARGV, i, math.min(i + chunk - 1, #ARGV)))
+for i = 3, #ARGV, 1000 do
+  redis.call('SADD', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 return {'ok'}
 `)
+
+// bucketFenceLua refuses a non-zero token ARGV[1] below the highest one
+// the bucket has seen (KEYS[2]) and raises the highest to it.
+const bucketFenceLua = `
+local token = tonumber(ARGV[1])
+if token ~= 0 then
+  local seen = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if token < seen then return 'fenced' end
+  if token > seen then redis.call('SET', KEYS[2], ARGV[1]) end
+end
+`
+
+// putExecutionsScript stores one bucket's device/execution pairs ARGV[2:]
+// after the bucket's fence check, in chunks that stay below Lua's limit on
+// unpacked arguments.
+// KEYS: the bucket's executions hash, the bucket's fence. ARGV: fence,
+// pairs.
+var putExecutionsScript = goredis.NewScript(bucketFenceLua + `
+for i = 2, #ARGV, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return 'ok'
+`)
+
+// raiseFenceScript raises a bucket's highest token (KEYS[2]) to ARGV[1].
+var raiseFenceScript = goredis.NewScript(bucketFenceLua + `return 'ok'`)
 
 // CreateRollout implements store.Rollouts. Repeating a create that already
 // succeeded (the stored document is still that version 1, byte for byte)
@@ -91,7 +147,7 @@ func (s *Store) CreateRollout(ctx context.Context, r store.Rollout) (store.Rollo
 	if err != nil {
 		return store.Rollout{}, fmt.Errorf("create rollout %q: %w", r.ID, err)
 	}
-	res, err := createRolloutScript.Run(ctx, s.rdb, []string{s.rolloutDocsKey(), s.rolloutIDsKey()}, r.ID, raw).StringSlice()
+	res, err := s.runOne(ctx, scriptCall{createRolloutScript, []string{s.rolloutDocsKey(), s.rolloutIDsKey()}, []any{r.ID, raw}})
 	if err != nil {
 		return store.Rollout{}, fmt.Errorf("create rollout %q: %w", r.ID, err)
 	}
@@ -165,8 +221,8 @@ func (s *Store) UpdateRollout(ctx context.Context, expect uint64, r store.Rollou
 	if err != nil {
 		return store.Rollout{}, fmt.Errorf("update rollout %q: %w", r.ID, err)
 	}
-	res, err := updateRolloutScript.Run(ctx, s.rdb, []string{s.leaseKey(store.RolloutLease), s.rolloutDocsKey()},
-		strconv.FormatUint(fence, 10), r.ID, strconv.FormatUint(expect, 10), raw).StringSlice()
+	res, err := s.runOne(ctx, scriptCall{updateRolloutScript, []string{s.leaseKey(store.RolloutLease), s.rolloutDocsKey()},
+		[]any{strconv.FormatUint(fence, 10), r.ID, strconv.FormatUint(expect, 10), raw}})
 	if err != nil {
 		return store.Rollout{}, fmt.Errorf("update rollout %q: %w", r.ID, err)
 	}
@@ -195,10 +251,13 @@ func decodeRollout(raw string) (store.Rollout, error) {
 }
 
 // PutExecutions implements store.Rollouts. The rollout must exist
-// (store.ErrNotFound otherwise).
+// (store.ErrNotFound otherwise). Every execution is checked before any is
+// written, and each bucket's share is written by one script; on a cluster
+// the shares of different buckets are not one transaction, which only a
+// failure between them can show (a repeat of the put completes it).
 func (s *Store) PutExecutions(ctx context.Context, rolloutID string, fence uint64, execs []store.Execution) error {
-	args := make([]any, 0, 2+2*len(execs))
-	args = append(args, strconv.FormatUint(fence, 10), rolloutID)
+	token := strconv.FormatUint(fence, 10)
+	perBucket := map[int][]any{}
 	for i, e := range execs {
 		if e.DeviceID == "" {
 			return fmt.Errorf("put executions of %q: execution %d has no device id", rolloutID, i)
@@ -207,10 +266,18 @@ func (s *Store) PutExecutions(ctx context.Context, rolloutID string, fence uint6
 		if err != nil {
 			return fmt.Errorf("put executions of %q: %w", rolloutID, err)
 		}
-		args = append(args, e.DeviceID, raw)
+		b := bucketOf(e.DeviceID)
+		if perBucket[b] == nil {
+			perBucket[b] = []any{token}
+		}
+		perBucket[b] = append(perBucket[b], e.DeviceID, raw)
 	}
-	keys := []string{s.leaseKey(store.RolloutLease), s.rolloutDocsKey(), s.executionsKey(rolloutID)}
-	res, err := putExecutionsScript.Run(ctx, s.rdb, keys, args...).StringSlice()
+	claim := []any{token, rolloutID}
+	for b := range perBucket {
+		claim = append(claim, b)
+	}
+	keys := []string{s.leaseKey(store.RolloutLease), s.rolloutDocsKey(), s.rolloutBucketsKey(rolloutID)}
+	res, err := s.runOne(ctx, scriptCall{claimExecutionsScript, keys, claim})
 	if err != nil {
 		return fmt.Errorf("put executions of %q: %w", rolloutID, err)
 	}
@@ -220,27 +287,61 @@ func (s *Store) PutExecutions(ctx context.Context, rolloutID string, fence uint6
 	case "missing":
 		return fmt.Errorf("put executions of %q: %w", rolloutID, store.ErrNotFound)
 	}
+	calls := make([]scriptCall, 0, len(perBucket))
+	for b, args := range perBucket {
+		calls = append(calls, scriptCall{putExecutionsScript,
+			[]string{s.executionsKey(b, rolloutID), s.bucketFenceKey(b, store.RolloutLease)}, args})
+	}
+	cmds, err := s.run(ctx, true, calls)
+	if err != nil {
+		return fmt.Errorf("put executions of %q: %w", rolloutID, err)
+	}
+	for _, c := range cmds {
+		out, err := c.Text()
+		if err != nil {
+			return fmt.Errorf("put executions of %q: %w", rolloutID, err)
+		}
+		if out == "fenced" {
+			return fmt.Errorf("put executions of %q: %w: token %d is below one a bucket has seen", rolloutID, store.ErrFenced, fence)
+		}
+	}
 	return nil
 }
 
-// ListExecutions implements store.Rollouts.
+// ListExecutions implements store.Rollouts: it reads the buckets the
+// rollout's executions were put in, in one pipeline.
 func (s *Store) ListExecutions(ctx context.Context, rolloutID string) ([]store.Execution, error) {
-	all, err := s.rdb.HGetAll(ctx, s.executionsKey(rolloutID)).Result()
+	buckets, err := s.rdb.SMembers(ctx, s.rolloutBucketsKey(rolloutID)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("list executions of %q: %w", rolloutID, err)
 	}
-	ids := make([]string, 0, len(all))
-	for id := range all {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	out := make([]store.Execution, 0, len(ids))
-	for _, id := range ids {
-		var e store.Execution
-		if err := json.Unmarshal([]byte(all[id]), &e); err != nil {
-			return nil, fmt.Errorf("list executions of %q: decode %q: %w", rolloutID, id, err)
+	cmds := make([]*goredis.MapStringStringCmd, 0, len(buckets))
+	_, err = s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, v := range buckets {
+			b, err := strconv.Atoi(v)
+			if err != nil || b < 0 || b >= Buckets {
+				return fmt.Errorf("bucket %q", v)
+			}
+			cmds = append(cmds, p.HGetAll(ctx, s.executionsKey(b, rolloutID)))
 		}
-		out = append(out, e)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list executions of %q: %w", rolloutID, err)
+	}
+	var out []store.Execution
+	for _, c := range cmds {
+		for id, raw := range c.Val() {
+			var e store.Execution
+			if err := json.Unmarshal([]byte(raw), &e); err != nil {
+				return nil, fmt.Errorf("list executions of %q: decode %q: %w", rolloutID, id, err)
+			}
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Execution) int { return strings.Compare(a.DeviceID, b.DeviceID) })
+	if out == nil {
+		out = []store.Execution{}
 	}
 	return out, nil
 }
@@ -284,7 +385,44 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 	if fence == 0 {
 		return 0, fmt.Errorf("acquire lease %q: %w", name, store.ErrLeaseHeld)
 	}
+	if name == store.RolloutLease {
+		if err := s.raiseFences(ctx, name, fence); err != nil {
+			return 0, fmt.Errorf("acquire lease %q: %w", name, err)
+		}
+	}
 	return fence, nil
+}
+
+// raiseFences tells every bucket, once per token, that token is the lease's
+// newest, so that from then on each bucket refuses the older holders'
+// executions even where the new holder has not written yet. Until this
+// succeeds AcquireLease fails, and a retry (a renewal, same token) tries
+// again.
+func (s *Store) raiseFences(ctx context.Context, name string, token uint64) error {
+	s.fenceMu.Lock()
+	done := s.raised[name] >= token
+	s.fenceMu.Unlock()
+	if done {
+		return nil
+	}
+	calls := make([]scriptCall, Buckets)
+	for b := range Buckets {
+		calls[b] = scriptCall{raiseFenceScript, []string{s.executionsKey(b, ""), s.bucketFenceKey(b, name)},
+			[]any{strconv.FormatUint(token, 10)}}
+	}
+	cmds, err := s.run(ctx, false, calls)
+	if err != nil {
+		return fmt.Errorf("raise bucket fences: %w", err)
+	}
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return fmt.Errorf("raise bucket fences: %w", err)
+		}
+	}
+	s.fenceMu.Lock()
+	s.raised[name] = max(s.raised[name], token)
+	s.fenceMu.Unlock()
+	return nil
 }
 
 // ReleaseLease implements store.Leases.

@@ -41,6 +41,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"Attestations", testAttestations},
 		{"Changes", testChanges},
 		{"QueryAndSummary", testQueryAndSummary},
+		{"ListManyPages", testListManyPages},
+		{"SummaryAfterManyWrites", testSummaryAfterManyWrites},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -187,6 +189,9 @@ func testCompareAndSet(t *testing.T, s store.Devices) {
 		t.Errorf("a refused write changed the document (-want +got):\n%s", diff)
 	}
 }
+
+// timeMinutes is n minutes.
+func timeMinutes(n int) time.Duration { return time.Duration(n) * time.Minute }
 
 // errAny stands for "some error" in tables.
 var errAny = errors.New("any error")
