@@ -217,6 +217,12 @@ type Summary struct {
 	Silent uint64
 }
 
+// Seen is one device's last-seen time, for Devices.MarkSeen.
+type Seen struct {
+	ID string
+	At time.Time
+}
+
 // Devices stores device documents. Implementations are safe for concurrent
 // use by many goroutines and, for shared backends, many processes.
 type Devices interface {
@@ -248,20 +254,44 @@ type Devices interface {
 	// Summary counts the fleet from maintained counters, without reading
 	// device documents.
 	Summary(ctx context.Context, silentBefore time.Time) (Summary, error)
+	// MarkSeen records last-seen times in one batch without touching the
+	// versioned documents or appending events: a later time replaces an
+	// earlier one, an earlier one is ignored, and ids of devices that do
+	// not exist are ignored. GetDevice, listings, SeenBefore queries and
+	// Summary's silent count use the latest of the reported document's
+	// LastSeen and the marked time.
+	MarkSeen(ctx context.Context, seen []Seen) error
 	// Close releases the backend's resources.
 	Close() error
 }
 
-// Changes tells every ferryd instance that a device changed, so that the
-// instance holding its stream (and every watcher) looks again. A backend
-// announces every device it creates or writes by itself, in the same round
-// trip as the write's index update; PublishChange is for anything else.
+// Changes carries change notices between ferryd instances. Notices are
+// directed: a device's change goes to the instance that holds the device's
+// stream (see Hold), not to every instance, and to every instance that has
+// a fleet-wide watch open (see WatchAll). A backend announces every device
+// it creates or writes by itself; PublishChange is for anything else.
 // Delivery is best effort: a missed notice is caught by the stream's
 // periodic check.
 type Changes interface {
-	// PublishChange announces that device id changed.
-	PublishChange(ctx context.Context, id string) error
-	// SubscribeChanges calls fn with the id of every device announced until
-	// ctx ends. fn must not block. It returns when ctx ends.
+	// Hold records that this instance holds device id's stream, so that the
+	// device's changes are delivered here. A Hold by another instance takes
+	// the device over (a stale holder, such as an instance that was killed,
+	// is overwritten by the next instance that holds the device).
+	Hold(ctx context.Context, id string) error
+	// Release ends this instance's hold of device id, unless another
+	// instance holds it since.
+	Release(ctx context.Context, id string) error
+	// PublishChange announces that the devices changed, to their holders
+	// and to the instances that watch the whole fleet.
+	PublishChange(ctx context.Context, ids ...string) error
+	// WatchAll makes this instance's subscriptions receive the changes of
+	// every device, not only those it holds, until stop is called. It
+	// returns once the watch is in place for changes written through this
+	// instance; a backend shared by many instances says how soon the
+	// others notice it.
+	WatchAll(ctx context.Context) (stop func(), err error)
+	// SubscribeChanges calls fn with the id of every changed device this
+	// instance holds (and, while a WatchAll is open, of every changed
+	// device) until ctx ends. fn must not block. It returns when ctx ends.
 	SubscribeChanges(ctx context.Context, fn func(id string)) error
 }

@@ -39,11 +39,11 @@ func (s *Store) statusesKey() string { return s.prefix + "{idx}:statuses" }
 func (s *Store) bundlesKey() string  { return s.prefix + "{idx}:bundles" }
 
 // reindexScript moves one device's entries to its current status, bundle
-// and last-seen time, and announces the change, atomically: the device's
+// and last-seen time atomically: the device's
 // current entries are kept in {idx}:st and {idx}:bd, so concurrent writes
 // of one device cannot leave it in two sets.
 // KEYS: statuses hash, bundles hash, status-values set, bundle-values set,
-// seen zset. ARGV: id, status, bundle, seen (ms), changes channel, prefix.
+// seen zset. ARGV: id, status, bundle, seen (ms), (unused), prefix.
 var reindexScript = goredis.NewScript(`
 local id, status, bundle, seen, channel, p = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local old = redis.call('HGET', KEYS[1], id)
@@ -61,12 +61,11 @@ end
 redis.call('ZADD', p .. '{idx}:b:' .. bundle, 0, id)
 redis.call('SADD', KEYS[4], bundle)
 redis.call('ZADD', KEYS[5], 'GT', seen, id)
-redis.call('PUBLISH', channel, id)
 return 1
 `)
 
 // reindex moves device cur's index entries to its current state and
-// announces the change (store.Changes). Labels are indexed when the device
+// announces the change to the device's holder (store.Changes). Labels are indexed when the device
 // is created (withLabels); they do not change afterwards.
 func (s *Store) reindex(ctx context.Context, cur *store.Device, withLabels bool) error {
 	var seen int64
@@ -74,10 +73,11 @@ func (s *Store) reindex(ctx context.Context, cur *store.Device, withLabels bool)
 		seen = cur.Reported.LastSeen.UnixMilli()
 	}
 	keys := []string{s.prefix + "{idx}:st", s.prefix + "{idx}:bd", s.statusesKey(), s.bundlesKey(), s.seenKey()}
-	err := reindexScript.Run(ctx, s.rdb, keys, cur.ID, cur.JobStatus(), cur.BundleKey(), seen, s.changesKey(), s.prefix).Err()
+	err := reindexScript.Run(ctx, s.rdb, keys, cur.ID, cur.JobStatus(), cur.BundleKey(), seen, "", s.prefix).Err()
 	if err != nil {
 		return fmt.Errorf("index: %w", err)
 	}
+	s.announce(ctx, cur.ID)
 	if withLabels && len(cur.Labels) > 0 {
 		_, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for k, v := range cur.Labels {
@@ -130,7 +130,7 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 		cmds := make([]*goredis.SliceCmd, len(ids))
 		_, err = s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for i, id := range ids {
-				cmds[i] = p.HMGet(ctx, s.deviceKey(id), "meta", "d", "r")
+				cmds[i] = p.HMGet(ctx, s.deviceKey(id), "meta", "d", "r", "ls")
 			}
 			return nil
 		})
@@ -138,13 +138,14 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 			return nil, fmt.Errorf("list devices: %w", err)
 		}
 		for _, c := range cmds {
-			d, err := decodeValues(c.Val())
+			d, err := decodeValues(c.Val()[:3])
 			if errors.Is(err, store.ErrNotFound) {
 				continue // indexed, but its create never landed
 			}
 			if err != nil {
 				return nil, fmt.Errorf("list devices: %w", err)
 			}
+			overlaySeen(&d, c.Val()[3])
 			if q.Match(d) { // also drops stale index entries
 				out = append(out, d)
 			}

@@ -9,7 +9,7 @@
 //	<prefix>dev:{<id>}:events   list of event JSON, newest first, capped
 //	<prefix>dev:{<id>}:att      hash: job id -> attestation JSON
 //	<prefix>devices             sorted set of device ids (score 0, by id)
-//	<prefix>changes             pub/sub channel of changed device ids
+//	(change notices: see notices.go)
 //
 // A device's keys carry its id as a hash tag, so everything about one device
 // shares a Redis Cluster slot. Compare-and-set runs as a Lua script on the one
@@ -51,6 +51,7 @@ type Store struct {
 	prefix string
 	owned  bool
 	now    func() time.Time
+	n      notices // change notices (notices.go)
 }
 
 var (
@@ -101,7 +102,6 @@ func (s *Store) deviceKey(id string) string { return s.prefix + "dev:{" + id + "
 func (s *Store) eventsKey(id string) string { return s.deviceKey(id) + ":events" }
 func (s *Store) attKey(id string) string    { return s.deviceKey(id) + ":att" }
 func (s *Store) indexKey() string           { return s.prefix + "devices" }
-func (s *Store) changesKey() string         { return s.prefix + "changes" }
 
 // meta is the part of a device that is not versioned.
 type meta struct {
@@ -181,14 +181,15 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 
 // GetDevice implements store.Devices.
 func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) {
-	vals, err := s.rdb.HMGet(ctx, s.deviceKey(id), "meta", "d", "r").Result()
+	vals, err := s.rdb.HMGet(ctx, s.deviceKey(id), "meta", "d", "r", "ls").Result()
 	if err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
-	d, err := decodeValues(vals)
+	d, err := decodeValues(vals[:3])
 	if err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
+	overlaySeen(&d, vals[3])
 	return d, nil
 }
 
@@ -363,32 +364,4 @@ func (s *Store) GetAttestation(ctx context.Context, id, jobID string) (store.Att
 		return store.Attestation{}, fmt.Errorf("get attestation of %q job %q: %w", id, jobID, err)
 	}
 	return a, nil
-}
-
-// PublishChange implements store.Changes with Redis pub/sub.
-func (s *Store) PublishChange(ctx context.Context, id string) error {
-	return s.rdb.Publish(ctx, s.changesKey(), id).Err()
-}
-
-// SubscribeChanges implements store.Changes. go-redis reconnects a broken
-// subscription by itself; notices published meanwhile are lost, which the
-// streams' periodic check covers.
-func (s *Store) SubscribeChanges(ctx context.Context, fn func(id string)) error {
-	sub := s.rdb.Subscribe(ctx, s.changesKey())
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil { // wait for the subscription
-		return fmt.Errorf("subscribe to changes: %w", err)
-	}
-	ch := sub.Channel()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m, ok := <-ch:
-			if !ok {
-				return nil
-			}
-			fn(m.Payload)
-		}
-	}
 }
