@@ -118,8 +118,8 @@ func (s *Store) Instance() string {
 func (s *Store) SetWatchRefresh(d time.Duration) { s.n.refresh = d }
 
 func (s *Store) noticeChannel(instance string) string { return s.prefix + "notices:" + instance }
-func (s *Store) watchChannel() string                { return s.prefix + "notices:all" }
-func (s *Store) watchersKey() string                 { return s.prefix + "watchers" }
+func (s *Store) watchChannel() string                 { return s.prefix + "notices:all" }
+func (s *Store) watchersKey() string                  { return s.prefix + "watchers" }
 
 // holdReleaseScript removes a holder entry only if it still names this
 // instance. KEYS: holders hash. ARGV: device id, instance.
