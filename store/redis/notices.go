@@ -17,7 +17,7 @@ import (
 //
 //	<prefix>{b042}:holders          hash in each device bucket: device id ->
 //	                                name of the instance holding its stream
-//	<prefix>notices:<instance>      shard channel of one instance: the ids
+//	<prefix>notices:to:<instance>   shard channel of one instance: the ids
 //	                                of the changed devices it holds
 //	<prefix>notices:all             shard channel of fleet-wide watchers
 //	<prefix>watchers                sorted set: instance -> until when (ms,
@@ -117,7 +117,7 @@ func (s *Store) Instance() string {
 // is used.
 func (s *Store) SetWatchRefresh(d time.Duration) { s.n.refresh = d }
 
-func (s *Store) noticeChannel(instance string) string { return s.prefix + "notices:" + instance }
+func (s *Store) noticeChannel(instance string) string { return s.prefix + "notices:to:" + instance }
 func (s *Store) watchChannel() string                 { return s.prefix + "notices:all" }
 func (s *Store) watchersKey() string                  { return s.prefix + "watchers" }
 
