@@ -230,4 +230,3 @@ func TestChangedFields(t *testing.T) {
 		}
 	}
 }
-
