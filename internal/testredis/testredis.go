@@ -1,9 +1,26 @@
-// Package testredis gives tests a real Redis server.
+// Package testredis gives tests real Redis: a single server, a Redis
+// Cluster and a Sentinel set, all on loopback.
 //
-// The test command (scripts/test) starts a private redis-server and exports
-// its address as FERRY_TEST_REDIS_URL. Run on its own (go test), the helper
-// starts a redis-server from PATH on a free loopback port instead. With
-// neither, the test fails: Redis tests never skip silently.
+//   - URL: a single server shared by the test binary. The test command
+//     (scripts/test) starts a private redis-server and exports its address as
+//     FERRY_TEST_REDIS_URL; run on its own (go test), the helper starts a
+//     redis-server from PATH on a free loopback port instead. Private gives a
+//     test a server of its own, to stop and start.
+//   - Cluster: the seed addresses of a Redis Cluster of three masters shared
+//     by the test binary: FERRY_TEST_REDIS_CLUSTER (host:port,host:port,...)
+//     or, without it, three redis-server --cluster-enabled yes joined with
+//     redis-cli --cluster create on free loopback ports, returned once every
+//     node says cluster_state:ok with all 16384 slots served. PrivateCluster
+//     gives a test a cluster of its own with appendonly yes and appendfsync
+//     always, whose masters it may kill and restart.
+//   - Sentinel: a primary, one replica and three sentinels (quorum 2,
+//     redis-server --sentinel) of the test's own, tuned so that a failover
+//     takes about two seconds; the test may kill the primary.
+//
+// Shared servers live as long as the test binary; a test's own are stopped
+// at its end. On Linux the kernel kills every server when the test binary
+// dies (proc_linux.go), and each server has a private directory. With no
+// server to use, the test fails: Redis tests never skip silently.
 package testredis
 
 import (
