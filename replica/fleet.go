@@ -98,10 +98,22 @@ type Watcher struct {
 }
 
 // Watch returns a Watcher of every device's changes. Close it when done.
-func (s *Service) Watch() *Watcher {
+// With a store.Changes shared by instances, the watch makes this instance
+// receive the notices of every device (store.Changes.WatchAll) until the
+// last Watcher closes: keep watchers to those who need the whole fleet.
+func (s *Service) Watch(ctx context.Context) (*Watcher, error) {
 	w := &Watcher{pending: make(map[string]struct{}), signal: make(chan struct{}, 1)}
-	w.stop = s.hub.watchAll(w.add)
-	return w
+	stopAll := func() {}
+	if s.changes != nil {
+		var err error
+		if stopAll, err = s.changes.WatchAll(ctx); err != nil {
+			return nil, fmt.Errorf("watch the fleet: %w", err)
+		}
+	}
+	stopHub := s.hub.watchAll(w.add)
+	var once sync.Once
+	w.stop = func() { once.Do(func() { stopHub(); stopAll() }) }
+	return w, nil
 }
 
 func (w *Watcher) add(id string) {

@@ -103,7 +103,10 @@ func TestWatch(t *testing.T) {
 	r := newReplica(t)
 	r.Register(ctx, "a", nil)
 	r.Register(ctx, "b", nil)
-	w := r.Watch()
+	w, err := r.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer w.Close()
 	for _, id := range []string{"a", "b", "a"} {
 		if _, err := r.SetDesired(ctx, id, doc("fw.bin"), "op", nil); err != nil {

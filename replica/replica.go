@@ -19,6 +19,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/ferryhq/ferry/store"
@@ -37,10 +38,14 @@ type Config struct {
 	Now func() time.Time
 	// MaxRetries bounds compare-and-set retries under contention (default 16).
 	MaxRetries int
-	// SeenEvery is how often, at most, Seen writes a device's last-seen
-	// time (default 10 s).
-	SeenEvery time.Duration
+	// SeenFlush is how often, at most, the last-seen times Seen collects
+	// are written to the store, in one batch (store.Devices.MarkSeen),
+	// whatever the number of devices (default DefaultSeenFlush).
+	SeenFlush time.Duration
 }
+
+// DefaultSeenFlush is how often last-seen times are written by default.
+const DefaultSeenFlush = time.Second
 
 // Service is the replica. It is safe for concurrent use.
 type Service struct {
@@ -49,8 +54,10 @@ type Service struct {
 	log        *slog.Logger
 	now        func() time.Time
 	maxRetries int
-	seenEvery  time.Duration
+	seenFlush  time.Duration
 	hub        hub
+	holds      holdLocks
+	seen       seenBuffer
 }
 
 // New returns a replica on cfg.Devices.
@@ -65,8 +72,8 @@ func New(cfg Config) *Service {
 	if s.maxRetries <= 0 {
 		s.maxRetries = 16
 	}
-	if s.seenEvery = cfg.SeenEvery; s.seenEvery <= 0 {
-		s.seenEvery = 10 * time.Second
+	if s.seenFlush = cfg.SeenFlush; s.seenFlush <= 0 {
+		s.seenFlush = DefaultSeenFlush
 	}
 	s.hub.subs = make(map[string]map[chan struct{}]struct{})
 	return s
@@ -183,26 +190,17 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 }
 
 // Seen records that a device is still there (it answered a ping on its
-// stream): its last-seen time, at most every Config.SeenEvery. It is how
-// rollouts tell that a device kept reporting through a soak, and how the
-// fleet summary tells silent devices from quiet ones.
+// stream): its last-seen time, kept in memory and written with the others
+// in one batch at most every Config.SeenFlush (see Run and Flush). It is
+// how rollouts tell that a device kept reporting through a soak, and how
+// the fleet summary tells silent devices from quiet ones. A heartbeat
+// writes no version, event or change notice.
 func (s *Service) Seen(ctx context.Context, id string) error {
-	_, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
-		now := s.now().UTC()
-		if now.Sub(cur.Reported.LastSeen) < s.seenEvery {
-			return store.Reported{}, store.Write{}, errUnchanged
-		}
-		r := cur.Reported
-		r.LastSeen = now
-		return r, store.Write{}, nil
-	})
-	if errors.Is(err, errUnchanged) {
-		return nil
+	if err := validateDeviceID(id); err != nil {
+		return err
 	}
-	if err == nil {
-		s.changed(ctx, id)
-	}
-	return err
+	s.seen.add(id, s.now().UTC())
+	return nil
 }
 
 // errUnchanged ends a compare-and-set loop that has nothing to write.
@@ -248,8 +246,12 @@ func (s *Service) changed(_ context.Context, id string) {
 }
 
 // Run delivers change notices from other instances (and this one) to the
-// subscribers in this process until ctx ends.
+// subscribers in this process, and writes the last-seen times Seen
+// collects, until ctx ends; then it writes the last of them.
 func (s *Service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { s.flushLoop(ctx) })
+	defer wg.Wait()
 	if s.changes == nil {
 		<-ctx.Done()
 		return nil
@@ -286,14 +288,6 @@ func (s *Service) updateReported(ctx context.Context, id string, next func(store
 		return dev, err
 	}
 	return store.Device{}, fmt.Errorf("update reported state of %q: %w: gave up after %d attempts", id, store.ErrConflict, s.maxRetries)
-}
-
-// Subscribe returns a channel that receives a value whenever device id's
-// desired state may have changed, and a function that ends the
-// subscription. The channel has a buffer of one: a slow reader misses no
-// change, it sees several as one and reads the current state once.
-func (s *Service) Subscribe(id string) (<-chan struct{}, func()) {
-	return s.hub.subscribe(id)
 }
 
 // ChangedFields lists the fields of the desired document that differ from

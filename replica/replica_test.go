@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/ferryhq/ferry/internal/testclock"
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/bolt"
@@ -187,9 +186,9 @@ func TestSubscribe(t *testing.T) {
 	r := newReplica(t)
 	r.Register(ctx, "dev-1", nil)
 	r.Register(ctx, "dev-2", nil)
-	ch, cancel := r.Subscribe("dev-1")
+	ch, cancel := r.Subscribe(ctx, "dev-1")
 	defer cancel()
-	other, cancelOther := r.Subscribe("dev-2")
+	other, cancelOther := r.Subscribe(ctx, "dev-2")
 	defer cancelOther()
 	for range 3 { // several changes collapse into one pending signal
 		if _, err := r.SetDesired(ctx, "dev-1", doc("fw.bin"), "op", nil); err != nil {
@@ -229,49 +228,5 @@ func TestChangedFields(t *testing.T) {
 		if diff := cmp.Diff(tt.want, replica.ChangedFields(tt.d, tt.r)); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
 		}
-	}
-}
-
-// TestSeen: a heartbeat moves a device's last-seen time, at most every
-// SeenEvery, and writes nothing else.
-func TestSeen(t *testing.T) {
-	s, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	now := testclock.Start()
-	r := replica.New(replica.Config{Devices: s, Logger: slog.New(slog.DiscardHandler), SeenEvery: 10 * time.Second,
-		Now: func() time.Time { return now }})
-	ctx := context.Background()
-	if _, err := r.Connect(ctx, "gw-1", replica.Hello{AgentVersion: "1.0"}); err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		after    time.Duration
-		wantSeen time.Time
-	}{
-		{5 * time.Second, now},                        // too soon: unchanged
-		{10 * time.Second, now.Add(15 * time.Second)}, // moved
-		{9 * time.Second, now.Add(15 * time.Second)},  // too soon again
-		{time.Minute, now.Add(84 * time.Second)},      // moved
-	}
-	for i, tt := range tests {
-		now = now.Add(tt.after)
-		before, _ := r.GetDevice(ctx, "gw-1")
-		if err := r.Seen(ctx, "gw-1"); err != nil {
-			t.Fatal(err)
-		}
-		d, _ := r.GetDevice(ctx, "gw-1")
-		if !d.Reported.LastSeen.Equal(tt.wantSeen) {
-			t.Errorf("step %d: last seen %v, want %v", i, d.Reported.LastSeen, tt.wantSeen)
-		}
-		d.Reported.LastSeen, d.Reported.Version = before.Reported.LastSeen, before.Reported.Version
-		if diff := cmp.Diff(before, d); diff != "" {
-			t.Errorf("step %d: Seen changed more than the last-seen time (-before +after):\n%s", i, diff)
-		}
-	}
-	if err := r.Seen(ctx, "gw-404"); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("Seen of an unknown device: %v, want ErrNotFound", err)
 	}
 }

@@ -116,23 +116,11 @@ func (c *Controller) Leading() bool { return c.leading.Load() }
 // Run takes the lease when it is free and, while it holds it, moves every
 // active rollout on. It returns when ctx ends, giving the lease up.
 func (c *Controller) Run(ctx context.Context) error {
-	w := c.cfg.Replica.Watch()
-	defer w.Close()
+	watching := make(chan struct{})
+	defer func() { <-watching }()
 	go func() {
-		for {
-			ids, err := w.Next(ctx)
-			if err != nil {
-				return
-			}
-			if !c.Leading() {
-				continue // a controller that takes over reads everything
-			}
-			c.mu.Lock()
-			for _, id := range ids {
-				c.dirty[id] = struct{}{}
-			}
-			c.mu.Unlock()
-		}
+		defer close(watching)
+		c.watchWhileLeading(ctx)
 	}()
 	defer func() {
 		if c.leading.Swap(false) {
@@ -174,6 +162,63 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+	}
+}
+
+// watchWhileLeading marks the devices that change dirty while this
+// controller leads, until ctx ends. Only the leader watches the whole
+// fleet, so the other instances receive only the change notices of the
+// devices they hold; a controller that takes over reads everything anyway.
+func (c *Controller) watchWhileLeading(ctx context.Context) {
+	poll := time.NewTicker(c.cfg.Tick)
+	defer poll.Stop()
+	for {
+		for !c.Leading() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-poll.C:
+			}
+		}
+		w, err := c.cfg.Replica.Watch(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("rollouts: watch the fleet; trying again", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-poll.C:
+			}
+			continue
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		go func() { // end the watch when the lease is lost
+			defer cancel()
+			for c.Leading() {
+				select {
+				case <-wctx.Done():
+					return
+				case <-poll.C:
+				}
+			}
+		}()
+		for {
+			ids, err := w.Next(wctx)
+			if err != nil {
+				break
+			}
+			c.mu.Lock()
+			for _, id := range ids {
+				c.dirty[id] = struct{}{}
+			}
+			c.mu.Unlock()
+		}
+		cancel()
+		w.Close()
+		if ctx.Err() != nil {
+			return
 		}
 	}
 }

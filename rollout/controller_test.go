@@ -1341,6 +1341,9 @@ func TestControllerSoakNeedsReports(t *testing.T) {
 		if err := h.rep.Seen(h.ctx, alive); err != nil {
 			t.Fatal(err)
 		}
+		if err := h.rep.Flush(h.ctx); err != nil { // what Run does every second
+			t.Fatal(err)
+		}
 		h.step(time.Millisecond)
 	}
 	h.step(time.Second)

@@ -152,6 +152,11 @@ type DeviceLimits struct {
 	// version even without a change notice, so that a lost notice (a Redis
 	// reconnect, say) delays a Delta by at most this long.
 	ResyncInterval time.Duration
+	// SeenFlush is how often, at most, the last-seen times of the devices'
+	// answers to pings are written to the store, in one batch per
+	// instance; a device's last-seen time may be this much older than its
+	// last answer.
+	SeenFlush time.Duration
 }
 
 // DefaultConfig returns the configuration ferryd runs with when given no
@@ -182,6 +187,7 @@ func DefaultConfig() Config {
 			MessageBurst:         50,
 			PingInterval:         time.Minute,
 			ResyncInterval:       30 * time.Second,
+			SeenFlush:            time.Second,
 		},
 		Repository: RepositoryConfig{
 			SnapshotExpiry:  7 * 24 * time.Hour,
@@ -266,6 +272,7 @@ func (c Config) Validate() error {
 	check(d.MessagesPerSecond > 0 && d.MessageBurst >= 1, "device rate limit must be positive with a burst of at least 1")
 	check(d.PingInterval > 0, "device ping interval must be positive")
 	check(d.ResyncInterval > 0, "device resync interval must be positive")
+	check(d.SeenFlush > 0, "device last-seen flush interval must be positive")
 	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
 	check(c.ShutdownDelay >= 0, "shutdown delay must not be negative")
 	check(c.RedisURL == "" || c.RedisConnectTimeout > 0, "Redis connect timeout must be positive")

@@ -68,7 +68,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	// Subscribe before reading the device: a change committed after the
 	// read then still signals this stream (subscribing after it would lose
 	// a change made in between until the next resync).
-	changed, unsubscribe := s.replica.Subscribe(id)
+	changed, unsubscribe := s.replica.Subscribe(ctx, id)
 	defer unsubscribe()
 	dev, err := s.replica.Connect(ctx, id, replica.Hello{
 		AgentVersion: hello.GetAgentVersion(),

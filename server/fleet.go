@@ -172,7 +172,10 @@ func (f *fleetService) WatchDevices(ctx context.Context, req *connect.Request[fl
 	if err != nil {
 		return connectError(ctx, f.log, err)
 	}
-	w := f.replica.Watch()
+	w, err := f.replica.Watch(ctx)
+	if err != nil {
+		return connectError(ctx, f.log, err)
+	}
 	defer w.Close()
 	// Tell the caller the watch is in place before the first change.
 	if err := stream.Conn().Send(nil); err != nil {

@@ -133,7 +133,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, fmt.Errorf("repository: %w", err)
 	}
 	changes, _ := s.devices.(store.Changes)
-	s.replica = replica.New(replica.Config{Devices: s.devices, Changes: changes, Logger: log, SeenEvery: cfg.Device.PingInterval / 2})
+	s.replica = replica.New(replica.Config{Devices: s.devices, Changes: changes, Logger: log, SeenFlush: cfg.Device.SeenFlush})
 	rep := s.replica
 	if s.dev != nil {
 		for _, id := range cfg.Dev.Devices {

@@ -269,16 +269,33 @@ type Devices interface {
 	Close() error
 }
 
-// Changes tells every ferryd instance that a device changed, so that the
-// instance holding its stream (and every watcher) looks again. A backend
-// announces every device it creates or writes by itself, in the same round
-// trip as the write's index update; PublishChange is for anything else.
+// Changes carries change notices between ferryd instances. Notices are
+// directed: a device's change goes to the instance that holds the device's
+// stream (see Hold), not to every instance, and to every instance that has
+// a fleet-wide watch open (see WatchAll). A backend announces every device
+// it creates or writes by itself; PublishChange is for anything else.
 // Delivery is best effort: a missed notice is caught by the stream's
 // periodic check.
 type Changes interface {
-	// PublishChange announces that device id changed.
-	PublishChange(ctx context.Context, id string) error
-	// SubscribeChanges calls fn with the id of every device announced until
-	// ctx ends. fn must not block. It returns when ctx ends.
+	// Hold records that this instance holds device id's stream, so that the
+	// device's changes are delivered here. A Hold by another instance takes
+	// the device over (a stale holder, such as an instance that was killed,
+	// is overwritten by the next instance that holds the device).
+	Hold(ctx context.Context, id string) error
+	// Release ends this instance's hold of device id, unless another
+	// instance holds it since.
+	Release(ctx context.Context, id string) error
+	// PublishChange announces that the devices changed, to their holders
+	// and to the instances that watch the whole fleet.
+	PublishChange(ctx context.Context, ids ...string) error
+	// WatchAll makes this instance's subscriptions receive the changes of
+	// every device, not only those it holds, until stop is called. It
+	// returns once the watch is in place for changes written through this
+	// instance; a backend shared by many instances says how soon the
+	// others notice it.
+	WatchAll(ctx context.Context) (stop func(), err error)
+	// SubscribeChanges calls fn with the id of every changed device this
+	// instance holds (and, while a WatchAll is open, of every changed
+	// device) until ctx ends. fn must not block. It returns when ctx ends.
 	SubscribeChanges(ctx context.Context, fn func(id string)) error
 }

@@ -21,7 +21,8 @@ import (
 // big-endian sequence number, attestations by job id).
 // index holds "s\x00<status>\x00<id>", "b\x00<bundle>\x00<id>" and
 // "l\x00<key>=<value>\x00<id>" (empty values); seen holds
-// <big-endian unix nanoseconds><id>; counts holds "s\x00<status>",
+// <big-endian unix nanoseconds><id> (the latest of the reported LastSeen and
+// the time MarkSeen recorded in marks, see seen.go); counts holds "s\x00<status>",
 // "b\x00<bundle>" and "total" as big-endian uint64. All are kept in the
 // transaction that changes the device. The rollout controller's buckets
 // (rollouts, executions, leases) are described in rollout.go.
@@ -56,7 +57,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{devicesBucket, eventsBucket, attestationsBucket, indexBucket, seenBucket, countsBucket,
+		for _, name := range [][]byte{devicesBucket, eventsBucket, attestationsBucket, indexBucket, seenBucket, countsBucket, marksBucket,
 			rolloutsBucket, executionsBucket, leasesBucket} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
@@ -92,7 +93,11 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(devicesBucket)
 		if raw := b.Get([]byte(d.ID)); raw != nil {
-			return json.Unmarshal(raw, &stored)
+			if err := json.Unmarshal(raw, &stored); err != nil {
+				return err
+			}
+			overlaySeen(tx, &stored)
+			return nil
 		}
 		raw, err := json.Marshal(d)
 		if err != nil {
@@ -124,7 +129,11 @@ func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) 
 		if raw == nil {
 			return store.ErrNotFound
 		}
-		return json.Unmarshal(raw, &d)
+		if err := json.Unmarshal(raw, &d); err != nil {
+			return err
+		}
+		overlaySeen(tx, &d)
+		return nil
 	})
 	if err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
@@ -180,11 +189,14 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 			return err
 		}
 		old := dev
+		overlaySeen(tx, &old) // as indexed
 		cur, same := apply(&dev)
 		switch {
 		case same:
+			overlaySeen(tx, &dev)
 			return nil // a repeat of a write that already landed
 		case cur != expect:
+			overlaySeen(tx, &dev)
 			return fmt.Errorf("%w: version is %d, expected %d", store.ErrConflict, cur, expect)
 		}
 		out, err := json.Marshal(dev)
@@ -194,6 +206,7 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 		if err := b.Put([]byte(id), out); err != nil {
 			return err
 		}
+		overlaySeen(tx, &dev)
 		if err := reindex(tx, &old, &dev); err != nil {
 			return err
 		}

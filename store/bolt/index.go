@@ -148,6 +148,7 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("decode device %q: %w", id, err)
 			}
+			overlaySeen(tx, &d)
 			if q.Match(d) {
 				out = append(out, d)
 			}

@@ -45,6 +45,8 @@ type Store struct {
 	// every bucket has been told of (see AcquireLease).
 	fenceMu sync.Mutex
 	raised  map[string]uint64
+
+	n notices // change notices (notices.go)
 }
 
 var (
@@ -90,8 +92,6 @@ func (s *Store) Close() error {
 	}
 	return nil
 }
-
-func (s *Store) changesKey() string { return s.prefix + "changes" }
 
 // meta is the part of a device that is not versioned.
 type meta struct {
@@ -241,32 +241,4 @@ func (s *Store) GetAttestation(ctx context.Context, id, jobID string) (store.Att
 		return store.Attestation{}, fmt.Errorf("get attestation of %q job %q: %w", id, jobID, err)
 	}
 	return a, nil
-}
-
-// PublishChange implements store.Changes with Redis pub/sub.
-func (s *Store) PublishChange(ctx context.Context, id string) error {
-	return s.rdb.Publish(ctx, s.changesKey(), id).Err()
-}
-
-// SubscribeChanges implements store.Changes. go-redis reconnects a broken
-// subscription by itself; notices published meanwhile are lost, which the
-// streams' periodic check covers.
-func (s *Store) SubscribeChanges(ctx context.Context, fn func(id string)) error {
-	sub := s.rdb.Subscribe(ctx, s.changesKey())
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil { // wait for the subscription
-		return fmt.Errorf("subscribe to changes: %w", err)
-	}
-	ch := sub.Channel()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m, ok := <-ch:
-			if !ok {
-				return nil
-			}
-			fn(m.Payload)
-		}
-	}
 }

@@ -40,6 +40,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"EventHistoryIsCapped", testEventCap},
 		{"Attestations", testAttestations},
 		{"Changes", testChanges},
+		{"MarkSeen", testMarkSeen},
 		{"QueryAndSummary", testQueryAndSummary},
 		{"ListManyPages", testListManyPages},
 		{"SummaryAfterManyWrites", testSummaryAfterManyWrites},
@@ -503,6 +504,9 @@ func testAttestations(t *testing.T, s store.Devices) {
 	}
 }
 
+// testChanges: notices are directed. A change of a device this instance
+// holds is heard; one of a device nobody holds is not, unless a WatchAll is
+// open; writes are announced by the store itself.
 func testChanges(t *testing.T, s store.Devices) {
 	ch, ok := s.(store.Changes)
 	if !ok {
@@ -510,7 +514,7 @@ func testChanges(t *testing.T, s store.Devices) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	got := make(chan string, 10)
+	got := make(chan string, 100)
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
@@ -518,6 +522,9 @@ func testChanges(t *testing.T, s store.Devices) {
 		done <- ch.SubscribeChanges(ctx, func(id string) { got <- id })
 	}()
 	<-ready
+	if err := ch.Hold(ctx, "dev-7"); err != nil {
+		t.Fatal(err)
+	}
 	// The subscription may take a moment to be in place: publish until heard.
 	deadline := time.After(10 * time.Second)
 	for heard := false; !heard; {
@@ -535,22 +542,85 @@ func testChanges(t *testing.T, s store.Devices) {
 			t.Fatal("no change notice within 10 s")
 		}
 	}
-	// Writes are announced by the store itself.
+	drain := func() {
+		for {
+			select {
+			case <-got:
+			case <-time.After(100 * time.Millisecond):
+				return
+			}
+		}
+	}
+	drain()
+	// waitFor reads notices until want is heard, and fails on unwanted.
+	waitFor := func(want string, unwanted ...string) {
+		t.Helper()
+		for {
+			select {
+			case id := <-got:
+				for _, u := range unwanted {
+					if id == u {
+						t.Fatalf("heard %q, which this instance does not hold", id)
+					}
+				}
+				if id == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no notice of %s", want)
+			}
+		}
+	}
+	// Writes of a held device are announced by the store itself.
+	if err := ch.Hold(ctx, "dev-8"); err != nil {
+		t.Fatal(err)
+	}
 	mustCreate(t, s, "dev-8")
+	waitFor("dev-8")
 	if _, err := s.SetDesired(ctx, "dev-8", 0, desired(1, "a"), store.Write{}); err != nil {
 		t.Fatal(err)
 	}
-	heard := 0
-	for heard < 2 {
-		select {
-		case id := <-got:
-			if id == "dev-8" {
-				heard++
-			}
-		case <-deadline:
-			t.Fatalf("heard %d notices of dev-8's create and write, want 2", heard)
+	waitFor("dev-8")
+	// A device nobody holds: no notice (checked against a later notice of
+	// a held device).
+	mustCreate(t, s, "dev-9")
+	if _, err := s.SetDesired(ctx, "dev-9", 0, desired(1, "a"), store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"dev-9", "dev-8"} { // in this order
+		if err := ch.PublishChange(ctx, id); err != nil {
+			t.Fatal(err)
 		}
 	}
+	waitFor("dev-8", "dev-9")
+	// A released device is not announced here any more.
+	if err := ch.Release(ctx, "dev-8"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.PublishChange(ctx, "dev-8"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.PublishChange(ctx, "dev-7"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("dev-7", "dev-8")
+	// While a fleet-wide watch is open, every device is announced.
+	stop, err := ch.WatchAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetDesired(ctx, "dev-9", 1, desired(2, "b"), store.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("dev-9")
+	stop()
+	drain()
+	for _, id := range []string{"dev-9", "dev-7"} {
+		if err := ch.PublishChange(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor("dev-7", "dev-9")
 	cancel()
 	select {
 	case err := <-done:
