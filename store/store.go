@@ -24,6 +24,11 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrConflict: a compare-and-set saw another version than expected.
 	ErrConflict = errors.New("version conflict")
+	// ErrUnavailable: the backend cannot be reached or cannot serve for
+	// now (connection refused or cut, timeouts, a server still loading or
+	// failing over). Nothing is known to have changed; the same call may
+	// succeed when it is made again later.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // DeviceNotFoundError is ErrNotFound for the device it names:
