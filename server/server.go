@@ -238,7 +238,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	reflector := grpcreflect.NewStaticReflector(apiServiceNames...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, guarded))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, guarded))
-	mux.Handle("/metrics", requireOperator(auth, credentials.RoleViewer,
+	mux.Handle("/metrics", requireOperator(auth, s.creds.operatorCerts, credentials.RoleViewer,
 		promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 
 	return &http.Server{
