@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/net/http2"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -190,7 +191,8 @@ func TestStoreOutage(t *testing.T) {
 	}
 	dev2Conn := f.DeviceConn(t, f.DeviceTLS(t, "dev-2"))
 	deviceCreds := credentialsv1.NewCredentialServiceClient(dev2Conn)
-	if _, err := deviceCreds.IssueDownloadToken(ctx, &credentialsv1.IssueDownloadTokenRequest{TargetPath: testBundle.GetTargetPath()}); err != nil {
+	once, err := deviceCreds.IssueDownloadToken(ctx, &credentialsv1.IssueDownloadTokenRequest{TargetPath: testBundle.GetTargetPath(), SingleUse: true})
+	if err != nil {
 		t.Fatalf("IssueDownloadToken before the outage: %v", err)
 	}
 	healthConn, err := grpc.NewClient(f.APIAddr(), grpc.WithTransportCredentials(grpccreds.NewTLS(
@@ -249,7 +251,22 @@ func TestStoreOutage(t *testing.T) {
 	} else if d, ok := grpcRetryDelay(err); !ok || d != server.StoreRetryDelay {
 		t.Errorf("IssueDownloadToken: retry hint %v (%v), want %v", d, ok, server.StoreRetryDelay)
 	}
-	// The API, over Connect and gRPC, unary and streaming.
+	// A download whose check needs the store (a single-use token).
+	dl, err := http.NewRequest(http.MethodGet, once.GetUrl(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl.Header.Set("Authorization", "Bearer "+once.GetToken())
+	dlClient := &http.Client{Transport: &http2.Transport{TLSClientConfig: f.DeviceTLS(t, "dev-2")}}
+	if resp, err := dlClient.Do(dl); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("download with a single-use token, store down: %s, Retry-After %q; want 503 with Retry-After", resp.Status, resp.Header.Get("Retry-After"))
+		}
+	}
+	// The API, over Connect and gRPC.
 	get := &fleetv1.GetDeviceRequest{DeviceId: "dev-1"}
 	_, err = f.Fleet(t).GetDevice(ctx, connect.NewRequest(get))
 	wantConnectUnavailable(t, "GetDevice (Connect)", err, true)
@@ -293,6 +310,13 @@ func TestStoreOutage(t *testing.T) {
 			t.Fatalf("%s after the outage: delta %v, want job %s again", id, delta, deltas[id].GetJobId())
 		}
 		succeed(devs[id], delta)
+	}
+
+	// The refused enrollment did not use the token up.
+	if _, err := credentialClient(t, f, nil).Enroll(ctx, connect.NewRequest(&credentialsv1.EnrollRequest{
+		Csr: newCSR(t, key), EnrollmentToken: added.Msg.GetEnrollmentToken(),
+	})); err != nil {
+		t.Errorf("Enroll after the outage with the token refused during it: %v", err)
 	}
 
 	var final *fleetv1.Rollout
