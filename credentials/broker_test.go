@@ -3,6 +3,7 @@ package credentials
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
@@ -325,8 +326,16 @@ func TestRefusedEnrollmentKeepsToken(t *testing.T) {
 var _ store.Credentials = (*bolt.Store)(nil)
 
 func FuzzParseCSR(f *testing.F) {
-	key, _ := NewKey()
-	f.Add(newCSR(f, key))
+	// One CSR of each key type the parser meets (accepted and refused),
+	// so that mutations start from every branch of the key checks. No RSA
+	// key is generated here: every fuzzing worker runs this again.
+	p256, _ := NewKey()
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader) // refused curve
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	for _, key := range []any{p256, p384, p224, ed} {
+		f.Add(newCSR(f, key))
+	}
 	f.Add([]byte{0x30, 0x00})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, der []byte) {

@@ -26,6 +26,11 @@ import (
 const (
 	tokenIssuer   = "ferryd"
 	tokenAudience = "ferry-download"
+	// IssuedAtSkew is how far in the future a token's issue time may be
+	// when it is verified: another ferryd instance issued it, and clocks
+	// differ a little (the times in a token are whole seconds, too). Expiry
+	// has no such leeway.
+	IssuedAtSkew = 5 * time.Second
 	// MaxTokenBytes bounds the tokens Verify looks at.
 	MaxTokenBytes = 4 << 10
 	// TokenKeyName is the name in the store of the single signing key of
@@ -102,9 +107,11 @@ func NewTokens(keys KeySource, now func() time.Time) (*Tokens, error) {
 			jwt.WithIssuer(tokenIssuer),
 			jwt.WithAudience(tokenAudience),
 			jwt.WithExpirationRequired(),
-			jwt.WithIssuedAt(),
 			jwt.WithTimeFunc(now),
-			jwt.WithLeeway(5*time.Second),
+			// No leeway: a token is refused from the second after its
+			// expiry, so that a single-use record (kept until the expiry)
+			// outlives every use it must stop. The issue time is checked in
+			// Verify, with IssuedAtSkew.
 		),
 	}, nil
 }
@@ -197,6 +204,9 @@ func (t *Tokens) Verify(ctx context.Context, token string) (DownloadGrant, error
 	}
 	if c.Subject == "" || c.Target == "" || c.ID == "" || c.IssuedAt == nil {
 		return DownloadGrant{}, fmt.Errorf("%w: download token lacks a device, target, id or issue time", ErrUnauthenticated)
+	}
+	if c.IssuedAt.After(t.now().Add(IssuedAtSkew)) {
+		return DownloadGrant{}, fmt.Errorf("%w: download token: issued in the future (more than %v ahead of this server's clock)", ErrUnauthenticated, IssuedAtSkew)
 	}
 	g := DownloadGrant{
 		ID: c.ID, DeviceID: c.Subject, Target: c.Target, SHA256: c.SHA256, Length: c.Length,

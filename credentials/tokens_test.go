@@ -272,3 +272,75 @@ func BenchmarkDownloadToken(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
 	})
 }
+
+// TestTokenTimes: a token is good until its expiry and not a second
+// longer; its issue time may be a little ahead of the verifier's clock
+// (issued by another instance), by at most IssuedAtSkew.
+func TestTokenTimes(t *testing.T) {
+	start := testclock.Start().Local()
+	now := start
+	tok, _ := NewTokens(testKeys(t, testKey), func() time.Time { return now })
+	certA, _ := testCerts(t)
+	issueAt := func(at time.Time) (string, DownloadGrant) {
+		t.Helper()
+		s, g, err := tok.Issue(t.Context(), DownloadGrant{
+			DeviceID: "dev-a", Target: "t.bin", CertThumbprint: Thumbprint(certA), IssuedAt: at, ExpiresAt: at.Add(time.Minute),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, g
+	}
+	token, g := issueAt(start)
+	ahead, _ := issueAt(start.Add(IssuedAtSkew - time.Second))
+	tooFarAhead, _ := issueAt(start.Add(IssuedAtSkew + 2*time.Second))
+	for _, tt := range []struct {
+		name  string
+		token string
+		at    time.Time
+		ok    bool
+	}{
+		{"at issue", token, start, true},
+		{"a second before expiry", token, g.ExpiresAt.Add(-time.Second), true},
+		{"at expiry", token, g.ExpiresAt, false},
+		{"a second after expiry", token, g.ExpiresAt.Add(time.Second), false},
+		{"issued a little ahead of this clock", ahead, start, true},
+		{"issued too far ahead of this clock", tooFarAhead, start, false},
+	} {
+		now = tt.at
+		_, err := tok.Verify(t.Context(), tt.token)
+		if tt.ok && err != nil || !tt.ok && !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("%s: Verify = %v, want ok %v", tt.name, err, tt.ok)
+		}
+	}
+}
+
+// TestSingleUseTokenNotReplayedAfterExpiry: the single-use record is kept
+// until the token's expiry; a replay just after it must still be refused
+// (by the expiry, as the record may be gone).
+func TestSingleUseTokenNotReplayedAfterExpiry(t *testing.T) {
+	ctx := t.Context()
+	now := testclock.Start()
+	clock := func() time.Time { return now }
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetClock(clock)
+	tok, _ := NewTokens(testKeys(t, testKey), clock)
+	d := &Downloads{Tokens: tok, Used: db}
+	certA, _ := testCerts(t)
+	s, g, err := tok.Issue(ctx, DownloadGrant{DeviceID: "dev-a", Target: "t.bin", CertThumbprint: Thumbprint(certA), SingleUse: true, ExpiresAt: now.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = g.ExpiresAt.Add(-500 * time.Millisecond)
+	if _, err := d.Authorize(ctx, s, DownloadRequest{Target: "t.bin", ClientCert: certA, Claimant: "r1"}); err != nil {
+		t.Fatalf("first use just before expiry: %v", err)
+	}
+	now = g.ExpiresAt.Add(2 * time.Second)
+	if _, err := d.Authorize(ctx, s, DownloadRequest{Target: "t.bin", ClientCert: certA, Claimant: "r2"}); err == nil {
+		t.Error("a single-use token was accepted again after its expiry")
+	}
+}

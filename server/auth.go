@@ -246,10 +246,11 @@ func (a operatorAuth) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 	}
 }
 
-// requireOperator guards a plain HTTP handler (metrics) with the same check.
-func requireOperator(auth Authenticator, need ferrycreds.Role, h http.Handler) http.Handler {
+// requireOperator guards a plain HTTP handler (metrics) with the same check
+// as the Connect handlers: an API key or an operator certificate.
+func requireOperator(auth Authenticator, certs *ferrycreds.OperatorCerts, need ferrycreds.Role, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, err := authorize(auth, r.Header, need); err != nil {
+		if _, err := authorizeRequest(auth, certs, r.Header, r.TLS, need); err != nil {
 			code := http.StatusUnauthorized
 			if connect.CodeOf(err) == connect.CodePermissionDenied {
 				code = http.StatusForbidden

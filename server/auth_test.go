@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	grpccreds "google.golang.org/grpc/credentials"
@@ -132,22 +133,44 @@ func TestAPIAuth(t *testing.T) {
 		}
 	}
 
-	// Metrics need a credential too.
+	// Metrics need a credential too: an API key or an operator
+	// certificate, as everywhere else in the back office.
+	opCert, err := tls.LoadX509KeyPair(f.Dev.OperatorCert, f.Dev.OperatorKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devCert, devKey := f.Dev.DeviceCert("dev-1")
+	deviceCert, err := tls.LoadX509KeyPair(devCert, devKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
+		name string
 		key  string
+		cert *tls.Certificate
 		want int
-	}{{"", http.StatusUnauthorized}, {viewerKey, http.StatusOK}} {
+	}{
+		{"no credential", "", nil, http.StatusUnauthorized},
+		{"viewer key", viewerKey, nil, http.StatusOK},
+		{"unknown key", otherKey, nil, http.StatusUnauthorized},
+		{"operator certificate", "", &opCert, http.StatusOK},
+		{"device certificate", "", &deviceCert, http.StatusUnauthorized},
+	} {
+		client := &http.Client{Transport: &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: f.CAPool(t), ServerName: "localhost"}}}
+		if tt.cert != nil {
+			client.Transport.(*http2.Transport).TLSClientConfig.Certificates = []tls.Certificate{*tt.cert}
+		}
 		req, _ := http.NewRequest(http.MethodGet, f.APIURL()+"/metrics", nil)
 		if tt.key != "" {
 			req.Header.Set("Authorization", "Bearer "+tt.key)
 		}
-		resp, err := f.HTTPClient(t).Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 		if resp.StatusCode != tt.want {
-			t.Errorf("GET /metrics with key %q: %s, want %d", tt.key, resp.Status, tt.want)
+			t.Errorf("GET /metrics, %s: %s, want %d", tt.name, resp.Status, tt.want)
 		}
 	}
 

@@ -105,6 +105,9 @@ func (a tokenDownloadAuthorizer) AuthorizeTarget(r *http.Request, path, sha256 s
 	g, err := a.creds.downloads.Authorize(r.Context(), token, req)
 	if err != nil {
 		code, msg := classify(err)
+		if code == connect.CodeUnavailable {
+			return connectError(r.Context(), a.creds.log, err) // with the retry hint
+		}
 		if code == connect.CodeInternal {
 			a.creds.log.ErrorContext(r.Context(), "download authorization", "err", err)
 		} else {

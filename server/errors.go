@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/replica"
@@ -19,8 +24,19 @@ import (
 // This file is the one place where domain errors become status codes, with
 // messages that are safe to send to the caller. Everything unexpected is
 // logged in full and leaves as Internal without details.
+//
+// A store outage (store.ErrUnavailable) leaves as Unavailable with a retry
+// hint: a google.rpc.RetryInfo error detail on gRPC and Connect, and a
+// Retry-After header on Connect's unary calls and on plain HTTP.
 
 var errPermissionDenied = errors.New("permission denied")
+
+// StoreRetryDelay is the retry hint sent with an Unavailable caused by a
+// store outage: about how often readiness checks the store again.
+const StoreRetryDelay = 2 * time.Second
+
+// msgStoreUnavailable is what a caller is told about a store outage.
+const msgStoreUnavailable = "the store is unavailable; retry later"
 
 // classify maps an error to a status code and a client-safe message.
 func classify(err error) (connect.Code, string) {
@@ -31,6 +47,8 @@ func classify(err error) (connect.Code, string) {
 	switch {
 	case errors.As(err, &ce):
 		return ce.Code(), ce.Message()
+	case errors.Is(err, store.ErrUnavailable):
+		return connect.CodeUnavailable, msgStoreUnavailable
 	case errors.As(err, &invalid):
 		return connect.CodeInvalidArgument, invalid.Error()
 	case errors.As(err, &repoErr):
@@ -77,10 +95,15 @@ func classify(err error) (connect.Code, string) {
 // connectError turns err into a Connect error for the back-office API.
 func connectError(ctx context.Context, log *slog.Logger, err error) error {
 	code, msg := classify(err)
-	if code == connect.CodeInternal {
-		log.ErrorContext(ctx, "internal error", "err", err)
+	logClassified(ctx, log, code, err)
+	ce := connect.NewError(code, errors.New(msg))
+	if delay, ok := retryAfter(err); ok {
+		if detail, derr := connect.NewErrorDetail(retryInfo(delay)); derr == nil {
+			ce.AddDetail(detail)
+		}
+		ce.Meta().Set("Retry-After", retryAfterSeconds(delay))
 	}
-	return connect.NewError(code, errors.New(msg))
+	return ce
 }
 
 // grpcError turns err into a gRPC status error for the device port. gRPC and
@@ -90,8 +113,55 @@ func grpcError(ctx context.Context, log *slog.Logger, err error) error {
 		return err
 	}
 	code, msg := classify(err)
-	if code == connect.CodeInternal {
-		log.ErrorContext(ctx, "internal error", "err", err)
+	logClassified(ctx, log, code, err)
+	st := status.New(codes.Code(code), msg)
+	if delay, ok := retryAfter(err); ok {
+		if withHint, derr := st.WithDetails(retryInfo(delay)); derr == nil {
+			st = withHint
+		}
 	}
-	return status.Error(codes.Code(code), msg)
+	return st.Err()
+}
+
+// logClassified logs what the caller is not told: everything of an
+// Internal error, and the cause of a store outage (once per failed call,
+// at warning level: the outage is the operator's to see, not a bug).
+func logClassified(ctx context.Context, log *slog.Logger, code connect.Code, err error) {
+	switch {
+	case code == connect.CodeInternal:
+		log.ErrorContext(ctx, "internal error", "err", err)
+	case errors.Is(err, store.ErrUnavailable):
+		log.WarnContext(ctx, "store unavailable", "err", err)
+	}
+}
+
+// retryAfter returns the retry hint for err, if it has one.
+func retryAfter(err error) (time.Duration, bool) {
+	if errors.Is(err, store.ErrUnavailable) {
+		return StoreRetryDelay, true
+	}
+	return 0, false
+}
+
+func retryInfo(delay time.Duration) *errdetails.RetryInfo {
+	return &errdetails.RetryInfo{RetryDelay: durationpb.New(delay)}
+}
+
+// retryAfterSeconds formats delay for a Retry-After header (whole seconds,
+// at least 1).
+func retryAfterSeconds(delay time.Duration) string {
+	return strconv.Itoa(max(1, int((delay+time.Second-1)/time.Second)))
+}
+
+// httpUnavailable answers a plain HTTP request (a TUF download) that
+// failed for a store outage: 503 with Retry-After. err is the store's error
+// or the Unavailable that connectError made of it. It reports whether it
+// answered.
+func httpUnavailable(w http.ResponseWriter, err error) bool {
+	if !errors.Is(err, store.ErrUnavailable) && connect.CodeOf(err) != connect.CodeUnavailable {
+		return false
+	}
+	w.Header().Set("Retry-After", retryAfterSeconds(StoreRetryDelay))
+	http.Error(w, msgStoreUnavailable, http.StatusServiceUnavailable)
+	return true
 }

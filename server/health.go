@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"connectrpc.com/grpchealth"
 )
 
 // Plain HTTP health on the API port, for probes that speak neither gRPC
@@ -24,12 +27,89 @@ const (
 	ReadinessPath = "/readyz"
 )
 
+// The store is pinged in the background every storeCheckEvery (each ping
+// bounded by storeCheckTimeout), and readiness answers from the last
+// result: a probe costs no store round trip, and gRPC health follows the
+// store too.
+const (
+	storeCheckEvery   = time.Second
+	storeCheckTimeout = time.Second
+)
+
 // pinger is a store that can say whether it is reachable.
 type pinger interface {
 	Ping(ctx context.Context) error
 }
 
+// storeCheck is the cached answer to "does the store answer?".
+type storeCheck struct {
+	store pinger // nil: a store that cannot be unreachable (embedded)
+	down  atomic.Bool
+}
+
+// runStoreCheck pings the store every storeCheckEvery until ctx ends,
+// keeps the answer for readiness, and turns gRPC health NOT_SERVING while
+// the store is unreachable and SERVING again when it answers (unless
+// ferryd is stopping).
+func (s *Server) runStoreCheck(ctx context.Context) {
+	c := s.storeCheck
+	if c.store == nil {
+		return
+	}
+	tick := time.NewTicker(storeCheckEvery)
+	defer tick.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, storeCheckTimeout)
+		err := c.store.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		down := err != nil
+		if c.down.Swap(down) != down {
+			if down {
+				// The cause (addresses, say) goes to the log, not to an
+				// anonymous caller.
+				s.log.WarnContext(ctx, "store unreachable: not ready until it answers", "err", err)
+			} else {
+				s.log.InfoContext(ctx, "store answers again: ready")
+			}
+			s.setServing(!down)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// setServing sets the gRPC health of every served service. SERVING is
+// never left in place once a graceful stop has begun: shutdown sets
+// stopping before NOT_SERVING, so a SERVING written concurrently is seen
+// and undone here.
+func (s *Server) setServing(serving bool) {
+	st := grpchealth.StatusNotServing
+	if serving && !s.stopping.Load() {
+		st = grpchealth.StatusServing
+	}
+	set := func(st grpchealth.Status) {
+		s.health.SetStatus("", st)
+		for _, name := range servedNames {
+			s.health.SetStatus(name, st)
+		}
+	}
+	set(st)
+	if st == grpchealth.StatusServing && s.stopping.Load() {
+		set(grpchealth.StatusNotServing)
+	}
+}
+
 func (s *Server) healthHandlers(mux *http.ServeMux) {
+	s.storeCheck = &storeCheck{}
+	if p, ok := s.devices.(pinger); ok {
+		s.storeCheck.store = p
+	}
 	mux.HandleFunc("GET "+LivenessPath, func(w http.ResponseWriter, r *http.Request) {
 		if s.stopping.Load() {
 			probeAnswer(w, http.StatusServiceUnavailable, "stopping")
@@ -51,15 +131,8 @@ func (s *Server) notReady(ctx context.Context) string {
 	if s.stopping.Load() {
 		return "stopping"
 	}
-	if p, ok := s.devices.(pinger); ok {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if err := p.Ping(ctx); err != nil {
-			// The cause (addresses, say) goes to the log, not to an
-			// anonymous caller.
-			s.log.WarnContext(ctx, "not ready: store unreachable", "err", err)
-			return "store unreachable"
-		}
+	if s.storeCheck.down.Load() {
+		return "store unreachable" // runStoreCheck logs why
 	}
 	if err := s.repo.repo.CheckOnlineExpiry(); err != nil {
 		s.log.WarnContext(ctx, "not ready: repository metadata expired", "err", err)

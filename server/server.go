@@ -64,6 +64,8 @@ type Server struct {
 	// stopping is set when a graceful stop begins: liveness and readiness
 	// answer 503 from then on.
 	stopping atomic.Bool
+	// storeCheck is the store's reachability, for readiness (health.go).
+	storeCheck *storeCheck
 }
 
 // servedNames are the services whose health is reported (on the API port,
@@ -236,7 +238,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	reflector := grpcreflect.NewStaticReflector(apiServiceNames...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, guarded))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, guarded))
-	mux.Handle("/metrics", requireOperator(auth, credentials.RoleViewer,
+	mux.Handle("/metrics", requireOperator(auth, s.creds.operatorCerts, credentials.RoleViewer,
 		promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 
 	return &http.Server{
@@ -293,6 +295,7 @@ func (s *Server) Run(ctx context.Context) error {
 	background.Go(func() { s.creds.watchRevocations(bgCtx) })
 	background.Go(func() { s.repo.repo.Run(bgCtx, s.repo.every) })
 	background.Go(func() { s.control.Run(bgCtx) })
+	background.Go(func() { s.runStoreCheck(bgCtx) })
 
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.deviceLn) }()

@@ -63,6 +63,9 @@ func (h *tufHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *tufHandler) deny(w http.ResponseWriter, err error) {
+	if httpUnavailable(w, err) { // the check needed the store (errors.go)
+		return
+	}
 	code := http.StatusForbidden
 	if connect.CodeOf(err) == connect.CodeUnauthenticated {
 		code = http.StatusUnauthorized
@@ -130,6 +133,10 @@ func (h *tufHandler) target(w http.ResponseWriter, r *http.Request, name string)
 func (h *tufHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if tuf.KindOf(err) == tuf.KindNotFound {
 		http.NotFound(w, r)
+		return
+	}
+	if httpUnavailable(w, err) { // errors.go
+		h.log.WarnContext(r.Context(), "repository read", "path", r.URL.Path, "err", err)
 		return
 	}
 	h.log.ErrorContext(r.Context(), "repository read", "path", r.URL.Path, "err", err)

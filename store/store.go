@@ -24,11 +24,13 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrConflict: a compare-and-set saw another version than expected.
 	ErrConflict = errors.New("version conflict")
+	// ErrUnavailable: the backend cannot be reached or cannot serve for
+	// now (connection refused or cut, timeouts, a server still loading or
+	// failing over), or could not make a write as durable as asked (see
+	// the Redis backend's minimum replicas: such a write may have landed).
+	// The same call may succeed when it is made again later.
+	ErrUnavailable = errors.New("store unavailable")
 )
-
-// ErrUnavailable: the backend cannot be reached, or could not make a write
-// as durable as asked; the operation may succeed if retried later.
-var ErrUnavailable = errors.New("store unavailable")
 
 // DeviceNotFoundError is ErrNotFound for the device it names:
 // errors.Is(err, ErrNotFound) holds for it.

@@ -82,7 +82,8 @@ func (s *Store) run(ctx context.Context, durable bool, calls []scriptCall) ([]*g
 	)
 	for node, idx := range groups {
 		wg.Go(func() {
-			if err := s.runOn(ctx, node, calls, idx, cmds, true); err != nil {
+			// The node's own client has no unavailable hook: mark here.
+			if err := markUnavailable(ctx, s.runOn(ctx, node, calls, idx, cmds, true)); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()

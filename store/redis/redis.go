@@ -72,11 +72,13 @@ func Open(ctx context.Context, url, prefix string) (*Store, error) {
 }
 
 // New returns a Store on an existing client (single node, Sentinel or
-// Cluster). Close does not close a client passed to New.
+// Cluster). Close does not close a client passed to New. New adds a hook
+// to rdb that marks outage errors as store.ErrUnavailable (unavailable.go).
 func New(rdb goredis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "ferry:"
 	}
+	rdb.AddHook(unavailableHook{}) // outages become store.ErrUnavailable (unavailable.go)
 	return &Store{rdb: rdb, prefix: prefix, now: time.Now, raised: map[string]uint64{}}
 }
 

@@ -1,0 +1,354 @@
+package server_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/net/http2"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	grpccreds "google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferryhq/ferry/credentials"
+	"github.com/ferryhq/ferry/internal/ferrytest"
+	"github.com/ferryhq/ferry/internal/testredis"
+	credentialsv1 "github.com/ferryhq/ferry/proto/ferry/credentials/v1"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
+	"github.com/ferryhq/ferry/server"
+)
+
+// durableRedis is a redis-server of the test's own that keeps its data
+// across a kill (append-only file, fsync on every write), so that the test
+// can stop and start it on the same port without disturbing anyone else.
+type durableRedis struct {
+	t    *testing.T
+	port int
+	dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startDurableRedis(t *testing.T) *durableRedis {
+	port, err := testredis.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &durableRedis{t: t, port: port, dir: t.TempDir()}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *durableRedis) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.port) }
+
+func (r *durableRedis) start() {
+	r.t.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir,
+		"--logfile", filepath.Join(r.dir, "redis.log"))
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("redis-server: %v", err)
+	}
+	r.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(r.cmd, r.done)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("redis-server did not start on %s", addr)
+		}
+	}
+}
+
+// kill ends the server with SIGKILL, as a crash would.
+func (r *durableRedis) kill() {
+	if r.cmd != nil {
+		r.cmd.Process.Kill()
+		<-r.done
+		r.cmd = nil
+	}
+}
+
+// eventually polls cond until it holds, or fails the test after timeout.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+	}
+}
+
+// grpcRetryDelay returns the RetryInfo hint in a gRPC status.
+func grpcRetryDelay(err error) (time.Duration, bool) {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}
+
+// wantConnectUnavailable checks that err is Unavailable with the store's
+// retry hint (RetryInfo, and Retry-After on unary Connect calls).
+func wantConnectUnavailable(t *testing.T, what string, err error, retryAfterHeader bool) {
+	t.Helper()
+	var ce *connect.Error
+	if !errors.As(err, &ce) || ce.Code() != connect.CodeUnavailable {
+		t.Errorf("%s with the store down: %v, want unavailable", what, err)
+		return
+	}
+	var delay time.Duration
+	for _, d := range ce.Details() {
+		if m, derr := d.Value(); derr == nil {
+			if ri, ok := m.(*errdetails.RetryInfo); ok {
+				delay = ri.GetRetryDelay().AsDuration()
+			}
+		}
+	}
+	if delay != server.StoreRetryDelay {
+		t.Errorf("%s: retry hint %v, want RetryInfo of %v", what, delay, server.StoreRetryDelay)
+	}
+	if retryAfterHeader && ce.Meta().Get("Retry-After") == "" {
+		t.Errorf("%s: no Retry-After in %v", what, ce.Meta())
+	}
+}
+
+// TestStoreOutage: Redis is killed in the middle of a rollout and started
+// again. While it is down, the API answers Unavailable with a retry hint
+// (Connect and gRPC), so do the token issue and enrollment; device streams
+// end Unavailable and new ones are refused so; readiness and gRPC health
+// go down. When it is back, readiness and health come back by themselves,
+// the devices reconnect and finish their jobs, the report acknowledged
+// before the outage is kept, and no job failed for the outage.
+//
+// The devices are protocol-level clients (internal/ferrytest) that
+// reconnect as an agent does; the agent's own handling of an Unavailable
+// token is tested with the agent.
+func TestStoreOutage(t *testing.T) {
+	ctx := t.Context()
+	redis := startDurableRedis(t)
+	f := ferrytest.Start(t, ferrytest.Redis, func(cfg *server.Config) {
+		cfg.RedisURL = redis.url()
+		cfg.Device.ResyncInterval = 200 * time.Millisecond // streams read the store often
+	})
+	f.Publish(t, testBundle.GetTargetPath())
+	ids := []string{"dev-1", "dev-2", "dev-3"}
+	hello := &devicev1.Hello{AgentVersion: "ferry-agent/test", Reported: &devicev1.ReportedState{Bundle: ferrytest.Bundle("gw/1.0.0/fw.bin")}}
+	devs := map[string]*ferrytest.Device{}
+	for _, id := range ids {
+		devs[id] = f.OpenDevice(t, id, hello)
+	}
+	rollouts := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
+	created, err := rollouts.CreateRollout(ctx, connect.NewRequest(&fleetv1.CreateRolloutRequest{Bundle: testBundle, Selector: "group=dev"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolloutID := created.Msg.GetRollout().GetId()
+	deltas := map[string]*devicev1.Delta{}
+	for _, id := range ids {
+		deltas[id] = devs[id].Recv().GetDelta()
+		if deltas[id].GetJobId() == "" {
+			t.Fatalf("%s: no job from the rollout", id)
+		}
+	}
+	succeed := func(d *ferrytest.Device, delta *devicev1.Delta) {
+		t.Helper()
+		d.SendReport(&devicev1.Report{
+			JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(), Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+			Reported: &devicev1.ReportedState{Bundle: delta.GetDesired().GetBundle(), Config: delta.GetDesired().GetConfig()},
+		})
+		if a := d.Recv().GetAccepted(); a.GetJobId() != delta.GetJobId() {
+			t.Fatalf("%s: answer to the report: %v, want Accepted", d.ID, a)
+		}
+	}
+	succeed(devs["dev-1"], deltas["dev-1"]) // acknowledged before the outage
+
+	// An enrollment token and a download token got before the outage, and
+	// the clients used below.
+	added, err := f.Fleet(t).AddDevice(ctx, connect.NewRequest(&fleetv1.AddDeviceRequest{DeviceId: "gw-8"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev2Conn := f.DeviceConn(t, f.DeviceTLS(t, "dev-2"))
+	deviceCreds := credentialsv1.NewCredentialServiceClient(dev2Conn)
+	once, err := deviceCreds.IssueDownloadToken(ctx, &credentialsv1.IssueDownloadTokenRequest{TargetPath: testBundle.GetTargetPath(), SingleUse: true})
+	if err != nil {
+		t.Fatalf("IssueDownloadToken before the outage: %v", err)
+	}
+	healthConn, err := grpc.NewClient(f.APIAddr(), grpc.WithTransportCredentials(grpccreds.NewTLS(
+		&tls.Config{RootCAs: f.CAPool(t), ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer healthConn.Close()
+	health := func() healthpb.HealthCheckResponse_ServingStatus {
+		resp, err := healthpb.NewHealthClient(healthConn).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatalf("gRPC health: %v", err)
+		}
+		return resp.GetStatus()
+	}
+	if code, body := probe(t, f, http.MethodGet, server.ReadinessPath); code != http.StatusOK || health() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("before the outage: readiness %d %q, health %v", code, body, health())
+	}
+
+	redis.kill()
+
+	// Readiness and health go down, liveness stays.
+	eventually(t, 10*time.Second, "readiness down", func() bool {
+		code, body := probe(t, f, http.MethodGet, server.ReadinessPath)
+		return code == http.StatusServiceUnavailable && body == "store unreachable"
+	})
+	eventually(t, 5*time.Second, "gRPC health NOT_SERVING", func() bool { return health() == healthpb.HealthCheckResponse_NOT_SERVING })
+	if code, _ := probe(t, f, http.MethodGet, server.LivenessPath); code != http.StatusOK {
+		t.Errorf("liveness with the store down: %d, want 200", code)
+	}
+
+	// Open streams end Unavailable, with the retry hint.
+	for _, id := range ids {
+		_, err := devs[id].RecvErr()
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("%s: stream ended with %v, want Unavailable", id, err)
+		} else if d, ok := grpcRetryDelay(err); !ok || d != server.StoreRetryDelay {
+			t.Errorf("%s: stream's end carries retry hint %v (%v), want %v", id, d, ok, server.StoreRetryDelay)
+		}
+	}
+	// A device that reconnects now is refused the same way.
+	stream, err := devicev1.NewDeviceServiceClient(f.DeviceConn(t, f.DeviceTLS(t, "dev-3"))).Sync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Hello{Hello: hello}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("a new stream with the store down: %v, want Unavailable", err)
+	}
+	// The token issue.
+	_, err = deviceCreds.IssueDownloadToken(ctx, &credentialsv1.IssueDownloadTokenRequest{TargetPath: testBundle.GetTargetPath()})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("IssueDownloadToken with the store down: %v, want Unavailable", err)
+	} else if d, ok := grpcRetryDelay(err); !ok || d != server.StoreRetryDelay {
+		t.Errorf("IssueDownloadToken: retry hint %v (%v), want %v", d, ok, server.StoreRetryDelay)
+	}
+	// A download whose check needs the store (a single-use token).
+	dl, err := http.NewRequest(http.MethodGet, once.GetUrl(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl.Header.Set("Authorization", "Bearer "+once.GetToken())
+	dlClient := &http.Client{Transport: &http2.Transport{TLSClientConfig: f.DeviceTLS(t, "dev-2")}}
+	if resp, err := dlClient.Do(dl); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("download with a single-use token, store down: %s, Retry-After %q; want 503 with Retry-After", resp.Status, resp.Header.Get("Retry-After"))
+		}
+	}
+	// The API, over Connect and gRPC.
+	get := &fleetv1.GetDeviceRequest{DeviceId: "dev-1"}
+	_, err = f.Fleet(t).GetDevice(ctx, connect.NewRequest(get))
+	wantConnectUnavailable(t, "GetDevice (Connect)", err, true)
+	_, err = f.Fleet(t, connect.WithGRPC()).GetDevice(ctx, connect.NewRequest(get))
+	wantConnectUnavailable(t, "GetDevice (gRPC)", err, false)
+	_, err = f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+		DeviceId: "dev-2", Document: &devicev1.DesiredDocument{Bundle: testBundle},
+	}))
+	wantConnectUnavailable(t, "SetDesiredState", err, true)
+	_, err = rollouts.GetRollout(ctx, connect.NewRequest(&fleetv1.GetRolloutRequest{RolloutId: rolloutID}))
+	wantConnectUnavailable(t, "GetRollout", err, true)
+	_, err = f.Fleet(t).AddDevice(ctx, connect.NewRequest(&fleetv1.AddDeviceRequest{DeviceId: "gw-9"}))
+	wantConnectUnavailable(t, "AddDevice", err, true)
+	// Enrollment.
+	key, err := credentials.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = credentialClient(t, f, nil).Enroll(ctx, connect.NewRequest(&credentialsv1.EnrollRequest{
+		Csr: newCSR(t, key), EnrollmentToken: added.Msg.GetEnrollmentToken(),
+	}))
+	wantConnectUnavailable(t, "Enroll", err, true)
+
+	redis.start()
+
+	// Back by themselves.
+	eventually(t, 10*time.Second, "readiness back", func() bool {
+		code, _ := probe(t, f, http.MethodGet, server.ReadinessPath)
+		return code == http.StatusOK
+	})
+	eventually(t, 5*time.Second, "gRPC health SERVING", func() bool { return health() == healthpb.HealthCheckResponse_SERVING })
+
+	// The devices reconnect (dev-1 is up to date; the others get their job
+	// again) and finish.
+	up := &devicev1.Hello{AgentVersion: "ferry-agent/test", Reported: deltasState(deltas["dev-1"]), LastAppliedDesiredVersion: deltas["dev-1"].GetDesiredVersion()}
+	devs["dev-1"] = f.OpenDevice(t, "dev-1", up)
+	for _, id := range ids[1:] {
+		devs[id] = f.OpenDevice(t, id, hello)
+		delta := devs[id].Recv().GetDelta()
+		if delta.GetJobId() != deltas[id].GetJobId() {
+			t.Fatalf("%s after the outage: delta %v, want job %s again", id, delta, deltas[id].GetJobId())
+		}
+		succeed(devs[id], delta)
+	}
+
+	// The refused enrollment did not use the token up.
+	if _, err := credentialClient(t, f, nil).Enroll(ctx, connect.NewRequest(&credentialsv1.EnrollRequest{
+		Csr: newCSR(t, key), EnrollmentToken: added.Msg.GetEnrollmentToken(),
+	})); err != nil {
+		t.Errorf("Enroll after the outage with the token refused during it: %v", err)
+	}
+
+	var final *fleetv1.Rollout
+	eventually(t, 20*time.Second, "rollout ended", func() bool {
+		resp, err := rollouts.GetRollout(ctx, connect.NewRequest(&fleetv1.GetRolloutRequest{RolloutId: rolloutID}))
+		if err != nil {
+			t.Fatalf("GetRollout: %v", err)
+		}
+		final = resp.Msg.GetRollout()
+		return final.GetEndTime() != nil
+	})
+	if final.GetState() != "COMPLETED" || final.GetCounts()["SUCCEEDED"] != uint64(len(ids)) {
+		t.Errorf("rollout after the outage: state %s, counts %v, want COMPLETED with every device SUCCEEDED", final.GetState(), final.GetCounts())
+	}
+	execs, err := rollouts.ListRolloutExecutions(ctx, connect.NewRequest(&fleetv1.ListRolloutExecutionsRequest{RolloutId: rolloutID}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range execs.Msg.GetExecutions() {
+		if e.GetStatus() != "SUCCEEDED" || e.GetAttempts() != 1 {
+			t.Errorf("execution of %s: %s after %d attempts (%s), want SUCCEEDED at the first", e.GetDeviceId(), e.GetStatus(), e.GetAttempts(), e.GetMessage())
+		}
+	}
+	d, err := f.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Msg.GetDevice().GetJob().GetStatus() != devicev1.JobStatus_JOB_STATUS_SUCCEEDED {
+		t.Errorf("dev-1's report acknowledged before the outage: job %v", d.Msg.GetDevice().GetJob())
+	}
+}
+
+func deltasState(d *devicev1.Delta) *devicev1.ReportedState {
+	return &devicev1.ReportedState{Bundle: d.GetDesired().GetBundle(), Config: d.GetDesired().GetConfig()}
+}
