@@ -248,3 +248,23 @@ func TestSharedRepositoryConcurrentPublish(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedRepositoryNotice: with no request that would make A look (its
+// periodic check an hour apart), the notice B sends on publishing makes A
+// load the new version within seconds.
+func TestSharedRepositoryNotice(t *testing.T) {
+	a := ferrytest.Start(t, ferrytest.Redis, func(cfg *server.Config) { cfg.Repository.CheckInterval = time.Hour })
+	b := a.StartPeer(t, func(cfg *server.Config) { cfg.DataDir = a.Config().DataDir })
+	onB := newRepoFixture(t, b, tuftest.Options{})
+	onB.add(t, "notice/fw.bin", []byte("announced"))
+	want := onB.versions(t)
+	onA := &repoFixture{f: a, client: repositoryv1connect.NewRepositoryServiceClient(a.HTTPClient(t), a.APIURL(), ferrytest.Bearer(a.OperatorToken(t)))}
+	eventually(t, 10*time.Second, "A's versions after the notice", func() error {
+		// GetOnlineKeys reports the view A serves, and reads nothing.
+		if got := onA.versions(t); got.GetTimestampVersion() != want.GetTimestampVersion() || got.GetTargetsVersion() != want.GetTargetsVersion() {
+			return fmt.Errorf("A serves timestamp %d and targets %d, B published %d and %d",
+				got.GetTimestampVersion(), got.GetTargetsVersion(), want.GetTimestampVersion(), want.GetTargetsVersion())
+		}
+		return nil
+	})
+}
