@@ -193,6 +193,7 @@ func DefaultConfig() Config {
 			SnapshotExpiry:  7 * 24 * time.Hour,
 			TimestampExpiry: 24 * time.Hour,
 			ResignInterval:  10 * time.Minute,
+			CheckInterval:   2 * time.Second,
 			MaxBlobBytes:    4 << 30,
 		},
 		Credentials: CredentialsConfig{
@@ -227,6 +228,10 @@ type RepositoryConfig struct {
 	TimestampExpiry time.Duration
 	// ResignInterval is how often ferryd checks for metadata to re-sign.
 	ResignInterval time.Duration
+	// CheckInterval is how often ferryd checks whether another instance
+	// sharing the repository changed it (besides the notice on each
+	// change, and the check on each timestamp request).
+	CheckInterval time.Duration
 	// MaxBlobBytes is the largest bundle accepted.
 	MaxBlobBytes int64
 	// Clock is the repository's clock: the time it signs with and checks
@@ -290,6 +295,7 @@ func (c Config) Validate() error {
 	check(r.SnapshotExpiry >= time.Minute && r.TimestampExpiry >= time.Minute && r.ResignInterval > 0 && r.ResignInterval < r.TimestampExpiry/2,
 		"repository: want snapshot and timestamp lifetimes of at least a minute, and a re-sign interval under half the timestamp lifetime")
 	check(r.MaxBlobBytes > 0, "repository: maximum bundle size must be positive")
+	check(r.CheckInterval > 0, "repository: the check interval must be positive")
 	ro := c.Rollouts
 	check(ro.Tick > 0 && ro.Resync >= ro.Tick && ro.LeaseTTL >= 3*ro.Tick,
 		"rollouts: want a positive tick, a resync interval of at least a tick, and a lease of at least three ticks")

@@ -36,6 +36,17 @@ func checkPublished(ctx context.Context, repo *tuf.Repository, field string, b s
 		return err
 	}
 	if uint64(pub.Length) != b.Length || !strings.EqualFold(pub.SHA256(), b.SHA256) {
+		// Another instance may have republished the path since this one
+		// last loaded the repository.
+		if changed, err := repo.Refresh(ctx); err != nil {
+			return err
+		} else if changed {
+			if pub, err = repo.Bundle(b.TargetPath); err != nil {
+				return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s: %w", field, err))
+			}
+		}
+	}
+	if uint64(pub.Length) != b.Length || !strings.EqualFold(pub.SHA256(), b.SHA256) {
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
 			"%s: the repository's %q has length %d and sha256 %s, not length %d and sha256 %s", field, b.TargetPath, pub.Length, pub.SHA256(), b.Length, b.SHA256))
 	}

@@ -2,11 +2,14 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -14,6 +17,7 @@ import (
 
 	repositoryv1 "github.com/ferryhq/ferry/proto/ferry/repository/v1"
 	"github.com/ferryhq/ferry/proto/ferry/repository/v1/repositoryv1connect"
+	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/tuf"
 )
 
@@ -21,13 +25,29 @@ import (
 type repository struct {
 	repo    *tuf.Repository
 	storage *tuf.BucketStorage
-	every   time.Duration
+	every   time.Duration // re-signing check
+	check   time.Duration // check of the stored timestamp
+	notices repositoryNotices
+	log     *slog.Logger
 }
+
+// repositoryNotices is how instances that share a repository tell each
+// other it changed: the Redis store has it; the embedded store serves one
+// instance, which follows a shared bucket by its periodic check alone.
+type repositoryNotices interface {
+	PublishRepositoryChange(ctx context.Context) error
+	SubscribeRepositoryChanges(ctx context.Context, fn func()) error
+}
+
+// repositoryLease is the lease that serializes writes to the repository
+// among the instances that share it.
+const repositoryLease = "repository"
 
 // openRepository opens the repository's storage (RepositoryConfig.URL, or
 // <data-dir>/repository) and ferryd's online keys (<data-dir>/tuf-keys,
-// created on first start).
-func openRepository(ctx context.Context, cfg Config, log *slog.Logger) (*repository, error) {
+// created on first start). Writes take the store's repository lease, and
+// each write is announced on the store (when it carries notices).
+func openRepository(ctx context.Context, cfg Config, log *slog.Logger, devices store.Devices) (*repository, error) {
 	url := cfg.Repository.URL
 	if url == "" {
 		dir, err := filepath.Abs(filepath.Join(cfg.DataDir, "repository"))
@@ -45,20 +65,75 @@ func openRepository(ctx context.Context, cfg Config, log *slog.Logger) (*reposit
 		storage.Close()
 		return nil, fmt.Errorf("online keys: %w", err)
 	}
-	repo, err := tuf.Open(ctx, tuf.Config{
+	log = log.With("component", "repository")
+	r := &repository{storage: storage, every: cfg.Repository.ResignInterval, check: cfg.Repository.CheckInterval, log: log}
+	tcfg := tuf.Config{
 		Storage:         storage,
 		Keys:            keys,
-		Logger:          log.With("component", "repository"),
+		Logger:          log,
 		SnapshotExpiry:  cfg.Repository.SnapshotExpiry,
 		TimestampExpiry: cfg.Repository.TimestampExpiry,
 		MaxBlobBytes:    cfg.Repository.MaxBlobBytes,
 		Now:             cfg.Repository.Clock,
-	})
-	if err != nil {
+	}
+	if leases, ok := devices.(store.Leases); ok {
+		tcfg.Lock = leaseLock{leases: leases, holder: instanceName(), ttl: 15 * time.Second}
+	}
+	if n, ok := devices.(repositoryNotices); ok {
+		r.notices = n
+		tcfg.Changed = r.announce
+	}
+	if r.repo, err = tuf.Open(ctx, tcfg); err != nil {
 		storage.Close()
 		return nil, err
 	}
-	return &repository{repo: repo, storage: storage, every: cfg.Repository.ResignInterval}, nil
+	return r, nil
+}
+
+// instanceName names this process among ferryd instances: host, pid and a
+// random part.
+func instanceName() string {
+	host, _ := os.Hostname()
+	nonce := make([]byte, 4)
+	rand.Read(nonce)
+	return fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce)
+}
+
+// announce tells the other instances that this one wrote the repository.
+// A lost notice only delays them until their next check.
+func (r *repository) announce(ctx context.Context) {
+	if err := r.notices.PublishRepositoryChange(context.WithoutCancel(ctx)); err != nil {
+		r.log.WarnContext(ctx, "announce the repository change to other instances", "err", err)
+	}
+}
+
+// run keeps the repository re-signed and in step with what other
+// instances write, until ctx ends.
+func (r *repository) run(ctx context.Context) {
+	poke := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.repo.Run(ctx, r.every) })
+	wg.Go(func() { r.repo.Watch(ctx, r.check, poke) })
+	if r.notices != nil {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				err := r.notices.SubscribeRepositoryChanges(ctx, func() {
+					select {
+					case poke <- struct{}{}:
+					default: // a check is due already
+					}
+				})
+				if err != nil && ctx.Err() == nil {
+					r.log.WarnContext(ctx, "repository change notices", "err", err)
+					select {
+					case <-ctx.Done():
+					case <-time.After(r.check):
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func (r *repository) close() error {
@@ -66,6 +141,54 @@ func (r *repository) close() error {
 		return nil
 	}
 	return r.storage.Close()
+}
+
+// leaseLock is tuf.Locker on the store's leases: the repository lease,
+// renewed while it is held, so that a holder that dies frees it after ttl.
+type leaseLock struct {
+	leases store.Leases
+	holder string
+	ttl    time.Duration
+}
+
+func (l leaseLock) Lock(ctx context.Context) (func(), error) {
+	wait := 5 * time.Millisecond
+	for {
+		_, err := l.leases.AcquireLease(ctx, repositoryLease, l.holder, l.ttl)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, store.ErrLeaseHeld) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("another instance holds the repository lease: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { // renew while held
+		defer close(done)
+		t := time.NewTicker(l.ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				_, _ = l.leases.AcquireLease(context.WithoutCancel(ctx), repositoryLease, l.holder, l.ttl)
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		<-done
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = l.leases.ReleaseLease(rctx, repositoryLease, l.holder) // else it lapses after ttl
+	}, nil
 }
 
 // repositoryService is the Connect handler of RepositoryService: thin, it
@@ -161,6 +284,10 @@ func (s *repositoryService) ListBundles(ctx context.Context, req *connect.Reques
 	if err != nil {
 		return nil, err
 	}
+	// What another instance published is listed here too.
+	if _, err := s.repo.Refresh(ctx); err != nil {
+		s.log.WarnContext(ctx, "check the stored repository", "err", err)
+	}
 	bundles := s.repo.Bundles(after, size)
 	resp := &repositoryv1.ListBundlesResponse{Bundles: make([]*repositoryv1.Bundle, len(bundles))}
 	for i, b := range bundles {
@@ -173,7 +300,7 @@ func (s *repositoryService) ListBundles(ctx context.Context, req *connect.Reques
 }
 
 func (s *repositoryService) GetBundle(ctx context.Context, req *connect.Request[repositoryv1.GetBundleRequest]) (*connect.Response[repositoryv1.GetBundleResponse], error) {
-	b, err := s.repo.Bundle(req.Msg.GetTargetPath())
+	b, err := s.repo.FindBundle(ctx, req.Msg.GetTargetPath())
 	if err != nil {
 		return nil, connectError(ctx, s.log, err)
 	}

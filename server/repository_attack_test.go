@@ -279,27 +279,35 @@ func TestAttackArbitrarySoftware(t *testing.T) {
 }
 
 func TestAttackEndlessData(t *testing.T) {
-	tests := []struct {
-		name   string
-		file   func(fx *repoFixture) string
-		target string
-	}{
-		{"endless timestamp", func(fx *repoFixture) string {
-			return filepath.Join(fx.dataDir(), "repository", "metadata", "timestamp.json")
-		}, ""},
-		{"endless target", func(fx *repoFixture) string {
-			return filepath.Join(fx.dataDir(), "repository", filepath.FromSlash(tuf.BlobKey(tuftest.SHA256([]byte("camera 1.1")))))
-		}, "camera/1.1/fw.bin"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			fx, c, _ := attackSetup(t, tuftest.Options{})
-			if err := os.WriteFile(tt.file(fx), bytes.Repeat([]byte(" "), 4<<20), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			c.refuses(t, tt.target)
-		})
-	}
+	endless := bytes.Repeat([]byte(" "), 4<<20)
+	t.Run("endless timestamp from the network", func(t *testing.T) {
+		_, c, _ := attackSetup(t, tuftest.Options{})
+		c.attacked(map[string][]byte{"timestamp.json": endless}).refuses(t, "")
+	})
+	t.Run("endless timestamp in the storage", func(t *testing.T) {
+		// ferryd checks what it loads (the timestamp must be signed by the
+		// root's timestamp key, and name the snapshot stored): it keeps
+		// serving the last good timestamp, and the client moves on.
+		fx, c, _ := attackSetup(t, tuftest.Options{})
+		good := fx.get(t, "timestamp.json")
+		if err := os.WriteFile(filepath.Join(fx.dataDir(), "repository", "metadata", "timestamp.json"), endless, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := fx.get(t, "timestamp.json"); !bytes.Equal(got, good) {
+			t.Fatalf("ferryd serves %d bytes of tampered timestamp", len(got))
+		}
+		if _, err := c.refresh(); err != nil {
+			t.Fatalf("refresh with the last good timestamp: %v", err)
+		}
+	})
+	t.Run("endless target in the storage", func(t *testing.T) {
+		fx, c, _ := attackSetup(t, tuftest.Options{})
+		blob := filepath.Join(fx.dataDir(), "repository", filepath.FromSlash(tuf.BlobKey(tuftest.SHA256([]byte("camera 1.1")))))
+		if err := os.WriteFile(blob, endless, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.refuses(t, "camera/1.1/fw.bin")
+	})
 }
 
 func TestAttackSignaturesBelowThreshold(t *testing.T) {

@@ -131,7 +131,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if s.devices, err = openStore(ctx, cfg, log); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	if s.repo, err = openRepository(ctx, cfg, log); err != nil {
+	if s.repo, err = openRepository(ctx, cfg, log, s.devices); err != nil {
 		return nil, fmt.Errorf("repository: %w", err)
 	}
 	changes, _ := s.devices.(store.Changes)
@@ -293,7 +293,7 @@ func (s *Server) Run(ctx context.Context) error {
 	var background sync.WaitGroup
 	background.Go(func() { s.replica.Run(bgCtx) })
 	background.Go(func() { s.creds.watchRevocations(bgCtx) })
-	background.Go(func() { s.repo.repo.Run(bgCtx, s.repo.every) })
+	background.Go(func() { s.repo.run(bgCtx) })
 	background.Go(func() { s.control.Run(bgCtx) })
 	background.Go(func() { s.runStoreCheck(bgCtx) })
 

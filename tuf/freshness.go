@@ -12,9 +12,7 @@ import (
 // re-signing loop, or keys that no longer match the root, show here before
 // devices refuse the metadata.
 func (r *Repository) CheckOnlineExpiry() error {
-	r.mu.RLock()
-	st := r.st
-	r.mu.RUnlock()
+	st := r.view.Load()
 	now := r.cfg.Now()
 	if st.timestamp != nil && !now.Before(st.timestamp.Signed.Expires) {
 		return fmt.Errorf("timestamp version %d expired at %s", st.timestamp.Signed.Version, st.timestamp.Signed.Expires.UTC().Format(time.RFC3339))

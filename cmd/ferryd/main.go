@@ -63,6 +63,7 @@ func run() error {
 	fs.StringVar(&cfg.Repository.URL, "repository-url", cfg.Repository.URL, "blob store of the TUF repository: a directory or a URL such as s3://bucket?region=... (default: <data-dir>/repository)")
 	fs.DurationVar(&cfg.Repository.SnapshotExpiry, "snapshot-expiry", cfg.Repository.SnapshotExpiry, "lifetime of each snapshot ferryd signs (re-signed at half)")
 	fs.DurationVar(&cfg.Repository.TimestampExpiry, "timestamp-expiry", cfg.Repository.TimestampExpiry, "lifetime of each timestamp ferryd signs (re-signed at half)")
+	fs.DurationVar(&cfg.Repository.CheckInterval, "repository-check-interval", cfg.Repository.CheckInterval, "how often ferryd checks whether another instance sharing the repository changed it (it is also told on each change)")
 	fs.DurationVar(&cfg.Rollouts.LeaseTTL, "rollout-lease-ttl", cfg.Rollouts.LeaseTTL, "lease of the active rollout controller: after a crash, the longest rollouts wait for another instance")
 	fs.DurationVar(&cfg.Rollouts.Tick, "rollout-tick", cfg.Rollouts.Tick, "how often the active rollout controller moves rollouts on")
 	fs.DurationVar(&cfg.Rollouts.Resync, "rollout-resync", cfg.Rollouts.Resync, "how often every rollout execution is checked against its device")
