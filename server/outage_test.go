@@ -88,8 +88,8 @@ func (r *durableRedis) kill() {
 	}
 }
 
-// eventually polls cond until it holds, or fails the test after timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+// waitFor polls cond until it holds, or fails the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -215,11 +215,11 @@ func TestStoreOutage(t *testing.T) {
 	redis.kill()
 
 	// Readiness and health go down, liveness stays.
-	eventually(t, 10*time.Second, "readiness down", func() bool {
+	waitFor(t, 10*time.Second, "readiness down", func() bool {
 		code, body := probe(t, f, http.MethodGet, server.ReadinessPath)
 		return code == http.StatusServiceUnavailable && body == "store unreachable"
 	})
-	eventually(t, 5*time.Second, "gRPC health NOT_SERVING", func() bool { return health() == healthpb.HealthCheckResponse_NOT_SERVING })
+	waitFor(t, 5*time.Second, "gRPC health NOT_SERVING", func() bool { return health() == healthpb.HealthCheckResponse_NOT_SERVING })
 	if code, _ := probe(t, f, http.MethodGet, server.LivenessPath); code != http.StatusOK {
 		t.Errorf("liveness with the store down: %d, want 200", code)
 	}
@@ -293,11 +293,11 @@ func TestStoreOutage(t *testing.T) {
 	redis.start()
 
 	// Back by themselves.
-	eventually(t, 10*time.Second, "readiness back", func() bool {
+	waitFor(t, 10*time.Second, "readiness back", func() bool {
 		code, _ := probe(t, f, http.MethodGet, server.ReadinessPath)
 		return code == http.StatusOK
 	})
-	eventually(t, 5*time.Second, "gRPC health SERVING", func() bool { return health() == healthpb.HealthCheckResponse_SERVING })
+	waitFor(t, 5*time.Second, "gRPC health SERVING", func() bool { return health() == healthpb.HealthCheckResponse_SERVING })
 
 	// The devices reconnect (dev-1 is up to date; the others get their job
 	// again) and finish.
@@ -320,7 +320,7 @@ func TestStoreOutage(t *testing.T) {
 	}
 
 	var final *fleetv1.Rollout
-	eventually(t, 20*time.Second, "rollout ended", func() bool {
+	waitFor(t, 20*time.Second, "rollout ended", func() bool {
 		resp, err := rollouts.GetRollout(ctx, connect.NewRequest(&fleetv1.GetRolloutRequest{RolloutId: rolloutID}))
 		if err != nil {
 			t.Fatalf("GetRollout: %v", err)
