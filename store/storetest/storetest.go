@@ -41,6 +41,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"Attestations", testAttestations},
 		{"Changes", testChanges},
 		{"QueryAndSummary", testQueryAndSummary},
+		{"ClaimsAreNotIndexed", testClaimsAreNotIndexed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
