@@ -52,7 +52,9 @@ func onEachBackend(t *testing.T, f func(t *testing.T, r *replica.Service, s stor
 	}
 }
 
-func bundleOf(target string) store.Bundle { return store.Bundle{TargetPath: target, Length: 10, SHA256: sum} }
+func bundleOf(target string) store.Bundle {
+	return store.Bundle{TargetPath: target, Length: 10, SHA256: sum}
+}
 
 // verified gives device id the desired bundle target and records the
 // device's signed SUCCEEDED report for it.
