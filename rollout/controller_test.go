@@ -75,10 +75,16 @@ func (h *harness) fleet(prefix string, n int, labels map[string]string) []string
 	return ids
 }
 
-// register creates a device that says it runs runs.
+// register creates a device that runs runs, as an accepted report of an
+// earlier job established, and that connected saying so.
 func (h *harness) register(id string, labels map[string]string, runs store.Bundle) {
 	h.t.Helper()
-	if _, err := h.rep.Register(h.ctx, id, labels); err != nil {
+	d, err := h.rep.Register(h.ctx, id, labels)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.db.SetReported(h.ctx, id, d.Reported.Version,
+		store.Reported{Version: d.Reported.Version + 1, Bundle: runs, Signed: true, ReportedAt: h.clk.Now()}, store.Write{}); err != nil {
 		h.t.Fatal(err)
 	}
 	if _, err := h.rep.Connect(h.ctx, id, replica.Hello{AgentVersion: "1.0.0", State: replica.State{Bundle: runs}}); err != nil {
