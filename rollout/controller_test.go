@@ -419,6 +419,16 @@ func TestControllerSoak(t *testing.T) {
 		}
 	}
 
+	// The device lost its agent state and says it runs nothing: that is no
+	// rollback, its signed report stands (it is sent the job again).
+	if _, err := h.rep.Connect(h.ctx, a, replica.Hello{}); err != nil {
+		t.Fatal(err)
+	}
+	h.step(time.Second)
+	if e := h.execs(id)[a]; e.Status != succeeded {
+		t.Errorf("a device that lost its state during the soak: %+v; want it still SUCCEEDED", e)
+	}
+
 	// The device comes back on the old bundle: it rolled back, which ends
 	// its execution without a retry; the soak goes on.
 	if _, err := h.rep.Connect(h.ctx, a, replica.Hello{State: replica.State{Bundle: oldBundle}}); err != nil {
