@@ -86,7 +86,8 @@ type Document struct {
 	Config map[string]string
 }
 
-// State is what a device says it runs.
+// State is what a device says it runs: evidence in a signed report, a
+// claim in a Hello.
 type State struct {
 	Bundle store.Bundle
 	Config map[string]string
@@ -168,9 +169,16 @@ type Hello struct {
 }
 
 // Connect records that a device opened its stream: it registers the device
-// if needed and records its agent version, what it runs, and the time.
+// if needed and records its agent version and the time. What the Hello says
+// the device runs is unsigned, so it never replaces the state the device's
+// accepted reports established: it is kept as the device's claim
+// (Reported.Claim) when it differs from that state, with an EventHelloClaim
+// in the history when the claim is new, and dropped when it agrees.
 func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device, error) {
 	if err := h.State.validate("hello.reported"); err != nil {
+		return store.Device{}, err
+	}
+	if err := validateText("hello.agent_version", h.AgentVersion); err != nil {
 		return store.Device{}, err
 	}
 	if _, err := s.Register(ctx, id, nil); err != nil {
@@ -179,14 +187,44 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
 		r := cur.Reported
 		r.AgentVersion = h.AgentVersion
-		r.Bundle, r.Config = h.State.Bundle, h.State.Config
 		r.LastSeen = s.now().UTC()
-		return r, store.Write{}, nil
+		var w store.Write
+		if h.State.matches(r.Bundle, r.Config) {
+			r.Claim = nil
+			return r, w, nil
+		}
+		claim := &store.Claim{Bundle: h.State.Bundle, Config: h.State.Config, LastApplied: h.LastApplied, At: r.LastSeen}
+		if prev := r.Claim; prev == nil || !h.State.matches(prev.Bundle, prev.Config) {
+			w.Event = store.Event{Time: r.LastSeen, Kind: EventHelloClaim, Actor: "device:" + id, Message: describeClaim(h, r)}
+		}
+		r.Claim = claim
+		return r, w, nil
 	})
 	if err == nil {
 		s.changed(ctx, id)
 	}
 	return dev, err
+}
+
+// matches reports whether the state names bundle b and configuration c.
+func (st State) matches(b store.Bundle, c map[string]string) bool {
+	return st.Bundle == b && maps.Equal(st.Config, c)
+}
+
+// describeClaim says in words how a Hello differs from the verified state.
+func describeClaim(h Hello, r store.Reported) string {
+	name := func(b store.Bundle) string {
+		if b.IsZero() {
+			return "no bundle"
+		}
+		return b.TargetPath
+	}
+	msg := "unsigned Hello says the device runs " + name(h.State.Bundle)
+	if h.State.Bundle == r.Bundle {
+		msg += " with other configuration"
+	}
+	return fmt.Sprintf("%s (last applied desired version %d); its accepted reports say %s at desired version %d",
+		msg, h.LastApplied, name(r.Bundle), r.DesiredVersion)
 }
 
 // Seen records that a device is still there (it answered a ping on its
@@ -212,6 +250,8 @@ const (
 	EventJobProgress   = "job_progress"   // the device's job reached a step (IN_PROGRESS)
 	EventJobEnded      = "job_ended"      // the device reported how the job ended
 	EventJobSuperseded = "job_superseded" // the device reported on a job already replaced
+	EventJobRepeated   = "job_repeated"   // the device repeated its report of a job it had ended, after a claim
+	EventHelloClaim    = "hello_claim"    // the device's Hello said it runs something its reports do not
 )
 
 // ListEvents returns up to limit of a device's events with a sequence
@@ -291,10 +331,16 @@ func (s *Service) updateReported(ctx context.Context, id string, next func(store
 }
 
 // ChangedFields lists the fields of the desired document that differ from
-// what the device reported: "bundle", "forced", "config.<key>", sorted.
+// what the device last said it runs: "bundle", "forced", "config.<key>",
+// sorted. That is its Hello's claim when it made one after its last
+// accepted report, else the accepted state.
 func ChangedFields(d store.Desired, r store.Reported) []string {
+	bundle, config := r.Bundle, r.Config
+	if c := r.Claim; c != nil {
+		bundle, config = c.Bundle, c.Config
+	}
 	var out []string
-	if !d.Bundle.IsZero() && d.Bundle != r.Bundle {
+	if !d.Bundle.IsZero() && d.Bundle != bundle {
 		out = append(out, "bundle")
 	}
 	if d.Forced {
@@ -302,7 +348,7 @@ func ChangedFields(d store.Desired, r store.Reported) []string {
 	}
 	keys := maps.Keys(d.Config)
 	for _, k := range slices.Sorted(keys) {
-		if v, ok := r.Config[k]; !ok || v != d.Config[k] {
+		if v, ok := config[k]; !ok || v != d.Config[k] {
 			out = append(out, "config."+k)
 		}
 	}

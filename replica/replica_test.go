@@ -116,31 +116,44 @@ func TestReport(t *testing.T) {
 		return replica.Report{JobID: job, DesiredVersion: v, Status: replica.StatusSucceeded,
 			State: replica.State{Bundle: store.Bundle{TargetPath: "fw.bin", Length: 10, SHA256: sum}}}
 	}
+	with := func(r replica.Report, f func(*replica.Report)) replica.Report {
+		f(&r)
+		return r
+	}
 	steps := []struct {
 		name           string
 		report         replica.Report
 		wantAccepted   bool
 		wantSuperseded bool
+		wantRepeated   bool
 		wantCode       replica.RejectCode
 		wantReported   uint64 // reported desired version afterwards
 	}{
-		{"never set", ok("job-x", 3), false, false, replica.RejectUnknownVersion, 0},
-		{"zero version", ok(job1, 0), false, false, replica.RejectInvalid, 0},
-		{"not final", replica.Report{JobID: job2, DesiredVersion: 2, Status: replica.StatusInProgress}, false, false, replica.RejectInvalid, 0},
-		{"wrong job", ok(job1, 2), false, false, replica.RejectJobMismatch, 0},
-		{"superseded version", ok(job1, 1), true, true, 0, 1},
-		{"replayed", ok(job1, 1), false, false, replica.RejectStale, 1},
-		{"current version", ok(job2, 2), true, false, 0, 2},
-		{"out of order", ok(job1, 1), false, false, replica.RejectStale, 2},
-		{"repeated", ok(job2, 2), false, false, replica.RejectStale, 2},
+		{"never set", ok("job-x", 3), false, false, false, replica.RejectUnknownVersion, 0},
+		{"zero version", ok(job1, 0), false, false, false, replica.RejectInvalid, 0},
+		{"not final", replica.Report{JobID: job2, DesiredVersion: 2, Status: replica.StatusInProgress}, false, false, false, replica.RejectInvalid, 0},
+		{"wrong job", ok(job1, 2), false, false, false, replica.RejectJobMismatch, 0},
+		{"superseded version", ok(job1, 1), true, true, false, 0, 1},
+		{"replayed", ok(job1, 1), true, true, true, 0, 1},
+		{"current version", ok(job2, 2), true, false, false, 0, 2},
+		{"out of order", ok(job1, 1), false, false, false, replica.RejectStale, 2},
+		{"repeated", ok(job2, 2), true, false, true, 0, 2},
+		{"repeated with another status", with(ok(job2, 2), func(r *replica.Report) { r.Status = replica.StatusRolledBack }),
+			false, false, false, replica.RejectStale, 2},
+		{"repeated with another bundle", with(ok(job2, 2), func(r *replica.Report) { r.State.Bundle.TargetPath = "fw-9.bin" }),
+			false, false, false, replica.RejectStale, 2},
+		{"repeated with other configuration", with(ok(job2, 2), func(r *replica.Report) { r.State.Config = map[string]string{"a": "b"} }),
+			false, false, false, replica.RejectStale, 2},
 	}
 	for _, st := range steps {
+		before, _ := r.GetDevice(ctx, "dev-1")
 		out, err := r.Report(ctx, "dev-1", st.report)
 		if err != nil {
 			t.Fatalf("%s: %v", st.name, err)
 		}
-		if out.Accepted != st.wantAccepted || out.Superseded != st.wantSuperseded || out.Code != st.wantCode {
-			t.Errorf("%s: outcome %+v; want accepted=%v superseded=%v code=%v", st.name, out, st.wantAccepted, st.wantSuperseded, st.wantCode)
+		if out.Accepted != st.wantAccepted || out.Superseded != st.wantSuperseded || out.Repeated != st.wantRepeated || out.Code != st.wantCode {
+			t.Errorf("%s: outcome %+v; want accepted=%v superseded=%v repeated=%v code=%v", st.name, out,
+				st.wantAccepted, st.wantSuperseded, st.wantRepeated, st.wantCode)
 		}
 		if !out.Accepted && out.Reason == "" {
 			t.Errorf("%s: rejected without a reason", st.name)
@@ -148,6 +161,9 @@ func TestReport(t *testing.T) {
 		d, _ := r.GetDevice(ctx, "dev-1")
 		if d.Reported.DesiredVersion != st.wantReported {
 			t.Errorf("%s: reported desired version %d, want %d", st.name, d.Reported.DesiredVersion, st.wantReported)
+		}
+		if (!out.Accepted || out.Repeated) && d.Reported.Version != before.Reported.Version {
+			t.Errorf("%s: the reported document moved from v%d to v%d; want unchanged", st.name, before.Reported.Version, d.Reported.Version)
 		}
 	}
 }

@@ -96,6 +96,11 @@ type Outcome struct {
 	// Superseded is true when an accepted report answered a desired version
 	// that had already been replaced; the device should get the newest Delta.
 	Superseded bool
+	// Repeated is true when an accepted report repeats the one already
+	// recorded for its job (SUCCEEDED, same bundle and configuration), as a
+	// device that lost its state and installed again sends it: it is
+	// acknowledged and recorded once.
+	Repeated bool
 	// Code and Reason say why a report was rejected.
 	Code   RejectCode
 	Reason string
@@ -105,7 +110,9 @@ type Outcome struct {
 
 // Report records a device's report of how a job ended. A report that cannot
 // be recorded is not an error: it gets an Outcome with Accepted false, and
-// nothing changes. Errors are the store's.
+// nothing changes. A repeat of the report already recorded for a job is
+// accepted and changes nothing, except that it drops a claim the device's
+// Hello made since (see Connect). Errors are the store's.
 func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, error) {
 	if reason := r.check(); reason != "" {
 		cur, err := s.devices.GetDevice(ctx, id)
@@ -114,12 +121,17 @@ func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, err
 	var out Outcome
 	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
 		out = s.judge(cur, r)
-		if !out.Accepted {
+		switch {
+		case !out.Accepted:
 			return store.Reported{}, store.Write{}, errRejected
+		case out.Repeated:
+			return s.repeated(id, cur, r)
 		}
 		next := cur.Reported
 		next.DesiredVersion = r.DesiredVersion
 		next.Bundle, next.Config = r.State.Bundle, r.State.Config
+		next.Signed = r.Signed != nil
+		next.Claim = nil // this report is newer than what the Hello said
 		next.ReportedAt = s.now().UTC()
 		next.LastSeen = next.ReportedAt
 		next.Job = store.Job{
@@ -140,17 +152,34 @@ func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, err
 		return next, store.Write{Event: ev, Attestation: r.attestation()}, nil
 	})
 	out.Device = dev
-	if errors.Is(err, errRejected) {
+	switch {
+	case errors.Is(err, errRejected):
 		s.log.InfoContext(ctx, "report rejected", "device", id, "job", r.JobID, "desired_version", r.DesiredVersion, "reason", out.Reason)
 		return out, nil
-	}
-	if err != nil {
+	case errors.Is(err, errUnchanged) && out.Repeated:
+		s.log.InfoContext(ctx, "report repeated", "device", id, "job", r.JobID, "desired_version", r.DesiredVersion)
+		return out, nil
+	case err != nil:
 		return Outcome{}, fmt.Errorf("report of %q: %w", id, err)
 	}
 	s.changed(ctx, id)
 	s.log.InfoContext(ctx, "report accepted", "device", id, "job", r.JobID, "desired_version", r.DesiredVersion,
-		"status", r.Status, "superseded", out.Superseded)
+		"status", r.Status, "superseded", out.Superseded, "repeated", out.Repeated)
 	return out, nil
+}
+
+// repeated is the write for a repeated report: nothing, unless the device's
+// Hello claimed another state since, which this report disproves.
+func (s *Service) repeated(id string, cur store.Device, r Report) (store.Reported, store.Write, error) {
+	if cur.Reported.Claim == nil {
+		return store.Reported{}, store.Write{}, errUnchanged
+	}
+	next := cur.Reported
+	next.Claim = nil
+	next.LastSeen = s.now().UTC()
+	ev := store.Event{Time: next.LastSeen, Kind: EventJobRepeated, JobID: r.JobID, DesiredVersion: r.DesiredVersion,
+		Status: string(r.Status), Actor: "device:" + id, Message: "the device reported this job again; its Hello's claim is dropped"}
+	return next, store.Write{Event: ev}, nil
 }
 
 var errRejected = errors.New("report rejected")
@@ -185,6 +214,8 @@ func (s *Service) judge(cur store.Device, r Report) Outcome {
 	switch {
 	case r.DesiredVersion > d.Version:
 		return Outcome{Code: RejectUnknownVersion, Reason: fmt.Sprintf("desired version %d was never set; current is %d", r.DesiredVersion, d.Version)}
+	case r.repeats(rep):
+		return Outcome{Accepted: true, Repeated: true, Superseded: r.DesiredVersion < d.Version}
 	case r.DesiredVersion <= rep.DesiredVersion:
 		// Reported.DesiredVersion moves only with final reports, so this
 		// report is out of order or a replay.
@@ -193,6 +224,16 @@ func (s *Service) judge(cur store.Device, r Report) Outcome {
 		return Outcome{Code: RejectJobMismatch, Reason: fmt.Sprintf("job %q does not carry desired version %d", r.JobID, d.Version)}
 	}
 	return Outcome{Accepted: true, Superseded: r.DesiredVersion < d.Version}
+}
+
+// repeats reports whether r says again what rep already records: the same
+// job, SUCCEEDED, the same bundle and configuration. Any other report on a
+// version already answered is stale: a job ends once.
+func (r Report) repeats(rep store.Reported) bool {
+	j := rep.Job
+	return r.Status == StatusSucceeded && j.Status == string(StatusSucceeded) &&
+		r.DesiredVersion == rep.DesiredVersion && r.DesiredVersion == j.DesiredVersion && r.JobID == j.ID &&
+		r.State.matches(rep.Bundle, rep.Config)
 }
 
 // Progress is what a device sends as a job moves through its steps.

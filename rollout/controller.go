@@ -612,11 +612,21 @@ func (c *Controller) observe(r *store.Rollout, rn *run, d store.Device, now time
 	case e.Status == string(replica.StatusSucceeded) && c.watching(r, e):
 		// Health during the soak: the device must keep running the bundle.
 		// One that is back on another (its bootloader fell back, say) has
-		// rolled back: that ends its execution, without a retry.
-		if d.Reported.Bundle != r.Spec.Bundle && d.Desired.JobID == e.JobID {
-			e.Status, e.EndedAt = string(replica.StatusRolledBack), now
-			e.Message = "back on " + cmp.Or(d.Reported.Bundle.TargetPath, "no bundle") + " during the soak"
-			rn.touch(d.ID)
+		// rolled back: that ends its execution, without a retry. A Hello
+		// is unsigned, so it can only count against the device: it says it
+		// is back on another bundle. A Hello naming no bundle is a device
+		// that lost its state; it is sent the job again and its verified
+		// state stands.
+		if d.Desired.JobID == e.JobID {
+			back := d.Reported.Bundle
+			if c := d.Reported.Claim; back == r.Spec.Bundle && c != nil && !c.Bundle.IsZero() {
+				back = c.Bundle
+			}
+			if back != r.Spec.Bundle {
+				e.Status, e.EndedAt = string(replica.StatusRolledBack), now
+				e.Message = "back on " + cmp.Or(back.TargetPath, "no bundle") + " during the soak"
+				rn.touch(d.ID)
+			}
 		}
 	}
 }
@@ -855,7 +865,10 @@ func (c *Controller) give(ctx context.Context, r *store.Rollout, e *store.Execut
 	case d.Desired.SetBy == setBy(r.ID) && d.Desired.Bundle == r.Spec.Bundle && d.Desired.Version > e.DesiredVersion:
 		e.JobID, e.DesiredVersion = d.Desired.JobID, d.Desired.Version
 		return nil
-	case d.Reported.Bundle == r.Spec.Bundle && (d.Desired.Bundle.IsZero() || d.Desired.Bundle == r.Spec.Bundle) && e.Attempts == 1:
+	case d.Reported.Bundle == r.Spec.Bundle && d.Reported.Claim == nil &&
+		(d.Desired.Bundle.IsZero() || d.Desired.Bundle == r.Spec.Bundle) && e.Attempts == 1:
+		// Its accepted reports say it runs the bundle, and its latest
+		// Hello does not say otherwise.
 		e.Status, e.Message = string(replica.StatusSucceeded), "already runs the bundle"
 		e.SucceededAt, e.EndedAt = now, now
 		return nil

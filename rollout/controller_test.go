@@ -75,10 +75,16 @@ func (h *harness) fleet(prefix string, n int, labels map[string]string) []string
 	return ids
 }
 
-// register creates a device that says it runs runs.
+// register creates a device that runs runs, as an accepted report of an
+// earlier job established, and that connected saying so.
 func (h *harness) register(id string, labels map[string]string, runs store.Bundle) {
 	h.t.Helper()
-	if _, err := h.rep.Register(h.ctx, id, labels); err != nil {
+	d, err := h.rep.Register(h.ctx, id, labels)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.db.SetReported(h.ctx, id, d.Reported.Version,
+		store.Reported{Version: d.Reported.Version + 1, Bundle: runs, Signed: true, ReportedAt: h.clk.Now()}, store.Write{}); err != nil {
 		h.t.Fatal(err)
 	}
 	if _, err := h.rep.Connect(h.ctx, id, replica.Hello{AgentVersion: "1.0.0", State: replica.State{Bundle: runs}}); err != nil {
@@ -411,6 +417,16 @@ func TestControllerSoak(t *testing.T) {
 		if h.device(dev).Desired.Version != 0 {
 			t.Errorf("%s of the next wave given the job during the soak", dev)
 		}
+	}
+
+	// The device lost its agent state and says it runs nothing: that is no
+	// rollback, its signed report stands (it is sent the job again).
+	if _, err := h.rep.Connect(h.ctx, a, replica.Hello{}); err != nil {
+		t.Fatal(err)
+	}
+	h.step(time.Second)
+	if e := h.execs(id)[a]; e.Status != succeeded {
+		t.Errorf("a device that lost its state during the soak: %+v; want it still SUCCEEDED", e)
 	}
 
 	// The device comes back on the old bundle: it rolled back, which ends

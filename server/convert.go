@@ -146,7 +146,15 @@ func deviceToProto(d store.Device) *fleetv1.Device {
 			State:          stateToProto(d.Reported.Bundle, d.Reported.Config),
 			AgentVersion:   d.Reported.AgentVersion,
 			ReportTime:     timestamp(d.Reported.ReportedAt),
+			Signed:         d.Reported.Signed,
 		},
+	}
+	if c := d.Reported.Claim; c != nil {
+		out.Claim = &fleetv1.DeviceClaim{
+			State:                     stateToProto(c.Bundle, c.Config),
+			LastAppliedDesiredVersion: c.LastApplied,
+			ClaimTime:                 timestamp(c.At),
+		}
 	}
 	if d.Desired.Version > 0 {
 		out.Desired.Document = documentToProto(d.Desired)

@@ -68,12 +68,18 @@ func enroll(t *testing.T, f *ferrytest.Ferryd, id string) *device {
 	if err != nil {
 		t.Fatalf("AddDevice(%s): %v", id, err)
 	}
+	return enrollWithToken(t, f, id, added.Msg.GetEnrollmentToken())
+}
+
+// enrollWithToken enrolls device id with a new key and the one-time token.
+func enrollWithToken(t *testing.T, f *ferrytest.Ferryd, id, token string) *device {
+	t.Helper()
 	key, err := credentials.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := credentialClient(t, f, nil).Enroll(ctx, connect.NewRequest(&credentialsv1.EnrollRequest{
-		Csr: newCSR(t, key), EnrollmentToken: added.Msg.GetEnrollmentToken(),
+	resp, err := credentialClient(t, f, nil).Enroll(context.Background(), connect.NewRequest(&credentialsv1.EnrollRequest{
+		Csr: newCSR(t, key), EnrollmentToken: token,
 	}))
 	if err != nil {
 		t.Fatalf("Enroll(%s): %v", id, err)

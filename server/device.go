@@ -249,7 +249,7 @@ func (st *syncStream) report(r *devicev1.Report) error {
 		st.svc.metrics.reports.WithLabelValues("accepted").Inc()
 		resp = &devicev1.SyncResponse{Message: &devicev1.SyncResponse_Accepted{Accepted: &devicev1.Accepted{
 			JobId: r.GetJobId(), DesiredVersion: r.GetDesiredVersion(),
-			ReportedVersion: out.Device.Reported.Version, Superseded: out.Superseded,
+			ReportedVersion: out.Device.Reported.Version, Superseded: out.Superseded, Repeated: out.Repeated,
 		}}}
 	} else {
 		st.svc.metrics.reports.WithLabelValues("rejected").Inc()

@@ -110,11 +110,18 @@ func TestWalkingSkeleton(t *testing.T) {
 				t.Fatalf("answer to the report: %v, want Accepted for version 3", accepted)
 			}
 
-			// A replayed report is rejected and changes nothing.
+			// A replayed report is acknowledged as a repeat and changes
+			// nothing; one that says something else about the same job is
+			// rejected.
 			dev.Send(signed)
+			if again := dev.Recv().GetAccepted(); !again.GetRepeated() || again.GetReportedVersion() != accepted.GetReportedVersion() {
+				t.Fatalf("answer to a replayed report: %v, want Accepted, repeated, at reported version %d", again, accepted.GetReportedVersion())
+			}
+			report.Status = devicev1.JobStatus_JOB_STATUS_ROLLED_BACK
+			dev.SendReport(report)
 			rejected := dev.Recv().GetRejected()
 			if rejected.GetCode() != devicev1.RejectCode_REJECT_CODE_STALE || rejected.GetCurrentDesiredVersion() != 3 {
-				t.Fatalf("answer to a replayed report: %v, want Rejected STALE", rejected)
+				t.Fatalf("answer to another report on an ended job: %v, want Rejected STALE", rejected)
 			}
 
 			got, err := f.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))
@@ -142,7 +149,8 @@ func TestWalkingSkeleton(t *testing.T) {
 				t.Errorf("offline verification: %+v, %v", st.Predicate, err)
 			}
 
-			// The history has each step, newest first.
+			// The history has each step, newest first, down to the Hello
+			// that claimed fw-1.0, which no report had shown.
 			evs, err := f.Fleet(t).ListDeviceEvents(ctx, connect.NewRequest(&fleetv1.ListDeviceEventsRequest{DeviceId: "dev-1"}))
 			if err != nil {
 				t.Fatal(err)
@@ -152,7 +160,8 @@ func TestWalkingSkeleton(t *testing.T) {
 				kinds = append(kinds, ev.GetKind()+":"+ev.GetStatus().String())
 			}
 			want := []string{"job_ended:JOB_STATUS_SUCCEEDED", "job_progress:JOB_STATUS_IN_PROGRESS",
-				"desired_set:JOB_STATUS_QUEUED", "desired_set:JOB_STATUS_QUEUED", "desired_set:JOB_STATUS_QUEUED"}
+				"desired_set:JOB_STATUS_QUEUED", "desired_set:JOB_STATUS_QUEUED", "desired_set:JOB_STATUS_QUEUED",
+				"hello_claim:JOB_STATUS_UNSPECIFIED"}
 			if !equalStrings(kinds, want) {
 				t.Errorf("events %q, want %q", kinds, want)
 			}
@@ -492,6 +501,14 @@ func TestUnsignedReportsWhenAllowed(t *testing.T) {
 	}
 	if _, err := f.Fleet(t).GetAttestation(ctx, connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: "dev-1", JobId: delta.GetJobId()})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Errorf("attestation of an unsigned report: %v, want NotFound", err)
+	}
+	// The API says the state came from an unsigned report.
+	got, err := f.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "dev-1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := got.Msg.GetDevice().GetReported(); rep.GetSigned() || rep.GetState().GetConfig()["a"] != "b" {
+		t.Errorf("reported state after an unsigned report: %v; want a=b, not marked signed", rep)
 	}
 }
 

@@ -73,7 +73,13 @@ type Desired struct {
 	SetAt   time.Time         `json:"set_at,omitzero"`
 }
 
-// Reported is what a device last said, and its version.
+// Reported is what a device has shown about itself, and its version.
+//
+// DesiredVersion, Bundle, Config and the end of Job come only from reports
+// the replica accepted: signed ones (Signed), or unsigned ones where the
+// server allows them. What a device says without a signature when it
+// connects is kept apart, in Claim: the bundle indexes, listings, the fleet
+// summary and rollouts read Bundle, never the claim.
 type Reported struct {
 	// Version grows by one on every accepted write; 0 means never reported.
 	Version uint64 `json:"version"`
@@ -81,10 +87,31 @@ type Reported struct {
 	DesiredVersion uint64            `json:"desired_version,omitempty"`
 	Bundle         Bundle            `json:"bundle,omitzero"`
 	Config         map[string]string `json:"config,omitempty"`
-	AgentVersion   string            `json:"agent_version,omitempty"`
-	ReportedAt     time.Time         `json:"reported_at,omitzero"`
-	LastSeen       time.Time         `json:"last_seen,omitzero"`
-	Job            Job               `json:"job,omitzero"`
+	// Signed is true when the accepted report that set DesiredVersion,
+	// Bundle and Config was signed; false when it was unsigned (allowed
+	// by configuration) or nothing was reported yet.
+	Signed bool `json:"signed,omitempty"`
+	// AgentVersion is what the device's latest Hello said (unsigned).
+	AgentVersion string    `json:"agent_version,omitempty"`
+	ReportedAt   time.Time `json:"reported_at,omitzero"`
+	LastSeen     time.Time `json:"last_seen,omitzero"`
+	Job          Job       `json:"job,omitzero"`
+	// Claim is what the device said it runs in the Hello of its latest
+	// stream, when that differs from Bundle and Config and no report was
+	// accepted since; nil otherwise.
+	Claim *Claim `json:"claim,omitempty"`
+}
+
+// Claim is what a device said about itself without a signature, in the
+// Hello that opens its stream: hearsay, kept for the operator to see, never
+// indexed or counted.
+type Claim struct {
+	Bundle Bundle            `json:"bundle,omitzero"`
+	Config map[string]string `json:"config,omitempty"`
+	// LastApplied is the desired version the device said it last applied.
+	LastApplied uint64 `json:"last_applied,omitempty"`
+	// At is when the device said it.
+	At time.Time `json:"at,omitzero"`
 }
 
 // Job is the state of a device's current (or last) job execution. Status and
@@ -110,7 +137,7 @@ type Device struct {
 
 // Event is one entry of a device's history: a change of its desired state,
 // a step or the end of a job, a connection. Kind names it ("desired_set",
-// "job_progress", "job_ended", "job_superseded", …).
+// "job_progress", "job_ended", "job_superseded", "hello_claim", …).
 type Event struct {
 	// Seq numbers a device's events from 1; the store assigns it.
 	Seq            uint64    `json:"seq,omitempty"`
@@ -165,8 +192,9 @@ type ListOptions struct {
 type Query struct {
 	// Labels must all be present with these values.
 	Labels map[string]string
-	// Bundle is the target path of the bundle the device reports running
-	// (NoBundle for devices that report none).
+	// Bundle is the target path of the bundle the device's accepted
+	// reports say it runs (NoBundle for none); a Hello's claim does not
+	// count.
 	Bundle string
 	// Status is the device's job status (see Device.JobStatus).
 	Status string
@@ -205,8 +233,8 @@ func (d Device) JobStatus() string {
 	return StatusNone
 }
 
-// BundleKey is the target path of the bundle the device reports running,
-// or NoBundle.
+// BundleKey is the target path of the bundle the device's accepted reports
+// say it runs (Reported.Bundle, never Reported.Claim), or NoBundle.
 func (d Device) BundleKey() string {
 	if d.Reported.Bundle.TargetPath == "" {
 		return NoBundle

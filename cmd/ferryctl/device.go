@@ -160,9 +160,25 @@ func deviceDetails(w io.Writer, d *fleetv1.Device) error {
 		line("set by", "%s at %s", des.GetSetBy(), des.GetSetTime().AsTime().Local().Format("2006-01-02 15:04:05"))
 	}
 	rep := d.GetReported()
-	line("reported", "v%d: %s", rep.GetDesiredVersion(), fmtBundle(rep.GetState().GetBundle()))
+	evidence := ""
+	if rep.GetReportTime() != nil {
+		evidence = " (unsigned report)"
+		if rep.GetSigned() {
+			evidence = " (signed report)"
+		}
+	}
+	line("reported", "v%d: %s%s", rep.GetDesiredVersion(), fmtBundle(rep.GetState().GetBundle()), evidence)
 	if c := rep.GetState().GetConfig(); len(c) > 0 {
 		line("reported config", "%s", fmtMap(c))
+	}
+	if c := d.GetClaim(); c != nil {
+		// What the device said without a signature, apart from what it
+		// proved.
+		line("claims", "%s (unsigned Hello %s; last applied v%d)", fmtBundle(c.GetState().GetBundle()),
+			ago(c.GetClaimTime()), c.GetLastAppliedDesiredVersion())
+		if cfg := c.GetState().GetConfig(); len(cfg) > 0 {
+			line("claimed config", "%s", fmtMap(cfg))
+		}
 	}
 	if v := rep.GetAgentVersion(); v != "" {
 		line("agent", "%s", v)

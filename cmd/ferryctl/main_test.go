@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ferryhq/ferry/internal/ferrytest"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 )
 
 // run runs ferryctl against f with args and returns its output.
@@ -64,6 +65,24 @@ func TestDeviceCommands(t *testing.T) {
 			if !strings.Contains(spaces.ReplaceAllString(out, " "), spaces.ReplaceAllString(w, " ")) {
 				t.Errorf("%s: output lacks %q:\n%s", tt.name, w, out)
 			}
+		}
+	}
+}
+
+// TestDeviceShowsClaim: a device's unsigned claim is shown apart from what
+// its reports proved.
+func TestDeviceShowsClaim(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.OpenDevice(t, "dev-1", &devicev1.Hello{LastAppliedDesiredVersion: 4, Reported: &devicev1.ReportedState{
+		Bundle: ferrytest.Bundle("evil/never-published.bin"), Config: map[string]string{"owner": "me"}}})
+	out, err := run(t, f, "device", "show", "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"reported v0: -\n", "claims evil/never-published.bin (4095 bytes, sha256 ", "(unsigned Hello ", "; last applied v4)",
+		"claimed config owner=me"} {
+		if !strings.Contains(spaces.ReplaceAllString(out, " "), w) {
+			t.Errorf("device show lacks %q:\n%s", w, out)
 		}
 	}
 }

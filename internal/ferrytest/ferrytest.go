@@ -185,8 +185,15 @@ func (f *Ferryd) OpenDevice(t testing.TB, id string, hello *devicev1.Hello) *Dev
 // another ferryd that trusts the same CA, and sends hello.
 func (f *Ferryd) OpenDeviceOn(t testing.TB, on *Ferryd, id string, hello *devicev1.Hello) *Device {
 	t.Helper()
-	tlsConfig := f.DeviceTLS(t, id)
-	conn := on.DeviceConn(t, tlsConfig)
+	return on.OpenDeviceWithTLS(t, id, f.DeviceTLS(t, id), hello)
+}
+
+// OpenDeviceWithTLS opens device id's stream on f with tlsConfig (the
+// credentials of a device that enrolled through the API, say) and sends
+// hello. Its first certificate's key signs the device's reports.
+func (f *Ferryd) OpenDeviceWithTLS(t testing.TB, id string, tlsConfig *tls.Config, hello *devicev1.Hello) *Device {
+	t.Helper()
+	conn := f.DeviceConn(t, tlsConfig)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	stream, err := devicev1.NewDeviceServiceClient(conn).Sync(ctx)

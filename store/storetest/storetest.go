@@ -44,6 +44,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"QueryAndSummary", testQueryAndSummary},
 		{"ListManyPages", testListManyPages},
 		{"SummaryAfterManyWrites", testSummaryAfterManyWrites},
+		{"ClaimsAreNotIndexed", testClaimsAreNotIndexed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

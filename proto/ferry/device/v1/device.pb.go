@@ -538,7 +538,9 @@ type Hello struct {
 	// The desired version the device last applied (0 if none). The server
 	// sends a Delta at once when its desired version is ahead.
 	LastAppliedDesiredVersion uint64 `protobuf:"varint,2,opt,name=last_applied_desired_version,json=lastAppliedDesiredVersion,proto3" json:"last_applied_desired_version,omitempty"`
-	// What the device runs now.
+	// What the device runs now. Unsigned, so the server keeps it as the
+	// device's claim beside the state its accepted reports established, and
+	// never counts or indexes it.
 	Reported      *ReportedState `protobuf:"bytes,3,opt,name=reported,proto3" json:"reported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1138,7 +1140,12 @@ type Accepted struct {
 	ReportedVersion uint64 `protobuf:"varint,3,opt,name=reported_version,json=reportedVersion,proto3" json:"reported_version,omitempty"`
 	// True when the report answered a desired version that had already been
 	// replaced; the newest Delta follows.
-	Superseded    bool `protobuf:"varint,4,opt,name=superseded,proto3" json:"superseded,omitempty"`
+	Superseded bool `protobuf:"varint,4,opt,name=superseded,proto3" json:"superseded,omitempty"`
+	// True when the report repeats the one already recorded for its job
+	// (SUCCEEDED, with the same bundle and configuration), as a device that
+	// lost its state and installed again sends it: acknowledged, recorded
+	// once, and reported_version is the document's current version.
+	Repeated      bool `protobuf:"varint,5,opt,name=repeated,proto3" json:"repeated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1197,6 +1204,13 @@ func (x *Accepted) GetReportedVersion() uint64 {
 func (x *Accepted) GetSuperseded() bool {
 	if x != nil {
 		return x.Superseded
+	}
+	return false
+}
+
+func (x *Accepted) GetRepeated() bool {
+	if x != nil {
+		return x.Repeated
 	}
 	return false
 }
@@ -1392,14 +1406,15 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x03Ack\x12)\n" +
 	"\x0fdesired_version\x18\x01 \x01(\x04H\x00R\x0edesiredVersion\x12\x19\n" +
 	"\aping_id\x18\x02 \x01(\x04H\x00R\x06pingIdB\x04\n" +
-	"\x02of\"\x95\x01\n" +
+	"\x02of\"\xb1\x01\n" +
 	"\bAccepted\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x12)\n" +
 	"\x10reported_version\x18\x03 \x01(\x04R\x0freportedVersion\x12\x1e\n" +
 	"\n" +
 	"superseded\x18\x04 \x01(\bR\n" +
-	"superseded\"\xcb\x01\n" +
+	"superseded\x12\x1a\n" +
+	"\brepeated\x18\x05 \x01(\bR\brepeated\"\xcb\x01\n" +
 	"\bRejected\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x12/\n" +

@@ -39,7 +39,12 @@ type Device struct {
 	Reported   *ReportedState         `protobuf:"bytes,5,opt,name=reported,proto3" json:"reported,omitempty"`
 	Job        *Job                   `protobuf:"bytes,6,opt,name=job,proto3" json:"job,omitempty"`
 	// Last time the device opened its stream.
-	LastSeenTime  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	// What the device said it runs in the Hello of its latest stream, when
+	// that differs from reported and no report was accepted since. Unsigned:
+	// shown as the device's claim, never counted, indexed or used by
+	// rollouts. Unset when the Hello agreed with reported.
+	Claim         *DeviceClaim `protobuf:"bytes,8,opt,name=claim,proto3" json:"claim,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -123,6 +128,76 @@ func (x *Device) GetLastSeenTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Device) GetClaim() *DeviceClaim {
+	if x != nil {
+		return x.Claim
+	}
+	return nil
+}
+
+// DeviceClaim is what a device said about itself without a signature.
+type DeviceClaim struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State *v1.ReportedState      `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// The desired version the device said it last applied.
+	LastAppliedDesiredVersion uint64 `protobuf:"varint,2,opt,name=last_applied_desired_version,json=lastAppliedDesiredVersion,proto3" json:"last_applied_desired_version,omitempty"`
+	// When the device said it.
+	ClaimTime     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=claim_time,json=claimTime,proto3" json:"claim_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceClaim) Reset() {
+	*x = DeviceClaim{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceClaim) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceClaim) ProtoMessage() {}
+
+func (x *DeviceClaim) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceClaim.ProtoReflect.Descriptor instead.
+func (*DeviceClaim) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeviceClaim) GetState() *v1.ReportedState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *DeviceClaim) GetLastAppliedDesiredVersion() uint64 {
+	if x != nil {
+		return x.LastAppliedDesiredVersion
+	}
+	return 0
+}
+
+func (x *DeviceClaim) GetClaimTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ClaimTime
+	}
+	return nil
+}
+
 // DesiredState is the state an operator set for a device.
 type DesiredState struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -140,7 +215,7 @@ type DesiredState struct {
 
 func (x *DesiredState) Reset() {
 	*x = DesiredState{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[1]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +227,7 @@ func (x *DesiredState) String() string {
 func (*DesiredState) ProtoMessage() {}
 
 func (x *DesiredState) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[1]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +240,7 @@ func (x *DesiredState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredState.ProtoReflect.Descriptor instead.
 func (*DesiredState) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{1}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *DesiredState) GetVersion() uint64 {
@@ -203,23 +278,29 @@ func (x *DesiredState) GetSetTime() *timestamppb.Timestamp {
 	return nil
 }
 
-// ReportedState is what the device last said it runs.
+// ReportedState is what the device's accepted reports say it runs. A
+// Hello never changes it (see Device.claim).
 type ReportedState struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Grows by one on every accepted report.
+	// Grows by one on every change of the reported document.
 	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// The desired version the device last answered.
-	DesiredVersion uint64                 `protobuf:"varint,2,opt,name=desired_version,json=desiredVersion,proto3" json:"desired_version,omitempty"`
-	State          *v1.ReportedState      `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	AgentVersion   string                 `protobuf:"bytes,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	ReportTime     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=report_time,json=reportTime,proto3" json:"report_time,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	DesiredVersion uint64            `protobuf:"varint,2,opt,name=desired_version,json=desiredVersion,proto3" json:"desired_version,omitempty"`
+	State          *v1.ReportedState `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// What the device's latest Hello said (unsigned).
+	AgentVersion string                 `protobuf:"bytes,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	ReportTime   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=report_time,json=reportTime,proto3" json:"report_time,omitempty"`
+	// True when the report that set state and desired_version was signed
+	// and verified; false when it was unsigned (accepted only where the
+	// server allows unsigned reports) or nothing was reported yet.
+	Signed        bool `protobuf:"varint,6,opt,name=signed,proto3" json:"signed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReportedState) Reset() {
 	*x = ReportedState{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[2]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +312,7 @@ func (x *ReportedState) String() string {
 func (*ReportedState) ProtoMessage() {}
 
 func (x *ReportedState) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[2]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +325,7 @@ func (x *ReportedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportedState.ProtoReflect.Descriptor instead.
 func (*ReportedState) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{2}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ReportedState) GetVersion() uint64 {
@@ -282,6 +363,13 @@ func (x *ReportedState) GetReportTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ReportedState) GetSigned() bool {
+	if x != nil {
+		return x.Signed
+	}
+	return false
+}
+
 // Job is the device's current (or last) job execution.
 type Job struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -298,7 +386,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[3]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -310,7 +398,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[3]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -323,7 +411,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{3}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Job) GetId() string {
@@ -384,7 +472,7 @@ type GetDeviceRequest struct {
 
 func (x *GetDeviceRequest) Reset() {
 	*x = GetDeviceRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +484,7 @@ func (x *GetDeviceRequest) String() string {
 func (*GetDeviceRequest) ProtoMessage() {}
 
 func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +497,7 @@ func (x *GetDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetDeviceRequest) GetDeviceId() string {
@@ -428,7 +516,7 @@ type GetDeviceResponse struct {
 
 func (x *GetDeviceResponse) Reset() {
 	*x = GetDeviceResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +528,7 @@ func (x *GetDeviceResponse) String() string {
 func (*GetDeviceResponse) ProtoMessage() {}
 
 func (x *GetDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +541,7 @@ func (x *GetDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceResponse.ProtoReflect.Descriptor instead.
 func (*GetDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetDeviceResponse) GetDevice() *Device {
@@ -471,7 +559,8 @@ type ListDevicesRequest struct {
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Only devices with all these labels: "key=value,key2=value2".
 	LabelSelector string `protobuf:"bytes,3,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// Only devices reporting this bundle target path ("(none)": no bundle).
+	// Only devices whose accepted reports say they run this bundle target
+	// path ("(none)": no bundle); a Hello's claim does not count.
 	Bundle string `protobuf:"bytes,4,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	// Only devices whose current job has this status.
 	JobStatus v1.JobStatus `protobuf:"varint,5,opt,name=job_status,json=jobStatus,proto3,enum=ferry.device.v1.JobStatus" json:"job_status,omitempty"`
@@ -483,7 +572,7 @@ type ListDevicesRequest struct {
 
 func (x *ListDevicesRequest) Reset() {
 	*x = ListDevicesRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[6]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +584,7 @@ func (x *ListDevicesRequest) String() string {
 func (*ListDevicesRequest) ProtoMessage() {}
 
 func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[6]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +597,7 @@ func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
 func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{6}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListDevicesRequest) GetPageSize() uint32 {
@@ -564,7 +653,7 @@ type ListDevicesResponse struct {
 
 func (x *ListDevicesResponse) Reset() {
 	*x = ListDevicesResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[7]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +665,7 @@ func (x *ListDevicesResponse) String() string {
 func (*ListDevicesResponse) ProtoMessage() {}
 
 func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[7]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +678,7 @@ func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
 func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListDevicesResponse) GetDevices() []*Device {
@@ -623,7 +712,7 @@ type SetDesiredStateRequest struct {
 
 func (x *SetDesiredStateRequest) Reset() {
 	*x = SetDesiredStateRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +724,7 @@ func (x *SetDesiredStateRequest) String() string {
 func (*SetDesiredStateRequest) ProtoMessage() {}
 
 func (x *SetDesiredStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +737,7 @@ func (x *SetDesiredStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDesiredStateRequest.ProtoReflect.Descriptor instead.
 func (*SetDesiredStateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SetDesiredStateRequest) GetDeviceId() string {
@@ -691,7 +780,7 @@ type SetDesiredStateResponse struct {
 
 func (x *SetDesiredStateResponse) Reset() {
 	*x = SetDesiredStateResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +792,7 @@ func (x *SetDesiredStateResponse) String() string {
 func (*SetDesiredStateResponse) ProtoMessage() {}
 
 func (x *SetDesiredStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +805,7 @@ func (x *SetDesiredStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDesiredStateResponse.ProtoReflect.Descriptor instead.
 func (*SetDesiredStateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetDesiredStateResponse) GetDevice() *Device {
@@ -743,7 +832,7 @@ type GetFleetSummaryRequest struct {
 
 func (x *GetFleetSummaryRequest) Reset() {
 	*x = GetFleetSummaryRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +844,7 @@ func (x *GetFleetSummaryRequest) String() string {
 func (*GetFleetSummaryRequest) ProtoMessage() {}
 
 func (x *GetFleetSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +857,7 @@ func (x *GetFleetSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFleetSummaryRequest.ProtoReflect.Descriptor instead.
 func (*GetFleetSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetFleetSummaryRequest) GetSilentAfter() *durationpb.Duration {
@@ -780,7 +869,8 @@ func (x *GetFleetSummaryRequest) GetSilentAfter() *durationpb.Duration {
 
 type GetFleetSummaryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Devices per reported bundle target path.
+	// Devices per bundle target path their accepted reports name ("(none)":
+	// no bundle); a Hello's claim does not count.
 	DevicesPerBundle map[string]uint64 `protobuf:"bytes,1,rep,name=devices_per_bundle,json=devicesPerBundle,proto3" json:"devices_per_bundle,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Devices per job status name.
 	DevicesPerStatus map[string]uint64 `protobuf:"bytes,2,rep,name=devices_per_status,json=devicesPerStatus,proto3" json:"devices_per_status,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
@@ -793,7 +883,7 @@ type GetFleetSummaryResponse struct {
 
 func (x *GetFleetSummaryResponse) Reset() {
 	*x = GetFleetSummaryResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +895,7 @@ func (x *GetFleetSummaryResponse) String() string {
 func (*GetFleetSummaryResponse) ProtoMessage() {}
 
 func (x *GetFleetSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +908,7 @@ func (x *GetFleetSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFleetSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetFleetSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetFleetSummaryResponse) GetDevicesPerBundle() map[string]uint64 {
@@ -859,7 +949,7 @@ type WatchDevicesRequest struct {
 
 func (x *WatchDevicesRequest) Reset() {
 	*x = WatchDevicesRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +961,7 @@ func (x *WatchDevicesRequest) String() string {
 func (*WatchDevicesRequest) ProtoMessage() {}
 
 func (x *WatchDevicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +974,7 @@ func (x *WatchDevicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDevicesRequest.ProtoReflect.Descriptor instead.
 func (*WatchDevicesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchDevicesRequest) GetLabelSelector() string {
@@ -903,7 +993,7 @@ type WatchDevicesResponse struct {
 
 func (x *WatchDevicesResponse) Reset() {
 	*x = WatchDevicesResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1005,7 @@ func (x *WatchDevicesResponse) String() string {
 func (*WatchDevicesResponse) ProtoMessage() {}
 
 func (x *WatchDevicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1018,7 @@ func (x *WatchDevicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDevicesResponse.ProtoReflect.Descriptor instead.
 func (*WatchDevicesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchDevicesResponse) GetDevice() *Device {
@@ -949,7 +1039,7 @@ type ListDeviceEventsRequest struct {
 
 func (x *ListDeviceEventsRequest) Reset() {
 	*x = ListDeviceEventsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1051,7 @@ func (x *ListDeviceEventsRequest) String() string {
 func (*ListDeviceEventsRequest) ProtoMessage() {}
 
 func (x *ListDeviceEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1064,7 @@ func (x *ListDeviceEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeviceEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeviceEventsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListDeviceEventsRequest) GetDeviceId() string {
@@ -1015,7 +1105,7 @@ type DeviceEvent struct {
 
 func (x *DeviceEvent) Reset() {
 	*x = DeviceEvent{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1117,7 @@ func (x *DeviceEvent) String() string {
 func (*DeviceEvent) ProtoMessage() {}
 
 func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1130,7 @@ func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEvent.ProtoReflect.Descriptor instead.
 func (*DeviceEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeviceEvent) GetTime() *timestamppb.Timestamp {
@@ -1116,7 +1206,7 @@ type ListDeviceEventsResponse struct {
 
 func (x *ListDeviceEventsResponse) Reset() {
 	*x = ListDeviceEventsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1218,7 @@ func (x *ListDeviceEventsResponse) String() string {
 func (*ListDeviceEventsResponse) ProtoMessage() {}
 
 func (x *ListDeviceEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1231,7 @@ func (x *ListDeviceEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeviceEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeviceEventsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListDeviceEventsResponse) GetEvents() []*DeviceEvent {
@@ -1168,7 +1258,7 @@ type GetAttestationRequest struct {
 
 func (x *GetAttestationRequest) Reset() {
 	*x = GetAttestationRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1270,7 @@ func (x *GetAttestationRequest) String() string {
 func (*GetAttestationRequest) ProtoMessage() {}
 
 func (x *GetAttestationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1283,7 @@ func (x *GetAttestationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationRequest.ProtoReflect.Descriptor instead.
 func (*GetAttestationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetAttestationRequest) GetDeviceId() string {
@@ -1222,7 +1312,7 @@ type GetAttestationResponse struct {
 
 func (x *GetAttestationResponse) Reset() {
 	*x = GetAttestationResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1324,7 @@ func (x *GetAttestationResponse) String() string {
 func (*GetAttestationResponse) ProtoMessage() {}
 
 func (x *GetAttestationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1337,7 @@ func (x *GetAttestationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttestationResponse.ProtoReflect.Descriptor instead.
 func (*GetAttestationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetAttestationResponse) GetEnvelope() []byte {
@@ -1278,7 +1368,7 @@ type AddDeviceRequest struct {
 
 func (x *AddDeviceRequest) Reset() {
 	*x = AddDeviceRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1380,7 @@ func (x *AddDeviceRequest) String() string {
 func (*AddDeviceRequest) ProtoMessage() {}
 
 func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1393,7 @@ func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceRequest.ProtoReflect.Descriptor instead.
 func (*AddDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AddDeviceRequest) GetDeviceId() string {
@@ -1338,7 +1428,7 @@ type AddDeviceResponse struct {
 
 func (x *AddDeviceResponse) Reset() {
 	*x = AddDeviceResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1440,7 @@ func (x *AddDeviceResponse) String() string {
 func (*AddDeviceResponse) ProtoMessage() {}
 
 func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1453,7 @@ func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceResponse.ProtoReflect.Descriptor instead.
 func (*AddDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AddDeviceResponse) GetDevice() *Device {
@@ -1397,7 +1487,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1499,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1512,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -1447,7 +1537,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1549,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1562,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 // Rollout is a campaign: what was asked, and where it stands.
@@ -1526,7 +1616,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1628,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1641,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Rollout) GetId() string {
@@ -1737,7 +1827,7 @@ type RolloutStrategy struct {
 
 func (x *RolloutStrategy) Reset() {
 	*x = RolloutStrategy{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1839,7 @@ func (x *RolloutStrategy) String() string {
 func (*RolloutStrategy) ProtoMessage() {}
 
 func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1852,7 @@ func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStrategy.ProtoReflect.Descriptor instead.
 func (*RolloutStrategy) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RolloutStrategy) GetWaves() []*Wave {
@@ -1821,7 +1911,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1923,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1936,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Wave) GetSize() isWave_Size {
@@ -1905,7 +1995,7 @@ type ExponentialRate struct {
 
 func (x *ExponentialRate) Reset() {
 	*x = ExponentialRate{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1917,7 +2007,7 @@ func (x *ExponentialRate) String() string {
 func (*ExponentialRate) ProtoMessage() {}
 
 func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +2020,7 @@ func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExponentialRate.ProtoReflect.Descriptor instead.
 func (*ExponentialRate) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExponentialRate) GetBasePerMinute() float64 {
@@ -1968,7 +2058,7 @@ type AbortRule struct {
 
 func (x *AbortRule) Reset() {
 	*x = AbortRule{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2070,7 @@ func (x *AbortRule) String() string {
 func (*AbortRule) ProtoMessage() {}
 
 func (x *AbortRule) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2083,7 @@ func (x *AbortRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRule.ProtoReflect.Descriptor instead.
 func (*AbortRule) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AbortRule) GetStatus() v1.JobStatus {
@@ -2034,7 +2124,7 @@ type MaintenanceWindow struct {
 
 func (x *MaintenanceWindow) Reset() {
 	*x = MaintenanceWindow{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2136,7 @@ func (x *MaintenanceWindow) String() string {
 func (*MaintenanceWindow) ProtoMessage() {}
 
 func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2149,7 @@ func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaintenanceWindow.ProtoReflect.Descriptor instead.
 func (*MaintenanceWindow) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MaintenanceWindow) GetStart() string {
@@ -2111,7 +2201,7 @@ type WaveProgress struct {
 
 func (x *WaveProgress) Reset() {
 	*x = WaveProgress{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2213,7 @@ func (x *WaveProgress) String() string {
 func (*WaveProgress) ProtoMessage() {}
 
 func (x *WaveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2226,7 @@ func (x *WaveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaveProgress.ProtoReflect.Descriptor instead.
 func (*WaveProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WaveProgress) GetIndex() uint32 {
@@ -2210,7 +2300,7 @@ type CreateRolloutRequest struct {
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2312,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2325,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateRolloutRequest) GetBundle() *v1.Bundle {
@@ -2324,7 +2414,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2336,7 +2426,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2349,7 +2439,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -2368,7 +2458,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2470,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2483,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetRolloutRequest) GetRolloutId() string {
@@ -2412,7 +2502,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2514,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2527,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2458,7 +2548,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2560,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2483,7 +2573,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListRolloutsRequest) GetPageSize() uint32 {
@@ -2510,7 +2600,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2522,7 +2612,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2535,7 +2625,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2561,7 +2651,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2573,7 +2663,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2586,7 +2676,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PauseRolloutRequest) GetRolloutId() string {
@@ -2605,7 +2695,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2707,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2720,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -2649,7 +2739,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2661,7 +2751,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2674,7 +2764,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ResumeRolloutRequest) GetRolloutId() string {
@@ -2693,7 +2783,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +2795,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +2808,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -2739,7 +2829,7 @@ type CancelRolloutRequest struct {
 
 func (x *CancelRolloutRequest) Reset() {
 	*x = CancelRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2751,7 +2841,7 @@ func (x *CancelRolloutRequest) String() string {
 func (*CancelRolloutRequest) ProtoMessage() {}
 
 func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2764,7 +2854,7 @@ func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CancelRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CancelRolloutRequest) GetRolloutId() string {
@@ -2790,7 +2880,7 @@ type CancelRolloutResponse struct {
 
 func (x *CancelRolloutResponse) Reset() {
 	*x = CancelRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2892,7 @@ func (x *CancelRolloutResponse) String() string {
 func (*CancelRolloutResponse) ProtoMessage() {}
 
 func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2905,7 @@ func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CancelRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CancelRolloutResponse) GetRollout() *Rollout {
@@ -2834,7 +2924,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2846,7 +2936,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2859,7 +2949,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchRolloutRequest) GetRolloutId() string {
@@ -2878,7 +2968,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +2980,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +2993,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -2928,7 +3018,7 @@ type ListRolloutExecutionsRequest struct {
 
 func (x *ListRolloutExecutionsRequest) Reset() {
 	*x = ListRolloutExecutionsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3030,7 @@ func (x *ListRolloutExecutionsRequest) String() string {
 func (*ListRolloutExecutionsRequest) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3043,7 @@ func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListRolloutExecutionsRequest) GetRolloutId() string {
@@ -2994,7 +3084,7 @@ type ListRolloutExecutionsResponse struct {
 
 func (x *ListRolloutExecutionsResponse) Reset() {
 	*x = ListRolloutExecutionsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3006,7 +3096,7 @@ func (x *ListRolloutExecutionsResponse) String() string {
 func (*ListRolloutExecutionsResponse) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3019,7 +3109,7 @@ func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListRolloutExecutionsResponse) GetExecutions() []*RolloutExecution {
@@ -3061,7 +3151,7 @@ type RolloutExecution struct {
 
 func (x *RolloutExecution) Reset() {
 	*x = RolloutExecution{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3073,7 +3163,7 @@ func (x *RolloutExecution) String() string {
 func (*RolloutExecution) ProtoMessage() {}
 
 func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3086,7 +3176,7 @@ func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutExecution.ProtoReflect.Descriptor instead.
 func (*RolloutExecution) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RolloutExecution) GetDeviceId() string {
@@ -3163,7 +3253,7 @@ var File_ferry_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x03\n" +
+	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x03\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\x06labels\x18\x02 \x03(\v2\".ferry.fleet.v1.Device.LabelsEntryR\x06labels\x12;\n" +
@@ -3172,23 +3262,30 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\adesired\x18\x04 \x01(\v2\x1c.ferry.fleet.v1.DesiredStateR\adesired\x129\n" +
 	"\breported\x18\x05 \x01(\v2\x1d.ferry.fleet.v1.ReportedStateR\breported\x12%\n" +
 	"\x03job\x18\x06 \x01(\v2\x13.ferry.fleet.v1.JobR\x03job\x12@\n" +
-	"\x0elast_seen_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x1a9\n" +
+	"\x0elast_seen_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x121\n" +
+	"\x05claim\x18\b \x01(\v2\x1b.ferry.fleet.v1.DeviceClaimR\x05claim\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x01\n" +
+	"\vDeviceClaim\x124\n" +
+	"\x05state\x18\x01 \x01(\v2\x1e.ferry.device.v1.ReportedStateR\x05state\x12?\n" +
+	"\x1clast_applied_desired_version\x18\x02 \x01(\x04R\x19lastAppliedDesiredVersion\x129\n" +
+	"\n" +
+	"claim_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tclaimTime\"\xcb\x01\n" +
 	"\fDesiredState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12<\n" +
 	"\bdocument\x18\x02 \x01(\v2 .ferry.device.v1.DesiredDocumentR\bdocument\x12\x15\n" +
 	"\x06job_id\x18\x03 \x01(\tR\x05jobId\x12\x15\n" +
 	"\x06set_by\x18\x04 \x01(\tR\x05setBy\x125\n" +
-	"\bset_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\asetTime\"\xea\x01\n" +
+	"\bset_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\asetTime\"\x82\x02\n" +
 	"\rReportedState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x124\n" +
 	"\x05state\x18\x03 \x01(\v2\x1e.ferry.device.v1.ReportedStateR\x05state\x12#\n" +
 	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\x12;\n" +
 	"\vreport_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"reportTime\"\x93\x02\n" +
+	"reportTime\x12\x16\n" +
+	"\x06signed\x18\x06 \x01(\bR\x06signed\"\x93\x02\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x122\n" +
@@ -3468,177 +3565,181 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*Device)(nil),                        // 0: ferry.fleet.v1.Device
-	(*DesiredState)(nil),                  // 1: ferry.fleet.v1.DesiredState
-	(*ReportedState)(nil),                 // 2: ferry.fleet.v1.ReportedState
-	(*Job)(nil),                           // 3: ferry.fleet.v1.Job
-	(*GetDeviceRequest)(nil),              // 4: ferry.fleet.v1.GetDeviceRequest
-	(*GetDeviceResponse)(nil),             // 5: ferry.fleet.v1.GetDeviceResponse
-	(*ListDevicesRequest)(nil),            // 6: ferry.fleet.v1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),           // 7: ferry.fleet.v1.ListDevicesResponse
-	(*SetDesiredStateRequest)(nil),        // 8: ferry.fleet.v1.SetDesiredStateRequest
-	(*SetDesiredStateResponse)(nil),       // 9: ferry.fleet.v1.SetDesiredStateResponse
-	(*GetFleetSummaryRequest)(nil),        // 10: ferry.fleet.v1.GetFleetSummaryRequest
-	(*GetFleetSummaryResponse)(nil),       // 11: ferry.fleet.v1.GetFleetSummaryResponse
-	(*WatchDevicesRequest)(nil),           // 12: ferry.fleet.v1.WatchDevicesRequest
-	(*WatchDevicesResponse)(nil),          // 13: ferry.fleet.v1.WatchDevicesResponse
-	(*ListDeviceEventsRequest)(nil),       // 14: ferry.fleet.v1.ListDeviceEventsRequest
-	(*DeviceEvent)(nil),                   // 15: ferry.fleet.v1.DeviceEvent
-	(*ListDeviceEventsResponse)(nil),      // 16: ferry.fleet.v1.ListDeviceEventsResponse
-	(*GetAttestationRequest)(nil),         // 17: ferry.fleet.v1.GetAttestationRequest
-	(*GetAttestationResponse)(nil),        // 18: ferry.fleet.v1.GetAttestationResponse
-	(*AddDeviceRequest)(nil),              // 19: ferry.fleet.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),             // 20: ferry.fleet.v1.AddDeviceResponse
-	(*RevokeDeviceRequest)(nil),           // 21: ferry.fleet.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),          // 22: ferry.fleet.v1.RevokeDeviceResponse
-	(*Rollout)(nil),                       // 23: ferry.fleet.v1.Rollout
-	(*RolloutStrategy)(nil),               // 24: ferry.fleet.v1.RolloutStrategy
-	(*Wave)(nil),                          // 25: ferry.fleet.v1.Wave
-	(*ExponentialRate)(nil),               // 26: ferry.fleet.v1.ExponentialRate
-	(*AbortRule)(nil),                     // 27: ferry.fleet.v1.AbortRule
-	(*MaintenanceWindow)(nil),             // 28: ferry.fleet.v1.MaintenanceWindow
-	(*WaveProgress)(nil),                  // 29: ferry.fleet.v1.WaveProgress
-	(*CreateRolloutRequest)(nil),          // 30: ferry.fleet.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),         // 31: ferry.fleet.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),             // 32: ferry.fleet.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),            // 33: ferry.fleet.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),           // 34: ferry.fleet.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),          // 35: ferry.fleet.v1.ListRolloutsResponse
-	(*PauseRolloutRequest)(nil),           // 36: ferry.fleet.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),          // 37: ferry.fleet.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),          // 38: ferry.fleet.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),         // 39: ferry.fleet.v1.ResumeRolloutResponse
-	(*CancelRolloutRequest)(nil),          // 40: ferry.fleet.v1.CancelRolloutRequest
-	(*CancelRolloutResponse)(nil),         // 41: ferry.fleet.v1.CancelRolloutResponse
-	(*WatchRolloutRequest)(nil),           // 42: ferry.fleet.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),          // 43: ferry.fleet.v1.WatchRolloutResponse
-	(*ListRolloutExecutionsRequest)(nil),  // 44: ferry.fleet.v1.ListRolloutExecutionsRequest
-	(*ListRolloutExecutionsResponse)(nil), // 45: ferry.fleet.v1.ListRolloutExecutionsResponse
-	(*RolloutExecution)(nil),              // 46: ferry.fleet.v1.RolloutExecution
-	nil,                                   // 47: ferry.fleet.v1.Device.LabelsEntry
-	nil,                                   // 48: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                                   // 49: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                                   // 50: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	nil,                                   // 51: ferry.fleet.v1.Rollout.CountsEntry
-	nil,                                   // 52: ferry.fleet.v1.WaveProgress.CountsEntry
-	(*timestamppb.Timestamp)(nil),         // 53: google.protobuf.Timestamp
-	(*v1.DesiredDocument)(nil),            // 54: ferry.device.v1.DesiredDocument
+	(*DeviceClaim)(nil),                   // 1: ferry.fleet.v1.DeviceClaim
+	(*DesiredState)(nil),                  // 2: ferry.fleet.v1.DesiredState
+	(*ReportedState)(nil),                 // 3: ferry.fleet.v1.ReportedState
+	(*Job)(nil),                           // 4: ferry.fleet.v1.Job
+	(*GetDeviceRequest)(nil),              // 5: ferry.fleet.v1.GetDeviceRequest
+	(*GetDeviceResponse)(nil),             // 6: ferry.fleet.v1.GetDeviceResponse
+	(*ListDevicesRequest)(nil),            // 7: ferry.fleet.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),           // 8: ferry.fleet.v1.ListDevicesResponse
+	(*SetDesiredStateRequest)(nil),        // 9: ferry.fleet.v1.SetDesiredStateRequest
+	(*SetDesiredStateResponse)(nil),       // 10: ferry.fleet.v1.SetDesiredStateResponse
+	(*GetFleetSummaryRequest)(nil),        // 11: ferry.fleet.v1.GetFleetSummaryRequest
+	(*GetFleetSummaryResponse)(nil),       // 12: ferry.fleet.v1.GetFleetSummaryResponse
+	(*WatchDevicesRequest)(nil),           // 13: ferry.fleet.v1.WatchDevicesRequest
+	(*WatchDevicesResponse)(nil),          // 14: ferry.fleet.v1.WatchDevicesResponse
+	(*ListDeviceEventsRequest)(nil),       // 15: ferry.fleet.v1.ListDeviceEventsRequest
+	(*DeviceEvent)(nil),                   // 16: ferry.fleet.v1.DeviceEvent
+	(*ListDeviceEventsResponse)(nil),      // 17: ferry.fleet.v1.ListDeviceEventsResponse
+	(*GetAttestationRequest)(nil),         // 18: ferry.fleet.v1.GetAttestationRequest
+	(*GetAttestationResponse)(nil),        // 19: ferry.fleet.v1.GetAttestationResponse
+	(*AddDeviceRequest)(nil),              // 20: ferry.fleet.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),             // 21: ferry.fleet.v1.AddDeviceResponse
+	(*RevokeDeviceRequest)(nil),           // 22: ferry.fleet.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),          // 23: ferry.fleet.v1.RevokeDeviceResponse
+	(*Rollout)(nil),                       // 24: ferry.fleet.v1.Rollout
+	(*RolloutStrategy)(nil),               // 25: ferry.fleet.v1.RolloutStrategy
+	(*Wave)(nil),                          // 26: ferry.fleet.v1.Wave
+	(*ExponentialRate)(nil),               // 27: ferry.fleet.v1.ExponentialRate
+	(*AbortRule)(nil),                     // 28: ferry.fleet.v1.AbortRule
+	(*MaintenanceWindow)(nil),             // 29: ferry.fleet.v1.MaintenanceWindow
+	(*WaveProgress)(nil),                  // 30: ferry.fleet.v1.WaveProgress
+	(*CreateRolloutRequest)(nil),          // 31: ferry.fleet.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),         // 32: ferry.fleet.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),             // 33: ferry.fleet.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),            // 34: ferry.fleet.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),           // 35: ferry.fleet.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),          // 36: ferry.fleet.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),           // 37: ferry.fleet.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),          // 38: ferry.fleet.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),          // 39: ferry.fleet.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),         // 40: ferry.fleet.v1.ResumeRolloutResponse
+	(*CancelRolloutRequest)(nil),          // 41: ferry.fleet.v1.CancelRolloutRequest
+	(*CancelRolloutResponse)(nil),         // 42: ferry.fleet.v1.CancelRolloutResponse
+	(*WatchRolloutRequest)(nil),           // 43: ferry.fleet.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),          // 44: ferry.fleet.v1.WatchRolloutResponse
+	(*ListRolloutExecutionsRequest)(nil),  // 45: ferry.fleet.v1.ListRolloutExecutionsRequest
+	(*ListRolloutExecutionsResponse)(nil), // 46: ferry.fleet.v1.ListRolloutExecutionsResponse
+	(*RolloutExecution)(nil),              // 47: ferry.fleet.v1.RolloutExecution
+	nil,                                   // 48: ferry.fleet.v1.Device.LabelsEntry
+	nil,                                   // 49: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                                   // 50: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                                   // 51: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                                   // 52: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                                   // 53: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
 	(*v1.ReportedState)(nil),              // 55: ferry.device.v1.ReportedState
-	(v1.JobStatus)(0),                     // 56: ferry.device.v1.JobStatus
-	(v1.Step)(0),                          // 57: ferry.device.v1.Step
-	(*durationpb.Duration)(nil),           // 58: google.protobuf.Duration
-	(*v1.Bundle)(nil),                     // 59: ferry.device.v1.Bundle
+	(*v1.DesiredDocument)(nil),            // 56: ferry.device.v1.DesiredDocument
+	(v1.JobStatus)(0),                     // 57: ferry.device.v1.JobStatus
+	(v1.Step)(0),                          // 58: ferry.device.v1.Step
+	(*durationpb.Duration)(nil),           // 59: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 60: ferry.device.v1.Bundle
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
-	47, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	53, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
-	2,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
-	3,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	53, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
-	54, // 6: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	53, // 7: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	55, // 8: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	53, // 9: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	56, // 10: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	57, // 11: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	53, // 12: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 13: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	56, // 14: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	53, // 15: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
-	0,  // 16: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	54, // 17: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
-	0,  // 18: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	58, // 19: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	48, // 20: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	49, // 21: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	0,  // 22: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	53, // 23: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	56, // 24: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	57, // 25: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
-	15, // 26: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	50, // 27: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	0,  // 28: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	53, // 29: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	59, // 30: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	53, // 31: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	24, // 32: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	27, // 33: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	59, // 34: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	53, // 35: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	28, // 36: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	53, // 37: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	53, // 38: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	53, // 39: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	29, // 40: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	51, // 41: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
-	25, // 42: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
-	26, // 43: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	58, // 44: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	58, // 45: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	56, // 46: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	58, // 47: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	52, // 48: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	53, // 49: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	53, // 50: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	53, // 51: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	59, // 52: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	24, // 53: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	27, // 54: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	59, // 55: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	53, // 56: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
-	28, // 57: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	23, // 58: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 59: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 60: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	23, // 61: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 62: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 63: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	23, // 64: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	46, // 65: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
-	53, // 66: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
-	53, // 67: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
-	4,  // 68: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	6,  // 69: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	8,  // 70: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	10, // 71: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	12, // 72: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	14, // 73: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	17, // 74: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	19, // 75: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	21, // 76: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	30, // 77: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	32, // 78: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	34, // 79: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	36, // 80: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	38, // 81: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	40, // 82: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	42, // 83: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	44, // 84: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
-	5,  // 85: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	7,  // 86: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	9,  // 87: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	11, // 88: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	13, // 89: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	16, // 90: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	18, // 91: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	20, // 92: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	22, // 93: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	31, // 94: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	33, // 95: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	35, // 96: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	37, // 97: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	39, // 98: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	41, // 99: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	43, // 100: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	45, // 101: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
-	85, // [85:102] is the sub-list for method output_type
-	68, // [68:85] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	48, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
+	54, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
+	3,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
+	4,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
+	54, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	1,  // 6: ferry.fleet.v1.Device.claim:type_name -> ferry.fleet.v1.DeviceClaim
+	55, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
+	54, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
+	56, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	54, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	55, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	54, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	57, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	58, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	54, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	0,  // 16: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	57, // 17: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	54, // 18: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	0,  // 19: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
+	56, // 20: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	0,  // 21: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
+	59, // 22: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	49, // 23: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	50, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	0,  // 25: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
+	54, // 26: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	57, // 27: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	58, // 28: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	16, // 29: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
+	51, // 30: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	0,  // 31: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	54, // 32: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	60, // 33: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	54, // 34: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	25, // 35: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	28, // 36: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	60, // 37: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	54, // 38: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	29, // 39: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	54, // 40: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	54, // 41: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	54, // 42: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	30, // 43: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	52, // 44: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	26, // 45: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	27, // 46: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	59, // 47: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	59, // 48: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	57, // 49: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	59, // 50: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	53, // 51: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	54, // 52: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	54, // 53: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	54, // 54: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	60, // 55: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	25, // 56: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	28, // 57: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	60, // 58: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	54, // 59: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	29, // 60: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	24, // 61: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 62: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 63: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	24, // 64: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 65: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 66: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 67: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	47, // 68: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	54, // 69: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	54, // 70: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 71: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	7,  // 72: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	9,  // 73: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	11, // 74: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	13, // 75: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	15, // 76: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	18, // 77: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	20, // 78: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	22, // 79: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	31, // 80: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	33, // 81: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	35, // 82: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	37, // 83: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	39, // 84: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	41, // 85: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	43, // 86: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	45, // 87: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	6,  // 88: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	8,  // 89: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	10, // 90: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	12, // 91: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	14, // 92: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	17, // 93: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	19, // 94: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	21, // 95: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	23, // 96: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	32, // 97: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	34, // 98: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	36, // 99: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	38, // 100: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	40, // 101: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	42, // 102: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	44, // 103: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	46, // 104: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	88, // [88:105] is the sub-list for method output_type
+	71, // [71:88] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -3646,8 +3747,8 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 	if File_ferry_fleet_v1_fleet_proto != nil {
 		return
 	}
-	file_ferry_fleet_v1_fleet_proto_msgTypes[8].OneofWrappers = []any{}
-	file_ferry_fleet_v1_fleet_proto_msgTypes[25].OneofWrappers = []any{
+	file_ferry_fleet_v1_fleet_proto_msgTypes[9].OneofWrappers = []any{}
+	file_ferry_fleet_v1_fleet_proto_msgTypes[26].OneofWrappers = []any{
 		(*Wave_Percent)(nil),
 		(*Wave_Count)(nil),
 	}
@@ -3657,7 +3758,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   53,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
