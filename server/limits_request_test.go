@@ -359,4 +359,3 @@ func scrape(t *testing.T, f *ferrytest.Ferryd, series string) float64 {
 	}
 	return 0
 }
-
