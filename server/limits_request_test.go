@@ -337,12 +337,17 @@ func TestLimitsInflightBytes(t *testing.T) {
 	}
 }
 
+// scrapers holds one HTTP client per ferryd for scrape, so that scraping
+// often opens one connection.
+var scrapers sync.Map // *ferrytest.Ferryd -> *http.Client
+
 // scrape returns a metric's value from /metrics.
 func scrape(t *testing.T, f *ferrytest.Ferryd, series string) float64 {
 	t.Helper()
+	c, _ := scrapers.LoadOrStore(f, f.HTTPClient(t))
 	req, _ := http.NewRequest(http.MethodGet, f.APIURL()+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+f.OperatorToken(t))
-	resp, err := f.HTTPClient(t).Do(req)
+	resp, err := c.(*http.Client).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
