@@ -138,12 +138,11 @@ func (c *limitedConn) proven() {
 }
 
 func (c *limitedConn) Close() error {
-	err := c.Conn.Close()
 	c.once.Do(func() {
 		c.proven()
 		c.release()
 	})
-	return err
+	return c.Conn.Close()
 }
 
 // limitedConnKey carries a request's limitedConn in its context.
