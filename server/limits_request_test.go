@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -65,12 +66,12 @@ func (o *oversized) Read(p []byte) (int, error) {
 }
 
 // post sends body to path in the Connect unary or the gRPC protocol and
-// returns the code of the answer ("ok" for success).
-func post(t *testing.T, c *http.Client, url, path string, grpc bool, header http.Header, body io.Reader) string {
-	t.Helper()
+// returns the code of the answer ("ok" for success), or what went wrong
+// (it runs on goroutines of its own, where a test cannot stop).
+func post(c *http.Client, url, path string, grpc bool, header http.Header, body io.Reader) string {
 	req, err := http.NewRequest(http.MethodPost, url+path, body)
 	if err != nil {
-		t.Fatal(err)
+		return err.Error()
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -83,7 +84,7 @@ func post(t *testing.T, c *http.Client, url, path string, grpc bool, header http
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("POST %s: %v", path, err)
+		return fmt.Sprintf("POST %s: %v", path, err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -94,7 +95,7 @@ func post(t *testing.T, c *http.Client, url, path string, grpc bool, header http
 		}
 		n, err := strconv.Atoi(s)
 		if err != nil {
-			t.Fatalf("POST %s: HTTP %d without grpc-status: %q", path, resp.StatusCode, raw)
+			return fmt.Sprintf("POST %s: HTTP %d without grpc-status: %q", path, resp.StatusCode, raw)
 		}
 		if n == 0 {
 			return "ok"
@@ -106,7 +107,7 @@ func post(t *testing.T, c *http.Client, url, path string, grpc bool, header http
 	}
 	var e struct{ Code string }
 	if err := json.Unmarshal(raw, &e); err != nil || e.Code == "" {
-		t.Fatalf("POST %s: HTTP %d with no Connect error: %q", path, resp.StatusCode, raw)
+		return fmt.Sprintf("POST %s: HTTP %d with no Connect error: %q", path, resp.StatusCode, raw)
 	}
 	return e.Code
 }
@@ -210,7 +211,7 @@ func TestLimitsOversizedBody(t *testing.T) {
 				var wg sync.WaitGroup
 				for i := range bodies {
 					bodies[i] = newOversized(size, tt.grpc)
-					wg.Go(func() { codes[i] = post(t, client, f.APIURL(), tt.path, tt.grpc, tt.header, bodies[i]) })
+					wg.Go(func() { codes[i] = post(client, f.APIURL(), tt.path, tt.grpc, tt.header, bodies[i]) })
 				}
 				wg.Wait()
 			})
