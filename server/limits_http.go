@@ -60,8 +60,13 @@ func (g *apiGuard) routeOf(path string) route {
 	if path == repositoryv1connect.RepositoryServiceUploadBlobProcedure {
 		return route{operator: true, maxMessage: g.limits.MaxMessageBytes, stream: true}
 	}
-	// Every other path, known or not, needs an operator.
-	return route{operator: true, maxMessage: g.limits.MaxMessageBytes}
+	if service, _, ok := strings.Cut(strings.TrimPrefix(path, "/"), "/"); ok && strings.Contains(service, ".") {
+		// Every other procedure ("/package.Service/Method"), known or
+		// not, needs an operator.
+		return route{operator: true, maxMessage: g.limits.MaxMessageBytes}
+	}
+	// Any other path is not served (404, its body unread).
+	return route{maxMessage: g.limits.MaxAnonymousMessageBytes}
 }
 
 // apiGuard is the API port's outermost handler.

@@ -203,9 +203,11 @@ func TestRouteOf(t *testing.T) {
 		{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", true, false},
 		{"/tuf/targets/x", false, false},
 		{"/healthz", false, false},
-		{"/healthzz", true, false},
+		{"/healthzz", false, false},
 		{"/metrics", false, false},
-		{"/unknown", true, false},
+		{"/unknown", false, false},
+		{"/unknown/path", false, false},
+		{"/ferry.unknown.v1.Service/Method", true, false},
 	}
 	for _, tt := range tests {
 		r := g.routeOf(tt.path)
