@@ -56,6 +56,8 @@ type Config struct {
 	Dev DevConfig
 	// Device holds the device port's limits.
 	Device DeviceLimits
+	// API holds the back-office port's request and connection limits.
+	API APILimits
 	// Repository configures the TUF repository.
 	Repository RepositoryConfig
 	// Rollouts configures the rollout controller.
@@ -157,6 +159,53 @@ type DeviceLimits struct {
 	// instance; a device's last-seen time may be this much older than its
 	// last answer.
 	SeenFlush time.Duration
+
+	// HandshakeTimeout bounds a new connection's TLS handshake and HTTP/2
+	// preface; a connection that has not finished both by then is closed.
+	HandshakeTimeout time.Duration
+	// MaxConnectionIdle closes a connection that has had no stream for
+	// this long (a device holds one stream all the time).
+	MaxConnectionIdle time.Duration
+	// MaxHeaderBytes is the largest header list a device may send.
+	MaxHeaderBytes int
+	// MaxConns caps the connections open on the device port; 0 derives
+	// it from the process's descriptor limit (see connectionCaps).
+	MaxConns int
+	// MaxConnsPerSource caps the connections open from one address; 0
+	// means no cap (for a device port behind a load balancer, where every
+	// connection comes from its address).
+	MaxConnsPerSource int
+}
+
+// APILimits protect the back-office port. Each has a safe default.
+type APILimits struct {
+	// MaxMessageBytes is the largest request message an operator may send
+	// (a bundle is uploaded in chunks of at most this size).
+	MaxMessageBytes int64
+	// MaxAnonymousMessageBytes is the largest request message on the paths
+	// served without an operator credential: enrollment, certificate
+	// renewal, download tokens, health.
+	MaxAnonymousMessageBytes int64
+	// MaxInflightBytes is the request bytes held at once over all requests;
+	// a body that would exceed it is refused (UNAVAILABLE).
+	MaxInflightBytes int64
+	// MaxHeaderBytes is the largest request header a client may send.
+	MaxHeaderBytes int
+	// MaxConcurrentStreams is the number of requests one HTTP/2 connection
+	// may have open at once.
+	MaxConcurrentStreams int
+	// HandshakeTimeout bounds the time from a connection's accept to its
+	// first request's headers: the TLS handshake, the HTTP/2 preface and
+	// the headers. It also bounds every later HTTP/1.1 request's headers.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection with no request open for this long.
+	IdleTimeout time.Duration
+	// MaxConns caps the connections open on the API port; 0 derives it
+	// from the process's descriptor limit (see connectionCaps).
+	MaxConns int
+	// MaxConnsPerSource caps the connections open from one address; 0
+	// means no cap (behind a load balancer).
+	MaxConnsPerSource int
 }
 
 // DefaultConfig returns the configuration ferryd runs with when given no
@@ -188,6 +237,20 @@ func DefaultConfig() Config {
 			PingInterval:         time.Minute,
 			ResyncInterval:       30 * time.Second,
 			SeenFlush:            time.Second,
+			HandshakeTimeout:     5 * time.Second,
+			MaxConnectionIdle:    5 * time.Minute,
+			MaxHeaderBytes:       16 << 10,
+			MaxConnsPerSource:    256,
+		},
+		API: APILimits{
+			MaxMessageBytes:          4 << 20,
+			MaxAnonymousMessageBytes: 64 << 10,
+			MaxInflightBytes:         256 << 20,
+			MaxHeaderBytes:           32 << 10,
+			MaxConcurrentStreams:     100,
+			HandshakeTimeout:         5 * time.Second,
+			IdleTimeout:              30 * time.Second,
+			MaxConnsPerSource:        128,
 		},
 		Repository: RepositoryConfig{
 			SnapshotExpiry:  7 * 24 * time.Hour,
@@ -278,6 +341,17 @@ func (c Config) Validate() error {
 	check(d.PingInterval > 0, "device ping interval must be positive")
 	check(d.ResyncInterval > 0, "device resync interval must be positive")
 	check(d.SeenFlush > 0, "device last-seen flush interval must be positive")
+	check(d.HandshakeTimeout > 0 && d.MaxConnectionIdle > 0, "device handshake timeout and max connection idle must be positive")
+	check(d.MaxHeaderBytes >= 1<<10, "device max header size %d is under 1 KiB", d.MaxHeaderBytes)
+	check(d.MaxConns >= 0 && d.MaxConnsPerSource >= 0, "device connection caps must not be negative (0: derived, or no per-source cap)")
+	a := c.API
+	check(a.MaxMessageBytes >= 64<<10 && a.MaxAnonymousMessageBytes >= 4<<10,
+		"API max message sizes %d and %d (anonymous): want at least 64 KiB and 4 KiB", a.MaxMessageBytes, a.MaxAnonymousMessageBytes)
+	check(a.MaxInflightBytes >= a.MaxMessageBytes+envelopeSlack, "API in-flight bytes %d are under one message of %d", a.MaxInflightBytes, a.MaxMessageBytes)
+	check(a.MaxHeaderBytes >= 4<<10, "API max header size %d is under 4 KiB", a.MaxHeaderBytes)
+	check(a.MaxConcurrentStreams >= 1, "API max concurrent streams must be at least 1")
+	check(a.HandshakeTimeout > 0 && a.IdleTimeout > 0, "API handshake and idle timeouts must be positive")
+	check(a.MaxConns >= 0 && a.MaxConnsPerSource >= 0, "API connection caps must not be negative (0: derived, or no per-source cap)")
 	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
 	check(c.ShutdownDelay >= 0, "shutdown delay must not be negative")
 	check(c.RedisURL == "" || c.RedisConnectTimeout > 0, "Redis connect timeout must be positive")

@@ -50,6 +50,7 @@ type Server struct {
 	devices  store.Devices
 	replica  *replica.Service
 	metrics  *metrics
+	conns    *connMetrics // limits_conn.go
 	sessions *sessions
 	health   *grpchealth.StaticChecker
 	grpc     *grpc.Server
@@ -99,6 +100,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log, metrics: newMetrics(), sessions: newSessions()}
+	s.conns = newConnMetrics(s.metrics.registry)
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -160,12 +162,29 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	devicePool := certPool(deviceCAs)
 	s.grpc = s.newDeviceServer(cert, devicePool, rep)
 	s.http = s.newAPIServer(cert, devicePool, operators, rep)
-	if s.deviceLn, err = listen("device port", cfg.DeviceAddr, "--device-addr"); err != nil {
+	nofile, err := descriptorLimit()
+	if err != nil {
+		return nil, fmt.Errorf("descriptor limit: %w", err)
+	}
+	deviceCap, apiCap, err := connectionCaps(cfg.Device.MaxConns, cfg.API.MaxConns, nofile)
+	if err != nil {
 		return nil, err
 	}
-	if s.apiLn, err = listen("API port", cfg.APIAddr, "--api-addr"); err != nil {
+	s.cfg.Device.MaxConns, s.cfg.API.MaxConns = deviceCap, apiCap
+	deviceLn, err := listen("device port", cfg.DeviceAddr, "--device-addr")
+	if err != nil {
 		return nil, err
 	}
+	// The device port's handshake deadline is gRPC's connection timeout.
+	s.deviceLn = limitListen(deviceLn, connLimits{port: "device", total: deviceCap, perSource: cfg.Device.MaxConnsPerSource}, s.conns)
+	apiLn, err := listen("API port", cfg.APIAddr, "--api-addr")
+	if err != nil {
+		return nil, err
+	}
+	s.apiLn = limitListen(apiLn, connLimits{
+		port: "api", total: apiCap, perSource: cfg.API.MaxConnsPerSource, firstRequest: cfg.API.HandshakeTimeout,
+	}, s.conns)
+	log.Debug("connection caps", "device_port", deviceCap, "api_port", apiCap, "descriptor_limit", nofile)
 	s.creds.listening(s.apiLn.Addr())
 	return s, nil
 }
@@ -204,8 +223,12 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 		grpc.Creds(grpccreds.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(l.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(l.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(uint32(l.MaxHeaderBytes)),
+		// The TLS handshake and the HTTP/2 preface must be done in this
+		// time; connection caps are on the listener (limits_conn.go).
+		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: false}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout, MaxConnectionIdle: l.MaxConnectionIdle}),
 		grpc.ChainStreamInterceptor(deviceIdentity(s.cfg.TrustDomain, s.creds.revoked)),
 		grpc.ChainUnaryInterceptor(deviceIdentityUnary(s.cfg.TrustDomain, s.creds.revoked)),
 	)
@@ -219,7 +242,14 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 }
 
 func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, auth Authenticator, rep *replica.Service) *http.Server {
-	guarded := connect.WithInterceptors(operatorAuth{auth: auth, certs: s.creds.operatorCerts})
+	l := s.cfg.API
+	// Operator calls are authenticated twice: by the guard before their
+	// body is read (limits_http.go), and by the interceptor.
+	guarded := connect.WithHandlerOptions(
+		connect.WithInterceptors(operatorAuth{auth: auth, certs: s.creds.operatorCerts}),
+		connect.WithReadMaxBytes(int(l.MaxMessageBytes)),
+	)
+	anonymous := connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes))
 	mux := http.NewServeMux()
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, repo: s.repo.repo, log: s.log, creds: s.creds}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, replica: rep, repo: s.repo.repo, log: s.log}, guarded))
@@ -229,11 +259,11 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth}, log: s.log})
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
-	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds}))
+	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds}, anonymous))
 
 	// Health is anonymous: gRPC health, and plain HTTP GETs (health.go).
 	s.health = grpchealth.NewStaticChecker(servedNames...)
-	mux.Handle(grpchealth.NewHandler(s.health))
+	mux.Handle(grpchealth.NewHandler(s.health, anonymous))
 	s.healthHandlers(mux)
 	reflector := grpcreflect.NewStaticReflector(apiServiceNames...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, guarded))
@@ -241,10 +271,16 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	mux.Handle("/metrics", requireOperator(auth, s.creds.operatorCerts, credentials.RoleViewer,
 		promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 
+	guard := newAPIGuard(l, auth, s.creds.operatorCerts, s.conns)
 	return &http.Server{
-		Handler:           withTLSState(mux),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		Handler: withTLSState(guard.wrap(mux)),
+		// The TLS handshake's deadline is the header timeout; the
+		// listener's first-request deadline bounds the HTTP/2 preface.
+		ReadHeaderTimeout: l.HandshakeTimeout,
+		IdleTimeout:       l.IdleTimeout,
+		MaxHeaderBytes:    l.MaxHeaderBytes,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: l.MaxConcurrentStreams},
+		ConnContext:       rememberConn,
 		TLSConfig: &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: s.creds.serving.GetCertificate, // replaceable without a restart

@@ -58,6 +58,10 @@ func TestFailedStarts(t *testing.T) {
 			[]string{"cannot reach Redis at " + free + ": ", "; retrying", "ferryd: store: cannot reach Redis at " + free + " for 1s: ", "connection refused"}},
 		{"busy port", []string{"--data-dir", t.TempDir(), "--device-addr", "127.0.0.1:0", "--api-addr", strings.TrimPrefix(first.apiURL, "https://")},
 			[]string{"ferryd: API port: ", "address already in use", "--api-addr"}},
+		{"connection caps over the descriptor limit", []string{"--data-dir", t.TempDir(), "--device-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--device-max-conns", "100000000"},
+			[]string{"ferryd: connection caps: device port 100000000 plus API port ", "descriptors left", "--device-max-conns"}},
+		{"message limit too small", []string{"--data-dir", t.TempDir(), "--api-max-message-bytes", "10", "--api-handshake-timeout", "0s"},
+			[]string{"ferryd: configuration: ", "API max message sizes 10 and 65536 (anonymous)", "API handshake and idle timeouts must be positive"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
