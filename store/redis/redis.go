@@ -51,6 +51,10 @@ type Store struct {
 	prefix string
 	owned  bool
 	now    func() time.Time
+
+	// minReplicas and waitTimeout: see SetMinReplicas.
+	minReplicas int
+	waitTimeout time.Duration
 }
 
 var (
