@@ -157,3 +157,25 @@ func TestOpenNamesTheRightForm(t *testing.T) {
 	}
 	s.Close()
 }
+
+// TestOpenTLS: a rediss:// URL with ca_file reaches a TLS-only server; a
+// redis:// URL and one without the CA do not.
+func TestOpenTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addr, ca := testredis.TLS(t)
+	s, err := redis.Open(ctx, "rediss://"+addr+"/0?ca_file="+ca, testredis.Prefix(t))
+	if err != nil {
+		t.Fatalf("rediss:// with ca_file: %v", err)
+	}
+	if _, err := s.ListRollouts(ctx, "", 10); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := redis.Open(ctx, "rediss://"+addr+"/0?max_retries=-1", testredis.Prefix(t)); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("rediss:// without the CA: %v, want a certificate error", err)
+	}
+	if _, err := redis.Open(ctx, "redis://"+addr+"/0?max_retries=-1&dial_timeout=1s&read_timeout=1s", testredis.Prefix(t)); err == nil {
+		t.Error("redis:// to a TLS port worked")
+	}
+}
