@@ -20,14 +20,21 @@ type Config struct {
 	// APIAddr is the back-office port: Connect, gRPC health and reflection,
 	// plain HTTP health (/healthz, /readyz), Prometheus metrics, over HTTPS.
 	APIAddr string
-	// RedisURL selects the Redis store (redis:// or rediss://); empty means
-	// the embedded store in DataDir.
+	// RedisURL selects the Redis store: one server (redis://, rediss://), a
+	// Redis Cluster (redis+cluster://) or Sentinel (redis+sentinel://); see
+	// store/redis.Conn. Empty means the embedded store in DataDir.
 	RedisURL string
 	// RedisPrefix is put in front of every Redis key.
 	RedisPrefix string
 	// RedisConnectTimeout is how long New keeps trying to reach Redis
 	// before it gives up (a Redis that starts after ferryd is waited for).
 	RedisConnectTimeout time.Duration
+	// RedisMinReplicas, when positive, makes every acknowledged device and
+	// rollout write wait until that many replicas have it (Redis WAIT), for
+	// at most RedisMinReplicasTimeout; a write they do not confirm in time
+	// fails as unavailable.
+	RedisMinReplicas        int
+	RedisMinReplicasTimeout time.Duration
 	// TrustDomain of device SPIFFE IDs.
 	TrustDomain string
 
@@ -219,7 +226,8 @@ func DefaultConfig() Config {
 		TrustDomain: "ferry.local",
 		// Long enough for a Redis started at the same time (compose,
 		// systemd) to come up.
-		RedisConnectTimeout: 30 * time.Second,
+		RedisConnectTimeout:     30 * time.Second,
+		RedisMinReplicasTimeout: time.Second,
 		Dev: DevConfig{
 			Devices: []string{"dev-1", "dev-2", "dev-3"},
 			Hosts:   []string{"localhost", "127.0.0.1", "::1"},
@@ -355,6 +363,9 @@ func (c Config) Validate() error {
 	check(c.ShutdownTimeout > 0, "shutdown timeout must be positive")
 	check(c.ShutdownDelay >= 0, "shutdown delay must not be negative")
 	check(c.RedisURL == "" || c.RedisConnectTimeout > 0, "Redis connect timeout must be positive")
+	check(c.RedisMinReplicas >= 0, "Redis min replicas must not be negative")
+	check(c.RedisMinReplicas == 0 || c.RedisURL != "", "Redis min replicas need the Redis store (--redis-url)")
+	check(c.RedisMinReplicas == 0 || c.RedisMinReplicasTimeout > 0, "Redis min replicas timeout must be positive")
 	cr := c.Credentials
 	check(cr.DeviceCertTTL >= 10*time.Minute, "device certificate lifetime %v is under 10 minutes", cr.DeviceCertTTL)
 	check(cr.EnrollmentTTL >= time.Minute, "enrollment token lifetime %v is under a minute", cr.EnrollmentTTL)

@@ -75,6 +75,15 @@ func TestStartFailures(t *testing.T) {
 		}, []string{"store: cannot reach Redis at " + unreachable + " for 1.5s: ", "connection refused", "--redis-connect-timeout"},
 			"cannot reach Redis at " + unreachable + ": "},
 		{"Redis URL malformed", func(c *server.Config) { c.RedisURL = "http://localhost:6379" }, []string{"--redis-url: "}, ""},
+		{"Redis Cluster unreachable", func(c *server.Config) {
+			c.RedisURL, c.RedisConnectTimeout = "redis+cluster://"+unreachable+","+unreachable, time.Second
+		}, []string{"store: cannot reach Redis at " + unreachable + "," + unreachable + " (Redis Cluster) for 1s: "}, ""},
+		{"Sentinel without a master name", func(c *server.Config) { c.RedisURL = "redis+sentinel://:secret@" + unreachable },
+			[]string{"--redis-url: ", "needs the master name"}, ""},
+		{"one-server URL with several hosts", func(c *server.Config) { c.RedisURL = "redis://h1:6379,h2:6379" },
+			[]string{"--redis-url: ", "use redis+cluster://"}, ""},
+		{"min replicas without Redis", func(c *server.Config) { c.RedisMinReplicas = 1 },
+			[]string{"Redis min replicas need the Redis store (--redis-url)"}, ""},
 		{"device port in use", func(c *server.Config) { c.DeviceAddr = busy.Addr().String() },
 			[]string{"device port: ", "address already in use", "choose another address with --device-addr"}, ""},
 		{"API port in use", func(c *server.Config) { c.APIAddr = busy.Addr().String() },

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/ferryhq/ferry/store"
@@ -83,22 +82,27 @@ func removePID(dir string) {
 // answer, for at most cfg.RedisConnectTimeout (or until ctx ends). A URL
 // that does not parse is not retried.
 func openRedis(ctx context.Context, cfg Config, log *slog.Logger) (*redis.Store, error) {
-	opts, err := goredis.ParseURL(cfg.RedisURL)
+	conn, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
 		return nil, fmt.Errorf("--redis-url: %w", err)
 	}
-	addr := opts.Addr
+	addr := conn.String()
 	start := time.Now()
 	deadline := start.Add(cfg.RedisConnectTimeout)
 	wait := 250 * time.Millisecond
 	for {
 		attempt, cancel := context.WithDeadline(ctx, earliest(deadline, time.Now().Add(5*time.Second)))
-		cause := reachRedis(attempt, *opts)
+		// One dial without retries first, so that each attempt's own
+		// cause (connection refused, a wrong password) is what is reported.
+		cause := conn.Ping(attempt)
 		if cause == nil {
 			var st *redis.Store
-			st, cause = redis.Open(attempt, cfg.RedisURL, cfg.RedisPrefix)
+			st, cause = redis.OpenConn(attempt, conn, cfg.RedisPrefix)
 			if cause == nil {
 				cancel()
+				if cfg.RedisMinReplicas > 0 {
+					st.SetMinReplicas(cfg.RedisMinReplicas, cfg.RedisMinReplicasTimeout)
+				}
 				if time.Since(start) > time.Second {
 					log.Info("reached Redis", "addr", addr, "after", time.Since(start).Round(time.Millisecond))
 				}
@@ -122,19 +126,6 @@ func openRedis(ctx context.Context, cfg Config, log *slog.Logger) (*redis.Store,
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
-}
-
-// reachRedis pings Redis once, with a client that dials once and does not
-// retry, so that each attempt's own cause (connection refused, a wrong
-// password) is what is reported.
-func reachRedis(ctx context.Context, opts goredis.Options) error {
-	opts.DialerRetries, opts.MaxRetries = 1, -1
-	if dl, ok := ctx.Deadline(); ok {
-		opts.DialTimeout = max(time.Until(dl), time.Millisecond)
-	}
-	c := goredis.NewClient(&opts)
-	defer c.Close()
-	return c.Ping(ctx).Err()
 }
 
 func earliest(a, b time.Time) time.Time {

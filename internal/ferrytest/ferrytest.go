@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -208,6 +209,36 @@ func (f *Ferryd) OpenDeviceWithTLS(t testing.TB, id string, tlsConfig *tls.Confi
 	}
 	d.Nonce = session.GetNonce()
 	return d
+}
+
+// DialDevice is OpenDevice for a test that expects failures (a store
+// failing over): it returns the error of the stream's start instead of
+// failing the test. Close the device when done with it.
+func (f *Ferryd) DialDevice(t testing.TB, id string, hello *devicev1.Hello) (*Device, error) {
+	tlsConfig := f.DeviceTLS(t, id)
+	conn, err := grpc.NewClient(f.DeviceAddr(), grpc.WithTransportCredentials(grpccreds.NewTLS(tlsConfig)))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	context.AfterFunc(ctx, func() { conn.Close() })
+	stream, err := devicev1.NewDeviceServiceClient(conn).Sync(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	d := &Device{t: t, Stream: stream, cancel: cancel, ID: id, Key: tlsConfig.Certificates[0].PrivateKey.(crypto.Signer)}
+	if err := stream.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Hello{Hello: hello}}); err != nil {
+		cancel()
+		return nil, err
+	}
+	msg, err := d.RecvErr()
+	if err != nil || msg.GetSession().GetNonce() == "" {
+		cancel()
+		return nil, fmt.Errorf("no Session: %v, %v", msg, err)
+	}
+	d.Nonce = msg.GetSession().GetNonce()
+	return d, nil
 }
 
 // SendReport signs r as the device would (an in-toto statement in a DSSE

@@ -16,6 +16,8 @@
 //   - Sentinel: a primary, one replica and three sentinels (quorum 2,
 //     redis-server --sentinel) of the test's own, tuned so that a failover
 //     takes about two seconds; the test may kill the primary.
+//   - TLS: a TLS-only redis-server of the test's own with a self-signed
+//     certificate for 127.0.0.1.
 //
 // Shared servers live as long as the test binary; a test's own are stopped
 // at its end. On Linux the kernel kills every server when the test binary

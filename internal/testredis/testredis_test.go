@@ -3,6 +3,7 @@ package testredis_test
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,9 +28,9 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	masters := 0
+	var masters atomic.Int32 // ForEachMaster calls concurrently
 	err := c.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error {
-		masters++
+		masters.Add(1)
 		n, err := m.DBSize(ctx).Result()
 		if err == nil && n == 0 {
 			err = fmt.Errorf("master %s holds none of 100 keys", m.Options().Addr)
@@ -39,8 +40,8 @@ func TestCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if masters != 3 {
-		t.Fatalf("%d masters, want 3", masters)
+	if n := masters.Load(); n != 3 {
+		t.Fatalf("%d masters, want 3", n)
 	}
 }
 

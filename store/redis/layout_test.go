@@ -20,7 +20,6 @@ import (
 	"github.com/ferryhq/ferry/internal/testredis"
 	"github.com/ferryhq/ferry/store"
 	"github.com/ferryhq/ferry/store/redis"
-	"github.com/ferryhq/ferry/store/storetest"
 )
 
 // clusterClient returns a client of the test cluster.
@@ -29,31 +28,6 @@ func clusterClient(t *testing.T) *goredis.ClusterClient {
 	c := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: testredis.Cluster(t)})
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-func TestClusterConformance(t *testing.T) {
-	rdb := clusterClient(t)
-	t.Run("Devices", func(t *testing.T) {
-		storetest.Run(t, func(t *testing.T) store.Devices {
-			s := redis.New(rdb, testredis.Prefix(t))
-			s.SetClock(testclock.Now)
-			return s
-		})
-	})
-	t.Run("Rollouts", func(t *testing.T) {
-		storetest.RunRollouts(t, func(t *testing.T) storetest.RolloutStore {
-			s := redis.New(rdb, testredis.Prefix(t))
-			s.SetClock(testclock.Now)
-			return s
-		})
-	})
-	t.Run("Credentials", func(t *testing.T) {
-		storetest.RunCredentials(t, func(t *testing.T) store.Credentials {
-			s := redis.New(rdb, testredis.Prefix(t))
-			s.SetClock(testclock.Now)
-			return s
-		})
-	})
 }
 
 // monitor records the keys of every command a Redis server runs (MONITOR),

@@ -54,23 +54,6 @@ var (
 	_ store.Changes = (*Store)(nil)
 )
 
-// Open connects to the Redis server at url (redis:// or rediss://) and
-// checks that it answers.
-func Open(ctx context.Context, url, prefix string) (*Store, error) {
-	opts, err := goredis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("redis url: %w", err)
-	}
-	rdb := goredis.NewClient(opts)
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		rdb.Close()
-		return nil, fmt.Errorf("redis %s: %w", opts.Addr, err)
-	}
-	s := New(rdb, prefix)
-	s.owned = true
-	return s, nil
-}
-
 // New returns a Store on an existing client (single node, Sentinel or
 // Cluster). Close does not close a client passed to New. New adds a hook
 // to rdb that marks outage errors as store.ErrUnavailable (unavailable.go).
