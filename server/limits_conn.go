@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,10 +71,10 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			l.metrics.open.WithLabelValues(l.limits.port).Dec()
 		}}
 		if d := l.limits.firstRequest; d > 0 {
-			lc.timer = time.AfterFunc(d, func() {
+			lc.timer.Store(time.AfterFunc(d, func() {
 				l.metrics.refused.WithLabelValues(l.limits.port, "first_request_deadline").Inc()
 				lc.Close()
-			})
+			}))
 		}
 		return lc, nil
 	}
@@ -125,15 +126,17 @@ func sourceAddr(c net.Conn) netip.Addr {
 type limitedConn struct {
 	net.Conn
 	release func()
-	timer   *time.Timer // the first-request deadline, if any
-	once    sync.Once
+	// timer is the first-request deadline, if any; atomic because it may
+	// fire before Accept has stored it.
+	timer atomic.Pointer[time.Timer]
+	once  sync.Once
 }
 
 // proven stops the first-request deadline: the connection has sent a
 // request.
 func (c *limitedConn) proven() {
-	if c.timer != nil {
-		c.timer.Stop()
+	if t := c.timer.Load(); t != nil {
+		t.Stop()
 	}
 }
 
