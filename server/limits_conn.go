@@ -179,6 +179,8 @@ type connMetrics struct {
 	// requestsRefused counts API requests refused by a request limit
 	// before their handler ran or while their body was read.
 	requestsRefused *prometheus.CounterVec
+	// inflight is the request bytes the API port holds (see byteBudget).
+	inflight prometheus.Gauge
 }
 
 func newConnMetrics(reg *prometheus.Registry) *connMetrics {
@@ -192,8 +194,11 @@ func newConnMetrics(reg *prometheus.Registry) *connMetrics {
 		requestsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_api_requests_refused_total", Help: "Back-office requests refused before their handler read them, by reason (unauthenticated, permission_denied, too_large, inflight_bytes).",
 		}, []string{"reason"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ferry_api_inflight_request_bytes", Help: "Request bytes the back-office port holds at once, counted against --api-max-inflight-bytes.",
+		}),
 	}
-	reg.MustRegister(m.open, m.refused, m.requestsRefused)
+	reg.MustRegister(m.open, m.refused, m.requestsRefused, m.inflight)
 	return m
 }
 

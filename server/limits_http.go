@@ -82,7 +82,7 @@ type apiGuard struct {
 func newAPIGuard(limits APILimits, auth Authenticator, certs *ferrycreds.OperatorCerts, m *connMetrics) *apiGuard {
 	return &apiGuard{
 		limits: limits, auth: auth, certs: certs, metrics: m,
-		budget: &byteBudget{max: limits.MaxInflightBytes},
+		budget: &byteBudget{max: limits.MaxInflightBytes, gauge: m.inflight},
 		errors: connect.NewErrorWriter(),
 	}
 }
@@ -157,20 +157,29 @@ func refusalReason(code connect.Code) string {
 // byteBudget is the request bytes the API port holds at once, over all
 // requests.
 type byteBudget struct {
-	max  int64
-	used atomic.Int64
+	max   int64
+	used  atomic.Int64
+	gauge prometheus.Gauge // shows used, if set
 }
 
 // take reserves n bytes, or reports that they would exceed the budget.
 func (b *byteBudget) take(n int64) bool {
-	if b.used.Add(n) > b.max {
+	used := b.used.Add(n)
+	if used > b.max {
 		b.used.Add(-n)
 		return false
 	}
+	b.show(used)
 	return true
 }
 
-func (b *byteBudget) give(n int64) { b.used.Add(-n) }
+func (b *byteBudget) give(n int64) { b.show(b.used.Add(-n)) }
+
+func (b *byteBudget) show(used int64) {
+	if b.gauge != nil {
+		b.gauge.Set(float64(used))
+	}
+}
 
 // errInflight refuses a body the request budget has no room for. It is
 // UNAVAILABLE: the same call succeeds once other requests are done.

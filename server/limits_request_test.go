@@ -306,17 +306,19 @@ func TestLimitsInflightBytes(t *testing.T) {
 		}
 	}
 
+	// Wait until the server has read the chunk and holds its bytes (the
+	// gauge), then ask once: a request polled meanwhile would compete with
+	// the upload for the budget.
+	deadline := time.Now().Add(10 * time.Second)
+	for scrape(t, f, "ferry_api_inflight_request_bytes") < 500<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the upload's chunk is not held after 10s: in-flight bytes %v", scrape(t, f, "ferry_api_inflight_request_bytes"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	fleet := f.Fleet(t)
 	other := connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: strings.Repeat("d", 200<<10)})
-	deadline := time.Now().Add(10 * time.Second)
-	var err error
-	for {
-		_, err = fleet.GetDevice(context.Background(), other)
-		if connect.CodeOf(err) == connect.CodeUnavailable || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond) // until the upload's chunk is read
-	}
+	_, err := fleet.GetDevice(context.Background(), other)
 	if connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Fatalf("GetDevice with a 200 KiB body while an upload holds 500 KiB of 640 KiB: %v, want unavailable", err)
 	}
