@@ -34,6 +34,9 @@ type world struct {
 	fleet fleetv1connect.FleetServiceClient
 	rel   *tuftest.Release
 	link  *transport.Link
+	// devices is the link the simulated devices reach ferryd through (nil:
+	// link).
+	devices agent.Link
 }
 
 // published is a bundle in the repository.
@@ -123,10 +126,14 @@ func (w *world) startFleet(t *testing.T, label string, n int, hardware string, f
 // fleet=<label>.
 func (w *world) startFleetAs(t *testing.T, prefix, label string, n int, hardware string, faults sim.Faults) *sim.Fleet {
 	t.Helper()
+	var link agent.Link = w.link
+	if w.devices != nil {
+		link = w.devices
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	fl, err := sim.Start(ctx, sim.Config{
 		Devices: n, Prefix: prefix, Labels: map[string]string{"fleet": label},
-		Link: w.link, Enroller: transport.Enroller{Link: w.link}, Registrar: transport.NewRegistrar(w.link, w.f.OperatorToken(t)),
+		Link: link, Enroller: transport.Enroller{Link: w.link}, Registrar: transport.NewRegistrar(w.link, w.f.OperatorToken(t)),
 		TrustedRoot: w.rel.RootJSON(), Hardware: hardware, Faults: faults, Dir: t.TempDir(), Seed: 1,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
 		DownloadAttempts: 3, DownloadBackoff: 20 * time.Millisecond,

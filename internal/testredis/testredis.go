@@ -5,7 +5,9 @@
 //     (scripts/test) starts a private redis-server and exports its address as
 //     FERRY_TEST_REDIS_URL; run on its own (go test), the helper starts a
 //     redis-server from PATH on a free loopback port instead. Private gives a
-//     test a server of its own, to stop and start.
+//     test a server of its own, to stop and start; Durable, one with
+//     appendonly yes and appendfsync always, to SIGKILL and restart on the
+//     same port and directory with nothing acknowledged lost.
 //   - Cluster: the seed addresses of a Redis Cluster of three masters shared
 //     by the test binary: FERRY_TEST_REDIS_CLUSTER (host:port,host:port,...)
 //     or, without it, three redis-server --cluster-enabled yes joined with
