@@ -3,13 +3,7 @@ package server_test
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,62 +25,6 @@ import (
 	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 	"github.com/ferryhq/ferry/server"
 )
-
-// durableRedis is a redis-server of the test's own that keeps its data
-// across a kill (append-only file, fsync on every write), so that the test
-// can stop and start it on the same port without disturbing anyone else.
-type durableRedis struct {
-	t    *testing.T
-	port int
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startDurableRedis(t *testing.T) *durableRedis {
-	port, err := testredis.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &durableRedis{t: t, port: port, dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.kill)
-	return r
-}
-
-func (r *durableRedis) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.port) }
-
-func (r *durableRedis) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir,
-		"--logfile", filepath.Join(r.dir, "redis.log"))
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("redis-server: %v", err)
-	}
-	r.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(r.cmd, r.done)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port))
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("redis-server did not start on %s", addr)
-		}
-	}
-}
-
-// kill ends the server with SIGKILL, as a crash would.
-func (r *durableRedis) kill() {
-	if r.cmd != nil {
-		r.cmd.Process.Kill()
-		<-r.done
-		r.cmd = nil
-	}
-}
 
 // waitFor polls cond until it holds, or fails the test after timeout.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
@@ -146,9 +84,9 @@ func wantConnectUnavailable(t *testing.T, what string, err error, retryAfterHead
 // token is tested with the agent.
 func TestStoreOutage(t *testing.T) {
 	ctx := t.Context()
-	redis := startDurableRedis(t)
+	redis := testredis.Durable(t)
 	f := ferrytest.Start(t, ferrytest.Redis, func(cfg *server.Config) {
-		cfg.RedisURL = redis.url()
+		cfg.RedisURL = redis.URL()
 		cfg.Device.ResyncInterval = 200 * time.Millisecond // streams read the store often
 	})
 	f.Publish(t, testBundle.GetTargetPath())
@@ -212,7 +150,7 @@ func TestStoreOutage(t *testing.T) {
 		t.Fatalf("before the outage: readiness %d %q, health %v", code, body, health())
 	}
 
-	redis.kill()
+	redis.Kill(t)
 
 	// Readiness and health go down, liveness stays.
 	waitFor(t, 10*time.Second, "readiness down", func() bool {
@@ -290,7 +228,7 @@ func TestStoreOutage(t *testing.T) {
 	}))
 	wantConnectUnavailable(t, "Enroll", err, true)
 
-	redis.start()
+	redis.Restart(t)
 
 	// Back by themselves.
 	waitFor(t, 10*time.Second, "readiness back", func() bool {
