@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -19,6 +22,7 @@ import (
 
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 
 	"github.com/ferryhq/ferry/internal/ferrytest"
 )
@@ -481,6 +485,46 @@ func TestRolloutCommands(t *testing.T) {
 	}
 	if lines == 0 {
 		t.Fatal("watch -o json printed nothing")
+	}
+}
+
+// shortTimeout sends a shorter Connect timeout than the caller's context
+// has, as ferryd's copy of a deadline (whole milliseconds, started on
+// arrival) may end just before the caller's own.
+type shortTimeout struct{ next http.RoundTripper }
+
+func (s shortTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Connect-Timeout-Ms", "300")
+	return s.next.RoundTrip(req)
+}
+
+// TestWatchServerDeadline checks that rollout watch reports a watch ended
+// by the caller's deadline as interrupted, also when ferryd's copy of the
+// deadline ends the stream first.
+func TestWatchServerDeadline(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.Publish(t, "gw/2.0.0/fw.bin")
+	client := fleetv1connect.NewRolloutServiceClient(&http.Client{Transport: shortTimeout{f.HTTPClient(t).Transport}},
+		f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
+	created, err := client.CreateRollout(t.Context(), connect.NewRequest(&fleetv1.CreateRolloutRequest{
+		Bundle: ferrytest.Bundle("gw/2.0.0/fw.bin"), Selector: "group=dev"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.Msg.GetRollout().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := &cobra.Command{}
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetContext(ctx)
+	err = watchRollout(cmd, &app{}, client, id)
+	if err == nil || !strings.Contains(err.Error(), "rollout "+id+": stopped watching (interrupted); the rollout goes on") {
+		t.Fatalf("watch: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "  RUNNING") {
+		t.Fatalf("watch printed\n%s", out.String())
 	}
 }
 
