@@ -111,10 +111,15 @@ func (s *rolloutService) WatchRollout(ctx context.Context, req *connect.Request[
 	err := s.rollouts.Watch(ctx, req.Msg.GetRolloutId(), func(r store.Rollout) error {
 		return stream.Send(&fleetv1.WatchRolloutResponse{Rollout: rolloutToProto(r)})
 	})
-	if err != nil && ctx.Err() == nil {
-		return connectError(ctx, s.log, err)
+	switch {
+	case err == nil: // the rollout ended
+		return nil
+	case ctx.Err() != nil:
+		// The caller left or its deadline passed: a clean end would tell
+		// it that the rollout is over.
+		return connectError(ctx, s.log, ctx.Err())
 	}
-	return nil
+	return connectError(ctx, s.log, err)
 }
 
 func (s *rolloutService) ListRolloutExecutions(ctx context.Context, req *connect.Request[fleetv1.ListRolloutExecutionsRequest]) (*connect.Response[fleetv1.ListRolloutExecutionsResponse], error) {

@@ -168,3 +168,40 @@ func TestRolloutViewerCannotSteer(t *testing.T) {
 		t.Errorf("viewer lists rollouts: %v", err)
 	}
 }
+
+// TestWatchRolloutDeadline checks that a watch ended by the caller's
+// deadline says so (DeadlineExceeded) rather than ending cleanly, which
+// would read as the rollout's work being done. The deadline is sent as the
+// Connect timeout header only, so that the server's copy of it, not the
+// client's context, ends the stream, as it does when the server's copy
+// (whole milliseconds) runs out just before the client's.
+func TestWatchRolloutDeadline(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.Publish(t, testBundle.GetTargetPath())
+	api := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
+	created, err := api.CreateRollout(t.Context(), connect.NewRequest(&fleetv1.CreateRolloutRequest{Bundle: testBundle, Selector: "group=dev"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.Msg.GetRollout().GetId()
+	req := connect.NewRequest(&fleetv1.WatchRolloutRequest{RolloutId: id})
+	req.Header().Set("Connect-Timeout-Ms", "300")
+	stream, err := api.WatchRollout(t.Context(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	n := 0
+	for stream.Receive() {
+		if got := stream.Msg().GetRollout().GetId(); got != id {
+			t.Fatalf("watch sent rollout %q, want %q", got, id)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Error("watch sent nothing before its deadline")
+	}
+	if code := connect.CodeOf(stream.Err()); code != connect.CodeDeadlineExceeded {
+		t.Errorf("watch ended with %v (code %v), want DeadlineExceeded", stream.Err(), code)
+	}
+}

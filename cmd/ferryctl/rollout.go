@@ -665,7 +665,10 @@ func watchRollout(cmd *cobra.Command, a *app, client fleetv1connect.RolloutServi
 		}
 	}
 	if err := stream.Err(); err != nil {
-		if ctx.Err() != nil {
+		// ferryd holds the caller's deadline to the whole millisecond, so
+		// its DeadlineExceeded may come just before ctx's own.
+		_, deadline := ctx.Deadline()
+		if ctx.Err() != nil || deadline && connect.CodeOf(err) == connect.CodeDeadlineExceeded {
 			return fmt.Errorf("rollout %s: stopped watching (interrupted); the rollout goes on", id)
 		}
 		return fmt.Errorf("watch rollout %s: %w", id, err)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -19,6 +22,7 @@ import (
 
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 
 	"github.com/ferryhq/ferry/internal/ferrytest"
 )
@@ -290,19 +294,20 @@ func TestRolloutCommands(t *testing.T) {
 		}
 	}
 	repo := []string{"--repo-dir", filepath.Join(dir, "repo"), "--passphrase-file", passFile}
-	var id, scheduled string
-	// capture finds the id of the rollout named name (ids made in the
-	// same second do not sort by time).
-	capture := func(into *string, name string) func(t *testing.T) {
+	var id, continuous, scheduled string
+	// capture finds the id of the rollout whose row in the list has the
+	// cell, its name or its target (ids made in the same second do not
+	// sort by time).
+	capture := func(into *string, cell string) func(t *testing.T) {
 		return func(t *testing.T) {
 			out, _ := run(t, f, "rollout", "list")
 			for line := range strings.SplitSeq(out, "\n") {
-				if strings.Contains(line, "  "+name+"  ") {
+				if strings.Contains(line, "  "+cell+"  ") {
 					*into = rolloutID.FindString(line)
 				}
 			}
 			if *into == "" {
-				t.Fatalf("no rollout %s in\n%s", name, out)
+				t.Fatalf("no rollout %s in\n%s", cell, out)
 			}
 		}
 	}
@@ -325,18 +330,10 @@ func TestRolloutCommands(t *testing.T) {
 
 	// The controller starts it within a tick: three waves of the three
 	// development devices, the first one's device given the job.
-	var out string
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		var err error
-		out, err = run(t, f, "rollout", "show", id)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-		if strings.Contains(out, "QUEUED 1") || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
+	waitRollout(t, f, id, "one device given the job", func(r *fleetv1.Rollout) bool { return r.GetCounts()["QUEUED"] == 1 })
+	out, err := run(t, f, "rollout", "show", id)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	for _, w := range []string{"group=dev (3 devices)", "WAVE  SIZE  STATE    SUCCEEDED  FAILED  IN FLIGHT  PENDING  SOAK UNTIL",
 		"1*    1     RUNNING  0          0       1          0", "2     2     PENDING  0          0       0          2", "3     0     PENDING"} {
@@ -399,7 +396,12 @@ func TestRolloutCommands(t *testing.T) {
 		{"create matching no device", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--selector", "ring=nowhere", "--watch"},
 			nil, "failed_precondition: selector: ring=nowhere matches no device", nil},
 		{"create continuous matching no device", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--selector", "ring=nowhere", "--continuous"},
-			[]string{"target           ring=nowhere, continuous", "state            RUNNING"}, "", nil},
+			[]string{"target           ring=nowhere, continuous", "state            RUNNING"}, "", func(t *testing.T) {
+				// The controller starts it on its next tick, not at
+				// creation; until then it has no waves (progress "-").
+				capture(&continuous, "ring=nowhere")(t)
+				waitRollout(t, f, continuous, "started", func(r *fleetv1.Rollout) bool { return r.GetBeginTime() != nil })
+			}},
 
 		// Scheduled: it waits, and shows its schedule.
 		{"create scheduled", []string{"rollout", "create", "--bundle", "gw/2.0.0/fw.bin", "--devices", "dev-1,dev-2", "--name", "later",
@@ -445,7 +447,7 @@ func TestRolloutCommands(t *testing.T) {
 			}
 			all := strings.Join(rows, "\n")
 			for _, w := range []string{scheduled + " later SCHEDULED gw/2.0.0/fw.bin 2 devices - ",
-				" - RUNNING gw/2.0.0/fw.bin ring=nowhere 0/0 ok ", id + " canary CANCELED gw/2.0.0/fw.bin group=dev 0/3 ok "} {
+				continuous + " - RUNNING gw/2.0.0/fw.bin ring=nowhere 0/0 ok ", id + " canary CANCELED gw/2.0.0/fw.bin group=dev 0/3 ok "} {
 				if !strings.Contains(all, w) {
 					t.Fatalf("list lacks %q:\n%s", w, out)
 				}
@@ -467,7 +469,7 @@ func TestRolloutCommands(t *testing.T) {
 	runSteps(t, f, steps)
 
 	// watch -o json: one JSON object a line.
-	out, err := run(t, f, "rollout", "watch", id, "-o", "json")
+	out, err = run(t, f, "rollout", "watch", id, "-o", "json")
 	if err == nil || !strings.Contains(err.Error(), "CANCELED") {
 		t.Fatalf("watch: %v", err)
 	}
@@ -483,6 +485,70 @@ func TestRolloutCommands(t *testing.T) {
 	}
 	if lines == 0 {
 		t.Fatal("watch -o json printed nothing")
+	}
+}
+
+// shortTimeout sends a shorter Connect timeout than the caller's context
+// has, as ferryd's copy of a deadline (whole milliseconds, started on
+// arrival) may end just before the caller's own.
+type shortTimeout struct{ next http.RoundTripper }
+
+func (s shortTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("Connect-Timeout-Ms", "300")
+	return s.next.RoundTrip(req)
+}
+
+// TestWatchServerDeadline checks that rollout watch reports a watch ended
+// by the caller's deadline as interrupted, also when ferryd's copy of the
+// deadline ends the stream first.
+func TestWatchServerDeadline(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.Publish(t, "gw/2.0.0/fw.bin")
+	client := fleetv1connect.NewRolloutServiceClient(&http.Client{Transport: shortTimeout{f.HTTPClient(t).Transport}},
+		f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
+	created, err := client.CreateRollout(t.Context(), connect.NewRequest(&fleetv1.CreateRolloutRequest{
+		Bundle: ferrytest.Bundle("gw/2.0.0/fw.bin"), Selector: "group=dev"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.Msg.GetRollout().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := &cobra.Command{}
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetContext(ctx)
+	err = watchRollout(cmd, &app{}, client, id)
+	if err == nil || !strings.Contains(err.Error(), "rollout "+id+": stopped watching (interrupted); the rollout goes on") {
+		t.Fatalf("watch: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "  RUNNING") {
+		t.Fatalf("watch printed\n%s", out.String())
+	}
+}
+
+// waitRollout polls the rollout until done reports true of it, failing
+// the test after a deadline with what it last saw.
+func waitRollout(t *testing.T, f *ferrytest.Ferryd, id, what string, done func(*fleetv1.Rollout) bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, err := run(t, f, "rollout", "show", id, "-o", "json")
+		if err != nil {
+			t.Fatalf("show %s: %v\n%s", id, err, out)
+		}
+		var resp fleetv1.GetRolloutResponse
+		if err := protojson.Unmarshal([]byte(out), &resp); err != nil {
+			t.Fatalf("show %s: %v\n%s", id, err, out)
+		}
+		if done(resp.GetRollout()) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rollout %s not %s after 15s:\n%s", id, what, out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
