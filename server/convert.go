@@ -67,6 +67,17 @@ func stepToProto(s string) devicev1.Step {
 	return devicev1.Step(devicev1.Step_value["STEP_"+s])
 }
 
+func downloadMethodFromProto(m devicev1.DownloadMethod) replica.DownloadMethod {
+	if m == devicev1.DownloadMethod_DOWNLOAD_METHOD_UNSPECIFIED {
+		return ""
+	}
+	return replica.DownloadMethod(trimPrefix(m.String(), "DOWNLOAD_METHOD_"))
+}
+
+func downloadMethodToProto(m string) devicev1.DownloadMethod {
+	return devicev1.DownloadMethod(devicev1.DownloadMethod_value["DOWNLOAD_METHOD_"+m])
+}
+
 func trimPrefix(s, prefix string) string {
 	if len(s) >= len(prefix) && s[:len(prefix)] == prefix {
 		return s[len(prefix):]
@@ -171,8 +182,10 @@ func deviceToProto(d store.Device) *fleetv1.Device {
 			Status:         statusToProto(j.Status),
 			Step:           stepToProto(j.Step),
 			ErrorCode:      j.ErrorCode,
-			Message:        j.Message,
-			UpdateTime:     timestamp(j.UpdatedAt),
+			Message:         j.Message,
+			UpdateTime:      timestamp(j.UpdatedAt),
+			DownloadMethod:  downloadMethodToProto(j.DownloadMethod),
+			BytesDownloaded: j.BytesDownloaded,
 		}
 	}
 	return out

@@ -206,6 +206,8 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
 		p := m.Progress
 		_, err := st.svc.replica.Progress(ctx, st.id, replica.Progress{
 			JobID: p.GetJobId(), DesiredVersion: p.GetDesiredVersion(), Step: stepFromProto(p.GetStep()), Percent: p.GetPercent(),
+			DownloadMethod: downloadMethodFromProto(p.GetDownloadMethod()), BytesDownloaded: p.GetBytesDownloaded(),
+			Code: p.GetCode(), Message: p.GetMessage(),
 		})
 		if err != nil {
 			return grpcError(ctx, st.log, err)
