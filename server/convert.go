@@ -177,11 +177,11 @@ func deviceToProto(d store.Device) *fleetv1.Device {
 			Status: devicev1.JobStatus_JOB_STATUS_QUEUED, UpdateTime: timestamp(d.Desired.SetAt)}
 	case j.ID != "":
 		out.Job = &fleetv1.Job{
-			Id:             j.ID,
-			DesiredVersion: j.DesiredVersion,
-			Status:         statusToProto(j.Status),
-			Step:           stepToProto(j.Step),
-			ErrorCode:      j.ErrorCode,
+			Id:              j.ID,
+			DesiredVersion:  j.DesiredVersion,
+			Status:          statusToProto(j.Status),
+			Step:            stepToProto(j.Step),
+			ErrorCode:       j.ErrorCode,
 			Message:         j.Message,
 			UpdateTime:      timestamp(j.UpdatedAt),
 			DownloadMethod:  downloadMethodToProto(j.DownloadMethod),
