@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/ferryhq/ferry/credentials"
+	"github.com/ferryhq/ferry/tuf"
 )
 
 // downloadTokenParam is the query parameter of a pre-signed URL.
@@ -34,9 +35,16 @@ const downloadTokenParam = "token"
 // ignored. An API key ("Bearer ferry_…") is a claim to be an operator and
 // is checked as one, certificate or not: a wrong one is refused (401), so
 // a mistyped or withdrawn operator key is reported instead of masked.
+//
+// A patch target (custom metadata "delta") is authorized as its signed
+// result: a device's token for its desired bundle also fetches a patch
+// whose delta.result names that bundle's path and SHA-256, and nothing
+// else does.
 type tokenDownloadAuthorizer struct {
 	creds *credentialsState
 	auth  Authenticator
+	// repo finds patch targets; nil serves no patch by its result's token.
+	repo *tuf.Repository
 }
 
 var _ DownloadAuthorizer = tokenDownloadAuthorizer{}
@@ -99,6 +107,9 @@ func (a tokenDownloadAuthorizer) AuthorizeTarget(r *http.Request, path, sha256 s
 		return err
 	}
 	req := credentials.DownloadRequest{Target: path, SHA256: sha256, Claimant: newClaimant()}
+	if result, ok := a.patchResult(r, path, sha256); ok {
+		req.Target, req.SHA256 = result.Path, result.SHA256
+	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		req.ClientCert = r.TLS.PeerCertificates[0]
 	}
@@ -116,6 +127,20 @@ func (a tokenDownloadAuthorizer) AuthorizeTarget(r *http.Request, path, sha256 s
 		return connect.NewError(code, errors.New(msg))
 	}
 	return nil
+}
+
+// patchResult returns the signed result of the patch target at path with
+// that SHA-256, if it is one. Whether the target exists shows only in
+// what the token is checked against, not in the answer.
+func (a tokenDownloadAuthorizer) patchResult(r *http.Request, path, sha256 string) (tuf.DeltaRef, bool) {
+	if a.repo == nil || !strings.Contains(path, ".delta-") {
+		return tuf.DeltaRef{}, false
+	}
+	b, err := a.repo.FindBundle(r.Context(), path)
+	if err != nil || b.SHA256() != sha256 || b.Delta == nil {
+		return tuf.DeltaRef{}, false
+	}
+	return b.Delta.Result, true
 }
 
 func newClaimant() string {

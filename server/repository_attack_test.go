@@ -404,3 +404,36 @@ func mustParse(t testing.TB, raw []byte, signed any) {
 func newRepoClient(t testing.TB, f *ferrytest.Ferryd) repositoryv1connect.RepositoryServiceClient {
 	return repositoryv1connect.NewRepositoryServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
 }
+
+// TestAttackArbitrarySoftwarePatch replaces a published patch's bytes in
+// the storage: with the same length (the signed SHA-256 refuses them),
+// longer (the signed length does), or with another genuine patch.
+func TestAttackArbitrarySoftwarePatch(t *testing.T) {
+	const n = 100 << 10
+	v1, v2, v3 := firmware(1, n), firmware(2, n), firmware(3, n)
+	tests := []struct {
+		name   string
+		tamper func(patch []byte) []byte
+	}{
+		{"same length, other bytes", func(p []byte) []byte { p = bytes.Clone(p); p[len(p)/2] ^= 1; return p }},
+		{"longer", func(p []byte) []byte { return append(bytes.Clone(p), bytes.Repeat([]byte{0}, 4<<20)...) }},
+		{"another genuine patch", func([]byte) []byte { return makePatch(t, v1, v3) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := newRepoFixture(t, nil, tuftest.Options{BinBits: 1})
+			fx.add(t, "camera/1.0.0/fw.bin", v1)
+			fx.add(t, "camera/2.0.0/fw.bin", v2)
+			path, patch := fx.addPatch(t, "camera/1.0.0/fw.bin", v1, "camera/2.0.0/fw.bin", v2)
+			c := fx.tufClient(t, fx.operatorHTTP(t))
+			if _, err := c.refresh(); err != nil {
+				t.Fatal(err)
+			}
+			blob := filepath.Join(fx.dataDir(), "repository", filepath.FromSlash(tuf.BlobKey(tuftest.SHA256(patch))))
+			if err := os.WriteFile(blob, tc.tamper(patch), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c.refuses(t, path)
+		})
+	}
+}

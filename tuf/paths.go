@@ -139,6 +139,8 @@ type Bundle struct {
 	// Role is the targets role that signed it.
 	Role string
 	Info BundleInfo
+	// Delta is set when the target is a patch (see DeltaInfo).
+	Delta *DeltaInfo
 }
 
 // SHA256 returns the bundle's SHA-256 digest, hex.
@@ -153,6 +155,9 @@ func bundleFrom(path, role string, tf *metadata.TargetFiles) Bundle {
 		var c customJSON
 		if json.Unmarshal(*tf.Custom, &c) == nil && c.Ferry != nil {
 			b.Info = *c.Ferry
+		}
+		if d, ok, err := ParseDelta(tf.Custom); ok && err == nil {
+			b.Delta = &d
 		}
 	}
 	return b

@@ -165,17 +165,29 @@ func (r *Repository) PublishTargets(ctx context.Context, batch []SignedMetadata)
 		}
 	}
 
+	next := newState()
+	for role, md := range cur.roles {
+		next.roles[role] = md
+	}
+	for role, md := range updates {
+		next.roles[role] = md
+	}
+	if err := checkDeltas(cur, next, updates); err != nil {
+		return Versions{}, err
+	}
+
 	for _, sm := range batch {
 		name := fmtRole(sm.Role, updates[sm.Role].Signed.Version)
 		if err := r.cfg.Storage.WriteAll(ctx, metadataKey(name), sm.Data); err != nil {
 			return Versions{}, fmt.Errorf("store %s: %w", name, err)
 		}
 	}
-	next, err := r.commit(ctx, cur, updates, true)
+	committed, err := r.commit(ctx, cur, updates, true)
 	if err != nil {
 		return Versions{}, err
 	}
-	r.committed(ctx, next)
+	r.committed(ctx, committed)
+	next = committed
 	r.cfg.Logger.InfoContext(ctx, "targets published", "roles", len(batch), "snapshot", next.snapshot.Signed.Version)
 	return next.versions(), nil
 }

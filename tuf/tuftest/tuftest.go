@@ -6,6 +6,7 @@ package tuftest
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"testing"
 	"time"
 
@@ -194,4 +195,26 @@ func (r *Release) Bump(role string) tuf.SignedMetadata {
 	md := r.Role(role)
 	md.Signed.Version++
 	return r.sign(role, md)
+}
+
+// Put adds targets (each at its Path) to the roles that hold them, bumps
+// each role touched once and returns them signed, as one batch.
+func (r *Release) Put(tfs ...*metadata.TargetFiles) []tuf.SignedMetadata {
+	r.t.Helper()
+	var roles []string
+	for _, tf := range tfs {
+		role := tuf.RoleFor(r.Top, tf.Path)
+		r.Role(role).Signed.Targets[tf.Path] = tf
+		if !slices.Contains(roles, role) {
+			roles = append(roles, role)
+		}
+	}
+	batch := make([]tuf.SignedMetadata, 0, len(roles))
+	for _, role := range roles {
+		md := r.Role(role)
+		md.Signed.Version++
+		md.Signed.Expires = r.opts.Now().Add(tuf.DefaultTargetsExpiry).UTC().Truncate(time.Second)
+		batch = append(batch, r.sign(role, md))
+	}
+	return batch
 }
