@@ -3,7 +3,6 @@ package agent_test
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,26 +48,19 @@ func (w *world) addPatch(t *testing.T, baseB *devicev1.Bundle, base []byte, resB
 		t.Fatalf("delta.Make: %v", err)
 	}
 	w.upload(t, patch.Bytes())
-	path := agent.PatchPath(resB.GetTargetPath(), baseB.GetSha256())
-	tf, err := tuf.NewTargetFile(path, int64(patch.Len()), tuftest.SHA256(patch.Bytes()),
-		tuf.BundleInfo{Name: "test", Version: "1.0.0", Published: time.Now().UTC().Truncate(time.Second)})
+	ref := func(b *devicev1.Bundle) tuf.DeltaRef {
+		return tuf.DeltaRef{Path: b.GetTargetPath(), SHA256: b.GetSha256(), Length: int64(b.GetLength())}
+	}
+	tf, err := tuf.NewDeltaTargetFile(int64(patch.Len()), tuftest.SHA256(patch.Bytes()),
+		tuf.BundleInfo{Name: "test", Version: "1.0.0", Published: time.Now().UTC().Truncate(time.Second)},
+		tuf.DeltaInfo{Base: ref(baseB), Result: ref(resB), Format: delta.Format, Window: deltaWindow})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := func(b *devicev1.Bundle) agent.PatchFile {
-		return agent.PatchFile{Path: b.GetTargetPath(), SHA256: b.GetSha256(), Length: b.GetLength()}
+	path := tf.Path
+	if want := agent.PatchPath(resB.GetTargetPath(), baseB.GetSha256()); path != want {
+		t.Fatalf("the repository publishes the patch at %q, devices look for it at %q", path, want)
 	}
-	var custom map[string]any
-	if err := json.Unmarshal(*tf.Custom, &custom); err != nil {
-		t.Fatal(err)
-	}
-	custom["delta"] = agent.PatchInfo{Base: ref(baseB), Result: ref(resB), Format: delta.Format, Window: deltaWindow}
-	raw, err := json.Marshal(custom)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := json.RawMessage(raw)
-	tf.Custom = &msg
 	w.mu.Lock()
 	md := w.rel.Edit(path, func(m map[string]*metadata.TargetFiles) { m[path] = tf })
 	w.mu.Unlock()
