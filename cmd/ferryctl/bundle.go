@@ -14,7 +14,9 @@ import (
 	"connectrpc.com/connect"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/ferryhq/ferry/delta"
 	repositoryv1 "github.com/ferryhq/ferry/proto/ferry/repository/v1"
 	"github.com/ferryhq/ferry/tuf"
 )
@@ -29,11 +31,13 @@ func newBundleCmd(a *app) *cobra.Command {
 
 func newBundlePublishCmd(a *app, opts *repoOpts) *cobra.Command {
 	var name, version, path, notes, notesFile string
-	var hardware []string
+	var hardware, deltaFrom []string
 	var downgrade, quiet bool
 	var expiry time.Duration
+	var deltaRatio float64
+	var deltaWindow int
 	cmd := &cobra.Command{
-		Use:   "publish FILE --name NAME --version VERSION",
+		Use:   "publish FILE --name NAME --version VERSION [--delta-from V1,V2...]",
 		Short: "Upload a bundle and publish it, signed with the offline keys",
 		Long: `publish computes FILE's length and SHA-256, streams it to ferryd, adds it
 as a target (path NAME/VERSION/<file name> unless --path is given) with
@@ -44,11 +48,29 @@ accepts anything. VERSION must be a semantic version (MAJOR.MINOR.PATCH,
 optional -PRERELEASE and +BUILD, a leading "v" accepted): devices order
 versions by SemVer 2.0 precedence to refuse downgrades. While it uploads,
 a progress bar with the rate and the time left is drawn on stderr when it
-is a terminal (nothing otherwise).`,
+is a terminal (nothing otherwise).
+
+--delta-from V1,V2... also publishes a patch from each earlier version to
+this one, so that devices running it download the patch instead of the
+whole bundle. Each earlier version is fetched from the repository and
+verified as a device verifies it (so the patch's base is exactly what
+devices run): V is the target NAME/V/<file name> as publish names it, or a
+full target path. A patch is its own target, <path>.delta-<16 hex digits
+of the base's SHA-256>, with signed custom metadata naming its base and
+result; it is published in the same signed batch as the bundle. A patch
+larger than --delta-max-ratio of the bundle is not worth its download and
+is skipped with a message. --delta-window bounds what a device holds in
+memory while it applies a patch (a power of two, 4 KiB to 512 MiB).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if name == "" || version == "" {
 				return errors.New("--name and --version are required")
+			}
+			if deltaRatio <= 0 || deltaRatio > 1 {
+				return fmt.Errorf("--delta-max-ratio %v: want more than 0 and at most 1", deltaRatio)
+			}
+			if _, err := (deltaOpts{window: deltaWindow}).check(); err != nil {
+				return fmt.Errorf("--delta-window: %w", err)
 			}
 			if err := tuf.ValidBundleVersion(version); err != nil {
 				return fmt.Errorf("--version: %w", err)
@@ -77,10 +99,11 @@ is a terminal (nothing otherwise).`,
 				return err
 			}
 			digest := hex.EncodeToString(h.Sum(nil))
-			tf, err := tuf.NewTargetFile(path, length, digest, tuf.BundleInfo{
+			info := tuf.BundleInfo{
 				Name: name, Version: version, Hardware: hardware, ReleaseNotes: notes,
 				DowngradeAllowed: downgrade, Published: time.Now().UTC().Truncate(time.Second),
-			})
+			}
+			tf, err := tuf.NewTargetFile(path, length, digest, info)
 			if err != nil {
 				return err
 			}
@@ -102,7 +125,21 @@ is a terminal (nothing otherwise).`,
 				return fmt.Errorf("upload: %w", err)
 			}
 			md.Signed.Targets[path] = tf
-			resp, err := s.publishRole(cmd, role, md, expiry)
+			dopts := deltaOpts{from: deltaFrom, name: name, file: filepath.Base(args[0]), ratio: deltaRatio, window: deltaWindow, quiet: quiet}
+			patches, err := publishPatches(cmd, s, f, tuf.DeltaRef{Path: path, SHA256: digest, Length: length}, info, dopts)
+			if err != nil {
+				return err
+			}
+			roles := map[string]*metadata.Metadata[metadata.TargetsType]{role: md}
+			for _, p := range patches {
+				prole, pmd, err := s.roleFor(p.tf.Path)
+				if err != nil {
+					return err
+				}
+				pmd.Signed.Targets[p.tf.Path] = p.tf
+				roles[prole] = pmd
+			}
+			resp, err := s.publishRoles(cmd, roles, expiry)
 			if err != nil {
 				return fmt.Errorf("publish: %w", err)
 			}
@@ -111,6 +148,10 @@ is a terminal (nothing otherwise).`,
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "published %s (%d bytes, sha256 %s) in %s v%d; snapshot v%d, timestamp v%d\n",
 				path, length, digest, role, md.Signed.Version, resp.GetSnapshotVersion(), resp.GetTimestampVersion())
+			for _, p := range patches {
+				fmt.Fprintf(cmd.OutOrStdout(), "published patch %s from %s (%d bytes, %.1f%% of the bundle)\n",
+					p.tf.Path, p.base, p.tf.Length, 100*float64(p.tf.Length)/float64(max(length, 1)))
+			}
 			return nil
 		},
 	}
@@ -124,6 +165,9 @@ is a terminal (nothing otherwise).`,
 	fl.BoolVar(&downgrade, "allow-downgrade", false, "devices may install this bundle over a newer version")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "no progress bar (there is none unless stderr is a terminal)")
 	fl.DurationVar(&expiry, "targets-expiry", tuf.DefaultTargetsExpiry, "lifetime of the signed targets metadata")
+	fl.StringSliceVar(&deltaFrom, "delta-from", nil, "earlier versions (or target paths) to publish a patch from, comma-separated")
+	fl.Float64Var(&deltaRatio, "delta-max-ratio", 0.5, "skip a patch larger than this fraction of the bundle")
+	fl.IntVar(&deltaWindow, "delta-window", delta.DefaultWindow, "patch window in bytes: about what a device holds in memory to apply it")
 	return cmd
 }
 
