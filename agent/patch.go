@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -142,7 +144,7 @@ func (a *Agent) fetch(ctx context.Context, f *fetchJob) error {
 
 // fetchFull downloads the full target to f.part and verifies it.
 func (a *Agent) fetchFull(ctx context.Context, f *fetchJob) error {
-	if err := a.download(ctx, f, f.want.TargetPath, f.part, f.tf.Length); err != nil {
+	if err := a.download(ctx, f, nil, f.part, f.tf.Length); err != nil {
 		return err
 	}
 	if err := a.progress(f.stream, f.d, StepVerifying, 0); err != nil {
@@ -157,13 +159,18 @@ func (a *Agent) fetchFull(ctx context.Context, f *fetchJob) error {
 	return nil
 }
 
-// download fetches target to part (length bytes, unverified), resuming
-// with Range, with a download token for target, and counts the bytes.
-func (a *Agent) download(ctx context.Context, f *fetchJob, target, part string, length int64) error {
+// download fetches part (length bytes, unverified) from the URL of the
+// desired bundle's download token, rewritten by url when it is not nil,
+// resuming with Range, and counts the bytes.
+func (a *Agent) download(ctx context.Context, f *fetchJob, url func(string) (string, error), part string, length int64) error {
 	dl := &downloader{
 		client: f.client, attempts: a.cfg.DownloadAttempts, backoff: a.cfg.DownloadBackoff,
 		token: func(ctx context.Context) (DownloadToken, error) {
-			return f.conn.DownloadToken(ctx, target)
+			tok, err := f.conn.DownloadToken(ctx, f.want.TargetPath)
+			if err == nil && url != nil {
+				tok.URL, err = url(tok.URL)
+			}
+			return tok, err
 		},
 		unavailable: func(ctx context.Context, attempt int, err error) error {
 			delay := a.backoff(attempt)
@@ -258,7 +265,12 @@ func (a *Agent) fetchPatch(ctx context.Context, f *fetchJob, p *patchTarget, bas
 			a.log.WarnContext(ctx, "removing a patch", "err", err)
 		}
 	}()
-	if err := a.download(ctx, f, p.path, patchPart, p.tf.Length); err != nil {
+	// The desired bundle's token fetches the patches to it: the patch's
+	// URL is the bundle's, with the patch's consistent-snapshot name.
+	patchURL := func(bundleURL string) (string, error) {
+		return siblingURL(bundleURL, hashedName(f.want.TargetPath, f.want.SHA256), hashedName(p.path, hex.EncodeToString(p.tf.Hashes["sha256"])))
+	}
+	if err := a.download(ctx, f, patchURL, patchPart, p.tf.Length); err != nil {
 		return fmt.Errorf("the patch %s: %w", p.path, err)
 	}
 	if err := a.progress(f.stream, f.d, StepVerifying, 0); err != nil {
@@ -306,6 +318,31 @@ func (a *Agent) applyPatch(ctx context.Context, patchPath, part string, base *os
 		return err
 	}
 	return out.Sync()
+}
+
+// hashedName is the name a target is served under with consistent
+// snapshots (TUF): "<dir>/<sha256>.<base>".
+func hashedName(path, sha256Hex string) string {
+	dir, base := "", path
+	if i := strings.LastIndexByte(path, '/'); i >= 0 {
+		dir, base = path[:i+1], path[i+1:]
+	}
+	return dir + sha256Hex + "." + base
+}
+
+// siblingURL returns raw, the URL of the target served as name, with
+// other in its place; the query (a pre-signed URL's token) stays.
+func siblingURL(raw, name, other string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("download URL: %w", err)
+	}
+	prefix, ok := strings.CutSuffix(u.Path, "/"+name)
+	if !ok {
+		return "", fmt.Errorf("download URL path %s does not end with the bundle's name %s", u.Path, name)
+	}
+	u.Path, u.RawPath = prefix+"/"+other, ""
+	return u.String(), nil
 }
 
 // digest returns the SHA-256 (hex) and length of what f holds from its

@@ -251,6 +251,11 @@ func TestProgressDownload(t *testing.T) {
 	if notices != 2 {
 		t.Errorf("%d delta.fallback events in the history, want 2", notices)
 	}
+	// desired_set and every recorded step but "patch chosen", which only
+	// changed the method.
+	if len(events) != 7 {
+		t.Errorf("%d events in the history, want 7: %+v", len(events), events)
+	}
 	out, err := r.Report(ctx, "dev-1", replica.Report{JobID: job, DesiredVersion: 1, Status: replica.StatusSucceeded,
 		State: replica.State{Bundle: store.Bundle{TargetPath: "fw-1.bin", Length: 10, SHA256: sum}}})
 	if err != nil || !out.Accepted {

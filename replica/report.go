@@ -267,7 +267,8 @@ type Progress struct {
 }
 
 // Progress records that a device's current job reached a step, changed its
-// download method, or met a notice (Code). Progress for a job that is not
+// download method (on the job only, without a history entry), or met a
+// notice (Code). Progress for a job that is not
 // the current one changes nothing and reports false, and so does a Progress
 // that only moves the percent or the bytes within a step (they are recorded
 // with the next step).
@@ -316,6 +317,9 @@ func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, er
 		recorded = true
 		ev := store.Event{Time: next.Job.UpdatedAt, Kind: EventJobProgress, JobID: p.JobID, DesiredVersion: p.DesiredVersion,
 			Status: string(StatusInProgress), Step: string(p.Step), ErrorCode: p.Code, Message: p.Message, Actor: "device:" + id}
+		if same && j.Step == string(p.Step) && p.Code == "" {
+			ev = store.Event{} // only the download method changed: the job says it, the history needs no entry
+		}
 		return next, store.Write{Event: ev}, nil
 	})
 	if errors.Is(err, errRejected) {
