@@ -392,10 +392,17 @@ func (a *Agent) progress(stream Stream, d Delta, step Step, pct uint32) error {
 	return stream.SendProgress(Progress{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Step: step, Percent: pct, Download: a.dl})
 }
 
-// notice sends a Progress with a code that does not end the job.
+// notice sends a Progress with a code that does not end the job; the
+// message is cut to the 1024 bytes ferryd keeps.
 func (a *Agent) notice(stream Stream, d Delta, step Step, code, message string) error {
+	if len(message) > maxNotice {
+		message = strings.ToValidUTF8(message[:maxNotice-3], "") + "..."
+	}
 	return stream.SendProgress(Progress{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Step: step, Download: a.dl, Code: code, Message: message})
 }
+
+// maxNotice is the longest notice message ferryd records.
+const maxNotice = 1024
 
 // job carries out d. It returns the final result, or ErrRestart once an
 // install is persisted and the device restarts, or an error when the
