@@ -67,6 +67,14 @@ func stepToProto(s string) devicev1.Step {
 	return devicev1.Step(devicev1.Step_value["STEP_"+s])
 }
 
+func progressFromProto(p *devicev1.Progress) replica.Progress {
+	return replica.Progress{
+		JobID: p.GetJobId(), DesiredVersion: p.GetDesiredVersion(), Step: stepFromProto(p.GetStep()), Percent: p.GetPercent(),
+		DownloadMethod: downloadMethodFromProto(p.GetDownloadMethod()), BytesDownloaded: p.GetBytesDownloaded(),
+		Code: p.GetCode(), Message: p.GetMessage(),
+	}
+}
+
 func downloadMethodFromProto(m devicev1.DownloadMethod) replica.DownloadMethod {
 	if m == devicev1.DownloadMethod_DOWNLOAD_METHOD_UNSPECIFIED {
 		return ""
