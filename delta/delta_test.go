@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -177,12 +178,12 @@ func TestCanceled(t *testing.T) {
 	base := image(12, 200<<10)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := Make(ctx, new(bytes.Buffer), writeFile(t, "b", base), writeFile(t, "t", base), Options{Window: MinWindow})
+	err := Make(ctx, new(bytes.Buffer), writeFile(t, "b", base), writeFile(t, "t", base), Options{Window: 64 << 10})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Make = %v, want context.Canceled", err)
 	}
-	patch := makePatch(t, base, base, Options{Window: MinWindow})
-	err = Apply(ctx, new(bytes.Buffer), writeFile(t, "b", base), bytes.NewReader(patch), Options{Window: MinWindow})
+	patch := makePatch(t, base, base, Options{Window: 64 << 10})
+	err = Apply(ctx, new(bytes.Buffer), writeFile(t, "b", base), bytes.NewReader(patch), Options{Window: 64 << 10})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Apply = %v, want context.Canceled", err)
 	}
@@ -212,4 +213,31 @@ func FuzzApply(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestApplyMemoryBounded applies a patch to an 8 MiB image with a 128 KiB
+// window: what Apply allocates in all stays near the window, far below
+// the image (the base is mapped, the result streamed).
+func TestApplyMemoryBounded(t *testing.T) {
+	base := image(30, 8<<20)
+	target := edit(base, 31)
+	opts := Options{Window: 128 << 10}
+	patch := makePatch(t, base, target, opts)
+	baseFile := writeFile(t, "base", base)
+	sum := sha256.New()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if err := Apply(context.Background(), sum, baseFile, bytes.NewReader(patch), opts); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if got, want := sum.Sum(nil), sha256.Sum256(target); !bytes.Equal(got, want[:]) {
+		t.Fatal("result differs from the target")
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 2<<20 {
+		t.Fatalf("Apply allocated %d bytes in all for a %d-byte image with a %d-byte window", alloc, len(target), opts.Window)
+	} else {
+		t.Logf("Apply allocated %d bytes in all for a %d-byte image with a %d-byte window", alloc, len(target), opts.Window)
+	}
 }
