@@ -57,7 +57,12 @@ type Config struct {
 	// retries of an interrupted download, each resuming with Range.
 	DownloadAttempts int
 	DownloadBackoff  time.Duration
-	Logger           *slog.Logger
+	// DeltaMaxWindow is the largest window, in bytes, of a patch the
+	// device applies (about the memory applying it takes; default 64 MiB);
+	// a patch that needs more is not used and the full bundle is
+	// downloaded. Negative: never use patches.
+	DeltaMaxWindow int
+	Logger         *slog.Logger
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
 }
@@ -68,6 +73,8 @@ type Agent struct {
 	log       *slog.Logger
 	p         Persisted
 	renewWait time.Time // no renewal attempt before this (after a failure)
+	// dl is how the current job fetches its bundle; every Progress says it.
+	dl Download
 }
 
 // New checks cfg and returns an agent.
@@ -109,6 +116,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.DownloadBackoff <= 0 {
 		cfg.DownloadBackoff = time.Second
+	}
+	if cfg.DeltaMaxWindow == 0 {
+		cfg.DeltaMaxWindow = 64 << 20
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -379,8 +389,20 @@ func (e *jobError) Error() string { return e.code + ": " + e.err.Error() }
 func (e *jobError) Unwrap() error { return e.err }
 
 func (a *Agent) progress(stream Stream, d Delta, step Step, pct uint32) error {
-	return stream.SendProgress(Progress{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Step: step, Percent: pct})
+	return stream.SendProgress(Progress{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Step: step, Percent: pct, Download: a.dl})
 }
+
+// notice sends a Progress with a code that does not end the job; the
+// message is cut to the 1024 bytes ferryd keeps.
+func (a *Agent) notice(stream Stream, d Delta, step Step, code, message string) error {
+	if len(message) > maxNotice {
+		message = strings.ToValidUTF8(message[:maxNotice-3], "") + "..."
+	}
+	return stream.SendProgress(Progress{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Step: step, Download: a.dl, Code: code, Message: message})
+}
+
+// maxNotice is the longest notice message ferryd records.
+const maxNotice = 1024
 
 // job carries out d. It returns the final result, or ErrRestart once an
 // install is persisted and the device restarts, or an error when the
@@ -388,6 +410,7 @@ func (a *Agent) progress(stream Stream, d Delta, step Step, pct uint32) error {
 func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Result, error) {
 	cur := a.p.Current
 	res := Result{JobID: d.JobID, DesiredVersion: d.DesiredVersion, State: cur.clone()}
+	a.dl = Download{}
 	fail := func(status Status, step Step, code string, err error) (Result, error) {
 		res.Status, res.Step, res.ErrorCode, res.Message = status, step, code, err.Error()
 		return res, nil
@@ -418,7 +441,7 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	}
 	client := a.cfg.Link.HTTPClient(a.cfg.Credentials)
 	defer client.CloseIdleConnections()
-	tf, newRoot, err := target(ctx, client, a.cfg.Link.MetadataURL(), a.trustedRoot(), want.Bundle.TargetPath)
+	tf, lookup, newRoot, err := target(ctx, client, a.cfg.Link.MetadataURL(), a.trustedRoot(), want.Bundle.TargetPath)
 	if newRoot != nil {
 		a.p.TrustedRoot = newRoot
 	}
@@ -455,39 +478,21 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	next.Bundle, next.Version = want.Bundle, info.Version
 	job.Bundle, job.Version = want.Bundle, info.Version
 
-	// Download, streaming to disk, resuming with Range.
+	// Download, streaming to disk, resuming with Range: a signed patch
+	// from the running bundle when one can be used, else the full bundle
+	// (patch.go).
 	if err := makeDir(a.cfg.DownloadDir, 0o700); err != nil {
 		return fail(StatusFailed, StepDownloading, CodeDownloadFailed, err)
 	}
 	part := a.partPath(want.Bundle)
-	dl := &downloader{
-		client: client, attempts: a.cfg.DownloadAttempts, backoff: a.cfg.DownloadBackoff,
-		token: func(ctx context.Context) (DownloadToken, error) {
-			return conn.DownloadToken(ctx, want.Bundle.TargetPath)
-		},
-		unavailable: func(ctx context.Context, attempt int, err error) error {
-			delay := a.backoff(attempt)
-			a.log.WarnContext(ctx, "download token unavailable; retrying", "job", d.JobID, "err", err, "in", delay.Round(time.Millisecond))
-			return sleep(ctx, delay)
-		},
+	err = a.fetch(ctx, &fetchJob{
+		conn: conn, stream: stream, d: d, client: client, lookup: lookup,
+		cur: cur.Bundle, want: want.Bundle, tf: tf, part: part,
+	})
+	if se := (*streamError)(nil); errors.As(err, &se) {
+		return res, se.err
 	}
-	lastPct := uint32(0)
-	dl.progress = func(pct uint32) {
-		if pct >= lastPct+25 && pct < 100 {
-			lastPct = pct
-			_ = a.progress(stream, d, StepDownloading, pct) // best effort; a broken stream shows at the next send
-		}
-	}
-	if err := dl.fetch(ctx, part, tf.Length); err != nil {
-		return a.jobFailure(ctx, fail, err)
-	}
-	if err := a.progress(stream, d, StepVerifying, 0); err != nil {
-		return res, err
-	}
-	if err := verifyFile(ctx, part, tf); err != nil {
-		if rerr := removeFile(part); rerr != nil { // never install, never resume from it
-			a.log.WarnContext(ctx, "removing a download that failed verification", "err", rerr)
-		}
+	if err != nil {
 		return a.jobFailure(ctx, fail, err)
 	}
 	// The download stays until the job ends (finish), so that the file an
@@ -499,7 +504,7 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	if err := a.progress(stream, d, StepInstalling, 0); err != nil {
 		return res, err
 	}
-	pd := &Pending{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Phase: PhaseInstalling, Previous: cur.clone(), Next: next}
+	pd := &Pending{JobID: d.JobID, DesiredVersion: d.DesiredVersion, Phase: PhaseInstalling, Previous: cur.clone(), Next: next, Download: a.dl}
 	a.p.Pending = pd
 	if err := a.save(ctx); err != nil {
 		a.p.Pending = nil

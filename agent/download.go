@@ -84,31 +84,31 @@ func (f tufFetcher) DownloadFile(url string, maxLength int64, timeout time.Durat
 }
 
 // target refreshes the TUF metadata with go-tuf's updater, starting from
-// root, and returns the verified description of path and the newest
-// trusted root.
-func target(ctx context.Context, client *http.Client, metadataURL string, root []byte, path string) (*metadata.TargetFiles, []byte, error) {
+// root, and returns the verified description of path, a lookup of other
+// targets in the same refreshed metadata, and the newest trusted root.
+func target(ctx context.Context, client *http.Client, metadataURL string, root []byte, path string) (*metadata.TargetFiles, func(string) (*metadata.TargetFiles, error), []byte, error) {
 	cfg, err := config.New(metadataURL, root)
 	if err != nil {
-		return nil, nil, fmt.Errorf("tuf config: %w", err)
+		return nil, nil, nil, fmt.Errorf("tuf config: %w", err)
 	}
 	cfg.Fetcher = tufFetcher{ctx: ctx, client: client}
 	cfg.DisableLocalCache = true
 	up, err := updater.New(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("tuf trusted root: %w", err)
+		return nil, nil, nil, fmt.Errorf("tuf trusted root: %w", err)
 	}
 	if err := up.Refresh(); err != nil {
-		return nil, nil, &jobError{StepDownloading, CodeTUFRefresh, fmt.Errorf("tuf refresh: %w", err)}
+		return nil, nil, nil, &jobError{StepDownloading, CodeTUFRefresh, fmt.Errorf("tuf refresh: %w", err)}
 	}
 	newRoot, err := up.GetTrustedMetadataSet().Root.ToBytes(false)
 	if err != nil {
-		return nil, nil, fmt.Errorf("tuf root: %w", err)
+		return nil, nil, nil, fmt.Errorf("tuf root: %w", err)
 	}
 	tf, err := up.GetTargetInfo(path)
 	if err != nil {
-		return nil, newRoot, &jobError{StepDownloading, CodeTUFUnknownTarget, fmt.Errorf("tuf target %s: %w", path, err)}
+		return nil, nil, newRoot, &jobError{StepDownloading, CodeTUFUnknownTarget, fmt.Errorf("tuf target %s: %w", path, err)}
 	}
-	return tf, newRoot, nil
+	return tf, up.GetTargetInfo, newRoot, nil
 }
 
 // errUnauthorized: the download token was refused; a new one is needed.
@@ -124,7 +124,10 @@ type downloader struct {
 	// answered that it cannot issue one now (ErrUnavailable); attempt
 	// counts from 1. Such answers never fail the download.
 	unavailable func(ctx context.Context, attempt int, err error) error
-	progress    func(percent uint32)
+	// progress is called after each write with the percent of the target
+	// the file holds and the bytes received over the network so far.
+	progress func(percent uint32, received int64)
+	received int64
 }
 
 // getToken asks for a download token until ferryd issues one or refuses
@@ -227,8 +230,9 @@ func (d *downloader) once(ctx context.Context, part string, length int64, tok Do
 				return err
 			}
 			have += int64(n)
+			d.received += int64(n)
 			if d.progress != nil {
-				d.progress(uint32(have * 100 / max(length, 1)))
+				d.progress(uint32(have*100/max(length, 1)), d.received)
 			}
 		}
 		if rerr == io.EOF {

@@ -251,6 +251,22 @@ func (ab *AB) Install(ctx context.Context, job Job) error {
 	return ab.point("boot", target)
 }
 
+// OpenBase implements BaseOpener: the bundle file of the confirmed slot,
+// the one the device runs between jobs.
+func (ab *AB) OpenBase(context.Context, Bundle) (*os.File, error) {
+	ab.mu.Lock()
+	defer ab.mu.Unlock()
+	confirmed, err := ab.Confirmed()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(ab.Dir, confirmed, "bundle"))
+	if err != nil {
+		return nil, fmt.Errorf("a/b slot %s: %w", confirmed, err)
+	}
+	return f, nil
+}
+
 // Uncommitted implements BootInspector: "boot" names another slot than
 // "confirmed".
 func (ab *AB) Uncommitted(context.Context) (bool, error) {

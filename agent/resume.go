@@ -45,6 +45,7 @@ func (a *Agent) resume(ctx context.Context, stream Stream) error {
 			ErrorCode: CodeInstallInterrupted, Message: "the agent stopped while rolling back"}
 	}
 	d := Delta{JobID: pd.JobID, DesiredVersion: pd.DesiredVersion}
+	a.dl = pd.Download
 	a.log.InfoContext(ctx, "resuming job", "job", pd.JobID, "version", pd.DesiredVersion, "phase", pd.Phase)
 	switch pd.Phase {
 	case PhaseInstalling:

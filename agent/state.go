@@ -44,6 +44,9 @@ type Pending struct {
 	// bundle rolled back).
 	Failure *Result `json:"failure,omitempty"`
 	Reboot  bool    `json:"reboot,omitempty"`
+	// Download is how the job fetched its bundle, said again in the
+	// Progress sent after a restart.
+	Download Download `json:"download,omitzero"`
 }
 
 // Phase is how far a pending job got; each is saved before the step it

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"maps"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -84,6 +85,12 @@ const (
 	CodeNotBooted            = "confirm.not_booted"
 	CodeRollbackFailed       = "rollback.failed"
 	CodeCommitFailed         = "confirm.commit_failed"
+	// CodeDeltaFallback is a notice, not a failure: a signed patch from the
+	// running bundle exists but could not be used (the base is missing or
+	// modified on the device, the patch was refused or failed to download,
+	// or its result did not verify), so the job downloads the full bundle.
+	// The message says why.
+	CodeDeltaFallback = "delta.fallback"
 )
 
 // Bundle names a target of the TUF repository.
@@ -145,6 +152,54 @@ type Progress struct {
 	DesiredVersion uint64
 	Step           Step
 	Percent        uint32
+	// Download says how the job fetches its bundle and how many bytes it
+	// received so far (zero before it knows).
+	Download Download
+	// Code and Message are a notice that does not end the job, such as
+	// CodeDeltaFallback.
+	Code, Message string
+}
+
+// DownloadMethod is how a job fetches its bundle.
+type DownloadMethod int
+
+// Download methods; the numbers are the protocol's.
+const (
+	MethodNone  DownloadMethod = iota // not known yet, or configuration only
+	MethodFull                        // the full bundle target
+	MethodDelta                       // a signed patch from the running bundle
+)
+
+var methodNames = [...]string{"", "full", "delta"}
+
+func (m DownloadMethod) String() string {
+	if m < 0 || int(m) >= len(methodNames) {
+		return "unknown"
+	}
+	return methodNames[m]
+}
+
+// MarshalText and UnmarshalText keep the method by name in the agent's
+// state.
+func (m DownloadMethod) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *DownloadMethod) UnmarshalText(b []byte) error {
+	for i, n := range methodNames {
+		if n == string(b) {
+			*m = DownloadMethod(i)
+			return nil
+		}
+	}
+	return errors.New("unknown download method " + strconv.Quote(string(b)))
+}
+
+// Download is how a job fetched its bundle: the method that produced the
+// installed file and the bytes of targets received for the job (a patch
+// it fell back from included).
+type Download struct {
+	Method DownloadMethod `json:"method,omitempty"`
+	Bytes  uint64         `json:"bytes,omitempty"`
 }
 
 // Hello opens a stream.

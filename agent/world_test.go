@@ -73,11 +73,33 @@ func (w *world) add(t *testing.T, path string, size int) *devicev1.Bundle {
 	t.Helper()
 	data := make([]byte, size)
 	rand.Read(data)
+	return w.addData(t, path, data)
+}
+
+// addData publishes data at path and returns the bundle.
+func (w *world) addData(t *testing.T, path string, data []byte) *devicev1.Bundle {
+	t.Helper()
+	w.upload(t, data)
+	w.mu.Lock()
+	md := w.rel.Add(path, data)
+	w.mu.Unlock()
+	if _, err := w.repo.PublishTargets(t.Context(), connect.NewRequest(&repositoryv1.PublishTargetsRequest{Role: md.Role, Metadata: md.Data})); err != nil {
+		t.Fatalf("PublishTargets: %v", err)
+	}
+	return &devicev1.Bundle{TargetPath: path, Length: uint64(len(data)), Sha256: tuftest.SHA256(data)}
+}
+
+// upload uploads data to ferryd's blob store.
+func (w *world) upload(t *testing.T, data []byte) {
+	t.Helper()
+	size := len(data)
 	stream := w.repo.UploadBlob(t.Context())
 	stream.RequestHeader().Set("Authorization", "Bearer "+w.f.OperatorToken(t))
 	msgs := []*repositoryv1.UploadBlobRequest{
 		{Message: &repositoryv1.UploadBlobRequest_Info{Info: &repositoryv1.BlobInfo{Length: uint64(size), Sha256: tuftest.SHA256(data)}}},
-		{Message: &repositoryv1.UploadBlobRequest_Chunk{Chunk: data}},
+	}
+	for rest := data; len(rest) > 0; rest = rest[min(len(rest), 64<<10):] {
+		msgs = append(msgs, &repositoryv1.UploadBlobRequest{Message: &repositoryv1.UploadBlobRequest_Chunk{Chunk: rest[:min(len(rest), 64<<10)]}})
 	}
 	for _, m := range msgs {
 		if err := stream.Send(m); err != nil {
@@ -87,13 +109,6 @@ func (w *world) add(t *testing.T, path string, size int) *devicev1.Bundle {
 	if _, err := stream.CloseAndReceive(); err != nil {
 		t.Fatalf("UploadBlob: %v", err)
 	}
-	w.mu.Lock()
-	md := w.rel.Add(path, data)
-	w.mu.Unlock()
-	if _, err := w.repo.PublishTargets(t.Context(), connect.NewRequest(&repositoryv1.PublishTargetsRequest{Role: md.Role, Metadata: md.Data})); err != nil {
-		t.Fatalf("PublishTargets: %v", err)
-	}
-	return &devicev1.Bundle{TargetPath: path, Length: uint64(size), Sha256: tuftest.SHA256(data)}
 }
 
 // device is one device's credentials and disk: its state file, A/B slots

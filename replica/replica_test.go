@@ -197,6 +197,90 @@ func TestProgress(t *testing.T) {
 	}
 }
 
+// TestProgressDownload follows a job that tries a patch, falls back to the
+// full bundle and succeeds: what each Progress records of the download
+// method, the bytes and the fallback notice, and that the final report
+// keeps them.
+func TestProgressDownload(t *testing.T) {
+	ctx := context.Background()
+	r := newReplica(t)
+	r.Register(ctx, "dev-1", nil)
+	d, _ := r.SetDesired(ctx, "dev-1", doc("fw-1.bin"), "op", nil)
+	job := d.Desired.JobID
+	p := func(step replica.Step, m replica.DownloadMethod, bytes uint64, code string) replica.Progress {
+		return replica.Progress{JobID: job, DesiredVersion: 1, Step: step, DownloadMethod: m, BytesDownloaded: bytes, Code: code, Message: code}
+	}
+	type want struct {
+		method string
+		bytes  uint64
+		code   string
+	}
+	steps := []struct {
+		name     string
+		p        replica.Progress
+		recorded bool
+		want     want
+	}{
+		{"started, method not known", p(replica.StepDownloading, "", 0, ""), true, want{}},
+		{"patch chosen", p(replica.StepDownloading, replica.DownloadDelta, 0, ""), true, want{"DELTA", 0, ""}},
+		{"patch bytes within the step", p(replica.StepDownloading, replica.DownloadDelta, 500, ""), false, want{"DELTA", 0, ""}},
+		{"patch verifying", p(replica.StepVerifying, replica.DownloadDelta, 1000, ""), true, want{"DELTA", 1000, ""}},
+		{"fallback notice", p(replica.StepDownloading, replica.DownloadFull, 1000, "delta.fallback"), true, want{"FULL", 1000, "delta.fallback"}},
+		{"the same notice again", p(replica.StepDownloading, replica.DownloadFull, 1000, "delta.fallback"), true, want{"FULL", 1000, "delta.fallback"}},
+		{"full verifying", p(replica.StepVerifying, replica.DownloadFull, 11000, ""), true, want{"FULL", 11000, ""}},
+		{"after a restart, method unsaid", p(replica.StepConfirming, "", 0, ""), true, want{"FULL", 11000, ""}},
+	}
+	for _, st := range steps {
+		got, err := r.Progress(ctx, "dev-1", st.p)
+		if err != nil || got != st.recorded {
+			t.Errorf("%s: Progress = %v, %v; want %v", st.name, got, err, st.recorded)
+		}
+		cur, _ := r.GetDevice(ctx, "dev-1")
+		j := cur.Reported.Job
+		if g := (want{j.DownloadMethod, j.BytesDownloaded, j.ErrorCode}); g != st.want {
+			t.Errorf("%s: job %+v, want %+v", st.name, g, st.want)
+		}
+	}
+	events, _ := r.ListEvents(ctx, "dev-1", 0, 100)
+	notices := 0
+	for _, ev := range events {
+		if ev.ErrorCode == "delta.fallback" && ev.Kind == replica.EventJobProgress {
+			notices++
+		}
+	}
+	if notices != 2 {
+		t.Errorf("%d delta.fallback events in the history, want 2", notices)
+	}
+	// desired_set and every recorded step but "patch chosen", which only
+	// changed the method.
+	if len(events) != 7 {
+		t.Errorf("%d events in the history, want 7: %+v", len(events), events)
+	}
+	out, err := r.Report(ctx, "dev-1", replica.Report{JobID: job, DesiredVersion: 1, Status: replica.StatusSucceeded,
+		State: replica.State{Bundle: store.Bundle{TargetPath: "fw-1.bin", Length: 10, SHA256: sum}}})
+	if err != nil || !out.Accepted {
+		t.Fatalf("Report: %+v, %v", out, err)
+	}
+	if j := out.Device.Reported.Job; j.Status != "SUCCEEDED" || j.DownloadMethod != "FULL" || j.BytesDownloaded != 11000 || j.ErrorCode != "" {
+		t.Errorf("job after the report: %+v; want SUCCEEDED, FULL, 11000 bytes, no code", j)
+	}
+
+	for _, bad := range []replica.Progress{
+		{JobID: job, DesiredVersion: 1, Step: replica.StepDownloading, DownloadMethod: "CARRIER_PIGEON"},
+		{JobID: job, DesiredVersion: 1, Step: replica.StepDownloading, Code: strings.Repeat("x", replica.MaxTextBytes+1)},
+		{JobID: job, DesiredVersion: 1, Step: replica.StepDownloading, Message: "\xff"},
+	} {
+		before, _ := r.GetDevice(ctx, "dev-1")
+		var inv *replica.InvalidError
+		if _, err := r.Progress(ctx, "dev-1", bad); !errors.As(err, &inv) {
+			t.Errorf("Progress(%+v) = %v, want an InvalidError", bad, err)
+		}
+		if after, _ := r.GetDevice(ctx, "dev-1"); after.Reported.Version != before.Reported.Version {
+			t.Errorf("a refused Progress changed the device")
+		}
+	}
+}
+
 func TestSubscribe(t *testing.T) {
 	ctx := context.Background()
 	r := newReplica(t)

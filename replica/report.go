@@ -44,6 +44,15 @@ const (
 	StepConfirming  Step = "CONFIRMING"
 )
 
+// DownloadMethod is how a device fetches a job's bundle.
+type DownloadMethod string
+
+// Download methods.
+const (
+	DownloadFull  DownloadMethod = "FULL"  // the full bundle target
+	DownloadDelta DownloadMethod = "DELTA" // a signed patch from the bundle the device runs
+)
+
 // Report is what a device sends when a job ends.
 type Report struct {
 	JobID          string
@@ -142,6 +151,10 @@ func (s *Service) Report(ctx context.Context, id string, r Report) (Outcome, err
 			ErrorCode:      r.ErrorCode,
 			Message:        r.Message,
 			UpdatedAt:      next.ReportedAt,
+		}
+		if j := cur.Reported.Job; j.ID == r.JobID && j.DesiredVersion == r.DesiredVersion {
+			// What the device's Progress said of its download stays.
+			next.Job.DownloadMethod, next.Job.BytesDownloaded = j.DownloadMethod, j.BytesDownloaded
 		}
 		kind := EventJobEnded
 		if out.Superseded {
@@ -242,36 +255,71 @@ type Progress struct {
 	DesiredVersion uint64
 	Step           Step
 	Percent        uint32
+	// DownloadMethod and BytesDownloaded say how the device fetches the
+	// bundle and how many bytes it received so far (empty and zero: not
+	// said; what an earlier Progress said stays).
+	DownloadMethod  DownloadMethod
+	BytesDownloaded uint64
+	// Code and Message are a notice that does not end the job (for example
+	// "delta.fallback"); a Progress with a code is recorded in the history
+	// even when its step is unchanged.
+	Code, Message string
 }
 
-// Progress records that a device's current job reached a step. Progress for
-// a job that is not the current one changes nothing and reports false.
+// Progress records that a device's current job reached a step, changed its
+// download method (on the job only, without a history entry), or met a
+// notice (Code). Progress for a job that is not
+// the current one changes nothing and reports false, and so does a Progress
+// that only moves the percent or the bytes within a step (they are recorded
+// with the next step).
 func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, error) {
-	if err := validateText("job_id", p.JobID); err != nil {
-		return false, err
+	for _, f := range []struct{ name, v string }{{"job_id", p.JobID}, {"code", p.Code}, {"message", p.Message}} {
+		if err := validateText(f.name, f.v); err != nil {
+			return false, err
+		}
 	}
 	if p.Percent > 100 {
 		return false, invalid("percent", "must be at most 100")
+	}
+	switch p.DownloadMethod {
+	case "", DownloadFull, DownloadDelta:
+	default:
+		return false, invalid("download_method", "unknown method %q", p.DownloadMethod)
 	}
 	recorded := false
 	_, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
 		if p.DesiredVersion != cur.Desired.Version || p.JobID != cur.Desired.JobID || cur.Reported.DesiredVersion >= p.DesiredVersion {
 			return store.Reported{}, store.Write{}, errRejected
 		}
-		if j := cur.Reported.Job; j.ID == p.JobID && j.Status == string(StatusInProgress) && j.Step == string(p.Step) {
-			return store.Reported{}, store.Write{}, errRejected // already there; percent is not stored
+		j := cur.Reported.Job
+		same := j.ID == p.JobID && j.DesiredVersion == p.DesiredVersion && j.Status == string(StatusInProgress)
+		if same && j.Step == string(p.Step) && p.Code == "" && (p.DownloadMethod == "" || string(p.DownloadMethod) == j.DownloadMethod) {
+			return store.Reported{}, store.Write{}, errRejected // already there; percent and bytes wait for the next step
 		}
 		next := cur.Reported
 		next.Job = store.Job{
-			ID:             p.JobID,
-			DesiredVersion: p.DesiredVersion,
-			Status:         string(StatusInProgress),
-			Step:           string(p.Step),
-			UpdatedAt:      s.now().UTC(),
+			ID:              p.JobID,
+			DesiredVersion:  p.DesiredVersion,
+			Status:          string(StatusInProgress),
+			Step:            string(p.Step),
+			ErrorCode:       p.Code,
+			Message:         p.Message,
+			UpdatedAt:       s.now().UTC(),
+			DownloadMethod:  string(p.DownloadMethod),
+			BytesDownloaded: p.BytesDownloaded,
+		}
+		if j.ID == p.JobID && j.DesiredVersion == p.DesiredVersion {
+			if p.DownloadMethod == "" {
+				next.Job.DownloadMethod = j.DownloadMethod
+			}
+			next.Job.BytesDownloaded = max(next.Job.BytesDownloaded, j.BytesDownloaded)
 		}
 		recorded = true
 		ev := store.Event{Time: next.Job.UpdatedAt, Kind: EventJobProgress, JobID: p.JobID, DesiredVersion: p.DesiredVersion,
-			Status: string(StatusInProgress), Step: string(p.Step), Actor: "device:" + id}
+			Status: string(StatusInProgress), Step: string(p.Step), ErrorCode: p.Code, Message: p.Message, Actor: "device:" + id}
+		if same && j.Step == string(p.Step) && p.Code == "" {
+			ev = store.Event{} // only the download method changed: the job says it, the history needs no entry
+		}
 		return next, store.Write{Event: ev}, nil
 	})
 	if errors.Is(err, errRejected) {

@@ -67,6 +67,25 @@ func stepToProto(s string) devicev1.Step {
 	return devicev1.Step(devicev1.Step_value["STEP_"+s])
 }
 
+func progressFromProto(p *devicev1.Progress) replica.Progress {
+	return replica.Progress{
+		JobID: p.GetJobId(), DesiredVersion: p.GetDesiredVersion(), Step: stepFromProto(p.GetStep()), Percent: p.GetPercent(),
+		DownloadMethod: downloadMethodFromProto(p.GetDownloadMethod()), BytesDownloaded: p.GetBytesDownloaded(),
+		Code: p.GetCode(), Message: p.GetMessage(),
+	}
+}
+
+func downloadMethodFromProto(m devicev1.DownloadMethod) replica.DownloadMethod {
+	if m == devicev1.DownloadMethod_DOWNLOAD_METHOD_UNSPECIFIED {
+		return ""
+	}
+	return replica.DownloadMethod(trimPrefix(m.String(), "DOWNLOAD_METHOD_"))
+}
+
+func downloadMethodToProto(m string) devicev1.DownloadMethod {
+	return devicev1.DownloadMethod(devicev1.DownloadMethod_value["DOWNLOAD_METHOD_"+m])
+}
+
 func trimPrefix(s, prefix string) string {
 	if len(s) >= len(prefix) && s[:len(prefix)] == prefix {
 		return s[len(prefix):]
@@ -166,13 +185,15 @@ func deviceToProto(d store.Device) *fleetv1.Device {
 			Status: devicev1.JobStatus_JOB_STATUS_QUEUED, UpdateTime: timestamp(d.Desired.SetAt)}
 	case j.ID != "":
 		out.Job = &fleetv1.Job{
-			Id:             j.ID,
-			DesiredVersion: j.DesiredVersion,
-			Status:         statusToProto(j.Status),
-			Step:           stepToProto(j.Step),
-			ErrorCode:      j.ErrorCode,
-			Message:        j.Message,
-			UpdateTime:     timestamp(j.UpdatedAt),
+			Id:              j.ID,
+			DesiredVersion:  j.DesiredVersion,
+			Status:          statusToProto(j.Status),
+			Step:            stepToProto(j.Step),
+			ErrorCode:       j.ErrorCode,
+			Message:         j.Message,
+			UpdateTime:      timestamp(j.UpdatedAt),
+			DownloadMethod:  downloadMethodToProto(j.DownloadMethod),
+			BytesDownloaded: j.BytesDownloaded,
 		}
 	}
 	return out

@@ -204,9 +204,7 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
 	case *devicev1.SyncRequest_Progress:
 		st.svc.metrics.received.WithLabelValues("progress").Inc()
 		p := m.Progress
-		_, err := st.svc.replica.Progress(ctx, st.id, replica.Progress{
-			JobID: p.GetJobId(), DesiredVersion: p.GetDesiredVersion(), Step: stepFromProto(p.GetStep()), Percent: p.GetPercent(),
-		})
+		_, err := st.svc.replica.Progress(ctx, st.id, progressFromProto(p))
 		if err != nil {
 			return grpcError(ctx, st.log, err)
 		}

@@ -26,6 +26,9 @@ func FuzzDeviceMessage(f *testing.F) {
 		{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{JobId: "job-1", DesiredVersion: 1, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED}}},
 		{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{JobId: "job-1", DesiredVersion: 1, Status: 99, Step: 42}}},
 		{Message: &devicev1.SyncRequest_Progress{Progress: &devicev1.Progress{JobId: "job-1", DesiredVersion: 1, Step: devicev1.Step_STEP_VERIFYING}}},
+		{Message: &devicev1.SyncRequest_Progress{Progress: &devicev1.Progress{JobId: "job-1", DesiredVersion: 1, Step: devicev1.Step_STEP_DOWNLOADING,
+			DownloadMethod: devicev1.DownloadMethod_DOWNLOAD_METHOD_DELTA, BytesDownloaded: 1 << 40, Code: "delta.fallback", Message: "base modified"}}},
+		{Message: &devicev1.SyncRequest_Progress{Progress: &devicev1.Progress{JobId: "job-1", DesiredVersion: 1, DownloadMethod: 77}}},
 		{Message: &devicev1.SyncRequest_Ack{Ack: &devicev1.Ack{Of: &devicev1.Ack_PingId{PingId: 3}}}},
 	}
 	for _, s := range seeds {
@@ -72,8 +75,13 @@ func FuzzDeviceMessage(f *testing.F) {
 			}
 			_ = deviceToProto(after)
 		case *devicev1.SyncRequest_Progress:
-			_, _ = rep.Progress(ctx, "dev-1", replica.Progress{JobID: m.Progress.GetJobId(),
-				DesiredVersion: m.Progress.GetDesiredVersion(), Step: stepFromProto(m.Progress.GetStep()), Percent: m.Progress.GetPercent()})
+			if _, err := rep.Progress(ctx, "dev-1", progressFromProto(m.Progress)); err != nil {
+				if after, _ := rep.GetDevice(ctx, "dev-1"); after.Reported.Version != before.Reported.Version {
+					t.Fatalf("refused progress %v changed the device", m.Progress)
+				}
+			}
+			after, _ := rep.GetDevice(ctx, "dev-1")
+			_ = deviceToProto(after)
 		}
 	})
 }

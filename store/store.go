@@ -124,6 +124,12 @@ type Job struct {
 	ErrorCode      string    `json:"error_code,omitempty"`
 	Message        string    `json:"message,omitempty"`
 	UpdatedAt      time.Time `json:"updated_at,omitzero"`
+	// DownloadMethod is how the device fetched the job's bundle ("FULL" or
+	// "DELTA"; empty before it said, and for configuration only), and
+	// BytesDownloaded how many bytes of targets it received for the job,
+	// both as its Progress last said; the final report keeps them.
+	DownloadMethod  string `json:"download_method,omitempty"`
+	BytesDownloaded uint64 `json:"bytes_downloaded,omitempty"`
 }
 
 // Device is the stored document of one device.

@@ -91,7 +91,27 @@ func (w *world) add(t *testing.T, name, version string, size int, info tuf.Bundl
 	t.Helper()
 	data := make([]byte, size)
 	rand.Read(data)
+	return w.addData(t, name, version, data, info)
+}
+
+// addData uploads data and publishes it with Ferry's custom metadata.
+func (w *world) addData(t *testing.T, name, version string, data []byte, info tuf.BundleInfo) published {
+	t.Helper()
 	path := name + "/" + version + "/fw.bin"
+	w.upload(t, data)
+	info.Name, info.Version, info.Published = name, version, time.Now().UTC().Truncate(time.Second)
+	tf, err := tuf.NewTargetFile(path, int64(len(data)), tuftest.SHA256(data), info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.publish(t, w.rel.Edit(path, func(m map[string]*metadata.TargetFiles) { m[path] = tf }))
+	return published{path: path, data: data}
+}
+
+// upload uploads data to ferryd's blob store.
+func (w *world) upload(t *testing.T, data []byte) {
+	t.Helper()
+	size := len(data)
 	stream := w.repo.UploadBlob(t.Context())
 	stream.RequestHeader().Set("Authorization", "Bearer "+w.f.OperatorToken(t))
 	if err := stream.Send(&repositoryv1.UploadBlobRequest{Message: &repositoryv1.UploadBlobRequest_Info{Info: &repositoryv1.BlobInfo{Length: uint64(size), Sha256: tuftest.SHA256(data)}}}); err != nil {
@@ -107,13 +127,6 @@ func (w *world) add(t *testing.T, name, version string, size int, info tuf.Bundl
 	if _, err := stream.CloseAndReceive(); err != nil {
 		t.Fatalf("UploadBlob: %v", err)
 	}
-	info.Name, info.Version, info.Published = name, version, time.Now().UTC().Truncate(time.Second)
-	tf, err := tuf.NewTargetFile(path, int64(size), tuftest.SHA256(data), info)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.publish(t, w.rel.Edit(path, func(m map[string]*metadata.TargetFiles) { m[path] = tf }))
-	return published{path: path, data: data}
 }
 
 // startFleet runs n simulated devices labeled fleet=<label>.
@@ -126,19 +139,30 @@ func (w *world) startFleet(t *testing.T, label string, n int, hardware string, f
 // fleet=<label>.
 func (w *world) startFleetAs(t *testing.T, prefix, label string, n int, hardware string, faults sim.Faults) *sim.Fleet {
 	t.Helper()
+	return w.startFleetWith(t, prefix, label, n, hardware, faults, nil)
+}
+
+// startFleetWith is startFleetAs with a change to the fleet's
+// configuration.
+func (w *world) startFleetWith(t *testing.T, prefix, label string, n int, hardware string, faults sim.Faults, edit func(*sim.Config)) *sim.Fleet {
+	t.Helper()
 	var link agent.Link = w.link
 	if w.devices != nil {
 		link = w.devices
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	fl, err := sim.Start(ctx, sim.Config{
+	cfg := sim.Config{
 		Devices: n, Prefix: prefix, Labels: map[string]string{"fleet": label},
 		Link: link, Enroller: transport.Enroller{Link: w.link}, Registrar: transport.NewRegistrar(w.link, w.f.OperatorToken(t)),
 		TrustedRoot: w.rel.RootJSON(), Hardware: hardware, Faults: faults, Dir: t.TempDir(), Seed: 1,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Second,
 		DownloadAttempts: 3, DownloadBackoff: 20 * time.Millisecond,
 		Logger: slog.New(slog.DiscardHandler),
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	fl, err := sim.Start(ctx, cfg)
 	if err != nil {
 		cancel()
 		t.Fatalf("start fleet: %v", err)

@@ -66,8 +66,14 @@ type Config struct {
 	Faults   Faults
 	// StepDelay is added to download, install, reboot and health check.
 	StepDelay time.Duration
-	// Dir holds the devices' partial downloads.
+	// Dir holds the devices' partial downloads (and their slots, with
+	// KeepBundles).
 	Dir string
+	// KeepBundles makes each device keep the bytes of the bundles it
+	// installs in its two slots, as files under Dir, so that it can apply
+	// signed patches from the bundle it runs (delta updates). Without it a
+	// slot holds only a digest, and devices always download full bundles.
+	KeepBundles bool
 	// EnrollConcurrency bounds parallel enrollments (default 16).
 	EnrollConcurrency int
 	// Seed makes fault injection repeatable (0: random).
@@ -95,6 +101,9 @@ type Stats struct {
 	RangeRequests, Interrupted         atomic.Int64
 	Tampered, FailedDownloads          atomic.Int64
 	InjectedInstall, InjectedUnhealthy atomic.Int64
+	// Patched counts installs of a bundle made from a signed patch;
+	// Downloaded, the bytes of targets (bundles and patches) received.
+	Patched, Downloaded atomic.Int64
 }
 
 // Fleet is a running simulated fleet.
@@ -229,6 +238,9 @@ func (f *Fleet) enroll(ctx context.Context, id string, n uint64) (*device, error
 	rng := rand.New(rand.NewPCG(f.cfg.Seed, n))
 	d := &device{id: id, creds: creds, store: &agent.MemoryStore{}, dir: filepath.Join(f.cfg.Dir, id)}
 	d.hw = &hardware{f: f, rng: rng, slots: [2]string{}, booted: 0, confirmed: 0}
+	if f.cfg.KeepBundles {
+		d.hw.keep = filepath.Join(f.cfg.Dir, id+".slots")
+	}
 	d.link = &faultLink{Link: f.cfg.Link, f: f, hw: d.hw, d: d}
 	return d, nil
 }
@@ -240,10 +252,15 @@ func (f *Fleet) run(ctx context.Context, d *device) {
 	f.Stats.Running.Add(1)
 	defer f.Stats.Running.Add(-1)
 	defer os.RemoveAll(d.dir)
+	var installer agent.Installer = d.hw
+	if d.hw.keep != "" {
+		defer os.RemoveAll(d.hw.keep)
+		installer = keptSlots{d.hw}
+	}
 	for ctx.Err() == nil {
 		a, err := agent.New(agent.Config{
 			Link: d.link, Credentials: d.creds, DeviceID: d.id, Store: d.store,
-			TrustedRoot: f.cfg.TrustedRoot, Installer: d.hw, Health: d.hw, Rebooter: d.hw,
+			TrustedRoot: f.cfg.TrustedRoot, Installer: installer, Health: d.hw, Rebooter: d.hw,
 			Hardware: f.cfg.Hardware, DownloadDir: d.dir, AgentVersion: "ferry-agent/simulated",
 			MinBackoff: f.cfg.MinBackoff, MaxBackoff: f.cfg.MaxBackoff,
 			DownloadAttempts: f.cfg.DownloadAttempts, DownloadBackoff: f.cfg.DownloadBackoff,
@@ -269,9 +286,14 @@ type hardware struct {
 	f   *Fleet
 	mu  sync.Mutex
 	rng *rand.Rand
-	// slots hold the installed bundles' digests.
+	// slots hold the installed bundles' digests; with keep set, their
+	// bytes are in the files keep/a and keep/b too.
 	slots             [2]string
 	booted, confirmed int
+	keep              string
+	// method is how the current job fetched its bundle, as its last
+	// Progress said.
+	method agent.DownloadMethod
 	// The faults drawn for the current job.
 	failDownload, tamper, interrupt, failInstall, unhealthy bool
 }
@@ -313,11 +335,57 @@ func (h *hardware) Install(ctx context.Context, job agent.Job) error {
 		h.f.Stats.InjectedInstall.Add(1)
 		return errors.New("simulated install failure: slot write error")
 	}
-	h.f.Stats.Installs.Add(1)
 	other := 1 - h.confirmed
+	if h.keep != "" {
+		if err := copyFile(ctx, job.Path, h.slotFile(other)); err != nil {
+			return fmt.Errorf("simulated slot write: %w", err)
+		}
+	}
+	h.f.Stats.Installs.Add(1)
+	if h.method == agent.MethodDelta {
+		h.f.Stats.Patched.Add(1)
+	}
 	h.slots[other] = job.Bundle.SHA256
 	h.booted = other
 	return nil
+}
+
+func (h *hardware) slotFile(slot int) string { return filepath.Join(h.keep, []string{"a", "b"}[slot]) }
+
+// keptSlots is the hardware of a device that keeps its bundles' bytes: it
+// can give the agent the running bundle's file, to apply patches to.
+type keptSlots struct{ *hardware }
+
+// OpenBase implements agent.BaseOpener.
+func (k keptSlots) OpenBase(context.Context, agent.Bundle) (*os.File, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return os.Open(k.slotFile(k.confirmed))
+}
+
+// copyFile writes the file from to the file to.
+func copyFile(ctx context.Context, from, to string) error {
+	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
+		return err
+	}
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(to)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 // Commit implements agent.Installer.
@@ -444,6 +512,15 @@ type watchedStream struct {
 	c *watchedConn
 }
 
+// SendProgress tells the hardware how the job fetched its bundle.
+func (s *watchedStream) SendProgress(p agent.Progress) error {
+	hw := s.c.d.hw
+	hw.mu.Lock()
+	hw.method = p.Download.Method
+	hw.mu.Unlock()
+	return s.Stream.SendProgress(p)
+}
+
 func (s *watchedStream) Recv() (agent.Event, error) {
 	ev, err := s.Stream.Recv()
 	if err != nil {
@@ -506,6 +583,7 @@ func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	cut := t.interrupt && !t.cut
 	t.cut = t.cut || cut
 	t.mu.Unlock()
+	resp.Body = &countedBody{ReadCloser: resp.Body, n: &t.f.Stats.Downloaded}
 	switch {
 	case cut:
 		t.f.Stats.Interrupted.Add(1)
@@ -515,6 +593,18 @@ func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = &tamperBody{ReadCloser: resp.Body}
 	}
 	return resp, nil
+}
+
+// countedBody adds the bytes read to n.
+type countedBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (c *countedBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // cutBody ends with an error after left bytes, as a dropped connection.

@@ -10,12 +10,13 @@ import (
 
 // Summary is one line about the fleet for people: how many devices have
 // an open stream of how many enrolled, how many run, how many ferryd
-// refused, and what the simulated hardware did.
+// refused, what the simulated hardware did, how many installs came from a
+// patch and how many bytes of targets the fleet downloaded.
 func (f *Fleet) Summary() string {
 	st := &f.Stats
-	return fmt.Sprintf("connected=%d/%d running=%d refused=%d restarts=%d installs=%d rollbacks=%d",
+	return fmt.Sprintf("connected=%d/%d running=%d refused=%d restarts=%d installs=%d rollbacks=%d patched=%d downloaded=%dB",
 		st.Connected.Load(), st.Enrolled.Load(), st.Running.Load(), st.Refused.Load(),
-		st.Restarts.Load(), st.Installs.Load(), st.Rollbacks.Load())
+		st.Restarts.Load(), st.Installs.Load(), st.Rollbacks.Load(), st.Patched.Load(), st.Downloaded.Load())
 }
 
 // FormatCounts renders counts as "key=n" pairs, the largest first (ties

@@ -278,6 +278,8 @@ func (s *stream) Recv() (agent.Event, error) {
 func (s *stream) SendProgress(p agent.Progress) error {
 	return s.s.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Progress{Progress: &devicev1.Progress{
 		JobId: p.JobID, DesiredVersion: p.DesiredVersion, Step: devicev1.Step(p.Step), Percent: p.Percent,
+		DownloadMethod: devicev1.DownloadMethod(p.Download.Method), BytesDownloaded: p.Download.Bytes,
+		Code: p.Code, Message: p.Message,
 	}}})
 }
 

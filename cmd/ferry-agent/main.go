@@ -224,6 +224,7 @@ func newSimulateCmd() *cobra.Command {
 		hardware, labels    string
 		faults              sim.Faults
 		stepDelay, interval time.Duration
+		keepBundles         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate -n N",
@@ -234,7 +235,10 @@ in this process: simulated A/B slots, health check and reboot, with faults
 injected at the given rates. It prints the fleet's progress until stopped:
 how many devices are connected of how many enrolled, what the simulated
 hardware did, and ferryd's fleet summary (job statuses and the bundles the
-devices run, most common first). A device that ferryd keeps refusing
+devices run, most common first). With --keep-bundles each device keeps
+its slots' bytes on disk and applies signed patches from the bundle it
+runs; without, slots hold only digests and devices download full bundles.
+A device that ferryd keeps refusing
 (revoked or removed, or ferryd's CA changed) stops retrying, and the
 simulator says so once; it exits when ferryd has refused every device.`,
 		Args: cobra.NoArgs,
@@ -269,7 +273,7 @@ simulator says so once; it exits when ferryd has refused every device.`,
 				Devices: n, Prefix: prefix, Labels: lbl, Link: link, Enroller: transport.Enroller{Link: link},
 				Registrar: reg, TrustedRoot: root,
 				Hardware: hardware, Faults: faults, StepDelay: stepDelay, Dir: dir, EnrollConcurrency: concurrency,
-				Logger: log,
+				KeepBundles: keepBundles, Logger: log,
 			})
 			if err != nil {
 				return err
@@ -328,6 +332,7 @@ simulator says so once; it exits when ferryd has refused every device.`,
 	f.Float64Var(&faults.Interrupt, "interrupt-download", 0, "rate of jobs whose first download attempt is cut (resumed)")
 	f.DurationVar(&stepDelay, "step-delay", 0, "delay added to download, install, reboot and health check")
 	f.DurationVar(&interval, "status-every", 5*time.Second, "how often to print the fleet's progress")
+	f.BoolVar(&keepBundles, "keep-bundles", false, "keep each installed bundle's bytes on disk (two slots per device), so devices apply signed patches (delta updates)")
 	return cmd
 }
 

@@ -188,6 +188,9 @@ func deviceDetails(w io.Writer, d *fleetv1.Device) error {
 		if m := j.GetMessage(); m != "" {
 			line("job message", "%s", m)
 		}
+		if dl := fmtDownload(j); dl != "" {
+			line("downloaded", "%s", dl)
+		}
 	} else {
 		line("job", "-")
 	}
@@ -205,6 +208,23 @@ func fmtMap(m map[string]string) string {
 		kv = append(kv, k+"="+m[k])
 	}
 	return strings.Join(kv, ",")
+}
+
+// fmtDownload says how much a job downloaded and how: "1258291 bytes as a
+// delta patch". Empty when the device said nothing.
+func fmtDownload(j *fleetv1.Job) string {
+	how := ""
+	switch j.GetDownloadMethod() {
+	case devicev1.DownloadMethod_DOWNLOAD_METHOD_FULL:
+		how = " as the full bundle"
+	case devicev1.DownloadMethod_DOWNLOAD_METHOD_DELTA:
+		how = " as a delta patch"
+	}
+	n := j.GetBytesDownloaded()
+	if n == 0 && how == "" {
+		return ""
+	}
+	return fmt.Sprintf("%d bytes%s", n, how)
 }
 
 // jobStatus is a job's status, with its step and error code if any.

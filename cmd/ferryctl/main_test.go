@@ -87,6 +87,39 @@ func TestDeviceShowsClaim(t *testing.T) {
 	}
 }
 
+// TestDeviceShowsDownload: the bytes a job downloaded, and how, as the
+// device's Progress said, stay in the fleet view after its report.
+func TestDeviceShowsDownload(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	f.Publish(t, "gw/fw-2.bin")
+	d := f.OpenDevice(t, "dev-1", &devicev1.Hello{})
+	if _, err := run(t, f, "device", "set-desired", "dev-1", "--bundle", "gw/fw-2.bin"); err != nil {
+		t.Fatal(err)
+	}
+	delta := d.Recv().GetDelta()
+	for _, p := range []*devicev1.Progress{
+		{Step: devicev1.Step_STEP_DOWNLOADING, DownloadMethod: devicev1.DownloadMethod_DOWNLOAD_METHOD_DELTA},
+		{Step: devicev1.Step_STEP_VERIFYING, DownloadMethod: devicev1.DownloadMethod_DOWNLOAD_METHOD_DELTA, BytesDownloaded: 812},
+	} {
+		p.JobId, p.DesiredVersion = delta.GetJobId(), delta.GetDesiredVersion()
+		d.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Progress{Progress: p}})
+	}
+	d.SendReport(&devicev1.Report{JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(), Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+		Reported: &devicev1.ReportedState{Bundle: delta.GetDesired().GetBundle()}})
+	if got := d.Recv().GetAccepted(); got == nil {
+		t.Fatal("the report was not accepted")
+	}
+	out, err := run(t, f, "device", "show", "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"job " + delta.GetJobId() + ": SUCCEEDED\n", "downloaded 812 bytes as a delta patch\n"} {
+		if !strings.Contains(spaces.ReplaceAllString(out, " "), w) {
+			t.Errorf("device show lacks %q:\n%s", w, out)
+		}
+	}
+}
+
 // spaces is a run of spaces, as tabwriter pads columns.
 var spaces = regexp.MustCompile(` {2,}`)
 

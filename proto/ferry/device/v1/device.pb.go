@@ -162,6 +162,59 @@ func (Step) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{1}
 }
 
+// DownloadMethod is how a device fetches a bundle.
+type DownloadMethod int32
+
+const (
+	DownloadMethod_DOWNLOAD_METHOD_UNSPECIFIED DownloadMethod = 0
+	// The full bundle target.
+	DownloadMethod_DOWNLOAD_METHOD_FULL DownloadMethod = 1
+	// A signed patch from the bundle the device runs, applied on the device
+	// and verified against the full bundle's signed length and hashes.
+	DownloadMethod_DOWNLOAD_METHOD_DELTA DownloadMethod = 2
+)
+
+// Enum value maps for DownloadMethod.
+var (
+	DownloadMethod_name = map[int32]string{
+		0: "DOWNLOAD_METHOD_UNSPECIFIED",
+		1: "DOWNLOAD_METHOD_FULL",
+		2: "DOWNLOAD_METHOD_DELTA",
+	}
+	DownloadMethod_value = map[string]int32{
+		"DOWNLOAD_METHOD_UNSPECIFIED": 0,
+		"DOWNLOAD_METHOD_FULL":        1,
+		"DOWNLOAD_METHOD_DELTA":       2,
+	}
+)
+
+func (x DownloadMethod) Enum() *DownloadMethod {
+	p := new(DownloadMethod)
+	*p = x
+	return p
+}
+
+func (x DownloadMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DownloadMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_device_v1_device_proto_enumTypes[2].Descriptor()
+}
+
+func (DownloadMethod) Type() protoreflect.EnumType {
+	return &file_ferry_device_v1_device_proto_enumTypes[2]
+}
+
+func (x DownloadMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DownloadMethod.Descriptor instead.
+func (DownloadMethod) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{2}
+}
+
 // RejectCode says why a Report was not recorded.
 type RejectCode int32
 
@@ -212,11 +265,11 @@ func (x RejectCode) String() string {
 }
 
 func (RejectCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_device_v1_device_proto_enumTypes[2].Descriptor()
+	return file_ferry_device_v1_device_proto_enumTypes[3].Descriptor()
 }
 
 func (RejectCode) Type() protoreflect.EnumType {
-	return &file_ferry_device_v1_device_proto_enumTypes[2]
+	return &file_ferry_device_v1_device_proto_enumTypes[3]
 }
 
 func (x RejectCode) Number() protoreflect.EnumNumber {
@@ -225,7 +278,7 @@ func (x RejectCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RejectCode.Descriptor instead.
 func (RejectCode) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{2}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{3}
 }
 
 // SyncRequest is one message from the device.
@@ -983,7 +1036,22 @@ type Progress struct {
 	DesiredVersion uint64                 `protobuf:"varint,2,opt,name=desired_version,json=desiredVersion,proto3" json:"desired_version,omitempty"`
 	Step           Step                   `protobuf:"varint,3,opt,name=step,proto3,enum=ferry.device.v1.Step" json:"step,omitempty"`
 	// Percent of the step done, 0 to 100.
-	Percent       uint32 `protobuf:"varint,4,opt,name=percent,proto3" json:"percent,omitempty"`
+	Percent uint32 `protobuf:"varint,4,opt,name=percent,proto3" json:"percent,omitempty"`
+	// How the device fetches the job's bundle: the full target, or a signed
+	// patch from the bundle it runs. Unspecified until the device knows (and
+	// for a configuration-only job).
+	DownloadMethod DownloadMethod `protobuf:"varint,5,opt,name=download_method,json=downloadMethod,proto3,enum=ferry.device.v1.DownloadMethod" json:"download_method,omitempty"`
+	// Bytes of TUF targets (patches and bundles) the device has received over
+	// the network for this job so far, retries and a patch it fell back from
+	// included.
+	BytesDownloaded uint64 `protobuf:"varint,6,opt,name=bytes_downloaded,json=bytesDownloaded,proto3" json:"bytes_downloaded,omitempty"`
+	// A notice on the way that does not end the job, machine-readable, for
+	// example "delta.fallback" when a patch could not be used and the device
+	// downloads the full bundle instead. A Progress with a code is recorded
+	// in the device's history even when its step is unchanged.
+	Code string `protobuf:"bytes,7,opt,name=code,proto3" json:"code,omitempty"`
+	// A human-readable message for code.
+	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1044,6 +1112,34 @@ func (x *Progress) GetPercent() uint32 {
 		return x.Percent
 	}
 	return 0
+}
+
+func (x *Progress) GetDownloadMethod() DownloadMethod {
+	if x != nil {
+		return x.DownloadMethod
+	}
+	return DownloadMethod_DOWNLOAD_METHOD_UNSPECIFIED
+}
+
+func (x *Progress) GetBytesDownloaded() uint64 {
+	if x != nil {
+		return x.BytesDownloaded
+	}
+	return 0
+}
+
+func (x *Progress) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *Progress) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
 }
 
 // Ack tells the server the device received a Delta or a Ping.
@@ -1397,12 +1493,16 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"error_code\x18\x05 \x01(\tR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12:\n" +
 	"\breported\x18\a \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\x12\x1a\n" +
-	"\benvelope\x18\b \x01(\fR\benvelope\"\x8f\x01\n" +
+	"\benvelope\x18\b \x01(\fR\benvelope\"\xb2\x02\n" +
 	"\bProgress\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x12)\n" +
 	"\x04step\x18\x03 \x01(\x0e2\x15.ferry.device.v1.StepR\x04step\x12\x18\n" +
-	"\apercent\x18\x04 \x01(\rR\apercent\"Q\n" +
+	"\apercent\x18\x04 \x01(\rR\apercent\x12H\n" +
+	"\x0fdownload_method\x18\x05 \x01(\x0e2\x1f.ferry.device.v1.DownloadMethodR\x0edownloadMethod\x12)\n" +
+	"\x10bytes_downloaded\x18\x06 \x01(\x04R\x0fbytesDownloaded\x12\x12\n" +
+	"\x04code\x18\a \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessage\"Q\n" +
 	"\x03Ack\x12)\n" +
 	"\x0fdesired_version\x18\x01 \x01(\x04H\x00R\x0edesiredVersion\x12\x19\n" +
 	"\aping_id\x18\x02 \x01(\x04H\x00R\x06pingIdB\x04\n" +
@@ -1439,7 +1539,11 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x0eSTEP_VERIFYING\x10\x02\x12\x13\n" +
 	"\x0fSTEP_INSTALLING\x10\x03\x12\x12\n" +
 	"\x0eSTEP_REBOOTING\x10\x04\x12\x13\n" +
-	"\x0fSTEP_CONFIRMING\x10\x05*\xb4\x01\n" +
+	"\x0fSTEP_CONFIRMING\x10\x05*f\n" +
+	"\x0eDownloadMethod\x12\x1f\n" +
+	"\x1bDOWNLOAD_METHOD_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14DOWNLOAD_METHOD_FULL\x10\x01\x12\x19\n" +
+	"\x15DOWNLOAD_METHOD_DELTA\x10\x02*\xb4\x01\n" +
 	"\n" +
 	"RejectCode\x12\x1b\n" +
 	"\x17REJECT_CODE_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -1464,60 +1568,62 @@ func file_ferry_device_v1_device_proto_rawDescGZIP() []byte {
 	return file_ferry_device_v1_device_proto_rawDescData
 }
 
-var file_ferry_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_ferry_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_ferry_device_v1_device_proto_goTypes = []any{
 	(JobStatus)(0),                // 0: ferry.device.v1.JobStatus
 	(Step)(0),                     // 1: ferry.device.v1.Step
-	(RejectCode)(0),               // 2: ferry.device.v1.RejectCode
-	(*SyncRequest)(nil),           // 3: ferry.device.v1.SyncRequest
-	(*SyncResponse)(nil),          // 4: ferry.device.v1.SyncResponse
-	(*Session)(nil),               // 5: ferry.device.v1.Session
-	(*Hello)(nil),                 // 6: ferry.device.v1.Hello
-	(*Bundle)(nil),                // 7: ferry.device.v1.Bundle
-	(*DesiredDocument)(nil),       // 8: ferry.device.v1.DesiredDocument
-	(*ReportedState)(nil),         // 9: ferry.device.v1.ReportedState
-	(*Delta)(nil),                 // 10: ferry.device.v1.Delta
-	(*Report)(nil),                // 11: ferry.device.v1.Report
-	(*Progress)(nil),              // 12: ferry.device.v1.Progress
-	(*Ack)(nil),                   // 13: ferry.device.v1.Ack
-	(*Accepted)(nil),              // 14: ferry.device.v1.Accepted
-	(*Rejected)(nil),              // 15: ferry.device.v1.Rejected
-	(*Ping)(nil),                  // 16: ferry.device.v1.Ping
-	nil,                           // 17: ferry.device.v1.DesiredDocument.ConfigEntry
-	nil,                           // 18: ferry.device.v1.ReportedState.ConfigEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(DownloadMethod)(0),           // 2: ferry.device.v1.DownloadMethod
+	(RejectCode)(0),               // 3: ferry.device.v1.RejectCode
+	(*SyncRequest)(nil),           // 4: ferry.device.v1.SyncRequest
+	(*SyncResponse)(nil),          // 5: ferry.device.v1.SyncResponse
+	(*Session)(nil),               // 6: ferry.device.v1.Session
+	(*Hello)(nil),                 // 7: ferry.device.v1.Hello
+	(*Bundle)(nil),                // 8: ferry.device.v1.Bundle
+	(*DesiredDocument)(nil),       // 9: ferry.device.v1.DesiredDocument
+	(*ReportedState)(nil),         // 10: ferry.device.v1.ReportedState
+	(*Delta)(nil),                 // 11: ferry.device.v1.Delta
+	(*Report)(nil),                // 12: ferry.device.v1.Report
+	(*Progress)(nil),              // 13: ferry.device.v1.Progress
+	(*Ack)(nil),                   // 14: ferry.device.v1.Ack
+	(*Accepted)(nil),              // 15: ferry.device.v1.Accepted
+	(*Rejected)(nil),              // 16: ferry.device.v1.Rejected
+	(*Ping)(nil),                  // 17: ferry.device.v1.Ping
+	nil,                           // 18: ferry.device.v1.DesiredDocument.ConfigEntry
+	nil,                           // 19: ferry.device.v1.ReportedState.ConfigEntry
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_ferry_device_v1_device_proto_depIdxs = []int32{
-	6,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
-	11, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
-	12, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
-	13, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
-	10, // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
-	14, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
-	15, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
-	16, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
-	5,  // 8: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
-	19, // 9: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
-	9,  // 10: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
-	7,  // 11: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
-	17, // 12: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
-	7,  // 13: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
-	18, // 14: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
-	8,  // 15: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
-	19, // 16: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
+	7,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
+	12, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
+	13, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
+	14, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
+	11, // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
+	15, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
+	16, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
+	17, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
+	6,  // 8: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
+	20, // 9: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
+	10, // 10: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
+	8,  // 11: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
+	18, // 12: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
+	8,  // 13: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
+	19, // 14: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
+	9,  // 15: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
+	20, // 16: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
 	0,  // 17: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
 	1,  // 18: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
-	9,  // 19: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
+	10, // 19: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
 	1,  // 20: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
-	2,  // 21: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
-	3,  // 22: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
-	4,  // 23: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
-	23, // [23:24] is the sub-list for method output_type
-	22, // [22:23] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	2,  // 21: ferry.device.v1.Progress.download_method:type_name -> ferry.device.v1.DownloadMethod
+	3,  // 22: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
+	4,  // 23: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
+	5,  // 24: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
+	24, // [24:25] is the sub-list for method output_type
+	23, // [23:24] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_ferry_device_v1_device_proto_init() }
@@ -1547,7 +1653,7 @@ func file_ferry_device_v1_device_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_device_v1_device_proto_rawDesc), len(file_ferry_device_v1_device_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,

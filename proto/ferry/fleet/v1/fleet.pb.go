@@ -380,8 +380,15 @@ type Job struct {
 	ErrorCode      string                 `protobuf:"bytes,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	Message        string                 `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
 	UpdateTime     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// How the device fetched the bundle (from its Progress): the full target
+	// or a signed patch. Unspecified before it said, and for configuration
+	// only.
+	DownloadMethod v1.DownloadMethod `protobuf:"varint,8,opt,name=download_method,json=downloadMethod,proto3,enum=ferry.device.v1.DownloadMethod" json:"download_method,omitempty"`
+	// Bytes of TUF targets the device received for this job, as it last
+	// said in a Progress.
+	BytesDownloaded uint64 `protobuf:"varint,9,opt,name=bytes_downloaded,json=bytesDownloaded,proto3" json:"bytes_downloaded,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -461,6 +468,20 @@ func (x *Job) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Job) GetDownloadMethod() v1.DownloadMethod {
+	if x != nil {
+		return x.DownloadMethod
+	}
+	return v1.DownloadMethod(0)
+}
+
+func (x *Job) GetBytesDownloaded() uint64 {
+	if x != nil {
+		return x.BytesDownloaded
+	}
+	return 0
 }
 
 type GetDeviceRequest struct {
@@ -3285,7 +3306,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\x12;\n" +
 	"\vreport_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"reportTime\x12\x16\n" +
-	"\x06signed\x18\x06 \x01(\bR\x06signed\"\x93\x02\n" +
+	"\x06signed\x18\x06 \x01(\bR\x06signed\"\x88\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x122\n" +
@@ -3295,7 +3316,9 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"error_code\x18\x05 \x01(\tR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12;\n" +
 	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"/\n" +
+	"updateTime\x12H\n" +
+	"\x0fdownload_method\x18\b \x01(\x0e2\x1f.ferry.device.v1.DownloadMethodR\x0edownloadMethod\x12)\n" +
+	"\x10bytes_downloaded\x18\t \x01(\x04R\x0fbytesDownloaded\"/\n" +
 	"\x10GetDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"C\n" +
 	"\x11GetDeviceResponse\x12.\n" +
@@ -3626,8 +3649,9 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*v1.DesiredDocument)(nil),            // 56: ferry.device.v1.DesiredDocument
 	(v1.JobStatus)(0),                     // 57: ferry.device.v1.JobStatus
 	(v1.Step)(0),                          // 58: ferry.device.v1.Step
-	(*durationpb.Duration)(nil),           // 59: google.protobuf.Duration
-	(*v1.Bundle)(nil),                     // 60: ferry.device.v1.Bundle
+	(v1.DownloadMethod)(0),                // 59: ferry.device.v1.DownloadMethod
+	(*durationpb.Duration)(nil),           // 60: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 61: ferry.device.v1.Bundle
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
 	48, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
@@ -3646,100 +3670,101 @@ var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
 	57, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
 	58, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
 	54, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 16: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	57, // 17: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	54, // 18: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
-	0,  // 19: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	56, // 20: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
-	0,  // 21: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	59, // 22: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	49, // 23: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	50, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	0,  // 25: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 26: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	57, // 27: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	58, // 28: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
-	16, // 29: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	51, // 30: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	0,  // 31: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 32: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	60, // 33: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	54, // 34: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	25, // 35: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 36: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	60, // 37: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 38: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	29, // 39: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	54, // 40: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	54, // 41: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 42: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	30, // 43: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	52, // 44: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
-	26, // 45: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
-	27, // 46: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	59, // 47: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	59, // 48: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	57, // 49: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	59, // 50: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	53, // 51: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	54, // 52: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 53: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	54, // 54: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	60, // 55: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	25, // 56: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 57: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	60, // 58: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 59: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
-	29, // 60: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	24, // 61: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 62: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 63: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	24, // 64: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 65: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 66: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 67: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	47, // 68: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
-	54, // 69: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
-	54, // 70: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 71: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	7,  // 72: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	9,  // 73: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	11, // 74: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	13, // 75: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	15, // 76: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	18, // 77: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	20, // 78: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	22, // 79: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	31, // 80: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	33, // 81: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	35, // 82: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	37, // 83: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	39, // 84: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	41, // 85: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	43, // 86: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	45, // 87: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
-	6,  // 88: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	8,  // 89: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	10, // 90: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	12, // 91: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	14, // 92: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	17, // 93: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	19, // 94: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	21, // 95: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	23, // 96: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	32, // 97: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	34, // 98: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	36, // 99: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	38, // 100: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	40, // 101: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	42, // 102: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	44, // 103: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	46, // 104: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
-	88, // [88:105] is the sub-list for method output_type
-	71, // [71:88] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	59, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
+	0,  // 17: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	57, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	54, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	0,  // 20: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
+	56, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	0,  // 22: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
+	60, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	49, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	50, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	0,  // 26: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
+	54, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	57, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	58, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	16, // 30: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
+	51, // 31: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	0,  // 32: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	54, // 33: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	61, // 34: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	54, // 35: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	25, // 36: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	28, // 37: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	61, // 38: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	54, // 39: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	29, // 40: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	54, // 41: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	54, // 42: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	54, // 43: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	30, // 44: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	52, // 45: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	26, // 46: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	27, // 47: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	60, // 48: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	60, // 49: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	57, // 50: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	60, // 51: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	53, // 52: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	54, // 53: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	54, // 54: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	54, // 55: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	61, // 56: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	25, // 57: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	28, // 58: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	61, // 59: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	54, // 60: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	29, // 61: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	24, // 62: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 63: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 64: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	24, // 65: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 66: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 67: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 68: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	47, // 69: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	54, // 70: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	54, // 71: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 72: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	7,  // 73: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	9,  // 74: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	11, // 75: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	13, // 76: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	15, // 77: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	18, // 78: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	20, // 79: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	22, // 80: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	31, // 81: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	33, // 82: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	35, // 83: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	37, // 84: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	39, // 85: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	41, // 86: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	43, // 87: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	45, // 88: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	6,  // 89: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	8,  // 90: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	10, // 91: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	12, // 92: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	14, // 93: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	17, // 94: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	19, // 95: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	21, // 96: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	23, // 97: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	32, // 98: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	34, // 99: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	36, // 100: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	38, // 101: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	40, // 102: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	42, // 103: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	44, // 104: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	46, // 105: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	89, // [89:106] is the sub-list for method output_type
+	72, // [72:89] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
