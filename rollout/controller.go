@@ -132,7 +132,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 
+	// The renewer is waited for before the lease is released (defers run
+	// last first): a renewal still under way would take the lease again
+	// after the release and hold it for a stopped instance.
+	renewing := make(chan struct{})
+	defer func() { <-renewing }()
 	go func() {
+		defer close(renewing)
 		renew := time.NewTicker(c.cfg.LeaseTTL / 3)
 		defer renew.Stop()
 		for {
@@ -234,6 +240,10 @@ func (c *Controller) renew(ctx context.Context) {
 			c.log.Warn("rollout lease", "err", err)
 		}
 		c.lose("")
+	case ctx.Err() != nil:
+		// Stopping: Run releases the lease this renewal holds.
+		c.fence.Store(fence)
+		c.leading.Store(true)
 	case fence != c.fence.Load() || !c.Leading():
 		c.fence.Store(fence)
 		c.leading.Store(true)
