@@ -40,6 +40,16 @@ type ControllerConfig struct {
 	SilentAfter time.Duration
 	Logger      *slog.Logger
 	Now         func() time.Time
+	// Ticks, if set, is told of every tick this controller runs as the
+	// leader (ferryd traces them).
+	Ticks TickTracer
+}
+
+// TickTracer follows the controller's ticks: StartTick is called as a tick
+// begins, the tick runs with the context it returns, and end is called
+// with the tick's result.
+type TickTracer interface {
+	StartTick(ctx context.Context) (tickCtx context.Context, end func(error))
 }
 
 // Controller moves rollouts on: it gives devices the job wave by wave,
@@ -150,7 +160,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.renew(ctx)
 	for {
 		if c.Leading() {
-			if err := c.reconcileAll(ctx); err != nil && ctx.Err() == nil {
+			if err := c.tick(ctx); err != nil && ctx.Err() == nil {
 				if errors.Is(err, store.ErrFenced) {
 					c.lose("another instance holds the rollout lease")
 				} else {
@@ -164,6 +174,17 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// tick moves every active rollout on once.
+func (c *Controller) tick(ctx context.Context) error {
+	if c.cfg.Ticks == nil {
+		return c.reconcileAll(ctx)
+	}
+	ctx, end := c.cfg.Ticks.StartTick(ctx)
+	err := c.reconcileAll(ctx)
+	end(err)
+	return err
 }
 
 // watchWhileLeading marks the devices that change dirty while this
@@ -280,7 +301,7 @@ func (c *Controller) reconcileAll(ctx context.Context) error {
 			if errors.Is(err, store.ErrFenced) || ctx.Err() != nil {
 				return err
 			}
-			c.log.Warn("rollout step failed; trying again", "rollout", id, "err", err)
+			c.log.WarnContext(ctx, "rollout step failed; trying again", "rollout", id, "err", err)
 		}
 	}
 	if full && !failed {
