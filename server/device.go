@@ -75,14 +75,18 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	// a change made in between until the next resync).
 	changed, unsubscribe := s.replica.Subscribe(ctx, id)
 	defer unsubscribe()
-	dev, err := s.replica.Connect(ctx, id, replica.Hello{
+	helloCtx, helloSpan := s.messageSpan(ctx, id, "receive", "hello", attribute.String("ferry.agent.version", hello.GetAgentVersion()))
+	dev, err := s.replica.Connect(helloCtx, id, replica.Hello{
 		AgentVersion: hello.GetAgentVersion(),
 		LastApplied:  hello.GetLastAppliedDesiredVersion(),
 		State:        stateFromProto(hello.GetReported()),
 	})
 	if err != nil {
-		return grpcError(ctx, log, err)
+		err = grpcError(helloCtx, log, err)
+		endSpan(helloSpan, err)
+		return err
 	}
+	endSpan(helloSpan, nil)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -111,7 +115,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	}
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
-	log.InfoContext(ctx, "device connected", "agent", hello.GetAgentVersion(),
+	log.InfoContext(helloCtx, "device connected", "agent", hello.GetAgentVersion(),
 		"last_applied", hello.GetLastAppliedDesiredVersion(), "desired", dev.Desired.Version)
 
 	recvDone := make(chan error, 1)
@@ -197,15 +201,19 @@ var syncMethod = strings.TrimPrefix(devicev1.DeviceService_Sync_FullMethodName, 
 // messageSpan starts the span of a message received ("receive") or sent
 // ("send") on the stream; the span is nil when tracing is off.
 func (st *syncStream) messageSpan(ctx context.Context, dir, kind string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
-	if st.svc.tracer == nil {
+	return st.svc.messageSpan(ctx, st.id, dir, kind, attrs...)
+}
+
+func (s *deviceService) messageSpan(ctx context.Context, id, dir, kind string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if s.tracer == nil {
 		return ctx, nil
 	}
 	spanKind := trace.SpanKindConsumer
 	if dir == "send" {
 		spanKind = trace.SpanKindProducer
 	}
-	attrs = append(attrs, deviceAttr(st.id), attribute.String("ferry.message", kind))
-	return st.svc.tracer.Start(ctx, syncMethod+" "+dir+" "+kind, trace.WithSpanKind(spanKind), trace.WithAttributes(attrs...))
+	attrs = append(attrs, deviceAttr(id), attribute.String("ferry.message", kind))
+	return s.tracer.Start(ctx, syncMethod+" "+dir+" "+kind, trace.WithSpanKind(spanKind), trace.WithAttributes(attrs...))
 }
 
 // send sends resp in a span that is a child of parent's span (a root
