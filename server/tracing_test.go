@@ -23,6 +23,7 @@ import (
 	"github.com/ferryhq/ferry/internal/ferrytest"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
 )
 
 // otlpReceiver is an OTLP trace receiver on loopback: the collector's
@@ -163,14 +164,7 @@ func TestTracingSetDesiredState(t *testing.T) {
 		{"http/protobuf", ferrytest.Redis},
 	} {
 		t.Run(tc.protocol+"/"+string(tc.backend), func(t *testing.T) {
-			recv, endpoint := startReceiver(t, tc.protocol)
-			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", tc.protocol)
-			t.Setenv("OTEL_SERVICE_NAME", "ferryd-traced")
-			t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "50") // milliseconds
-			logs := &syncBuffer{}
-			f := ferrytest.StartWithLog(t, tc.backend, nil,
-				slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+			recv, f, logs := startTraced(t, tc.protocol, tc.backend)
 			ctx := context.Background()
 
 			dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{AgentVersion: "ferry-agent/test"})
@@ -191,14 +185,8 @@ func TestTracingSetDesiredState(t *testing.T) {
 				storeName = "store.SetDesired"
 				deltaName = "ferry.device.v1.DeviceService/Sync send delta"
 			)
-			deadline := time.Now().Add(20 * time.Second)
-			for len(recv.named(deltaName)) == 0 || len(recv.named(apiName)) == 0 {
-				if time.Now().After(deadline) {
-					t.Fatalf("no %q and %q spans exported", apiName, deltaName)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			apis := recv.named(apiName)
+			recv.wait(t, deltaName, func(*tracev1.Span) bool { return true })
+			apis := recv.wait(t, apiName, func(*tracev1.Span) bool { return true })
 			if len(apis) != 1 {
 				t.Fatalf("%d %q spans, want 1", len(apis), apiName)
 			}
@@ -207,16 +195,7 @@ func TestTracingSetDesiredState(t *testing.T) {
 				t.Errorf("API span: kind %v, parent %x; want a server span at the trace's root", api.GetKind(), api.GetParentSpanId())
 			}
 			spans := recv.trace(api.GetTraceId())
-			// under walks up from sp; it reports whether ancestor is met.
-			under := func(sp, ancestor *tracev1.Span) bool {
-				for p := sp; p != nil && len(p.GetParentSpanId()) > 0; {
-					if bytes.Equal(p.GetParentSpanId(), ancestor.GetSpanId()) {
-						return true
-					}
-					p = spans[hex.EncodeToString(p.GetParentSpanId())]
-				}
-				return false
-			}
+			under := func(sp, ancestor *tracev1.Span) bool { return under(spans, sp, ancestor) }
 			var write, delta *tracev1.Span
 			for _, sp := range spans {
 				switch sp.GetName() {
@@ -265,6 +244,114 @@ func TestTracingSetDesiredState(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// startTraced starts an OTLP receiver and a ferryd that exports its
+// traces there with protocol and logs JSON into the returned buffer.
+func startTraced(t *testing.T, protocol string, backend ferrytest.Backend) (*otlpReceiver, *ferrytest.Ferryd, *syncBuffer) {
+	t.Helper()
+	recv, endpoint := startReceiver(t, protocol)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+	t.Setenv("OTEL_SERVICE_NAME", "ferryd-traced")
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "50") // milliseconds
+	logs := &syncBuffer{}
+	f := ferrytest.StartWithLog(t, backend, nil,
+		slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	return recv, f, logs
+}
+
+// wait returns the spans named name that match, once there is one: spans
+// reach the receiver in batches.
+func (r *otlpReceiver) wait(t *testing.T, name string, match func(*tracev1.Span) bool) []*tracev1.Span {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var out []*tracev1.Span
+		for _, sp := range r.named(name) {
+			if match(sp) {
+				out = append(out, sp)
+			}
+		}
+		if len(out) > 0 {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q span exported", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// under walks up the trace from sp; it reports whether ancestor is met.
+func under(spans map[string]*tracev1.Span, sp, ancestor *tracev1.Span) bool {
+	for p := sp; p != nil && len(p.GetParentSpanId()) > 0; {
+		if bytes.Equal(p.GetParentSpanId(), ancestor.GetSpanId()) {
+			return true
+		}
+		p = spans[hex.EncodeToString(p.GetParentSpanId())]
+	}
+	return false
+}
+
+// TestTracingRolloutAndReport: a rollout tick that gives a device its job
+// is one trace from the tick to the Delta; a device's report is one trace
+// from its receipt, through the store write, to the Accepted sent back.
+func TestTracingRolloutAndReport(t *testing.T) {
+	recv, f, _ := startTraced(t, "grpc", ferrytest.Embedded)
+	ctx := context.Background()
+	f.Publish(t, testBundle.GetTargetPath())
+	dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{AgentVersion: "ferry-agent/test"})
+	rollouts := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
+	if _, err := rollouts.CreateRollout(ctx, connect.NewRequest(&fleetv1.CreateRolloutRequest{Bundle: testBundle, Selector: "group=dev"})); err != nil {
+		t.Fatal(err)
+	}
+	delta := dev.Recv().GetDelta()
+	if delta.GetJobId() == "" {
+		t.Fatal("no job from the rollout")
+	}
+
+	sent := recv.wait(t, "ferry.device.v1.DeviceService/Sync send delta", func(sp *tracev1.Span) bool {
+		return spanAttr(sp, "ferry.job.id") == delta.GetJobId()
+	})[0]
+	ticks := recv.wait(t, "rollout.tick", func(sp *tracev1.Span) bool { return bytes.Equal(sp.GetTraceId(), sent.GetTraceId()) })
+	spans := recv.trace(sent.GetTraceId())
+	if !under(spans, sent, ticks[0]) {
+		t.Errorf("the rollout's Delta is not under the tick that gave the job: %v", names(spans))
+	}
+	// The tick writes every device's desired document; the Delta's parent
+	// is dev-1's write.
+	write := spans[hex.EncodeToString(sent.GetParentSpanId())]
+	if write.GetName() != "store.SetDesired" || spanAttr(write, "ferry.device.id") != "dev-1" || !under(spans, write, ticks[0]) {
+		t.Errorf("the tick's trace has no store write between the tick and the Delta: %v", names(spans))
+	}
+
+	dev.SendReport(&devicev1.Report{
+		JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(), Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+		Reported: &devicev1.ReportedState{Bundle: delta.GetDesired().GetBundle()},
+	})
+	if a := dev.Recv().GetAccepted(); a.GetJobId() != delta.GetJobId() {
+		t.Fatalf("answer to the report: %v, want Accepted", a)
+	}
+	accepted := recv.wait(t, "ferry.device.v1.DeviceService/Sync send accepted", func(*tracev1.Span) bool { return true })[0]
+	spans = recv.trace(accepted.GetTraceId())
+	var report, reported *tracev1.Span
+	for _, sp := range spans {
+		switch sp.GetName() {
+		case "ferry.device.v1.DeviceService/Sync receive report":
+			report = sp
+		case "store.SetReported":
+			reported = sp
+		}
+	}
+	switch {
+	case report == nil || report.GetKind() != tracev1.Span_SPAN_KIND_CONSUMER:
+		t.Errorf("the Accepted's trace has no consumer span for the report: %v", names(spans))
+	case !bytes.Equal(accepted.GetParentSpanId(), report.GetSpanId()):
+		t.Errorf("the Accepted is not a child of the report's span")
+	case reported == nil || !under(spans, reported, report):
+		t.Errorf("the report's trace has no store write under it: %v", names(spans))
 	}
 }
 
