@@ -102,7 +102,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	tr, err := newTracing(ctx)
+	tr, err := newTracing(ctx, log)
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}

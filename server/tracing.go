@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/otelconnect"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -52,7 +53,7 @@ func tracingOff() *tracing {
 // set (and neither OTEL_SDK_DISABLED=true nor OTEL_TRACES_EXPORTER=none
 // says otherwise); the protocol is OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or
 // OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf" (the default) or "grpc".
-func newTracing(ctx context.Context) (*tracing, error) {
+func newTracing(ctx context.Context, log *slog.Logger) (*tracing, error) {
 	if !tracingWanted() {
 		return tracingOff(), nil
 	}
@@ -84,6 +85,10 @@ func newTracing(ctx context.Context) (*tracing, error) {
 	// The sampler comes from OTEL_TRACES_SAMPLER (parent-based, always on,
 	// by default) and batching from OTEL_BSP_*.
 	p := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	// Export failures (a collector away) go to ferryd's log, not stderr.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		log.Warn("tracing", "err", err)
+	}))
 	return &tracing{enabled: true, provider: p, tracer: p.Tracer(tracerName), shutdown: p.Shutdown}, nil
 }
 
