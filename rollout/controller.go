@@ -475,7 +475,7 @@ func (c *Controller) start(ctx context.Context, r *store.Rollout, rn *run, befor
 	}
 	r.State, r.StartedAt, r.Wave = StateRunning, now, 0
 	c.tally(r, rn)
-	c.log.Info("rollout started", "rollout", r.ID, "devices", len(ids), "waves", len(sizes))
+	c.log.InfoContext(ctx, "rollout started", "rollout", r.ID, "devices", len(ids), "waves", len(sizes))
 	c.advance(r, rn, now)
 	c.complete(r, now)
 	return c.save(ctx, r, rn, before, now)
@@ -944,7 +944,7 @@ func (c *Controller) finish(ctx context.Context, r *store.Rollout, rn *run, befo
 		}
 	}
 	if n > 0 {
-		c.log.Info("rollback bundle given", "rollout", r.ID, "devices", n, "bundle", r.Spec.RollbackBundle.TargetPath)
+		c.log.InfoContext(ctx, "rollback bundle given", "rollout", r.ID, "devices", n, "bundle", r.Spec.RollbackBundle.TargetPath)
 	}
 	for i := range r.Waves {
 		if w := &r.Waves[i]; w.State != WaveDone {
