@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 	"connectrpc.com/otelconnect"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -120,6 +121,10 @@ func (t *tracing) interceptors() []connect.HandlerOption {
 		otelconnect.WithoutMetrics(),
 		// Operators' clients may send their own trace context.
 		otelconnect.WithTrustRemote(),
+		// Health checks come every few seconds from every probe.
+		otelconnect.WithFilter(func(_ context.Context, spec connect.Spec) bool {
+			return !strings.HasPrefix(spec.Procedure, "/"+grpchealth.HealthV1ServiceName+"/")
+		}),
 	)
 	if err != nil { // only from the meter, which is not used
 		panic(fmt.Sprintf("otelconnect: %v", err))

@@ -167,6 +167,16 @@ func TestTracingSetDesiredState(t *testing.T) {
 			recv, f, logs := startTraced(t, tc.protocol, tc.backend)
 			ctx := context.Background()
 
+			// A health check first: probes are not traced.
+			hc, err := f.HTTPClient(t).Post(f.APIURL()+"/grpc.health.v1.Health/Check", "application/json", strings.NewReader("{}"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc.Body.Close()
+			if hc.StatusCode != http.StatusOK {
+				t.Fatalf("health check: %s", hc.Status)
+			}
+
 			dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{AgentVersion: "ferry-agent/test"})
 			resp, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
 				DeviceId: "dev-1", Document: &devicev1.DesiredDocument{Config: map[string]string{"mode": "traced"}},
@@ -226,6 +236,12 @@ func TestTracingSetDesiredState(t *testing.T) {
 			// The stream's own messages are traced too: the Hello.
 			if len(recv.named("ferry.device.v1.DeviceService/Sync receive hello")) == 0 {
 				t.Error("no span for the Hello received")
+			}
+
+			// Spans are exported in the order they end: the health check's
+			// would be in by now.
+			if hc := recv.named("grpc.health.v1.Health/Check"); len(hc) != 0 {
+				t.Errorf("health check traced: %v", hc)
 			}
 
 			traceID := hex.EncodeToString(api.GetTraceId())
