@@ -242,7 +242,7 @@ func answerKind(resp *devicev1.SyncResponse) string {
 	return "accepted"
 }
 
-// receivedKind names a device message for metrics and spans; traced is
+// receivedKind names a device message in span names; traced is
 // false for the answers to pings.
 func receivedKind(msg *devicev1.SyncRequest) (kind string, traced bool) {
 	switch msg.GetMessage().(type) {

@@ -175,7 +175,8 @@ func endSpan(span trace.Span, err error) {
 }
 
 // traceLogHandler adds trace_id and span_id to the records logged with a
-// context that carries a span.
+// context that carries a span. (Under a WithGroup they would land in the
+// group; ferryd's loggers use none.)
 type traceLogHandler struct{ slog.Handler }
 
 func (h traceLogHandler) Handle(ctx context.Context, r slog.Record) error {
