@@ -266,7 +266,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(credentialsv1connect.NewDownloadKeyServiceHandler(&downloadKeyService{creds: s.creds}, guarded))
 	// TUF metadata and targets: operators and devices (see tufhttp.go).
-	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth, repo: s.repo.repo}, log: s.log})
+	mux.Handle("/tuf/", s.tracing.httpHandler(&tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth, repo: s.repo.repo}, log: s.log}))
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
 	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds}, anonymous))

@@ -5,17 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/otelconnect"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -130,6 +133,28 @@ func (t *tracing) interceptors() []connect.HandlerOption {
 		panic(fmt.Sprintf("otelconnect: %v", err))
 	}
 	return []connect.HandlerOption{connect.WithInterceptors(ic)}
+}
+
+// httpHandler returns h with a server span per request (h itself when
+// tracing is off): the TUF metadata and target downloads, which are plain
+// HTTP beside the Connect handlers.
+func (t *tracing) httpHandler(h http.Handler) http.Handler {
+	if !t.enabled {
+		return h
+	}
+	return otelhttp.NewHandler(h, "tuf",
+		otelhttp.WithTracerProvider(t.provider),
+		otelhttp.WithPropagators(propagator),
+		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			for _, p := range []string{tufMetadataPath, tufTargetsPath} {
+				if strings.HasPrefix(r.URL.Path, p) {
+					return r.Method + " " + p
+				}
+			}
+			return r.Method + " /tuf/"
+		}),
+	)
 }
 
 // logger returns log with trace ids added to records logged with a traced

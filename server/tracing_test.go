@@ -311,13 +311,32 @@ func under(spans map[string]*tracev1.Span, sp, ancestor *tracev1.Span) bool {
 	return false
 }
 
-// TestTracingRolloutAndReport: a rollout tick that gives a device its job
+// TestTracingRolloutAndReport: a TUF download is a server span; a rollout
+// tick that gives a device its job
 // is one trace from the tick to the Delta; a device's report is one trace
 // from its receipt, through the store write, to the Accepted sent back.
 func TestTracingRolloutAndReport(t *testing.T) {
 	recv, f, _ := startTraced(t, "grpc", ferrytest.Embedded)
 	ctx := context.Background()
 	f.Publish(t, testBundle.GetTargetPath())
+	// TUF downloads are traced as HTTP requests.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.APIURL()+"/tuf/metadata/timestamp.json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+f.OperatorToken(t))
+	got, err := f.HTTPClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Body.Close()
+	if got.StatusCode != http.StatusOK {
+		t.Fatalf("timestamp.json: %s", got.Status)
+	}
+	if sp := recv.wait(t, "GET /tuf/metadata/", func(*tracev1.Span) bool { return true })[0]; sp.GetKind() != tracev1.Span_SPAN_KIND_SERVER {
+		t.Errorf("TUF download span kind %v, want server", sp.GetKind())
+	}
+
 	dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{AgentVersion: "ferry-agent/test"})
 	rollouts := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
 	if _, err := rollouts.CreateRollout(ctx, connect.NewRequest(&fleetv1.CreateRolloutRequest{Bundle: testBundle, Selector: "group=dev"})); err != nil {
