@@ -40,6 +40,16 @@ type ControllerConfig struct {
 	SilentAfter time.Duration
 	Logger      *slog.Logger
 	Now         func() time.Time
+	// Ticks, if set, is told of every tick this controller runs as the
+	// leader (ferryd traces them).
+	Ticks TickTracer
+}
+
+// TickTracer follows the controller's ticks: StartTick is called as a tick
+// begins, the tick runs with the context it returns, and end is called
+// with the tick's result.
+type TickTracer interface {
+	StartTick(ctx context.Context) (tickCtx context.Context, end func(error))
 }
 
 // Controller moves rollouts on: it gives devices the job wave by wave,
@@ -156,7 +166,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.renew(ctx)
 	for {
 		if c.Leading() {
-			if err := c.reconcileAll(ctx); err != nil && ctx.Err() == nil {
+			if err := c.tick(ctx); err != nil && ctx.Err() == nil {
 				if errors.Is(err, store.ErrFenced) {
 					c.lose("another instance holds the rollout lease")
 				} else {
@@ -170,6 +180,17 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// tick moves every active rollout on once.
+func (c *Controller) tick(ctx context.Context) error {
+	if c.cfg.Ticks == nil {
+		return c.reconcileAll(ctx)
+	}
+	ctx, end := c.cfg.Ticks.StartTick(ctx)
+	err := c.reconcileAll(ctx)
+	end(err)
+	return err
 }
 
 // watchWhileLeading marks the devices that change dirty while this
@@ -290,7 +311,7 @@ func (c *Controller) reconcileAll(ctx context.Context) error {
 			if errors.Is(err, store.ErrFenced) || ctx.Err() != nil {
 				return err
 			}
-			c.log.Warn("rollout step failed; trying again", "rollout", id, "err", err)
+			c.log.WarnContext(ctx, "rollout step failed; trying again", "rollout", id, "err", err)
 		}
 	}
 	if full && !failed {
@@ -464,7 +485,7 @@ func (c *Controller) start(ctx context.Context, r *store.Rollout, rn *run, befor
 	}
 	r.State, r.StartedAt, r.Wave = StateRunning, now, 0
 	c.tally(r, rn)
-	c.log.Info("rollout started", "rollout", r.ID, "devices", len(ids), "waves", len(sizes))
+	c.log.InfoContext(ctx, "rollout started", "rollout", r.ID, "devices", len(ids), "waves", len(sizes))
 	c.advance(r, rn, now)
 	c.complete(r, now)
 	return c.save(ctx, r, rn, before, now)
@@ -933,7 +954,7 @@ func (c *Controller) finish(ctx context.Context, r *store.Rollout, rn *run, befo
 		}
 	}
 	if n > 0 {
-		c.log.Info("rollback bundle given", "rollout", r.ID, "devices", n, "bundle", r.Spec.RollbackBundle.TargetPath)
+		c.log.InfoContext(ctx, "rollback bundle given", "rollout", r.ID, "devices", n, "bundle", r.Spec.RollbackBundle.TargetPath)
 	}
 	for i := range r.Waves {
 		if w := &r.Waves[i]; w.State != WaveDone {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -45,6 +47,9 @@ type deviceService struct {
 	// revocation landing between the call's check and the registration
 	// (which closeDevice would miss) still ends it.
 	revoked revocations
+	// tracer, when tracing is on, makes a span per message received or
+	// sent (pings and their answers aside); nil when it is off.
+	tracer trace.Tracer
 }
 
 // errReplaced and errShuttingDown end streams from the outside.
@@ -70,14 +75,18 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	// a change made in between until the next resync).
 	changed, unsubscribe := s.replica.Subscribe(ctx, id)
 	defer unsubscribe()
-	dev, err := s.replica.Connect(ctx, id, replica.Hello{
+	helloCtx, helloSpan := s.messageSpan(ctx, id, "receive", "hello", attribute.String("ferry.agent.version", hello.GetAgentVersion()))
+	dev, err := s.replica.Connect(helloCtx, id, replica.Hello{
 		AgentVersion: hello.GetAgentVersion(),
 		LastApplied:  hello.GetLastAppliedDesiredVersion(),
 		State:        stateFromProto(hello.GetReported()),
 	})
 	if err != nil {
-		return grpcError(ctx, log, err)
+		err = grpcError(helloCtx, log, err)
+		endSpan(helloSpan, err)
+		return err
 	}
+	endSpan(helloSpan, nil)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -98,7 +107,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 		log:      log,
 		gs:       gs,
 		ctx:      ctx,
-		out:      make(chan *devicev1.SyncResponse, 8),
+		out:      make(chan answer, 8),
 		resend:   make(chan uint64, 1),
 		lastSent: hello.GetLastAppliedDesiredVersion(),
 		changed:  changed,
@@ -106,7 +115,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	}
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
-	log.InfoContext(ctx, "device connected", "agent", hello.GetAgentVersion(),
+	log.InfoContext(helloCtx, "device connected", "agent", hello.GetAgentVersion(),
 		"last_applied", hello.GetLastAppliedDesiredVersion(), "desired", dev.Desired.Version)
 
 	recvDone := make(chan error, 1)
@@ -162,7 +171,7 @@ type syncStream struct {
 	ctx context.Context
 
 	// out carries answers from the receive loop to the send loop.
-	out chan *devicev1.SyncResponse
+	out chan answer
 	// resend asks the send loop to send the newest Delta again to a device
 	// that reported on an older version.
 	resend chan uint64
@@ -177,6 +186,76 @@ type syncStream struct {
 	nonce string
 	chain [][]byte
 	leaf  *x509.Certificate
+}
+
+// answer is a response to a device's message, with the span context of
+// the message's span (invalid when untraced): its send joins that trace.
+type answer struct {
+	resp  *devicev1.SyncResponse
+	trace trace.SpanContext
+}
+
+// syncMethod names the stream in span names.
+var syncMethod = strings.TrimPrefix(devicev1.DeviceService_Sync_FullMethodName, "/")
+
+// messageSpan starts the span of a message received ("receive") or sent
+// ("send") on the stream; the span is nil when tracing is off.
+func (st *syncStream) messageSpan(ctx context.Context, dir, kind string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	return st.svc.messageSpan(ctx, st.id, dir, kind, attrs...)
+}
+
+func (s *deviceService) messageSpan(ctx context.Context, id, dir, kind string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if s.tracer == nil {
+		return ctx, nil
+	}
+	spanKind := trace.SpanKindConsumer
+	if dir == "send" {
+		spanKind = trace.SpanKindProducer
+	}
+	attrs = append(attrs, deviceAttr(id), attribute.String("ferry.message", kind))
+	return s.tracer.Start(ctx, syncMethod+" "+dir+" "+kind, trace.WithSpanKind(spanKind), trace.WithAttributes(attrs...))
+}
+
+// send sends resp in a span that is a child of parent's span (a root
+// when it has none).
+func (st *syncStream) send(parent context.Context, kind string, resp *devicev1.SyncResponse, attrs ...attribute.KeyValue) error {
+	_, span := st.messageSpan(parent, "send", kind, attrs...)
+	err := st.gs.Send(resp)
+	endSpan(span, err)
+	return err
+}
+
+// sendAnswer sends an answer in the trace of the message it answers.
+func (st *syncStream) sendAnswer(a answer) error {
+	ctx := st.ctx
+	if a.trace.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, a.trace)
+	}
+	return st.send(ctx, answerKind(a.resp), a.resp)
+}
+
+// answerKind names a response sent for a report.
+func answerKind(resp *devicev1.SyncResponse) string {
+	if resp.GetRejected() != nil {
+		return "rejected"
+	}
+	return "accepted"
+}
+
+// receivedKind names a device message in span names; traced is
+// false for the answers to pings.
+func receivedKind(msg *devicev1.SyncRequest) (kind string, traced bool) {
+	switch msg.GetMessage().(type) {
+	case *devicev1.SyncRequest_Report:
+		return "report", true
+	case *devicev1.SyncRequest_Progress:
+		return "progress", true
+	case *devicev1.SyncRequest_Ack:
+		return "ack", false
+	case *devicev1.SyncRequest_Hello:
+		return "hello", true
+	}
+	return "empty", true
 }
 
 // receiveLoop handles the device's messages in order until the stream ends.
@@ -195,12 +274,17 @@ func (st *syncStream) receiveLoop() error {
 	}
 }
 
-func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
+func (st *syncStream) handle(msg *devicev1.SyncRequest) (err error) {
 	ctx := st.ctx
+	if kind, traced := receivedKind(msg); traced && st.svc.tracer != nil {
+		var span trace.Span
+		ctx, span = st.messageSpan(ctx, "receive", kind)
+		defer func() { endSpan(span, err) }()
+	}
 	switch m := msg.GetMessage().(type) {
 	case *devicev1.SyncRequest_Report:
 		st.svc.metrics.received.WithLabelValues("report").Inc()
-		return st.report(m.Report)
+		return st.report(ctx, m.Report)
 	case *devicev1.SyncRequest_Progress:
 		st.svc.metrics.received.WithLabelValues("progress").Inc()
 		p := m.Progress
@@ -224,8 +308,7 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) error {
 	}
 }
 
-func (st *syncStream) report(r *devicev1.Report) error {
-	ctx := st.ctx
+func (st *syncStream) report(ctx context.Context, r *devicev1.Report) error {
 	rep, refusal, reason := st.verify(r)
 	var out replica.Outcome
 	if reason != "" {
@@ -258,7 +341,7 @@ func (st *syncStream) report(r *devicev1.Report) error {
 		}}}
 	}
 	select {
-	case st.out <- resp:
+	case st.out <- answer{resp: resp, trace: trace.SpanContextFromContext(ctx)}:
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
@@ -274,7 +357,7 @@ func (st *syncStream) report(r *devicev1.Report) error {
 // sendLoop is the only sender on the stream. It sends the newest Delta when
 // the device is behind, answers from the receive loop, and pings.
 func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
-	if err := st.gs.Send(&devicev1.SyncResponse{Message: &devicev1.SyncResponse_Session{Session: &devicev1.Session{
+	if err := st.send(st.ctx, "session", &devicev1.SyncResponse{Message: &devicev1.SyncResponse_Session{Session: &devicev1.Session{
 		Nonce: st.nonce, ServerTime: timestamppb.New(st.svc.now()),
 	}}}); err != nil {
 		return err
@@ -293,8 +376,8 @@ func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
 			return context.Cause(st.ctx)
 		case err := <-recvDone:
 			return err
-		case resp := <-st.out:
-			if err := st.gs.Send(resp); err != nil {
+		case a := <-st.out:
+			if err := st.sendAnswer(a); err != nil {
 				return err
 			}
 		case v := <-st.resend:
@@ -398,12 +481,17 @@ func (st *syncStream) sendDeltaIfAhead(dev store.Device) error {
 		return nil
 	}
 	delta := deltaToProto(dev)
-	if err := st.gs.Send(&devicev1.SyncResponse{Message: &devicev1.SyncResponse_Delta{Delta: delta}}); err != nil {
+	// The Delta is sent in the trace of the write that set the document.
+	ctx, span := st.messageSpan(withTraceParent(st.ctx, dev.Desired.TraceParent), "send", "delta",
+		attribute.Int64("ferry.desired.version", int64(delta.DesiredVersion)), attribute.String("ferry.job.id", delta.JobId))
+	err := st.gs.Send(&devicev1.SyncResponse{Message: &devicev1.SyncResponse_Delta{Delta: delta}})
+	endSpan(span, err)
+	if err != nil {
 		return err
 	}
 	st.lastSent = dev.Desired.Version
 	st.svc.metrics.deltas.Inc()
-	st.log.DebugContext(st.ctx, "delta sent", "version", delta.DesiredVersion, "job", delta.JobId)
+	st.log.DebugContext(ctx, "delta sent", "version", delta.DesiredVersion, "job", delta.JobId)
 	return nil
 }
 
@@ -411,8 +499,8 @@ func (st *syncStream) sendDeltaIfAhead(dev store.Device) error {
 func (st *syncStream) flush() error {
 	for {
 		select {
-		case resp := <-st.out:
-			if err := st.gs.Send(resp); err != nil {
+		case a := <-st.out:
+			if err := st.sendAnswer(a); err != nil {
 				return err
 			}
 		default:

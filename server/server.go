@@ -67,6 +67,9 @@ type Server struct {
 	stopping atomic.Bool
 	// storeCheck is the store's reachability, for readiness (health.go).
 	storeCheck *storeCheck
+	// tracing is OpenTelemetry tracing, a no-op unless configured
+	// (tracing.go).
+	tracing *tracing
 }
 
 // servedNames are the services whose health is reported (on the API port,
@@ -99,7 +102,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, metrics: newMetrics(), sessions: newSessions()}
+	tr, err := newTracing(ctx, log)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	log = tr.logger(log)
+	s := &Server{cfg: cfg, log: log, metrics: newMetrics(), sessions: newSessions(), tracing: tr}
 	s.conns = newConnMetrics(s.metrics.registry)
 	defer func() {
 		if err != nil {
@@ -137,7 +145,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 		return nil, fmt.Errorf("repository: %w", err)
 	}
 	changes, _ := s.devices.(store.Changes)
-	s.replica = replica.New(replica.Config{Devices: s.devices, Changes: changes, Logger: log, SeenFlush: cfg.Device.SeenFlush})
+	s.replica = replica.New(replica.Config{Devices: s.tracing.devices(cfg, s.devices), Changes: changes, Logger: log, SeenFlush: cfg.Device.SeenFlush})
 	rep := s.replica
 	if s.dev != nil {
 		for _, id := range cfg.Dev.Devices {
@@ -235,7 +243,7 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 	devicev1.RegisterDeviceServiceServer(g, &deviceService{
 		replica: rep, limits: l, log: s.log, metrics: s.metrics, sessions: s.sessions,
 		roots: pool, trustDomain: s.cfg.TrustDomain, requireSigned: !s.cfg.AllowUnsignedReports, now: time.Now,
-		revoked: s.creds.revoked,
+		revoked: s.creds.revoked, tracer: s.tracing.deviceTracer(),
 	})
 	credentialsv1.RegisterCredentialServiceServer(g, &credentialDevice{creds: s.creds})
 	return g
@@ -245,18 +253,20 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	l := s.cfg.API
 	// Operator calls are authenticated twice: by the guard before their
 	// body is read (limits_http.go), and by the interceptor.
-	guarded := connect.WithHandlerOptions(
+	// Tracing comes first, so that refused calls are traced too.
+	traced := s.tracing.interceptors()
+	guarded := connect.WithHandlerOptions(append(traced,
 		connect.WithInterceptors(operatorAuth{auth: auth, certs: s.creds.operatorCerts}),
 		connect.WithReadMaxBytes(int(l.MaxMessageBytes)),
-	)
-	anonymous := connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes))
+	)...)
+	anonymous := connect.WithHandlerOptions(append(traced, connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes)))...)
 	mux := http.NewServeMux()
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, repo: s.repo.repo, log: s.log, creds: s.creds}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, replica: rep, repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(credentialsv1connect.NewDownloadKeyServiceHandler(&downloadKeyService{creds: s.creds}, guarded))
 	// TUF metadata and targets: operators and devices (see tufhttp.go).
-	mux.Handle("/tuf/", &tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth, repo: s.repo.repo}, log: s.log})
+	mux.Handle("/tuf/", s.tracing.httpHandler(&tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth, repo: s.repo.repo}, log: s.log}))
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
 	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds}, anonymous))
@@ -355,7 +365,21 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.RedisURL == "" {
 		removePID(s.cfg.DataDir)
 	}
+	if err := s.flushTraces(); err != nil && serveErr == nil {
+		serveErr = err
+	}
 	return serveErr
+}
+
+// flushTraces exports the spans still buffered and stops the exporter,
+// waiting at most ShutdownTimeout.
+func (s *Server) flushTraces() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := s.tracing.shutdown(ctx); err != nil {
+		return fmt.Errorf("flush traces: %w", err)
+	}
+	return nil
 }
 
 func (s *Server) shutdown() {
@@ -403,9 +427,14 @@ func (s *Server) newRollouts(log *slog.Logger) error {
 	nonce := make([]byte, 4)
 	rand.Read(nonce)
 	holder := fmt.Sprintf("%s/%d/%x", host, os.Getpid(), nonce)
+	ro = s.tracing.rollouts(s.cfg, ro)
+	var ticks rollout.TickTracer
+	if s.tracing.enabled {
+		ticks = tickTracer{tracer: s.tracing.tracer}
+	}
 	s.rollouts = rollout.New(rollout.Config{Rollouts: ro, Logger: log})
 	s.control = rollout.NewController(rollout.ControllerConfig{
-		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log,
+		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log, Ticks: ticks,
 		LeaseTTL: s.cfg.Rollouts.LeaseTTL, Tick: s.cfg.Rollouts.Tick, Resync: s.cfg.Rollouts.Resync,
 		SilentAfter: 3 * s.cfg.Device.PingInterval, // a device answers every ping
 	})
@@ -439,5 +468,8 @@ func (s *Server) Close() error {
 		}
 	}
 	errs = append(errs, s.repo.close())
+	if s.tracing != nil {
+		errs = append(errs, s.flushTraces())
+	}
 	return errors.Join(errs...)
 }

@@ -71,6 +71,10 @@ type Desired struct {
 	Config  map[string]string `json:"config,omitempty"`
 	SetBy   string            `json:"set_by,omitempty"`
 	SetAt   time.Time         `json:"set_at,omitzero"`
+	// TraceParent is the W3C traceparent of the traced operation that
+	// wrote this document, when ferryd traces (empty otherwise): the
+	// device stream sends the document's Delta in that trace.
+	TraceParent string `json:"trace_parent,omitempty"`
 }
 
 // Reported is what a device has shown about itself, and its version.

@@ -59,6 +59,16 @@ type Ferryd struct {
 // given backend. edit may change the configuration first.
 func Start(t testing.TB, backend Backend, edit func(*server.Config)) *Ferryd {
 	t.Helper()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, ok := t.(*testing.B); ok {
+		log = slog.New(slog.DiscardHandler) // keep benchmark output to results
+	}
+	return StartWithLog(t, backend, edit, log)
+}
+
+// StartWithLog is Start with the server logging to log.
+func StartWithLog(t testing.TB, backend Backend, edit func(*server.Config), log *slog.Logger) *Ferryd {
+	t.Helper()
 	cfg := server.DefaultConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.DeviceAddr, cfg.APIAddr = "127.0.0.1:0", "127.0.0.1:0"
@@ -74,10 +84,6 @@ func Start(t testing.TB, backend Backend, edit func(*server.Config)) *Ferryd {
 	}
 	if edit != nil {
 		edit(&cfg)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if _, ok := t.(*testing.B); ok {
-		log = slog.New(slog.DiscardHandler) // keep benchmark output to results
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, cfg, log)

@@ -71,6 +71,8 @@ func desired(version uint64, target string) store.Desired {
 		Config:  map[string]string{"log.level": "debug"},
 		SetBy:   "operator:dev",
 		SetAt:   at,
+		// Each version its own span, as ferryd traces writes.
+		TraceParent: fmt.Sprintf("00-4bf92f3577b34da6a3ce929d0e0e4736-%016x-01", version),
 	}
 }
 
