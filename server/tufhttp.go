@@ -40,7 +40,7 @@ type DownloadAuthorizer interface {
 
 // tufHandler serves the repository's metadata and targets.
 type tufHandler struct {
-	repo  *tuf.Repository
+	repo    *tuf.Repository
 	authz   DownloadAuthorizer
 	log     *slog.Logger
 	metrics *metrics
@@ -185,4 +185,3 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the connection.
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
-

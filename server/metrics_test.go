@@ -1,0 +1,221 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/ferryhq/ferry/internal/ferrytest"
+	credentialsv1 "github.com/ferryhq/ferry/proto/ferry/credentials/v1"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	fleetv1 "github.com/ferryhq/ferry/proto/ferry/fleet/v1"
+	"github.com/ferryhq/ferry/proto/ferry/fleet/v1/fleetv1connect"
+)
+
+// metricSamples is one read of /metrics: each sample's value by its series, the
+// metric name followed by its labels as Prometheus writes them.
+type metricSamples map[string]float64
+
+func scrapeMetrics(t *testing.T, f *ferrytest.Ferryd) metricSamples {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, f.APIURL()+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+f.OperatorToken(t))
+	resp, err := f.HTTPClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	out := metricSamples{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// value returns the sum of the samples of metric whose labels include every
+// one of labels ("name", "value" pairs), and whether there is any.
+func (s metricSamples) value(metric string, labels ...string) (sum float64, found bool) {
+	for series, v := range s {
+		name, rest, _ := strings.Cut(series, "{")
+		if name != metric {
+			continue
+		}
+		ok := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			if !strings.Contains(","+rest, ","+labels[i]+`="`+labels[i+1]+`"`) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			sum, found = sum+v, true
+		}
+	}
+	return sum, found
+}
+
+// TestMetricsAfterWalkthrough runs the README walkthrough's steps — publish,
+// devices connect, desired state set, a rollout runs, a device reports — and
+// checks that /metrics has per-RPC request and latency series for both
+// ports and a running rollout's executions by status, and that they move.
+func TestMetricsAfterWalkthrough(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	ctx := context.Background()
+	f.Publish(t, testBundle.GetTargetPath(), "gw/fw-2.0.bin")
+	hello := &devicev1.Hello{AgentVersion: "ferry-agent/test", Reported: &devicev1.ReportedState{Bundle: ferrytest.Bundle("gw/1.0.0/fw.bin")}}
+	dev1 := f.OpenDevice(t, "dev-1", hello)
+	dev2 := f.OpenDevice(t, "dev-2", hello)
+
+	before := scrapeMetrics(t, f)
+
+	// An operator sets a device's desired state and reads an unknown
+	// device (Connect), and fetches metadata.
+	if _, err := f.Fleet(t).SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+		DeviceId: "dev-3", Document: &devicev1.DesiredDocument{Bundle: ferrytest.Bundle("gw/fw-2.0.bin")},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.Fleet(t).GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: "gw-404"}))
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("GetDevice of an unknown device: %v, want NotFound", err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.APIURL()+"/tuf/metadata/timestamp.json", nil)
+	req.Header.Set("Authorization", "Bearer "+f.OperatorToken(t))
+	resp, err := f.HTTPClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+
+	// A rollout to two devices: one reports success, the other has not
+	// answered yet, so the rollout keeps running.
+	rollouts := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
+	created, err := rollouts.CreateRollout(ctx, connect.NewRequest(&fleetv1.CreateRolloutRequest{Bundle: testBundle, DeviceIds: []string{"dev-1", "dev-2"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.Msg.GetRollout().GetId()
+	delta := dev1.Recv().GetDelta()
+	if dev2.Recv().GetDelta().GetJobId() == "" || delta.GetJobId() == "" {
+		t.Fatal("no job from the rollout")
+	}
+	// dev-2 asks for a download token for its job's bundle (gRPC, device
+	// port).
+	deviceCreds := credentialsv1.NewCredentialServiceClient(f.DeviceConn(t, f.DeviceTLS(t, "dev-2")))
+	if _, err := deviceCreds.IssueDownloadToken(ctx, &credentialsv1.IssueDownloadTokenRequest{TargetPath: testBundle.GetTargetPath()}); err != nil {
+		t.Fatal(err)
+	}
+	dev1.SendReport(&devicev1.Report{
+		JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(), Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+		Reported: &devicev1.ReportedState{Bundle: delta.GetDesired().GetBundle(), Config: delta.GetDesired().GetConfig()},
+	})
+	if a := dev1.Recv().GetAccepted(); a.GetJobId() != delta.GetJobId() {
+		t.Fatalf("answer to the report: %v, want Accepted", a)
+	}
+
+	var after metricSamples
+	waitFor(t, 10*time.Second, "the rollout's counts in /metrics", func() bool {
+		after = scrapeMetrics(t, f)
+		n, _ := after.value("ferry_rollout_executions", "rollout", id, "status", "SUCCEEDED")
+		return n == 1
+	})
+	dev1.Close()
+	waitFor(t, 10*time.Second, "a closed stream in /metrics", func() bool {
+		after = scrapeMetrics(t, f)
+		n, _ := after.value("ferry_device_streams_closed_total")
+		return n >= 1
+	})
+
+	type series struct {
+		metric string
+		labels []string
+	}
+	api := func(metric, method string, more ...string) series {
+		return series{metric, append([]string{"service", "ferry.fleet.v1." + strings.Split(method, ".")[0], "method", strings.Split(method, ".")[1]}, more...)}
+	}
+	grpcRPC := func(metric, service, method string, more ...string) series {
+		return series{metric, append([]string{"grpc_service", service, "grpc_method", method}, more...)}
+	}
+	tests := []struct {
+		name string
+		s    series
+		// min is how much the sample must have grown since before (a
+		// series absent before counts from 0).
+		min float64
+	}{
+		{"API calls started", api("ferry_api_server_started_total", "FleetService.SetDesiredState"), 1},
+		{"API calls handled, ok", api("ferry_api_server_handled_total", "FleetService.SetDesiredState", "code", "ok"), 1},
+		{"API calls handled, by error code", api("ferry_api_server_handled_total", "FleetService.GetDevice", "code", "not_found"), 1},
+		{"API latency", api("ferry_api_server_handling_seconds_count", "FleetService.SetDesiredState"), 1},
+		{"API latency buckets", api("ferry_api_server_handling_seconds_bucket", "FleetService.SetDesiredState", "le", "+Inf"), 1},
+		{"rollout API calls", api("ferry_api_server_handled_total", "RolloutService.CreateRollout", "code", "ok"), 1},
+		{"device port unary calls", grpcRPC("ferry_grpc_server_handled_total", "ferry.credentials.v1.CredentialService", "IssueDownloadToken", "grpc_code", "OK"), 1},
+		{"device port unary latency", grpcRPC("ferry_grpc_server_handling_seconds_count", "ferry.credentials.v1.CredentialService", "IssueDownloadToken"), 1},
+		{"device streams started", grpcRPC("ferry_grpc_server_started_total", "ferry.device.v1.DeviceService", "Sync"), 0},
+		{"device streams handled", grpcRPC("ferry_grpc_server_handled_total", "ferry.device.v1.DeviceService", "Sync"), 1},
+		{"device stream latency", grpcRPC("ferry_grpc_server_handling_seconds_count", "ferry.device.v1.DeviceService", "Sync"), 1},
+		{"device messages", series{"ferry_grpc_server_msg_received_total", []string{"grpc_method", "Sync"}}, 1},
+		{"stream closed by the device", series{"ferry_device_streams_closed_total", nil}, 1},
+		{"reports accepted", series{"ferry_device_reports_total", []string{"outcome", "accepted"}}, 1},
+		{"deltas sent", series{"ferry_deltas_sent_total", nil}, 2},
+		{"metadata downloads", series{"ferry_downloads_total", []string{"kind", "metadata"}}, 1},
+		{"metadata bytes", series{"ferry_download_bytes_total", []string{"kind", "metadata"}}, 1},
+		{"store latency", series{"ferry_store_operation_duration_seconds_count", []string{"operation", "SetDesired", "outcome", "ok"}}, 1},
+		{"store errors", series{"ferry_store_operation_duration_seconds_count", []string{"operation", "GetDevice", "outcome", "error"}}, 1},
+		{"rollout executions succeeded", series{"ferry_rollout_executions", []string{"rollout", id, "status", "SUCCEEDED"}}, 1},
+		{"rollouts running", series{"ferry_rollouts", []string{"state", "RUNNING"}}, 1},
+	}
+	for _, tt := range tests {
+		got, ok := after.value(tt.s.metric, tt.s.labels...)
+		if !ok {
+			t.Errorf("%s: no %s%q in /metrics", tt.name, tt.s.metric, tt.s.labels)
+			continue
+		}
+		was, _ := before.value(tt.s.metric, tt.s.labels...)
+		if got-was < tt.min {
+			t.Errorf("%s: %s%q went from %g to %g, want a rise of at least %g", tt.name, tt.s.metric, tt.s.labels, was, got, tt.min)
+		}
+	}
+	// The device that has not answered is counted under another status.
+	var others float64
+	for series, v := range after {
+		if strings.HasPrefix(series, "ferry_rollout_executions{") && strings.Contains(series, `rollout="`+id+`"`) && !strings.Contains(series, "SUCCEEDED") {
+			others += v
+		}
+	}
+	if others != 1 {
+		t.Errorf("executions of %s not succeeded: %g, want 1 (dev-2)", id, others)
+	}
+	// Every role of the served metadata has time left.
+	for _, role := range []string{"root", "targets", "snapshot", "timestamp"} {
+		if left, ok := after.value("ferry_tuf_metadata_expiry_seconds", "role", role); !ok || left <= 0 {
+			t.Errorf("ferry_tuf_metadata_expiry_seconds{role=%q}: %g, %v; want a positive value", role, left, ok)
+		}
+	}
+}
