@@ -177,7 +177,7 @@ func TestMetricsAfterWalkthrough(t *testing.T) {
 		{"rollout API calls", api("ferry_api_server_handled_total", "RolloutService.CreateRollout", "code", "ok"), 1},
 		{"device port unary calls", grpcRPC("ferry_grpc_server_handled_total", "ferry.credentials.v1.CredentialService", "IssueDownloadToken", "grpc_code", "OK"), 1},
 		{"device port unary latency", grpcRPC("ferry_grpc_server_handling_seconds_count", "ferry.credentials.v1.CredentialService", "IssueDownloadToken"), 1},
-		{"device streams started", grpcRPC("ferry_grpc_server_started_total", "ferry.device.v1.DeviceService", "Sync"), 0},
+		{"device streams started (before the first scrape)", grpcRPC("ferry_grpc_server_started_total", "ferry.device.v1.DeviceService", "Sync"), 0},
 		{"device streams handled", grpcRPC("ferry_grpc_server_handled_total", "ferry.device.v1.DeviceService", "Sync"), 1},
 		{"device stream latency", grpcRPC("ferry_grpc_server_handling_seconds_count", "ferry.device.v1.DeviceService", "Sync"), 1},
 		{"device messages", series{"ferry_grpc_server_msg_received_total", []string{"grpc_method", "Sync"}}, 1},
@@ -187,7 +187,7 @@ func TestMetricsAfterWalkthrough(t *testing.T) {
 		{"metadata downloads", series{"ferry_downloads_total", []string{"kind", "metadata"}}, 1},
 		{"metadata bytes", series{"ferry_download_bytes_total", []string{"kind", "metadata"}}, 1},
 		{"store latency", series{"ferry_store_operation_duration_seconds_count", []string{"operation", "SetDesired", "outcome", "ok"}}, 1},
-		{"store errors", series{"ferry_store_operation_duration_seconds_count", []string{"operation", "GetDevice", "outcome", "error"}}, 1},
+		{"store errors", series{"ferry_store_operation_duration_seconds_count", []string{"operation", "GetDevice", "outcome", "not_found"}}, 1},
 		{"rollout executions succeeded", series{"ferry_rollout_executions", []string{"rollout", id, "status", "SUCCEEDED"}}, 1},
 		{"rollouts running", series{"ferry_rollouts", []string{"state", "RUNNING"}}, 1},
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,8 +17,29 @@ import (
 func timed[T any](h *prometheus.HistogramVec, op string, f func() (T, error)) (T, error) {
 	start := time.Now()
 	v, err := f()
-	h.WithLabelValues(op, outcome(err)).Observe(time.Since(start).Seconds())
+	h.WithLabelValues(op, storeOutcome(err)).Observe(time.Since(start).Seconds())
 	return v, err
+}
+
+// storeOutcome is the outcome label of a store call: "ok", an answer that
+// is part of the store's contract ("not_found", "conflict", "refused": used,
+// expired, fenced, held...), "unavailable", or "error".
+func storeOutcome(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNoAttestation):
+		return "not_found"
+	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrExists):
+		return "conflict"
+	case errors.Is(err, store.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, store.ErrUsed), errors.Is(err, store.ErrExpired), errors.Is(err, store.ErrSuperseded),
+		errors.Is(err, store.ErrEnrolled), errors.Is(err, store.ErrFenced), errors.Is(err, store.ErrLeaseHeld):
+		return "refused"
+	default:
+		return "error"
+	}
 }
 
 func timedErr(h *prometheus.HistogramVec, op string, f func() error) error {
