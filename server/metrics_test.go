@@ -3,6 +3,7 @@ package server_test
 import (
 	"bufio"
 	"context"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/internal/ferrytest"
 	credentialsv1 "github.com/ferryhq/ferry/proto/ferry/credentials/v1"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
@@ -83,9 +85,16 @@ func (s metricSamples) value(metric string, labels ...string) (sum float64, foun
 // TestMetricsAfterWalkthrough runs the README walkthrough's steps — publish,
 // devices connect, desired state set, a rollout runs, a device reports — and
 // checks that /metrics has per-RPC request and latency series for both
-// ports and a running rollout's executions by status, and that they move.
+// ports and a running rollout's executions by status, and that they move,
+// on each backend.
 func TestMetricsAfterWalkthrough(t *testing.T) {
-	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	for _, backend := range ferrytest.Backends {
+		t.Run(string(backend), func(t *testing.T) { testMetricsAfterWalkthrough(t, backend) })
+	}
+}
+
+func testMetricsAfterWalkthrough(t *testing.T, backend ferrytest.Backend) {
+	f := ferrytest.Start(t, backend, nil)
 	ctx := context.Background()
 	f.Publish(t, testBundle.GetTargetPath(), "gw/fw-2.0.bin")
 	hello := &devicev1.Hello{AgentVersion: "ferry-agent/test", Reported: &devicev1.ReportedState{Bundle: ferrytest.Bundle("gw/1.0.0/fw.bin")}}
@@ -216,6 +225,113 @@ func TestMetricsAfterWalkthrough(t *testing.T) {
 	for _, role := range []string{"root", "targets", "snapshot", "timestamp"} {
 		if left, ok := after.value("ferry_tuf_metadata_expiry_seconds", "role", role); !ok || left <= 0 {
 			t.Errorf("ferry_tuf_metadata_expiry_seconds{role=%q}: %g, %v; want a positive value", role, left, ok)
+		}
+	}
+}
+
+// TestMetricsDomainSeries does one thing at a time and checks that the
+// series that counts it moves: rejected reports by code, downloads and
+// their refusals and ranges, enrollments and renewals.
+func TestMetricsDomainSeries(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	ctx := context.Background()
+	f.Publish(t, testBundle.GetTargetPath())
+	dev := f.OpenDevice(t, "dev-1", &devicev1.Hello{AgentVersion: "ferry-agent/test"})
+	get := func(path, auth, rangeHeader string) int {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.APIURL()+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		if rangeHeader != "" {
+			req.Header.Set("Range", rangeHeader)
+		}
+		resp, err := f.HTTPClient(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	target := "/tuf/targets/gw/2.0.0/" + ferrytest.BundleSHA256 + ".fw.bin"
+	var enrolled *device
+
+	tests := []struct {
+		name   string
+		do     func(t *testing.T)
+		metric string
+		labels []string
+		rise   float64
+	}{
+		{"report on a version never set", func(t *testing.T) {
+			dev.SendReport(&devicev1.Report{JobId: "job-unknown", DesiredVersion: 9, Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED})
+			if dev.Recv().GetRejected() == nil {
+				t.Fatal("report on a version never set not rejected")
+			}
+		}, "ferry_device_reports_total", []string{"outcome", "rejected", "code", "unknown_version"}, 1},
+		{"metadata without credentials", func(t *testing.T) {
+			if code := get("/tuf/metadata/timestamp.json", "", ""); code != http.StatusUnauthorized {
+				t.Fatalf("GET timestamp.json without credentials: %d", code)
+			}
+		}, "ferry_downloads_refused_total", []string{"kind", "metadata", "reason", "unauthenticated"}, 1},
+		{"a whole target", func(t *testing.T) {
+			if code := get(target, f.OperatorToken(t), ""); code != http.StatusOK {
+				t.Fatalf("GET target: %d", code)
+			}
+		}, "ferry_download_bytes_total", []string{"kind", "target"}, float64(len(ferrytest.BundleData))},
+		{"a resumed target", func(t *testing.T) {
+			if code := get(target, f.OperatorToken(t), "bytes=10-"); code != http.StatusPartialContent {
+				t.Fatalf("GET target from byte 10: %d", code)
+			}
+		}, "ferry_download_ranges_total", nil, 1},
+		{"target downloads", func(t *testing.T) {
+			get(target, f.OperatorToken(t), "")
+		}, "ferry_downloads_total", []string{"kind", "target"}, 1},
+		{"an unknown target", func(t *testing.T) {
+			if code := get("/tuf/targets/gw/9.9.9/"+ferrytest.BundleSHA256+".fw.bin", f.OperatorToken(t), ""); code != http.StatusNotFound {
+				t.Fatalf("GET an unknown target: %d", code)
+			}
+		}, "ferry_downloads_refused_total", []string{"kind", "target", "reason", "not_found"}, 1},
+		{"an enrollment", func(t *testing.T) {
+			enrolled = enroll(t, f, "gw-9")
+		}, "ferry_enrollments_total", []string{"method", "token", "outcome", "ok"}, 1},
+		{"an enrollment with a bad token", func(t *testing.T) {
+			key, err := credentials.NewKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = credentialClient(t, f, nil).Enroll(ctx, connect.NewRequest(&credentialsv1.EnrollRequest{Csr: newCSR(t, key), EnrollmentToken: "ferry_enroll_bogus"}))
+			if err == nil {
+				t.Fatal("enrolled with a bogus token")
+			}
+		}, "ferry_enrollments_total", []string{"method", "token", "outcome", "error"}, 1},
+		{"a renewal", func(t *testing.T) {
+			key, err := credentials.NewKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := credentialsv1.NewCredentialServiceClient(f.DeviceConn(t, enrolled.tls))
+			if _, err := c.RenewCertificate(ctx, &credentialsv1.RenewCertificateRequest{Csr: newCSR(t, key)}); err != nil {
+				t.Fatal(err)
+			}
+		}, "ferry_certificate_renewals_total", []string{"outcome", "ok"}, 1},
+		{"a renewal with a bad request", func(t *testing.T) {
+			c := credentialsv1.NewCredentialServiceClient(f.DeviceConn(t, enrolled.tls))
+			if _, err := c.RenewCertificate(ctx, &credentialsv1.RenewCertificateRequest{Csr: []byte("not a CSR")}); err == nil {
+				t.Fatal("renewed with a bad CSR")
+			}
+		}, "ferry_certificate_renewals_total", []string{"outcome", "error"}, 1},
+	}
+	for _, tt := range tests {
+		before, _ := scrapeMetrics(t, f).value(tt.metric, tt.labels...)
+		tt.do(t)
+		after, ok := scrapeMetrics(t, f).value(tt.metric, tt.labels...)
+		if !ok || after-before != tt.rise {
+			t.Errorf("%s: %s%q went from %g to %g (present: %v), want a rise of %g", tt.name, tt.metric, tt.labels, before, after, ok, tt.rise)
 		}
 	}
 }
