@@ -5,6 +5,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+
+	"github.com/ferryhq/ferry/rollout"
 )
 
 // metrics are ferryd's Prometheus metrics, on a registry of its own. The
@@ -30,6 +32,9 @@ type metrics struct {
 
 	enrollments *prometheus.CounterVec
 	renewals    *prometheus.CounterVec
+
+	rolloutAborts    prometheus.Counter
+	rolloutRollbacks prometheus.Counter
 
 	store *prometheus.HistogramVec
 }
@@ -83,15 +88,31 @@ func newMetrics() *metrics {
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_certificate_renewals_total", Help: "Device certificate renewals, by outcome.",
 		}, []string{"outcome"}),
+		rolloutAborts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_rollout_aborts_total", Help: "Rollouts stopped by an abort rule, by this instance's controller.",
+		}),
+		rolloutRollbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_rollout_rollbacks_total", Help: "Devices given a rollout's rollback bundle by this instance's controller.",
+		}),
 		store: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "ferry_store_operation_duration_seconds", Help: "Store calls' latency, by operation and outcome.",
 			Buckets: latencyBuckets,
 		}, []string{"operation", "outcome"}),
 	}
 	m.registry.MustRegister(m.grpc, m.api, m.streams, m.streamsOpened, m.streamsClosed, m.received, m.reports, m.deltas,
-		m.downloads, m.downloadBytes, m.downloadRefused, m.downloadRanges, m.enrollments, m.renewals, m.store,
+		m.downloads, m.downloadBytes, m.downloadRefused, m.downloadRanges, m.enrollments, m.renewals, m.rolloutAborts, m.rolloutRollbacks, m.store,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// rolloutEvent counts what the rollout controller reports.
+func (m *metrics) rolloutEvent(event string) {
+	switch event {
+	case rollout.EventAborted:
+		m.rolloutAborts.Inc()
+	case rollout.EventRolledBack:
+		m.rolloutRollbacks.Inc()
+	}
 }
 
 // outcome is the outcome label of err: "ok" or "error".

@@ -335,3 +335,63 @@ func TestMetricsDomainSeries(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsRolloutAbort checks the abort and rollback counters: a rollout
+// whose abort rule fires gives the devices it moved the rollback bundle.
+func TestMetricsRolloutAbort(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	ctx := context.Background()
+	rollback := ferrytest.Bundle("gw/1.0.0/fw.bin")
+	f.Publish(t, testBundle.GetTargetPath(), rollback.GetTargetPath())
+	hello := &devicev1.Hello{AgentVersion: "ferry-agent/test", Reported: &devicev1.ReportedState{Bundle: rollback}}
+	devs := []*ferrytest.Device{f.OpenDevice(t, "dev-1", hello), f.OpenDevice(t, "dev-2", hello)}
+	before := scrapeMetrics(t, f)
+
+	rollouts := fleetv1connect.NewRolloutServiceClient(f.HTTPClient(t), f.APIURL(), ferrytest.Bearer(f.OperatorToken(t)))
+	created, err := rollouts.CreateRollout(ctx, connect.NewRequest(&fleetv1.CreateRolloutRequest{
+		Bundle: testBundle, DeviceIds: []string{"dev-1", "dev-2"}, RollbackBundle: rollback,
+		AbortRules: []*fleetv1.AbortRule{{Status: devicev1.JobStatus_JOB_STATUS_FAILED, Percent: 50, MinExecutions: 2}},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, status := range []devicev1.JobStatus{devicev1.JobStatus_JOB_STATUS_SUCCEEDED, devicev1.JobStatus_JOB_STATUS_FAILED} {
+		d := devs[i]
+		delta := d.Recv().GetDelta()
+		d.SendReport(&devicev1.Report{
+			JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(), Status: status,
+			Reported: &devicev1.ReportedState{Bundle: delta.GetDesired().GetBundle()},
+		})
+		if d.Recv().GetAccepted() == nil {
+			t.Fatalf("%s: report not accepted", d.ID)
+		}
+	}
+	// dev-1 moved to the new bundle and gets the rollback bundle.
+	if got := devs[0].Recv().GetDelta().GetDesired().GetBundle().GetTargetPath(); got != rollback.GetTargetPath() {
+		t.Fatalf("dev-1 after the abort was given %q, want the rollback bundle", got)
+	}
+	var after metricSamples
+	waitFor(t, 10*time.Second, "the aborted rollout in /metrics", func() bool {
+		after = scrapeMetrics(t, f)
+		n, _ := after.value("ferry_rollouts", "state", "ABORTED")
+		return n == 1
+	})
+	tests := []struct {
+		metric string
+		min    float64
+	}{
+		{"ferry_rollout_aborts_total", 1},
+		{"ferry_rollout_rollbacks_total", 1},
+		{"ferry_rollouts_rolled_back", 1},
+	}
+	for _, tt := range tests {
+		was, _ := before.value(tt.metric)
+		got, ok := after.value(tt.metric)
+		if !ok || got-was < tt.min {
+			t.Errorf("%s went from %g to %g (present: %v), want a rise of at least %g", tt.metric, was, got, ok, tt.min)
+		}
+	}
+	if _, ok := after.value("ferry_rollout_executions", "rollout", created.Msg.GetRollout().GetId()); ok {
+		t.Error("an aborted rollout still has execution series")
+	}
+}

@@ -415,6 +415,7 @@ func (s *Server) newRollouts(log *slog.Logger) error {
 		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log,
 		LeaseTTL: s.cfg.Rollouts.LeaseTTL, Tick: s.cfg.Rollouts.Tick, Resync: s.cfg.Rollouts.Resync,
 		SilentAfter: 3 * s.cfg.Device.PingInterval, // a device answers every ping
+		Observe:     s.metrics.rolloutEvent,
 	})
 	s.metrics.registry.MustRegister(newRolloutCollector(ro, log))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
