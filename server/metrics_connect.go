@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"time"
 
@@ -69,10 +68,6 @@ func streamType(t connect.StreamType) string {
 func codeLabel(err error) string {
 	if err == nil {
 		return "ok"
-	}
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		return ce.Code().String()
 	}
 	return connect.CodeOf(err).String()
 }
