@@ -52,8 +52,9 @@ func (c *rolloutCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	list, err := c.rollouts.ListRollouts(ctx, "", rolloutScrapeLimit)
 	if err != nil {
-		c.log.Warn("metrics: list rollouts", "err", err)
-		ch <- prometheus.NewInvalidMetric(c.states, err)
+		// The rest of the scrape still answers: during a store outage
+		// the other series matter most.
+		c.log.Warn("metrics: rollouts left out of this scrape", "err", err)
 		return
 	}
 	states, rolledBack := map[string]int{}, 0
