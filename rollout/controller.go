@@ -40,6 +40,10 @@ type ControllerConfig struct {
 	SilentAfter time.Duration
 	Logger      *slog.Logger
 	Now         func() time.Time
+	// Observe, if set, is told of each abort an abort rule decides
+	// (EventAborted) and each device given the rollback bundle
+	// (EventRolledBack), for metrics. It must be quick.
+	Observe func(event string)
 	// Ticks, if set, is told of every tick this controller runs as the
 	// leader (ferryd traces them).
 	Ticks TickTracer
@@ -51,6 +55,12 @@ type ControllerConfig struct {
 type TickTracer interface {
 	StartTick(ctx context.Context) (tickCtx context.Context, end func(error))
 }
+
+// The events ControllerConfig.Observe is told of.
+const (
+	EventAborted    = "aborted"
+	EventRolledBack = "rolled_back"
+)
 
 // Controller moves rollouts on: it gives devices the job wave by wave,
 // follows their reports, and applies timeouts, retries, soaks, abort rules
@@ -710,6 +720,7 @@ func (c *Controller) checkAbort(r *store.Rollout) {
 		r.Reason = fmt.Sprintf("%d of %d executions ended %s (%.1f%%, limit %g%%)", n, total, rule.Status, float64(n)*100/float64(total), rule.Percent)
 		r.Rollback = !r.Spec.RollbackBundle.IsZero()
 		c.log.Warn("rollout aborted", "rollout", r.ID, "reason", r.Reason, "rollback", r.Rollback)
+		c.notify(EventAborted)
 		return
 	}
 }
@@ -1001,10 +1012,17 @@ func (c *Controller) rollBack(ctx context.Context, r *store.Rollout, e *store.Ex
 		return fmt.Errorf("give %s the rollback bundle: %w", e.DeviceID, err)
 	}
 	e.RolledBack = true
+	c.notify(EventRolledBack)
 	if inFlight(e.Status) {
 		e.Status, e.EndedAt, e.Message = ExecCanceled, now, "replaced by the rollback bundle"
 	}
 	return nil
+}
+
+func (c *Controller) notify(event string) {
+	if c.cfg.Observe != nil {
+		c.cfg.Observe(event)
+	}
 }
 
 func stateWord(state string) string {

@@ -166,7 +166,8 @@ func tlsStateFromContext(ctx context.Context) *tls.ConnectionState {
 // server-authenticated TLS.
 type credentialAPI struct {
 	credentialsv1connect.UnimplementedCredentialServiceHandler
-	creds *credentialsState
+	creds   *credentialsState
+	metrics *metrics
 }
 
 var _ credentialsv1connect.CredentialServiceHandler = (*credentialAPI)(nil)
@@ -175,14 +176,18 @@ func (a *credentialAPI) Enroll(ctx context.Context, req *connect.Request[credent
 	var (
 		issued credentials.Issued
 		err    error
+		method = "none"
 	)
 	if tok := req.Msg.GetEnrollmentToken(); tok != "" {
+		method = "token"
 		issued, err = a.creds.broker.Enroll(ctx, req.Msg.GetCsr(), tok)
 	} else if st := tlsStateFromContext(ctx); st != nil && len(st.PeerCertificates) > 0 {
+		method = "factory"
 		issued, err = a.creds.broker.EnrollFactory(ctx, req.Msg.GetCsr(), st.PeerCertificates)
 	} else {
 		err = fmt.Errorf("%w: an enrollment token or a factory certificate is required", credentials.ErrUnauthenticated)
 	}
+	a.metrics.enrollments.WithLabelValues(method, outcome(err)).Inc()
 	if err != nil {
 		return nil, connectError(ctx, a.creds.log, err)
 	}
@@ -213,7 +218,8 @@ func chainDER(chain []*x509.Certificate) [][]byte {
 // and download tokens for a device authenticated by its certificate.
 type credentialDevice struct {
 	credentialsv1.UnimplementedCredentialServiceServer
-	creds *credentialsState
+	creds   *credentialsState
+	metrics *metrics
 }
 
 func (d *credentialDevice) Enroll(context.Context, *credentialsv1.EnrollRequest) (*credentialsv1.EnrollResponse, error) {
@@ -226,6 +232,7 @@ func (d *credentialDevice) RenewCertificate(ctx context.Context, req *credential
 		return nil, status.Error(codes.Unauthenticated, "no device identity")
 	}
 	issued, err := d.creds.broker.Renew(ctx, id, req.GetCsr())
+	d.metrics.renewals.WithLabelValues(outcome(err)).Inc()
 	if err != nil {
 		return nil, grpcError(ctx, d.creds.log, err)
 	}

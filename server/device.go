@@ -114,6 +114,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 		limiter:  rate.NewLimiter(rate.Limit(s.limits.MessagesPerSecond), s.limits.MessageBurst),
 	}
 	s.metrics.streams.Inc()
+	s.metrics.streamsOpened.Inc()
 	defer s.metrics.streams.Dec()
 	log.InfoContext(helloCtx, "device connected", "agent", hello.GetAgentVersion(),
 		"last_applied", hello.GetLastAppliedDesiredVersion(), "desired", dev.Desired.Version)
@@ -124,12 +125,38 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	cancel(err)
 	log.InfoContext(ctx, "device disconnected", "reason", err)
 	if errors.Is(err, io.EOF) {
+		s.metrics.streamsClosed.WithLabelValues("device_closed").Inc()
 		return nil
 	}
 	if cause := context.Cause(ctx); cause != nil && status.Code(cause) != codes.Unknown {
-		return cause
+		err = cause
 	}
+	s.metrics.streamsClosed.WithLabelValues(closeReason(err)).Inc()
 	return err
+}
+
+// closeReason is the reason label of a stream that ended with err: its
+// gRPC code, in snake case ("unavailable", "resource_exhausted"...).
+func closeReason(err error) string {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		err = status.FromContextError(err).Err()
+	}
+	return toSnake(status.Code(err).String())
+}
+
+// toSnake turns "ResourceExhausted" into "resource_exhausted".
+func toSnake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if 'A' <= r && r <= 'Z' {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // receiveHello waits for the stream's first message, which must be Hello.
@@ -327,13 +354,13 @@ func (st *syncStream) report(ctx context.Context, r *devicev1.Report) error {
 	r = &devicev1.Report{JobId: rep.JobID, DesiredVersion: rep.DesiredVersion}
 	var resp *devicev1.SyncResponse
 	if out.Accepted {
-		st.svc.metrics.reports.WithLabelValues("accepted").Inc()
+		st.svc.metrics.reports.WithLabelValues("accepted", "").Inc()
 		resp = &devicev1.SyncResponse{Message: &devicev1.SyncResponse_Accepted{Accepted: &devicev1.Accepted{
 			JobId: r.GetJobId(), DesiredVersion: r.GetDesiredVersion(),
 			ReportedVersion: out.Device.Reported.Version, Superseded: out.Superseded, Repeated: out.Repeated,
 		}}}
 	} else {
-		st.svc.metrics.reports.WithLabelValues("rejected").Inc()
+		st.svc.metrics.reports.WithLabelValues("rejected", rejectCodeLabel(out.Code)).Inc()
 		resp = &devicev1.SyncResponse{Message: &devicev1.SyncResponse_Rejected{Rejected: &devicev1.Rejected{
 			JobId: r.GetJobId(), DesiredVersion: r.GetDesiredVersion(),
 			Code: rejectCodes[out.Code], Reason: out.Reason,
@@ -562,4 +589,10 @@ func (s *sessions) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.byID)
+}
+
+// rejectCodeLabel is the code label of a rejected report: the proto name
+// without its prefix, in lower case ("stale", "unverified"...).
+func rejectCodeLabel(c replica.RejectCode) string {
+	return strings.ToLower(strings.TrimPrefix(rejectCodes[c].String(), "REJECT_CODE_"))
 }

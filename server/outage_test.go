@@ -158,6 +158,12 @@ func TestStoreOutage(t *testing.T) {
 		return code == http.StatusServiceUnavailable && body == "store unreachable"
 	})
 	waitFor(t, 5*time.Second, "gRPC health NOT_SERVING", func() bool { return health() == healthpb.HealthCheckResponse_NOT_SERVING })
+	// /metrics still answers, without the series read from the store.
+	if m := scrapeMetrics(t, f); len(m) == 0 {
+		t.Error("/metrics during the outage has no series")
+	} else if _, ok := m.value("ferry_rollouts"); ok {
+		t.Error("/metrics during the outage has rollout series read from the store")
+	}
 	if code, _ := probe(t, f, http.MethodGet, server.LivenessPath); code != http.StatusOK {
 		t.Errorf("liveness with the store down: %d, want 200", code)
 	}

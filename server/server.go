@@ -144,8 +144,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if s.repo, err = openRepository(ctx, cfg, log, s.devices); err != nil {
 		return nil, fmt.Errorf("repository: %w", err)
 	}
+	s.metrics.registry.MustRegister(newTUFExpiryCollector(s.repo.repo))
 	changes, _ := s.devices.(store.Changes)
-	s.replica = replica.New(replica.Config{Devices: s.tracing.devices(cfg, s.devices), Changes: changes, Logger: log, SeenFlush: cfg.Device.SeenFlush})
+	s.replica = replica.New(replica.Config{Devices: s.tracing.devices(cfg, timedDevices{s.devices, s.metrics.store}), Changes: changes, Logger: log, SeenFlush: cfg.Device.SeenFlush})
 	rep := s.replica
 	if s.dev != nil {
 		for _, id := range cfg.Dev.Devices {
@@ -163,7 +164,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 	if !ok {
 		return nil, errors.New("store: the backend does not keep credentials")
 	}
-	if s.creds, err = newCredentials(ctx, cfg, log, credStore, rep, s.sessions); err != nil {
+	if s.creds, err = newCredentials(ctx, cfg, log, timedCredentials{credStore, s.metrics.store}, rep, s.sessions); err != nil {
 		return nil, fmt.Errorf("credentials: %w", err)
 	}
 
@@ -237,15 +238,16 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: false}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout, MaxConnectionIdle: l.MaxConnectionIdle}),
-		grpc.ChainStreamInterceptor(deviceIdentity(s.cfg.TrustDomain, s.creds.revoked)),
-		grpc.ChainUnaryInterceptor(deviceIdentityUnary(s.cfg.TrustDomain, s.creds.revoked)),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), deviceIdentity(s.cfg.TrustDomain, s.creds.revoked)),
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), deviceIdentityUnary(s.cfg.TrustDomain, s.creds.revoked)),
 	)
 	devicev1.RegisterDeviceServiceServer(g, &deviceService{
 		replica: rep, limits: l, log: s.log, metrics: s.metrics, sessions: s.sessions,
 		roots: pool, trustDomain: s.cfg.TrustDomain, requireSigned: !s.cfg.AllowUnsignedReports, now: time.Now,
 		revoked: s.creds.revoked, tracer: s.tracing.deviceTracer(),
 	})
-	credentialsv1.RegisterCredentialServiceServer(g, &credentialDevice{creds: s.creds})
+	credentialsv1.RegisterCredentialServiceServer(g, &credentialDevice{creds: s.creds, metrics: s.metrics})
+	s.metrics.grpc.InitializeMetrics(g) // every method's series from zero
 	return g
 }
 
@@ -253,23 +255,27 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	l := s.cfg.API
 	// Operator calls are authenticated twice: by the guard before their
 	// body is read (limits_http.go), and by the interceptor.
-	// Tracing comes first, so that refused calls are traced too.
+	// Tracing comes first, so that refused calls are traced too; then the
+	// request metrics, which count refused calls too.
 	traced := s.tracing.interceptors()
 	guarded := connect.WithHandlerOptions(append(traced,
-		connect.WithInterceptors(operatorAuth{auth: auth, certs: s.creds.operatorCerts}),
+		connect.WithInterceptors(s.metrics.api, operatorAuth{auth: auth, certs: s.creds.operatorCerts}),
 		connect.WithReadMaxBytes(int(l.MaxMessageBytes)),
 	)...)
-	anonymous := connect.WithHandlerOptions(append(traced, connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes)))...)
+	anonymous := connect.WithHandlerOptions(append(traced,
+		connect.WithInterceptors(s.metrics.api),
+		connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes)),
+	)...)
 	mux := http.NewServeMux()
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, repo: s.repo.repo, log: s.log, creds: s.creds}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, replica: rep, repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(credentialsv1connect.NewDownloadKeyServiceHandler(&downloadKeyService{creds: s.creds}, guarded))
 	// TUF metadata and targets: operators and devices (see tufhttp.go).
-	mux.Handle("/tuf/", s.tracing.httpHandler(&tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth, repo: s.repo.repo}, log: s.log}))
+	mux.Handle("/tuf/", s.tracing.httpHandler(&tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth, repo: s.repo.repo}, log: s.log, metrics: s.metrics}))
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
-	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds}, anonymous))
+	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds, metrics: s.metrics}, anonymous))
 
 	// Health is anonymous: gRPC health, and plain HTTP GETs (health.go).
 	s.health = grpchealth.NewStaticChecker(servedNames...)
@@ -423,6 +429,8 @@ func (s *Server) newRollouts(log *slog.Logger) error {
 	if !ok1 || !ok2 {
 		return errors.New("store: the backend does not keep rollouts")
 	}
+	t := timedRollouts{ro: ro, leases: leases, h: s.metrics.store} // store_metrics.go
+	ro, leases = t, t
 	host, _ := os.Hostname()
 	nonce := make([]byte, 4)
 	rand.Read(nonce)
@@ -437,7 +445,9 @@ func (s *Server) newRollouts(log *slog.Logger) error {
 		Rollouts: ro, Leases: leases, Replica: s.replica, Holder: holder, Logger: log, Ticks: ticks,
 		LeaseTTL: s.cfg.Rollouts.LeaseTTL, Tick: s.cfg.Rollouts.Tick, Resync: s.cfg.Rollouts.Resync,
 		SilentAfter: 3 * s.cfg.Device.PingInterval, // a device answers every ping
+		Observe:     s.metrics.rolloutEvent,
 	})
+	s.metrics.registry.MustRegister(newRolloutCollector(ro, log))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ferry_rollout_controller_leading", Help: "1 when this instance's rollout controller holds the lease, else 0.",
 	}, func() float64 {

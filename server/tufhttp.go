@@ -40,9 +40,10 @@ type DownloadAuthorizer interface {
 
 // tufHandler serves the repository's metadata and targets.
 type tufHandler struct {
-	repo  *tuf.Repository
-	authz DownloadAuthorizer
-	log   *slog.Logger
+	repo    *tuf.Repository
+	authz   DownloadAuthorizer
+	log     *slog.Logger
+	metrics *metrics
 }
 
 func (h *tufHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -62,15 +63,17 @@ func (h *tufHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	http.NotFound(w, r)
 }
 
-func (h *tufHandler) deny(w http.ResponseWriter, err error) {
+func (h *tufHandler) deny(w http.ResponseWriter, kind string, err error) {
 	if httpUnavailable(w, err) { // the check needed the store (errors.go)
+		h.metrics.downloadRefused.WithLabelValues(kind, "unavailable").Inc()
 		return
 	}
-	code := http.StatusForbidden
+	code, reason := http.StatusForbidden, "forbidden"
 	if connect.CodeOf(err) == connect.CodeUnauthenticated {
-		code = http.StatusUnauthorized
+		code, reason = http.StatusUnauthorized, "unauthenticated"
 		w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
 	}
+	h.metrics.downloadRefused.WithLabelValues(kind, reason).Inc()
 	msg := err.Error()
 	var ce *connect.Error
 	if errors.As(err, &ce) {
@@ -81,12 +84,12 @@ func (h *tufHandler) deny(w http.ResponseWriter, err error) {
 
 func (h *tufHandler) metadata(w http.ResponseWriter, r *http.Request, name string) {
 	if err := h.authz.AuthorizeMetadata(r); err != nil {
-		h.deny(w, err)
+		h.deny(w, "metadata", err)
 		return
 	}
 	obj, err := h.repo.OpenMetadata(r.Context(), name)
 	if err != nil {
-		h.fail(w, r, err)
+		h.fail(w, r, "metadata", err)
 		return
 	}
 	defer obj.Close()
@@ -101,7 +104,7 @@ func (h *tufHandler) metadata(w http.ResponseWriter, r *http.Request, name strin
 		hdr.Set("Cache-Control", "private, max-age=31536000, immutable")
 		hdr.Set("ETag", `"`+name+`"`)
 	}
-	http.ServeContent(w, r, "", obj.ModTime(), obj)
+	h.serve(w, r, "metadata", obj)
 }
 
 func (h *tufHandler) target(w http.ResponseWriter, r *http.Request, name string) {
@@ -113,12 +116,12 @@ func (h *tufHandler) target(w http.ResponseWriter, r *http.Request, name string)
 	// Authorization comes first, so that whether a target exists is told
 	// only to those allowed to fetch it.
 	if err := h.authz.AuthorizeTarget(r, path, digest); err != nil {
-		h.deny(w, err)
+		h.deny(w, "target", err)
 		return
 	}
 	obj, err := h.repo.OpenTarget(r.Context(), path, digest)
 	if err != nil {
-		h.fail(w, r, err)
+		h.fail(w, r, "target", err)
 		return
 	}
 	defer obj.Close()
@@ -127,18 +130,58 @@ func (h *tufHandler) target(w http.ResponseWriter, r *http.Request, name string)
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Cache-Control", "private, max-age=31536000, immutable")
 	hdr.Set("ETag", `"sha256:`+digest+`"`)
-	http.ServeContent(w, r, "", obj.ModTime(), obj)
+	h.serve(w, r, "target", obj)
 }
 
-func (h *tufHandler) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (h *tufHandler) fail(w http.ResponseWriter, r *http.Request, kind string, err error) {
 	if tuf.KindOf(err) == tuf.KindNotFound {
+		h.metrics.downloadRefused.WithLabelValues(kind, "not_found").Inc()
 		http.NotFound(w, r)
 		return
 	}
 	if httpUnavailable(w, err) { // errors.go
+		h.metrics.downloadRefused.WithLabelValues(kind, "unavailable").Inc()
 		h.log.WarnContext(r.Context(), "repository read", "path", r.URL.Path, "err", err)
 		return
 	}
+	h.metrics.downloadRefused.WithLabelValues(kind, "internal").Inc()
 	h.log.ErrorContext(r.Context(), "repository read", "path", r.URL.Path, "err", err)
 	http.Error(w, "internal error", http.StatusInternalServerError)
 }
+
+// serve sends obj (whole, a range, or not modified) and counts it.
+func (h *tufHandler) serve(w http.ResponseWriter, r *http.Request, kind string, obj tuf.Object) {
+	cw := &countingWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", obj.ModTime(), obj)
+	h.metrics.downloads.WithLabelValues(kind).Inc()
+	h.metrics.downloadBytes.WithLabelValues(kind).Add(float64(cw.n))
+	if cw.status == http.StatusPartialContent {
+		h.metrics.downloadRanges.Inc()
+	}
+}
+
+// countingWriter remembers a response's status and counts its body bytes.
+type countingWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
