@@ -84,8 +84,9 @@ func str(v any, path ...any) string {
 	return s
 }
 
-// render runs helm template with the value files and --set flags, and
-// returns the raw stream and its objects.
+// render runs helm template with the value files and --set flags (a set
+// "@key=path" is --set-file key=path), and returns the raw stream and its
+// objects.
 func render(t *testing.T, values []string, sets []string) ([]byte, []manifest) {
 	t.Helper()
 	args := []string{"template", "ferry", "deploy/" + chartDir, "--namespace", "fleet", "--kube-version", kubeVersion}
@@ -93,7 +94,11 @@ func render(t *testing.T, values []string, sets []string) ([]byte, []manifest) {
 		args = append(args, "-f", "deploy/"+chartDir+"/ci/"+v)
 	}
 	for _, s := range sets {
-		args = append(args, "--set", s)
+		if file, ok := strings.CutPrefix(s, "@"); ok {
+			args = append(args, "--set-file", file)
+		} else {
+			args = append(args, "--set", s)
+		}
 	}
 	out, err := helm(args...)
 	if err != nil {
