@@ -30,6 +30,10 @@ const (
 	kubernetesModule   = "k8s.io/kubernetes@v1.37.2"
 	toolsModfileFlag   = "-modfile=tools/go.mod"
 	openAPIInTheModule = "api/openapi-spec/swagger.json"
+	// The ServiceMonitor's schema: the CRD of the Prometheus Operator
+	// release, from its module.
+	prometheusOperatorModule = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+	serviceMonitorCRD        = "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
 )
 
 // goTool runs a tool pinned in tools/go.mod (go tool -modfile=…) from the
@@ -156,21 +160,30 @@ func kubeSchemas(t *testing.T) string {
 	return filepath.Join(schemaDir, "{{ .ResourceKind }}{{ .KindSuffix }}.json")
 }
 
-func writeKubeSchemas() (string, error) {
-	// Outside the repository, so that no go.sum is touched; the module
-	// cache keeps it for later runs.
-	cmd := exec.Command("go", "mod", "download", "-json", kubernetesModule)
+// moduleDir downloads a module (outside the repository, so that no go.sum
+// is touched; the module cache keeps it for later runs) and returns its
+// directory.
+func moduleDir(module string) (string, error) {
+	cmd := exec.Command("go", "mod", "download", "-json", module)
 	cmd.Dir = os.TempDir()
 	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("go mod download %s: %v\n%s", kubernetesModule, err, out)
+		return "", fmt.Errorf("go mod download %s: %v\n%s", module, err, out)
 	}
 	var mod struct{ Dir, Error string }
 	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
-		return "", fmt.Errorf("go mod download %s: %v %s\n%s", kubernetesModule, err, mod.Error, out)
+		return "", fmt.Errorf("go mod download %s: %v %s\n%s", module, err, mod.Error, out)
 	}
-	raw, err := os.ReadFile(filepath.Join(mod.Dir, openAPIInTheModule))
+	return mod.Dir, nil
+}
+
+func writeKubeSchemas() (string, error) {
+	kube, err := moduleDir(kubernetesModule)
+	if err != nil {
+		return "", err
+	}
+	raw, err := os.ReadFile(filepath.Join(kube, openAPIInTheModule))
 	if err != nil {
 		return "", err
 	}
@@ -204,6 +217,37 @@ func writeKubeSchemas() (string, error) {
 			if err := os.WriteFile(filepath.Join(dir, strings.ToLower(kind+suffix)+".json"), b, 0o600); err != nil {
 				return "", err
 			}
+		}
+	}
+
+	// The ServiceMonitor: each served version's openAPIV3Schema, strict
+	// likewise.
+	po, err := moduleDir(prometheusOperatorModule)
+	if err != nil {
+		return "", err
+	}
+	raw, err = os.ReadFile(filepath.Join(po, serviceMonitorCRD))
+	if err != nil {
+		return "", err
+	}
+	var crd map[string]any
+	if err := yaml.Unmarshal(raw, &crd); err != nil {
+		return "", fmt.Errorf("%s: %w", serviceMonitorCRD, err)
+	}
+	group, kind := str(crd, "spec", "group"), str(crd, "spec", "names", "kind")
+	versions, _ := at(crd, "spec", "versions").([]any)
+	for _, v := range versions {
+		schema := at(v, "schema", "openAPIV3Schema")
+		if schema == nil || group == "" || kind == "" {
+			return "", fmt.Errorf("%s: no group, kind or schema", serviceMonitorCRD)
+		}
+		b, err := json.Marshal(expand(nil, schema, map[string]bool{}))
+		if err != nil {
+			return "", err
+		}
+		name := strings.ToLower(kind + "-" + strings.Split(group, ".")[0] + "-" + str(v, "name"))
+		if err := os.WriteFile(filepath.Join(dir, name+".json"), b, 0o600); err != nil {
+			return "", err
 		}
 	}
 	return dir, nil
@@ -245,7 +289,7 @@ func expand(defs map[string]map[string]any, v any, onPath map[string]bool) any {
 			}
 			out[k] = expand(defs, e, onPath)
 		}
-		if _, ok := x["properties"]; ok {
+		if _, ok := x["properties"]; ok && x["x-kubernetes-preserve-unknown-fields"] != true {
 			if _, set := x["additionalProperties"]; !set {
 				out["additionalProperties"] = false
 			}
@@ -262,13 +306,12 @@ func expand(defs map[string]map[string]any, v any, onPath map[string]bool) any {
 }
 
 // kubeconform checks a manifest stream against the schemas strictly
-// (unknown fields and duplicate keys are errors); the ServiceMonitor, a
-// Prometheus Operator resource, has no schema in a Kubernetes release and
-// is checked by the test itself.
+// (unknown fields and duplicate keys are errors); a kind without a schema
+// is an error too.
 func kubeconform(t *testing.T, stream []byte) error {
 	t.Helper()
 	_, err := goTool(bytes.NewReader(stream), "kubeconform", "-strict", "-summary",
-		"-kubernetes-version", kubeVersion, "-schema-location", kubeSchemas(t), "-skip", "ServiceMonitor", "-")
+		"-kubernetes-version", kubeVersion, "-schema-location", kubeSchemas(t), "-")
 	return err
 }
 
@@ -529,13 +572,16 @@ func TestHelmChartRefuses(t *testing.T) {
 }
 
 // TestKubeconformCatches: the schema check is not vacuous: a Deployment
-// with a misspelt field, or a field of the wrong type, fails it.
+// or ServiceMonitor with a misspelt field, or a field of the wrong type,
+// fails it.
 func TestKubeconformCatches(t *testing.T) {
-	stream, _ := render(t, []string{"single-values.yaml"}, nil)
+	stream, _ := render(t, []string{"sentinel-values.yaml"}, nil)
 	for name, edit := range map[string][2]string{
-		"unknown field": {"  replicas: 2\n", "  replica: 2\n"},
-		"wrong type":    {"terminationGracePeriodSeconds: 20", "terminationGracePeriodSeconds: twenty"},
-		"bad nesting":   {"readOnlyRootFilesystem: true", "readOnlyRootFilesystem: {on: true}"},
+		"unknown field":                {"  replicas: 2\n", "  replica: 2\n"},
+		"wrong type":                   {"terminationGracePeriodSeconds: 20", "terminationGracePeriodSeconds: twenty"},
+		"bad nesting":                  {"readOnlyRootFilesystem: true", "readOnlyRootFilesystem: {on: true}"},
+		"ServiceMonitor unknown field": {"scrapeTimeout: 10s", "scrapeTimout: 10s"},
+		"ServiceMonitor wrong type":    {"scheme: https", "scheme: [https]"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if !bytes.Contains(stream, []byte(edit[0])) {
