@@ -1,6 +1,8 @@
 // Package deploy holds ferryd's deployment files (Dockerfile, compose file,
-// systemd unit) and no code: its tests check that the files work as
-// written, with what runs without a Docker engine. They run the image's
-// build steps (rootfs.sh) and the resulting binary as the image would, and
-// parse the compose file for what two instances must share.
+// systemd unit, Helm chart in helm/ferry) and no code: its tests check that
+// the files work as written, with what runs without a Docker engine or a
+// cluster. They run the image's build steps (rootfs.sh) and the resulting
+// binary as the image would, parse the compose file for what two instances
+// must share, and lint and render the chart with helm, checking the
+// manifests with kubeconform against the Kubernetes schemas.
 package deploy
