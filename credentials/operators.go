@@ -21,12 +21,13 @@ const (
 	RoleOperator Role = "operator" // steer the fleet: desired state, rollouts
 	RoleRelease  Role = "release"  // publish bundles
 	RoleAdmin    Role = "admin"    // everything, including devices and keys
+	RoleAuditor  Role = "auditor"  // read the fleet and the audit trail
 )
 
 // Valid reports whether r is one of the roles.
 func (r Role) Valid() bool {
 	switch r {
-	case RoleViewer, RoleOperator, RoleRelease, RoleAdmin:
+	case RoleViewer, RoleOperator, RoleRelease, RoleAdmin, RoleAuditor:
 		return true
 	}
 	return false
