@@ -15,9 +15,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
@@ -220,6 +222,13 @@ func auditSigner(ctx context.Context, cfg Config, log *slog.Logger) (signature.S
 	}
 	if err != nil {
 		return nil, fmt.Errorf("audit signing key %s: %w", path, err)
+	}
+	// The public key goes beside it, for auditors (ferryctl audit verify --key).
+	if pemKey, err := cryptoutils.MarshalPublicKeyToPEM(key.Public()); err == nil {
+		pubPath := strings.TrimSuffix(path, ".key") + ".pub"
+		if err := os.WriteFile(pubPath, pemKey, 0o644); err != nil {
+			log.Warn("audit public key not written", "path", pubPath, "err", err)
+		}
 	}
 	return signature.LoadSigner(key, crypto.SHA256)
 }
