@@ -29,10 +29,14 @@ type Recorder struct {
 	log   *slog.Logger
 }
 
-// NewRecorder returns a Recorder on s; now is its clock (time.Now if nil).
+// NewRecorder returns a Recorder on s; now is its clock (time.Now if nil)
+// and log where failures go (slog.Default if nil).
 func NewRecorder(s store.Audit, now func() time.Time, log *slog.Logger) *Recorder {
 	if now == nil {
 		now = time.Now
+	}
+	if log == nil {
+		log = slog.Default()
 	}
 	return &Recorder{store: s, now: now, log: log}
 }

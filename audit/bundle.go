@@ -220,21 +220,14 @@ func Verify(raw []byte, pub crypto.PublicKey) (Report, error) {
 	if err := json.Unmarshal(payload, &st); err != nil || st.Format != BundleFormat {
 		return rep, fmt.Errorf("%w: signed statement is not a %s statement", ErrInvalid, BundleFormat)
 	}
-	// Links first, so that an edit says which entry it touched; then the
-	// digest catches anything else that changed after signing.
+	// Links and attestations first, so that an edit says what it touched;
+	// then the digest catches anything else that changed after signing.
 	for _, ch := range b.Content.Chains {
 		if err := verifyChain(ch); err != nil {
 			return rep, err
 		}
 		rep.Chains++
 		rep.Entries += len(ch.Entries)
-	}
-	digest, err := contentDigest(b.Content)
-	if err != nil {
-		return rep, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if digest != st.SHA256 {
-		return rep, fmt.Errorf("%w: the content's SHA-256 %s is not the signed %s: the bundle was changed after export", ErrInvalid, digest, st.SHA256)
 	}
 	for i, a := range b.Content.Attestations {
 		if len(a.CertificateChain) == 0 {
@@ -244,10 +237,22 @@ func Verify(raw []byte, pub crypto.PublicKey) (Report, error) {
 		if err != nil {
 			return rep, fmt.Errorf("%w: attestation %d (device %s, job %s): certificate: %v", ErrInvalid, i, a.DeviceID, a.JobID, err)
 		}
-		if _, err := attest.VerifyEnvelope(a.Envelope, leaf.PublicKey); err != nil {
+		st, err := attest.VerifyEnvelope(a.Envelope, leaf.PublicKey)
+		if err != nil {
 			return rep, fmt.Errorf("%w: attestation %d (device %s, job %s): %v", ErrInvalid, i, a.DeviceID, a.JobID, err)
 		}
+		if st.Predicate.Device != a.DeviceID || st.Predicate.JobID != a.JobID {
+			return rep, fmt.Errorf("%w: attestation %d is filed under device %s, job %s, but reports device %s, job %s",
+				ErrInvalid, i, a.DeviceID, a.JobID, st.Predicate.Device, st.Predicate.JobID)
+		}
 		rep.Attestations++
+	}
+	digest, err := contentDigest(b.Content)
+	if err != nil {
+		return rep, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if digest != st.SHA256 {
+		return rep, fmt.Errorf("%w: the content's SHA-256 %s is not the signed %s: the bundle was changed after export", ErrInvalid, digest, st.SHA256)
 	}
 	return rep, nil
 }
