@@ -161,7 +161,7 @@ func parseAuditCursor(s string) (auditCursor, error) {
 
 func cursorOf(e AuditEntry) auditCursor { return auditCursor{e.Time.UnixNano(), e.Chain, e.Seq} }
 
-// before reports whether a comes after b in newest-first order.
+// after reports whether a comes after b in newest-first order.
 func (a auditCursor) after(b auditCursor) bool {
 	if a.t != b.t {
 		return a.t < b.t
@@ -239,4 +239,18 @@ func SpanOf(chain []AuditEntry, since, until time.Time) (anchor AuditEntry, span
 		anchor = chain[first-1]
 	}
 	return anchor, chain[first : last+1]
+}
+
+// AuditPageFilter returns whether an entry can be on the page after
+// pageToken (it comes after the token's position, newest first), for
+// backends that count candidates as they scan.
+func AuditPageFilter(pageToken string) (func(AuditEntry) bool, error) {
+	if pageToken == "" {
+		return func(AuditEntry) bool { return true }, nil
+	}
+	c, err := parseAuditCursor(pageToken)
+	if err != nil {
+		return nil, err
+	}
+	return func(e AuditEntry) bool { return cursorOf(e).after(c) }, nil
 }

@@ -115,11 +115,20 @@ func (s *Store) loadAudit(ctx context.Context, c int, seqs []string) ([]store.Au
 	return out, nil
 }
 
-// ListAudit implements store.Audit. It reads, from every chain, the
-// entries in the query's time range (narrowed by the page token), and
-// filters and pages them (store.PageAudit).
+// ListAudit implements store.Audit. Each chain is read newest first, in
+// batches, from the query's upper time bound (narrowed by the page token)
+// down, until it has given limit+1 matching entries or reaches the lower
+// bound: the page is within the union of these, which store.PageAudit
+// merges and cuts.
 func (s *Store) ListAudit(ctx context.Context, q store.AuditQuery, pageToken string, limit int) (store.AuditPage, error) {
+	if limit <= 0 {
+		return store.AuditPage{}, fmt.Errorf("page size must be positive, got %d", limit)
+	}
 	bound, err := store.AuditPageBound(pageToken)
+	if err != nil {
+		return store.AuditPage{}, err
+	}
+	onPage, err := store.AuditPageFilter(pageToken)
 	if err != nil {
 		return store.AuditPage{}, err
 	}
@@ -127,17 +136,36 @@ func (s *Store) ListAudit(ctx context.Context, q store.AuditQuery, pageToken str
 	if !bound.IsZero() && (until.IsZero() || bound.Before(until)) {
 		until = bound
 	}
+	minS, maxS := "-inf", "+inf"
+	if !q.Since.IsZero() {
+		minS = auditScoreArg(q.Since)
+	}
+	if !until.IsZero() {
+		maxS = auditScoreArg(until)
+	}
+	batch := int64(max(2*limit, 100))
 	var all []store.AuditEntry
 	for c := range store.AuditChains {
-		seqs, err := s.chainRange(ctx, c, q.Since, until)
-		if err != nil {
-			return store.AuditPage{}, fmt.Errorf("list audit: %w", err)
+		found := 0
+		for offset := int64(0); found <= limit; offset += batch {
+			seqs, err := s.rdb.ZRevRangeByScore(ctx, s.auditTimeKey(c), &goredis.ZRangeBy{Min: minS, Max: maxS, Offset: offset, Count: batch}).Result()
+			if err != nil {
+				return store.AuditPage{}, fmt.Errorf("list audit: %w", err)
+			}
+			es, err := s.loadAudit(ctx, c, seqs)
+			if err != nil {
+				return store.AuditPage{}, fmt.Errorf("list audit: %w", err)
+			}
+			for _, e := range es {
+				if q.Match(e) && onPage(e) {
+					all = append(all, e)
+					found++
+				}
+			}
+			if int64(len(seqs)) < batch {
+				break
+			}
 		}
-		es, err := s.loadAudit(ctx, c, seqs)
-		if err != nil {
-			return store.AuditPage{}, fmt.Errorf("list audit: %w", err)
-		}
-		all = append(all, es...)
 	}
 	return store.PageAudit(all, q, pageToken, limit)
 }

@@ -24,6 +24,7 @@ func RunAudit(t *testing.T, newStore func(t *testing.T) store.Audit) {
 		{"ListFiltersAndPages", testAuditList},
 		{"Span", testAuditSpan},
 		{"Prune", testAuditPrune},
+		{"SparseMatchesAcrossBatches", testAuditSparse},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, newStore(t)) })
@@ -220,5 +221,36 @@ func testAuditPrune(t *testing.T, s store.Audit) {
 	}
 	if e.Seq != 7 || e.Prev != span[1].Hash {
 		t.Fatalf("after pruning all but the head, next entry is %d with prev %q; want 7 after %q", e.Seq, e.Prev, span[1].Hash)
+	}
+}
+
+// testAuditSparse lists entries that match rarely, so a backend that scans
+// in batches must go on past batches without a match.
+func testAuditSparse(t *testing.T, s store.Audit) {
+	ctx := context.Background()
+	want := 0
+	for i := range 250 {
+		e := auditEntry("operator:erin", "/x/A", at.Add(time.Duration(i)*time.Second))
+		if i%110 == 5 {
+			e.Resource = "gw-rare"
+			want++
+		}
+		if _, err := s.AppendAudit(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, token := 0, ""
+	for range want + 2 {
+		page, err := s.ListAudit(ctx, store.AuditQuery{Resource: "gw-rare"}, token, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += len(page.Entries)
+		if token = page.Next; token == "" {
+			break
+		}
+	}
+	if got != want || token != "" {
+		t.Fatalf("paged %d rare entries (next %q), want %d", got, token, want)
 	}
 }
