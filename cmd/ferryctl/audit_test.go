@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
+	"crypto"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature/kms"
 
 	"github.com/ferryhq/ferry/audit"
 	"github.com/ferryhq/ferry/credentials"
@@ -162,4 +167,41 @@ func TestAuditExportVerifyAndTamper(t *testing.T) {
 func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestAuditExportWithKMSKey signs exports with a KMS key (a real sigstore
+// KMS plugin process) and verifies them with its public key.
+func TestAuditExportWithKMSKey(t *testing.T) {
+	installKMSPlugin(t, "audit-1")
+	f := ferrytest.Start(t, ferrytest.Embedded, func(c *server.Config) { c.Audit.SigningKMS = "ferrytest://audit-1" })
+	if out, err := run(t, f, "device", "add", "gw-1"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	sv, err := kms.Get(context.Background(), "ferrytest://audit-1", crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubKey, err := sv.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemKey, err := cryptoutils.MarshalPublicKeyToPEM(pubKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pub, bundle := filepath.Join(dir, "audit.pub"), filepath.Join(dir, "audit.json")
+	if err := os.WriteFile(pub, pemKey, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, f, "audit", "export", "--since", "1h", "--out", bundle); err != nil || !strings.Contains(out, "1 entries") {
+		t.Fatalf("export: %v\n%s", err, out)
+	}
+	if out, err := run(t, f, "audit", "verify", bundle, "--key", pub); err != nil || !strings.Contains(out, "OK") {
+		t.Fatalf("verify with the KMS key: %v\n%s", err, out)
+	}
+	other := filepath.Join(f.Config().DataDir, "audit", "signing.pub")
+	if _, err := os.Stat(other); err == nil {
+		t.Fatalf("a file key was created beside the KMS key: %s", other)
+	}
 }
