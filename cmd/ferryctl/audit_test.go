@@ -15,6 +15,7 @@ import (
 	"github.com/ferryhq/ferry/audit"
 	"github.com/ferryhq/ferry/credentials"
 	"github.com/ferryhq/ferry/internal/ferrytest"
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 	"github.com/ferryhq/ferry/server"
 	"github.com/ferryhq/ferry/store"
 )
@@ -52,6 +53,20 @@ func TestAuditExportVerifyAndTamper(t *testing.T) {
 		t.Fatalf("viewer adding a device: %v", err)
 	}
 
+	// A job that ends with a signed report: its attestation goes into
+	// the export.
+	f.Publish(t, "gw/fw-2.bin")
+	d := f.OpenDevice(t, "dev-1", &devicev1.Hello{})
+	if out, err := run(t, f, "device", "set-desired", "dev-1", "--bundle", "gw/fw-2.bin"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	delta := d.Recv().GetDelta()
+	d.SendReport(&devicev1.Report{JobId: delta.GetJobId(), DesiredVersion: delta.GetDesiredVersion(), Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+		Reported: &devicev1.ReportedState{Bundle: delta.GetDesired().GetBundle()}})
+	if d.Recv().GetAccepted() == nil {
+		t.Fatal("the report was not accepted")
+	}
+
 	t.Run("list", func(t *testing.T) {
 		tests := []struct {
 			name    string
@@ -59,7 +74,7 @@ func TestAuditExportVerifyAndTamper(t *testing.T) {
 			want    []string
 			notWant []string
 		}{
-			{"everything", nil, []string{"AddDevice", "RevokeDevice", "operator:vera", "permission_denied", "gw-2"}, nil},
+			{"everything", nil, []string{"AddDevice", "RevokeDevice", "operator:vera", "permission_denied", "gw-2", "PublishTargets", "SetDesiredState  dev-1"}, nil},
 			{"by action", []string{"--action", "RevokeDevice"}, []string{"RevokeDevice  gw-2"}, []string{"AddDevice"}},
 			{"by actor", []string{"--actor", "operator:vera"}, []string{"AddDevice", "viewer", "permission_denied"}, []string{"RevokeDevice"}},
 			{"by result", []string{"--result", "ok", "--resource", "gw-3"}, []string{"gw-3"}, []string{"gw-1", "vera"}},
@@ -97,7 +112,7 @@ func TestAuditExportVerifyAndTamper(t *testing.T) {
 
 	bundle := filepath.Join(dir, "audit.json")
 	out, err := run(t, f, "--token-file", auditor, "audit", "export", "--since", "1h", "--out", bundle)
-	if err != nil {
+	if err != nil || !strings.Contains(out, ", 1 attestations") {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	pub := filepath.Join(dataDir, "audit", "signing.pub")
