@@ -105,7 +105,7 @@ func NewOperatorKeys(keys []OperatorKey) (*OperatorKeys, error) {
 	k := &OperatorKeys{byHash: make(map[string]Operator, len(keys))}
 	for _, e := range keys {
 		if e.Name == "" || !e.Role.Valid() {
-			return nil, fmt.Errorf("operator key %q: name and a role (viewer, operator, release, admin) are required", e.Name)
+			return nil, fmt.Errorf("operator key %q: name and a role (viewer, operator, release, auditor, admin) are required", e.Name)
 		}
 		if h, err := hex.DecodeString(e.KeySHA256); err != nil || len(h) != sha256.Size {
 			return nil, fmt.Errorf("operator key %q: key_sha256 must be 64 hex digits", e.Name)
