@@ -42,6 +42,15 @@ import (
 // which arguments (secrets redacted, see audit.Redact), from where, and the
 // status code it ended with, denied calls included.
 
+// anonymous is the actor of a call without a valid credential.
+//
+// Unauthenticated calls (no credential, an unknown API key, a failed
+// enrollment) are not recorded: anyone who reaches the port could fill the
+// trail with them. They go to the log and to the refused-requests metric;
+// the trail holds what authenticated actors did and were refused
+// (permission denied).
+const anonymous = "anonymous"
+
 // auditSlot carries the operator that operatorAuth authenticated back out
 // to the audit interceptor, which wraps it.
 type auditSlot struct{ op ferrycreds.Operator }
@@ -84,6 +93,9 @@ func (a auditInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if req.Spec().Procedure == credentialsv1connect.CredentialServiceEnrollProcedure {
 			actor, role = a.enrolled(resp), ""
 		}
+		if actor == anonymous {
+			return resp, err // see unauthenticated below
+		}
 		a.rec.Record(ctx, auditEntryFor(req.Spec().Procedure, actor, role, req.Peer().Addr, msg, connect.CodeOf(err), err))
 		return resp, err
 	}
@@ -103,6 +115,9 @@ func (a auditInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 		slot := &auditSlot{}
 		err := next(context.WithValue(ctx, auditSlotKey{}, slot), conn)
 		actor, role := operatorActor(slot.op)
+		if actor == anonymous {
+			return err
+		}
 		a.rec.Record(ctx, auditEntryFor(conn.Spec().Procedure, actor, role, conn.Peer().Addr, nil, connect.CodeOf(err), err))
 		return err
 	}
@@ -111,26 +126,26 @@ func (a auditInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc
 // enrolled names the device an enrollment issued a certificate to.
 func (a auditInterceptor) enrolled(resp connect.AnyResponse) string {
 	if resp == nil {
-		return "anonymous"
+		return anonymous
 	}
 	r, ok := resp.Any().(*credentialsv1.EnrollResponse)
 	if !ok || len(r.GetCertificateChain()) == 0 {
-		return "anonymous"
+		return anonymous
 	}
 	leaf, err := x509.ParseCertificate(r.GetCertificateChain()[0])
 	if err != nil {
-		return "anonymous"
+		return anonymous
 	}
 	id, err := ferrycreds.DeviceID(a.trustDomain, leaf)
 	if err != nil {
-		return "anonymous"
+		return anonymous
 	}
 	return "device:" + id
 }
 
 func operatorActor(op ferrycreds.Operator) (actor, role string) {
 	if op.Name == "" {
-		return "anonymous", ""
+		return anonymous, ""
 	}
 	return "operator:" + op.Name, string(op.Role)
 }
@@ -254,11 +269,11 @@ func (s *Server) runAuditPrune(ctx context.Context) {
 	}
 }
 
-// auditDenied records an operator call the API guard refused for its
-// credential (unauthenticated, or a role that does not allow it).
+// auditDenied records an operator call the API guard refused because the
+// operator's role does not allow it.
 func (s *Server) auditDenied(r *http.Request, op ferrycreds.Operator, err error) {
-	if s.audit == nil {
-		return
+	if s.audit == nil || op.Name == "" {
+		return // see unauthenticated
 	}
 	actor, role := operatorActor(op)
 	code := connect.CodeOf(err)

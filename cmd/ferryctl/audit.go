@@ -28,7 +28,7 @@ func newAuditCmd(a *app) *cobra.Command {
 		Use:   "audit",
 		Short: "Read, export and verify the audit trail (role auditor or admin)",
 		Long: "The audit trail holds every mutating operator call, every enrollment, renewal and revocation,\n" +
-			"and every call refused for its credential, hash-chained in ferryd's store.",
+			"and every call refused to an operator's role, hash-chained in ferryd's store.",
 	}
 	cmd.AddCommand(newAuditListCmd(a), newAuditExportCmd(a), newAuditVerifyCmd())
 	return cmd
