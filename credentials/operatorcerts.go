@@ -15,7 +15,7 @@ import (
 // IssueOperator issues an operator client certificate.
 func (ca *CA) IssueOperator(name string, role Role, pub crypto.PublicKey, ttl time.Duration, now time.Time) (*x509.Certificate, error) {
 	if name == "" || !role.Valid() {
-		return nil, fmt.Errorf("operator certificate needs a name and a role (viewer, operator, release, admin)")
+		return nil, fmt.Errorf("operator certificate needs a name and a role (viewer, operator, release, auditor, admin)")
 	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: name, OrganizationalUnit: []string{string(role)}, Organization: []string{"Ferry operators"}},

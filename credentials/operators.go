@@ -21,12 +21,13 @@ const (
 	RoleOperator Role = "operator" // steer the fleet: desired state, rollouts
 	RoleRelease  Role = "release"  // publish bundles
 	RoleAdmin    Role = "admin"    // everything, including devices and keys
+	RoleAuditor  Role = "auditor"  // read the fleet and the audit trail
 )
 
 // Valid reports whether r is one of the roles.
 func (r Role) Valid() bool {
 	switch r {
-	case RoleViewer, RoleOperator, RoleRelease, RoleAdmin:
+	case RoleViewer, RoleOperator, RoleRelease, RoleAdmin, RoleAuditor:
 		return true
 	}
 	return false
@@ -104,7 +105,7 @@ func NewOperatorKeys(keys []OperatorKey) (*OperatorKeys, error) {
 	k := &OperatorKeys{byHash: make(map[string]Operator, len(keys))}
 	for _, e := range keys {
 		if e.Name == "" || !e.Role.Valid() {
-			return nil, fmt.Errorf("operator key %q: name and a role (viewer, operator, release, admin) are required", e.Name)
+			return nil, fmt.Errorf("operator key %q: name and a role (viewer, operator, release, auditor, admin) are required", e.Name)
 		}
 		if h, err := hex.DecodeString(e.KeySHA256); err != nil || len(h) != sha256.Size {
 			return nil, fmt.Errorf("operator key %q: key_sha256 must be 64 hex digits", e.Name)

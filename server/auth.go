@@ -164,6 +164,11 @@ var procedureRoles = map[string]ferrycreds.Role{
 	repositoryv1connect.RepositoryServiceUploadBlobProcedure:     ferrycreds.RoleRelease,
 	repositoryv1connect.RepositoryServicePublishTargetsProcedure: ferrycreds.RoleRelease,
 	repositoryv1connect.RepositoryServicePublishRootProcedure:    ferrycreds.RoleAdmin,
+
+	// The audit trail is for auditors (and admins), not every viewer: it
+	// holds who did what, from where, across the whole fleet.
+	fleetv1connect.AuditServiceListAuditEventsProcedure: ferrycreds.RoleAuditor,
+	fleetv1connect.AuditServiceExportAuditProcedure:     ferrycreds.RoleAuditor,
 }
 
 // roleFor returns the role a procedure needs.
@@ -190,7 +195,8 @@ func authorize(auth Authenticator, h http.Header, need ferrycreds.Role) (ferrycr
 		return ferrycreds.Operator{}, connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("the API key is not valid"))
 	}
 	if !op.Role.Allows(need) {
-		return ferrycreds.Operator{}, connect.NewError(connect.CodePermissionDenied,
+		// The operator goes with the denial, for the audit trail.
+		return op, connect.NewError(connect.CodePermissionDenied,
 			fmt.Errorf("operator %q has role %s; this call needs %s", op.Name, op.Role, need))
 	}
 	return op, nil
@@ -209,7 +215,8 @@ func authorizeRequest(auth Authenticator, certs *ferrycreds.OperatorCerts, h htt
 			fmt.Errorf("the client certificate is not a valid operator certificate; send an operator certificate or \"Authorization: Bearer <API key>\""))
 	}
 	if !op.Role.Allows(need) {
-		return ferrycreds.Operator{}, connect.NewError(connect.CodePermissionDenied,
+		// The operator goes with the denial, for the audit trail.
+		return op, connect.NewError(connect.CodePermissionDenied,
 			fmt.Errorf("operator %q has role %s; this call needs %s", op.Name, op.Role, need))
 	}
 	return op, nil
@@ -225,6 +232,7 @@ type operatorAuth struct {
 func (a operatorAuth) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		op, err := authorizeRequest(a.auth, a.certs, req.Header(), tlsStateFromContext(ctx), roleFor(req.Spec().Procedure))
+		noteOperator(ctx, op)
 		if err != nil {
 			return nil, err
 		}
@@ -239,6 +247,7 @@ func (a operatorAuth) WrapStreamingClient(next connect.StreamingClientFunc) conn
 func (a operatorAuth) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		op, err := authorizeRequest(a.auth, a.certs, conn.RequestHeader(), tlsStateFromContext(ctx), roleFor(conn.Spec().Procedure))
+		noteOperator(ctx, op)
 		if err != nil {
 			return err
 		}

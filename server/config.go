@@ -69,6 +69,8 @@ type Config struct {
 	Repository RepositoryConfig
 	// Rollouts configures the rollout controller.
 	Rollouts RolloutsConfig
+	// Audit configures the audit trail.
+	Audit AuditConfig
 	// ShutdownDelay is how long a stopping ferryd keeps serving with
 	// /healthz, /readyz and gRPC health answering that it is stopping, so
 	// that probes and load balancers take it out of rotation before its
@@ -89,6 +91,20 @@ type RolloutsConfig struct {
 	// Resync is how often every execution is checked against its device,
 	// in case a change notice was lost.
 	Resync time.Duration
+}
+
+// AuditConfig configures the audit trail (audit_api.go).
+type AuditConfig struct {
+	// Retention is how long entries are kept; older ones are pruned.
+	Retention time.Duration
+	// SigningKeyFile is the PKCS #8 PEM key that signs audit exports
+	// (ECDSA P-256 or Ed25519); empty means DataDir/audit/signing.key,
+	// created at first start.
+	SigningKeyFile string
+	// SigningKMS, when set, is a KMS key reference (sigstore: awskms://,
+	// gcpkms://, hashivault://, or a plugin's scheme) used instead of the
+	// file key.
+	SigningKMS string
 }
 
 // DevConfig controls the development PKI.
@@ -228,6 +244,7 @@ func DefaultConfig() Config {
 		// systemd) to come up.
 		RedisConnectTimeout:     30 * time.Second,
 		RedisMinReplicasTimeout: time.Second,
+		Audit:                   AuditConfig{Retention: 400 * 24 * time.Hour},
 		Dev: DevConfig{
 			Devices: []string{"dev-1", "dev-2", "dev-3"},
 			Hosts:   []string{"localhost", "127.0.0.1", "::1"},
@@ -323,6 +340,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
+	check(c.Audit.Retention >= 24*time.Hour, "audit retention %v: want at least a day (--audit-retention)", c.Audit.Retention)
 	for name, addr := range map[string]string{"device address": c.DeviceAddr, "API address": c.APIAddr} {
 		_, _, err := net.SplitHostPort(addr)
 		check(err == nil, "%s %q: want host:port", name, addr)

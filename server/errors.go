@@ -75,6 +75,8 @@ func classify(err error) (connect.Code, string) {
 		return connect.CodeNotFound, "device not found"
 	case errors.Is(err, store.ErrNoAttestation):
 		return connect.CodeNotFound, "no signed report is recorded for that job"
+	case errors.Is(err, store.ErrBadPageToken):
+		return connect.CodeInvalidArgument, "page_token: not a token from a previous page"
 	case errors.Is(err, store.ErrConflict):
 		return connect.CodeAborted, "the document changed concurrently; read it again and retry"
 	case errors.Is(err, credentials.ErrEnrollmentToken):

@@ -77,6 +77,9 @@ type apiGuard struct {
 	budget  *byteBudget
 	metrics *connMetrics
 	errors  *connect.ErrorWriter
+	// denied, if set, is told of every operator call refused for its
+	// credential (the audit trail).
+	denied func(r *http.Request, op ferrycreds.Operator, err error)
 }
 
 func newAPIGuard(limits APILimits, auth Authenticator, certs *ferrycreds.OperatorCerts, m *connMetrics) *apiGuard {
@@ -95,6 +98,9 @@ func (g *apiGuard) wrap(next http.Handler) http.Handler {
 		if rt.operator {
 			op, err := authorizeRequest(g.auth, g.certs, r.Header, r.TLS, roleFor(r.URL.Path))
 			if err != nil {
+				if g.denied != nil {
+					g.denied(r, op, err)
+				}
 				g.refuse(w, r, err)
 				return
 			}

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,10 +28,12 @@ import (
 	"connectrpc.com/grpcreflect"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sigstore/sigstore/pkg/signature"
 	"google.golang.org/grpc"
 	grpccreds "google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/ferryhq/ferry/audit"
 	"github.com/ferryhq/ferry/credentials"
 	credentialsv1 "github.com/ferryhq/ferry/proto/ferry/credentials/v1"
 	"github.com/ferryhq/ferry/proto/ferry/credentials/v1/credentialsv1connect"
@@ -70,6 +73,10 @@ type Server struct {
 	// tracing is OpenTelemetry tracing, a no-op unless configured
 	// (tracing.go).
 	tracing *tracing
+	// audit records the audit trail; auditKey signs its exports (audit.go).
+	audit    *audit.Recorder
+	auditLog store.Audit
+	auditKey signature.Signer
 }
 
 // servedNames are the services whose health is reported (on the API port,
@@ -78,6 +85,7 @@ var servedNames = []string{
 	devicev1.DeviceService_ServiceDesc.ServiceName,
 	fleetv1connect.FleetServiceName,
 	fleetv1connect.RolloutServiceName,
+	fleetv1connect.AuditServiceName,
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
 	credentialsv1connect.DownloadKeyServiceName,
@@ -88,6 +96,7 @@ var servedNames = []string{
 var apiServiceNames = []string{
 	fleetv1connect.FleetServiceName,
 	fleetv1connect.RolloutServiceName,
+	fleetv1connect.AuditServiceName,
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
 	grpchealth.HealthV1ServiceName,
@@ -153,6 +162,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err erro
 			if _, err := rep.Register(ctx, id, map[string]string{"group": "dev"}); err != nil {
 				return nil, fmt.Errorf("register development device %s: %w", id, err)
 			}
+		}
+	}
+
+	if al, ok := s.devices.(store.Audit); ok {
+		s.auditLog = al
+		s.audit = audit.NewRecorder(al, time.Now, log)
+		if s.auditKey, err = auditSigner(ctx, cfg, log); err != nil {
+			return nil, err
 		}
 	}
 
@@ -239,7 +256,7 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.KeepaliveMinTime, PermitWithoutStream: false}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout, MaxConnectionIdle: l.MaxConnectionIdle}),
 		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), deviceIdentity(s.cfg.TrustDomain, s.creds.revoked)),
-		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), deviceIdentityUnary(s.cfg.TrustDomain, s.creds.revoked)),
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), deviceIdentityUnary(s.cfg.TrustDomain, s.creds.revoked), auditRenewals(s.audit)),
 	)
 	devicev1.RegisterDeviceServiceServer(g, &deviceService{
 		replica: rep, limits: l, log: s.log, metrics: s.metrics, sessions: s.sessions,
@@ -256,16 +273,25 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	// Operator calls are authenticated twice: by the guard before their
 	// body is read (limits_http.go), and by the interceptor.
 	// Tracing comes first, so that refused calls are traced too; then the
-	// request metrics, which count refused calls too.
-	traced := s.tracing.interceptors()
-	guarded := connect.WithHandlerOptions(append(traced,
-		connect.WithInterceptors(s.metrics.api, operatorAuth{auth: auth, certs: s.creds.operatorCerts}),
+	// request metrics, which count refused calls too; then the audit
+	// trail, which records what operators (and enrolling devices) do.
+	traced := slices.Clip(s.tracing.interceptors())
+	handlerOptions := func(opts ...connect.HandlerOption) connect.HandlerOption {
+		return connect.WithHandlerOptions(append(traced, opts...)...) // traced is clipped: append copies
+	}
+	audited := auditInterceptor{rec: s.audit, trustDomain: s.cfg.TrustDomain}
+	guarded := handlerOptions(
+		connect.WithInterceptors(s.metrics.api, audited, operatorAuth{auth: auth, certs: s.creds.operatorCerts}),
 		connect.WithReadMaxBytes(int(l.MaxMessageBytes)),
-	)...)
-	anonymous := connect.WithHandlerOptions(append(traced,
+	)
+	anonymous := handlerOptions(
 		connect.WithInterceptors(s.metrics.api),
 		connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes)),
-	)...)
+	)
+	enrolling := handlerOptions(
+		connect.WithInterceptors(s.metrics.api, audited),
+		connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes)),
+	)
 	mux := http.NewServeMux()
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, repo: s.repo.repo, log: s.log, creds: s.creds}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, replica: rep, repo: s.repo.repo, log: s.log}, guarded))
@@ -275,7 +301,8 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	mux.Handle("/tuf/", s.tracing.httpHandler(&tufHandler{repo: s.repo.repo, authz: tokenDownloadAuthorizer{creds: s.creds, auth: auth, repo: s.repo.repo}, log: s.log, metrics: s.metrics}))
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
-	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds, metrics: s.metrics}, anonymous))
+	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds, metrics: s.metrics}, enrolling))
+	mux.Handle(fleetv1connect.NewAuditServiceHandler(&auditService{log: s.auditLog, devices: s.devices, signer: s.auditKey, logger: s.log}, guarded))
 
 	// Health is anonymous: gRPC health, and plain HTTP GETs (health.go).
 	s.health = grpchealth.NewStaticChecker(servedNames...)
@@ -288,6 +315,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 		promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 
 	guard := newAPIGuard(l, auth, s.creds.operatorCerts, s.conns)
+	guard.denied = s.auditDenied
 	return &http.Server{
 		Handler: withTLSState(guard.wrap(mux)),
 		// The TLS handshake's deadline is the header timeout; the
@@ -348,6 +376,7 @@ func (s *Server) Run(ctx context.Context) error {
 	background.Go(func() { s.repo.run(bgCtx) })
 	background.Go(func() { s.control.Run(bgCtx) })
 	background.Go(func() { s.runStoreCheck(bgCtx) })
+	background.Go(func() { s.runAuditPrune(bgCtx) })
 
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.deviceLn) }()

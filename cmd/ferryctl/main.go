@@ -44,5 +44,6 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newBundleCmd(a))
 	root.AddCommand(newRolloutCmd(a))
 	root.AddCommand(newTokenCmd(a))
+	root.AddCommand(newAuditCmd(a))
 	return root
 }

@@ -71,6 +71,9 @@ func run() error {
 	fs.DurationVar(&cfg.Rollouts.Resync, "rollout-resync", cfg.Rollouts.Resync, "how often every rollout execution is checked against its device")
 	fs.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", cfg.ShutdownDelay, "how long a stopping ferryd keeps serving with health answering 503, so probes and load balancers take it out of rotation")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop may take")
+	fs.DurationVar(&cfg.Audit.Retention, "audit-retention", cfg.Audit.Retention, "how long audit entries are kept before they are pruned")
+	fs.StringVar(&cfg.Audit.SigningKeyFile, "audit-signing-key", cfg.Audit.SigningKeyFile, "PKCS #8 PEM key that signs audit exports (default: <data-dir>/audit/signing.key, created at first start)")
+	fs.StringVar(&cfg.Audit.SigningKMS, "audit-signing-kms", cfg.Audit.SigningKMS, "KMS key that signs audit exports instead of the key file: awskms://, azurekms://, gcpkms://, hashivault:// or a sigstore KMS plugin's scheme")
 	fs.BoolVar(&cfg.AllowUnsignedReports, "allow-unsigned-reports", cfg.AllowUnsignedReports, "record device reports that are not signed (kept as claims, with no attestation)")
 	// Request and connection limits (docs/security.md, "Limits").
 	fs.Int64Var(&cfg.API.MaxMessageBytes, "api-max-message-bytes", cfg.API.MaxMessageBytes, "largest request message an operator may send on the API port (bundles upload in chunks of at most this)")

@@ -134,3 +134,14 @@ func BenchmarkStore(b *testing.B) {
 		return s
 	})
 }
+
+func TestAuditConformance(t *testing.T) {
+	storetest.RunAudit(t, func(t *testing.T) store.Audit {
+		s, err := bolt.Open(filepath.Join(t.TempDir(), "ferry.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}

@@ -40,3 +40,7 @@ func TestClusterCredentialsConformance(t *testing.T) {
 func TestClusterRolloutsConformance(t *testing.T) {
 	storetest.RunRollouts(t, func(t *testing.T) storetest.RolloutStore { return openCluster(t) })
 }
+
+func TestClusterAuditConformance(t *testing.T) {
+	storetest.RunAudit(t, func(t *testing.T) store.Audit { return openCluster(t) })
+}

@@ -226,3 +226,15 @@ func BenchmarkStore(b *testing.B) {
 		return s
 	})
 }
+
+func TestAuditConformance(t *testing.T) {
+	url := testredis.URL(t)
+	storetest.RunAudit(t, func(t *testing.T) store.Audit {
+		s, err := redis.Open(context.Background(), url, testredis.Prefix(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
