@@ -84,6 +84,9 @@ type Document struct {
 	Bundle store.Bundle
 	Forced bool
 	Config map[string]string
+	// Consent, when set, makes the device ask before it installs and/or
+	// reboots.
+	Consent *store.ConsentPolicy
 }
 
 // State is what a device says it runs: evidence in a signed report, a
@@ -141,6 +144,7 @@ func (s *Service) SetDesired(ctx context.Context, id string, doc Document, setBy
 			Bundle:  doc.Bundle,
 			Forced:  doc.Forced,
 			Config:  doc.Config,
+			Consent: doc.Consent,
 			SetBy:   setBy,
 			SetAt:   s.now().UTC(),
 		}

@@ -264,6 +264,10 @@ type Progress struct {
 	// "delta.fallback"); a Progress with a code is recorded in the history
 	// even when its step is unchanged.
 	Code, Message string
+	// Consent is the answer the device got when it asked for consent (with
+	// StepAwaitingConsent); it is recorded in the history as its own
+	// entry, with who answered and when.
+	Consent *Consent
 }
 
 // Progress records that a device's current job reached a step, changed its
@@ -281,6 +285,11 @@ func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, er
 	if p.Percent > 100 {
 		return false, invalid("percent", "must be at most 100")
 	}
+	if p.Consent != nil {
+		if err := p.Consent.validate(); err != nil {
+			return false, err
+		}
+	}
 	switch p.DownloadMethod {
 	case "", DownloadFull, DownloadDelta:
 	default:
@@ -293,7 +302,7 @@ func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, er
 		}
 		j := cur.Reported.Job
 		same := j.ID == p.JobID && j.DesiredVersion == p.DesiredVersion && j.Status == string(StatusInProgress)
-		if same && j.Step == string(p.Step) && p.Code == "" && (p.DownloadMethod == "" || string(p.DownloadMethod) == j.DownloadMethod) {
+		if same && j.Step == string(p.Step) && p.Code == "" && p.Consent == nil && (p.DownloadMethod == "" || string(p.DownloadMethod) == j.DownloadMethod) {
 			return store.Reported{}, store.Write{}, errRejected // already there; percent and bytes wait for the next step
 		}
 		next := cur.Reported
@@ -317,7 +326,13 @@ func (s *Service) Progress(ctx context.Context, id string, p Progress) (bool, er
 		recorded = true
 		ev := store.Event{Time: next.Job.UpdatedAt, Kind: EventJobProgress, JobID: p.JobID, DesiredVersion: p.DesiredVersion,
 			Status: string(StatusInProgress), Step: string(p.Step), ErrorCode: p.Code, Message: p.Message, Actor: "device:" + id}
-		if same && j.Step == string(p.Step) && p.Code == "" {
+		if p.Consent != nil {
+			ev.Kind, ev.Message = EventJobConsent, p.Consent.describe()
+			if p.Message != "" {
+				ev.Message += ": " + p.Message
+			}
+			next.Job.Message = ev.Message
+		} else if same && j.Step == string(p.Step) && p.Code == "" {
 			ev = store.Event{} // only the download method changed: the job says it, the history needs no entry
 		}
 		return next, store.Write{Event: ev}, nil

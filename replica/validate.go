@@ -51,7 +51,10 @@ func (d Document) Validate() error {
 			return err
 		}
 	}
-	return validateConfig("document.config", d.Config)
+	if err := validateConfig("document.config", d.Config); err != nil {
+		return err
+	}
+	return validateConsentPolicy(d.Consent)
 }
 
 func (s State) validate(field string) error {

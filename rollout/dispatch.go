@@ -130,7 +130,7 @@ func (c *Controller) dispatch(ctx context.Context, r *store.Rollout, rn *run, no
 			picked = append(picked, e)
 		}
 	}
-	doc := replica.Document{Bundle: r.Spec.Bundle}
+	doc := replica.Document{Bundle: r.Spec.Bundle, Consent: r.Spec.Consent}
 	undo := func(batch []*store.Execution) { // not given: pending again
 		for _, e := range batch {
 			e.Status, e.Attempts = ExecPending, e.Attempts-1
@@ -142,6 +142,7 @@ func (c *Controller) dispatch(ctx context.Context, r *store.Rollout, rn *run, no
 		// knows these devices may have been given the job.
 		for _, e := range batch {
 			e.Status, e.JobID, e.DispatchedAt = string(replica.StatusQueued), "", now
+			e.ConsentSince, e.ConsentWaited = time.Time{}, 0
 			e.Attempts++
 			rn.touch(e.DeviceID)
 		}

@@ -64,7 +64,11 @@ func (c *Controller) observeAll(ctx context.Context, r *store.Rollout, rn *run, 
 	// Timeouts and retries.
 	for _, id := range rn.order {
 		e := rn.execs[id]
-		if inFlight(e.Status) && e.JobID != "" && r.Spec.DeviceTimeout > 0 && now.Sub(e.DispatchedAt) >= r.Spec.DeviceTimeout {
+		// Waiting for consent (or the device's maintenance window) is not
+		// being stuck: that time does not count, and a device that waits
+		// is not timed out (its consent policy's max deferral bounds it).
+		if inFlight(e.Status) && e.JobID != "" && r.Spec.DeviceTimeout > 0 && e.ConsentSince.IsZero() &&
+			now.Sub(e.DispatchedAt)-e.ConsentWaited >= r.Spec.DeviceTimeout {
 			e.Status, e.EndedAt = string(replica.StatusTimedOut), now
 			e.Message = fmt.Sprintf("no result within %v", r.Spec.DeviceTimeout)
 			rn.touch(id)
@@ -113,6 +117,18 @@ func (c *Controller) observe(r *store.Rollout, rn *run, d store.Device, now time
 				e.Message = "desired state replaced by " + d.Desired.SetBy
 				rn.touch(d.ID)
 				return
+			}
+		}
+		if job.ID == e.JobID {
+			waiting := job.Status == string(replica.StatusInProgress) && job.Step == string(replica.StepAwaitingConsent)
+			switch {
+			case waiting && e.ConsentSince.IsZero():
+				e.ConsentSince = now
+				rn.touch(d.ID)
+			case !waiting && !e.ConsentSince.IsZero():
+				e.ConsentWaited += now.Sub(e.ConsentSince)
+				e.ConsentSince = time.Time{}
+				rn.touch(d.ID)
 			}
 		}
 		if job.ID == e.JobID && job.Status != e.Status && job.Status != "" {

@@ -126,6 +126,9 @@ func Validate(spec store.RolloutSpec) error {
 	if spec.Bundle.IsZero() {
 		return invalid("bundle", "is required")
 	}
+	if err := validateConsent(spec.Bundle, spec.Consent); err != nil {
+		return err
+	}
 	if err := validateBundle("bundle", spec.Bundle); err != nil {
 		return err
 	}
@@ -171,6 +174,20 @@ func validateBundle(field string, b store.Bundle) error {
 		return invalid(strings.Replace(ie.Field, "document.bundle", field, 1), "%s", ie.Reason)
 	}
 	return err
+}
+
+// validateConsent checks a rollout's consent policy as the replica checks
+// a desired document's, naming the rollout's field.
+func validateConsent(b store.Bundle, c *store.ConsentPolicy) error {
+	if c == nil || b.IsZero() {
+		return nil // a missing bundle is reported by its own check
+	}
+	err := (replica.Document{Bundle: b, Consent: c}).Validate()
+	var ie *replica.InvalidError
+	if errors.As(err, &ie) && strings.HasPrefix(ie.Field, "document.consent") {
+		return invalid(strings.Replace(ie.Field, "document.consent", "consent", 1), "%s", ie.Reason)
+	}
+	return nil // bundle errors are reported by validateBundle
 }
 
 func validateTarget(spec store.RolloutSpec) error {

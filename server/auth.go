@@ -145,6 +145,7 @@ var procedureRoles = map[string]ferrycreds.Role{
 	fleetv1connect.FleetServiceSetDesiredStateProcedure:  ferrycreds.RoleOperator,
 	fleetv1connect.FleetServiceAddDeviceProcedure:        ferrycreds.RoleAdmin,
 	fleetv1connect.FleetServiceRevokeDeviceProcedure:     ferrycreds.RoleAdmin,
+	fleetv1connect.FleetServiceCopyConfigProcedure:       ferrycreds.RoleOperator,
 
 	credentialsv1connect.DownloadKeyServiceListDownloadKeysProcedure:  ferrycreds.RoleViewer,
 	credentialsv1connect.DownloadKeyServiceRotateDownloadKeyProcedure: ferrycreds.RoleAdmin,

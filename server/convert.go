@@ -30,11 +30,11 @@ func bundleToProto(b store.Bundle) *devicev1.Bundle {
 }
 
 func documentFromProto(d *devicev1.DesiredDocument) replica.Document {
-	return replica.Document{Bundle: bundleFromProto(d.GetBundle()), Forced: d.GetForced(), Config: d.GetConfig()}
+	return replica.Document{Bundle: bundleFromProto(d.GetBundle()), Forced: d.GetForced(), Config: d.GetConfig(), Consent: consentPolicyFromProto(d.GetConsent())}
 }
 
 func documentToProto(d store.Desired) *devicev1.DesiredDocument {
-	return &devicev1.DesiredDocument{Bundle: bundleToProto(d.Bundle), Forced: d.Forced, Config: d.Config}
+	return &devicev1.DesiredDocument{Bundle: bundleToProto(d.Bundle), Forced: d.Forced, Config: d.Config, Consent: consentPolicyToProto(d.Consent)}
 }
 
 func stateFromProto(s *devicev1.ReportedState) replica.State {
@@ -71,7 +71,7 @@ func progressFromProto(p *devicev1.Progress) replica.Progress {
 	return replica.Progress{
 		JobID: p.GetJobId(), DesiredVersion: p.GetDesiredVersion(), Step: stepFromProto(p.GetStep()), Percent: p.GetPercent(),
 		DownloadMethod: downloadMethodFromProto(p.GetDownloadMethod()), BytesDownloaded: p.GetBytesDownloaded(),
-		Code: p.GetCode(), Message: p.GetMessage(),
+		Code: p.GetCode(), Message: p.GetMessage(), Consent: consentFromProto(p.GetConsent()),
 	}
 }
 

@@ -173,6 +173,7 @@ func rolloutSpecFromProto(m *fleetv1.CreateRolloutRequest) (store.RolloutSpec, e
 		Devices:        m.GetDeviceIds(),
 		RollbackBundle: bundleFromProto(m.GetRollbackBundle()),
 		Continuous:     m.GetContinuous(),
+		Consent:        consentPolicyFromProto(m.GetConsent()),
 	}
 	if t := m.GetStartTime(); t != nil {
 		if err := t.CheckValid(); err != nil {
@@ -253,6 +254,7 @@ func rolloutToProto(r store.Rollout) *fleetv1.Rollout {
 		EndTime:     timestamp(r.EndedAt),
 		StartTime:   timestamp(spec.StartAt),
 		Continuous:  spec.Continuous,
+		Consent:     consentPolicyToProto(spec.Consent),
 		CurrentWave: uint32(r.Wave),
 		CurrentRate: r.Rate,
 		Counts:      maps.Clone(r.Counts),

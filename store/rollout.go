@@ -86,6 +86,9 @@ type RolloutSpec struct {
 	// Continuous rollouts keep running after the last wave: a device that
 	// matches the target set later is given the bundle too.
 	Continuous bool `json:"continuous,omitempty"`
+	// Consent, if set, is given to the devices with the job: each asks
+	// for consent before it installs and/or reboots.
+	Consent *ConsentPolicy `json:"consent,omitempty"`
 }
 
 // WaveSpec sizes a wave: Percent of the target set, or Count devices.
@@ -154,6 +157,12 @@ type Execution struct {
 	// RolledBack is set once the rollback bundle was given to the device.
 	RolledBack bool   `json:"rolled_back,omitempty"`
 	Message    string `json:"message,omitempty"`
+	// ConsentSince is when the device began waiting for consent (or its
+	// maintenance window) in this attempt, while it waits; ConsentWaited
+	// sums the waits that ended. Neither counts against the device
+	// timeout.
+	ConsentSince  time.Time     `json:"consent_since,omitzero"`
+	ConsentWaited time.Duration `json:"consent_waited,omitempty"`
 }
 
 // Rollouts stores rollouts and their executions. Writes by the controller

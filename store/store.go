@@ -69,12 +69,25 @@ type Desired struct {
 	Bundle  Bundle            `json:"bundle,omitzero"`
 	Forced  bool              `json:"forced,omitempty"`
 	Config  map[string]string `json:"config,omitempty"`
-	SetBy   string            `json:"set_by,omitempty"`
-	SetAt   time.Time         `json:"set_at,omitzero"`
+	// Consent, when set, makes the device ask for consent before it
+	// installs and/or reboots.
+	Consent *ConsentPolicy `json:"consent,omitempty"`
+	SetBy   string         `json:"set_by,omitempty"`
+	SetAt   time.Time      `json:"set_at,omitzero"`
 	// TraceParent is the W3C traceparent of the traced operation that
 	// wrote this document, when ferryd traces (empty otherwise): the
 	// device stream sends the document's Delta in that trace.
 	TraceParent string `json:"trace_parent,omitempty"`
+}
+
+// ConsentPolicy says when a device asks for consent before it goes on
+// with a job.
+type ConsentPolicy struct {
+	BeforeInstall bool `json:"before_install,omitempty"`
+	BeforeReboot  bool `json:"before_reboot,omitempty"`
+	// MaxDeferral bounds how long the device may defer the job (0: no
+	// bound).
+	MaxDeferral time.Duration `json:"max_deferral,omitempty"`
 }
 
 // Reported is what a device has shown about itself, and its version.

@@ -20,6 +20,7 @@ package devicev1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -32,6 +33,60 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// ConsentDecision is an answer to a request for consent.
+type ConsentDecision int32
+
+const (
+	ConsentDecision_CONSENT_DECISION_UNSPECIFIED ConsentDecision = 0
+	ConsentDecision_CONSENT_DECISION_ACCEPTED    ConsentDecision = 1
+	// Asked to wait, until deferred_until.
+	ConsentDecision_CONSENT_DECISION_DEFERRED ConsentDecision = 2
+	ConsentDecision_CONSENT_DECISION_DECLINED ConsentDecision = 3
+)
+
+// Enum value maps for ConsentDecision.
+var (
+	ConsentDecision_name = map[int32]string{
+		0: "CONSENT_DECISION_UNSPECIFIED",
+		1: "CONSENT_DECISION_ACCEPTED",
+		2: "CONSENT_DECISION_DEFERRED",
+		3: "CONSENT_DECISION_DECLINED",
+	}
+	ConsentDecision_value = map[string]int32{
+		"CONSENT_DECISION_UNSPECIFIED": 0,
+		"CONSENT_DECISION_ACCEPTED":    1,
+		"CONSENT_DECISION_DEFERRED":    2,
+		"CONSENT_DECISION_DECLINED":    3,
+	}
+)
+
+func (x ConsentDecision) Enum() *ConsentDecision {
+	p := new(ConsentDecision)
+	*p = x
+	return p
+}
+
+func (x ConsentDecision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConsentDecision) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_device_v1_device_proto_enumTypes[0].Descriptor()
+}
+
+func (ConsentDecision) Type() protoreflect.EnumType {
+	return &file_ferry_device_v1_device_proto_enumTypes[0]
+}
+
+func (x ConsentDecision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConsentDecision.Descriptor instead.
+func (ConsentDecision) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{0}
+}
 
 // JobStatus is the state of a job execution on a device.
 type JobStatus int32
@@ -87,11 +142,11 @@ func (x JobStatus) String() string {
 }
 
 func (JobStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_device_v1_device_proto_enumTypes[0].Descriptor()
+	return file_ferry_device_v1_device_proto_enumTypes[1].Descriptor()
 }
 
 func (JobStatus) Type() protoreflect.EnumType {
-	return &file_ferry_device_v1_device_proto_enumTypes[0]
+	return &file_ferry_device_v1_device_proto_enumTypes[1]
 }
 
 func (x JobStatus) Number() protoreflect.EnumNumber {
@@ -100,7 +155,7 @@ func (x JobStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobStatus.Descriptor instead.
 func (JobStatus) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{0}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{1}
 }
 
 // Step is where an in-progress job is.
@@ -113,6 +168,9 @@ const (
 	Step_STEP_INSTALLING  Step = 3
 	Step_STEP_REBOOTING   Step = 4
 	Step_STEP_CONFIRMING  Step = 5
+	// Waiting for consent on the device, or for the device's maintenance
+	// window (Progress.consent says which and until when).
+	Step_STEP_AWAITING_CONSENT Step = 6
 )
 
 // Enum value maps for Step.
@@ -124,14 +182,16 @@ var (
 		3: "STEP_INSTALLING",
 		4: "STEP_REBOOTING",
 		5: "STEP_CONFIRMING",
+		6: "STEP_AWAITING_CONSENT",
 	}
 	Step_value = map[string]int32{
-		"STEP_UNSPECIFIED": 0,
-		"STEP_DOWNLOADING": 1,
-		"STEP_VERIFYING":   2,
-		"STEP_INSTALLING":  3,
-		"STEP_REBOOTING":   4,
-		"STEP_CONFIRMING":  5,
+		"STEP_UNSPECIFIED":      0,
+		"STEP_DOWNLOADING":      1,
+		"STEP_VERIFYING":        2,
+		"STEP_INSTALLING":       3,
+		"STEP_REBOOTING":        4,
+		"STEP_CONFIRMING":       5,
+		"STEP_AWAITING_CONSENT": 6,
 	}
 )
 
@@ -146,11 +206,11 @@ func (x Step) String() string {
 }
 
 func (Step) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_device_v1_device_proto_enumTypes[1].Descriptor()
+	return file_ferry_device_v1_device_proto_enumTypes[2].Descriptor()
 }
 
 func (Step) Type() protoreflect.EnumType {
-	return &file_ferry_device_v1_device_proto_enumTypes[1]
+	return &file_ferry_device_v1_device_proto_enumTypes[2]
 }
 
 func (x Step) Number() protoreflect.EnumNumber {
@@ -159,7 +219,7 @@ func (x Step) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Step.Descriptor instead.
 func (Step) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{1}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{2}
 }
 
 // DownloadMethod is how a device fetches a bundle.
@@ -199,11 +259,11 @@ func (x DownloadMethod) String() string {
 }
 
 func (DownloadMethod) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_device_v1_device_proto_enumTypes[2].Descriptor()
+	return file_ferry_device_v1_device_proto_enumTypes[3].Descriptor()
 }
 
 func (DownloadMethod) Type() protoreflect.EnumType {
-	return &file_ferry_device_v1_device_proto_enumTypes[2]
+	return &file_ferry_device_v1_device_proto_enumTypes[3]
 }
 
 func (x DownloadMethod) Number() protoreflect.EnumNumber {
@@ -212,7 +272,7 @@ func (x DownloadMethod) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DownloadMethod.Descriptor instead.
 func (DownloadMethod) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{2}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{3}
 }
 
 // RejectCode says why a Report was not recorded.
@@ -265,11 +325,11 @@ func (x RejectCode) String() string {
 }
 
 func (RejectCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_ferry_device_v1_device_proto_enumTypes[3].Descriptor()
+	return file_ferry_device_v1_device_proto_enumTypes[4].Descriptor()
 }
 
 func (RejectCode) Type() protoreflect.EnumType {
-	return &file_ferry_device_v1_device_proto_enumTypes[3]
+	return &file_ferry_device_v1_device_proto_enumTypes[4]
 }
 
 func (x RejectCode) Number() protoreflect.EnumNumber {
@@ -278,7 +338,7 @@ func (x RejectCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RejectCode.Descriptor instead.
 func (RejectCode) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{3}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{4}
 }
 
 // SyncRequest is one message from the device.
@@ -722,7 +782,10 @@ type DesiredDocument struct {
 	// Allows installing a bundle older than the one the device runs.
 	Forced bool `protobuf:"varint,2,opt,name=forced,proto3" json:"forced,omitempty"`
 	// Configuration key/values the device should apply.
-	Config        map[string]string `protobuf:"bytes,3,rep,name=config,proto3" json:"config,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Config map[string]string `protobuf:"bytes,3,rep,name=config,proto3" json:"config,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// When set, the device asks for consent on the device (a person or an
+	// application) before it installs and/or before it reboots.
+	Consent       *ConsentPolicy `protobuf:"bytes,4,opt,name=consent,proto3" json:"consent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -778,6 +841,162 @@ func (x *DesiredDocument) GetConfig() map[string]string {
 	return nil
 }
 
+func (x *DesiredDocument) GetConsent() *ConsentPolicy {
+	if x != nil {
+		return x.Consent
+	}
+	return nil
+}
+
+// ConsentPolicy says when a device must ask before it goes on with a job.
+type ConsentPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ask before installing (or applying configuration).
+	BeforeInstall bool `protobuf:"varint,1,opt,name=before_install,json=beforeInstall,proto3" json:"before_install,omitempty"`
+	// Ask before the reboot that follows an install.
+	BeforeReboot bool `protobuf:"varint,2,opt,name=before_reboot,json=beforeReboot,proto3" json:"before_reboot,omitempty"`
+	// The longest the device may defer the job ("later") from when it first
+	// asks; once passed, the job ends as REJECTED with code consent.expired.
+	// Unset: no limit.
+	MaxDeferral   *durationpb.Duration `protobuf:"bytes,3,opt,name=max_deferral,json=maxDeferral,proto3" json:"max_deferral,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsentPolicy) Reset() {
+	*x = ConsentPolicy{}
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsentPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsentPolicy) ProtoMessage() {}
+
+func (x *ConsentPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsentPolicy.ProtoReflect.Descriptor instead.
+func (*ConsentPolicy) Descriptor() ([]byte, []int) {
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ConsentPolicy) GetBeforeInstall() bool {
+	if x != nil {
+		return x.BeforeInstall
+	}
+	return false
+}
+
+func (x *ConsentPolicy) GetBeforeReboot() bool {
+	if x != nil {
+		return x.BeforeReboot
+	}
+	return false
+}
+
+func (x *ConsentPolicy) GetMaxDeferral() *durationpb.Duration {
+	if x != nil {
+		return x.MaxDeferral
+	}
+	return nil
+}
+
+// Consent is what a device was answered when it asked for consent, or why
+// it waits (a maintenance window).
+type Consent struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Decision ConsentDecision        `protobuf:"varint,1,opt,name=decision,proto3,enum=ferry.device.v1.ConsentDecision" json:"decision,omitempty"`
+	// Who answered, as the consent hook or application said ("alice",
+	// "kiosk-app"); "maintenance-window" while the device waits for its
+	// window.
+	Actor      string                 `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	DecideTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=decide_time,json=decideTime,proto3" json:"decide_time,omitempty"`
+	// For DEFERRED: when the device asks (or opens its window) again.
+	DeferredUntil *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=deferred_until,json=deferredUntil,proto3" json:"deferred_until,omitempty"`
+	// What the consent is for: "install" or "reboot".
+	Action        string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Consent) Reset() {
+	*x = Consent{}
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Consent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Consent) ProtoMessage() {}
+
+func (x *Consent) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Consent.ProtoReflect.Descriptor instead.
+func (*Consent) Descriptor() ([]byte, []int) {
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Consent) GetDecision() ConsentDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return ConsentDecision_CONSENT_DECISION_UNSPECIFIED
+}
+
+func (x *Consent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *Consent) GetDecideTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecideTime
+	}
+	return nil
+}
+
+func (x *Consent) GetDeferredUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeferredUntil
+	}
+	return nil
+}
+
+func (x *Consent) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
 // ReportedState is what a device says it runs.
 type ReportedState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -789,7 +1008,7 @@ type ReportedState struct {
 
 func (x *ReportedState) Reset() {
 	*x = ReportedState{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1020,7 @@ func (x *ReportedState) String() string {
 func (*ReportedState) ProtoMessage() {}
 
 func (x *ReportedState) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1033,7 @@ func (x *ReportedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportedState.ProtoReflect.Descriptor instead.
 func (*ReportedState) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportedState) GetBundle() *Bundle {
@@ -853,7 +1072,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1084,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1097,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Delta) GetJobId() string {
@@ -945,7 +1164,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1176,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1189,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Report) GetJobId() string {
@@ -1051,14 +1270,17 @@ type Progress struct {
 	// in the device's history even when its step is unchanged.
 	Code string `protobuf:"bytes,7,opt,name=code,proto3" json:"code,omitempty"`
 	// A human-readable message for code.
-	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	// With step AWAITING_CONSENT: the answer the device got, or why it
+	// waits.
+	Consent       *Consent `protobuf:"bytes,9,opt,name=consent,proto3" json:"consent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1292,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1305,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Progress) GetJobId() string {
@@ -1142,6 +1364,13 @@ func (x *Progress) GetMessage() string {
 	return ""
 }
 
+func (x *Progress) GetConsent() *Consent {
+	if x != nil {
+		return x.Consent
+	}
+	return nil
+}
+
 // Ack tells the server the device received a Delta or a Ping.
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1156,7 +1385,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1397,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1410,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Ack) GetOf() isAck_Of {
@@ -1248,7 +1477,7 @@ type Accepted struct {
 
 func (x *Accepted) Reset() {
 	*x = Accepted{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1489,7 @@ func (x *Accepted) String() string {
 func (*Accepted) ProtoMessage() {}
 
 func (x *Accepted) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1502,7 @@ func (x *Accepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accepted.ProtoReflect.Descriptor instead.
 func (*Accepted) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Accepted) GetJobId() string {
@@ -1326,7 +1555,7 @@ type Rejected struct {
 
 func (x *Rejected) Reset() {
 	*x = Rejected{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1567,7 @@ func (x *Rejected) String() string {
 func (*Rejected) ProtoMessage() {}
 
 func (x *Rejected) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1580,7 @@ func (x *Rejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejected.ProtoReflect.Descriptor instead.
 func (*Rejected) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Rejected) GetJobId() string {
@@ -1399,7 +1628,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1640,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1653,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{13}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Ping) GetId() uint64 {
@@ -1438,7 +1667,7 @@ var File_ferry_device_v1_device_proto protoreflect.FileDescriptor
 
 const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/device/v1/device.proto\x12\x0fferry.device.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n" +
+	"\x1cferry/device/v1/device.proto\x12\x0fferry.device.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n" +
 	"\vSyncRequest\x12.\n" +
 	"\x05hello\x18\x01 \x01(\v2\x16.ferry.device.v1.HelloH\x00R\x05hello\x121\n" +
 	"\x06report\x18\x02 \x01(\v2\x17.ferry.device.v1.ReportH\x00R\x06report\x127\n" +
@@ -1464,14 +1693,26 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\vtarget_path\x18\x01 \x01(\tR\n" +
 	"targetPath\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x04R\x06length\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"\xdb\x01\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"\x95\x02\n" +
 	"\x0fDesiredDocument\x12/\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12\x16\n" +
 	"\x06forced\x18\x02 \x01(\bR\x06forced\x12D\n" +
-	"\x06config\x18\x03 \x03(\v2,.ferry.device.v1.DesiredDocument.ConfigEntryR\x06config\x1a9\n" +
+	"\x06config\x18\x03 \x03(\v2,.ferry.device.v1.DesiredDocument.ConfigEntryR\x06config\x128\n" +
+	"\aconsent\x18\x04 \x01(\v2\x1e.ferry.device.v1.ConsentPolicyR\aconsent\x1a9\n" +
 	"\vConfigEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x99\x01\n" +
+	"\rConsentPolicy\x12%\n" +
+	"\x0ebefore_install\x18\x01 \x01(\bR\rbeforeInstall\x12#\n" +
+	"\rbefore_reboot\x18\x02 \x01(\bR\fbeforeReboot\x12<\n" +
+	"\fmax_deferral\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxDeferral\"\xf5\x01\n" +
+	"\aConsent\x12<\n" +
+	"\bdecision\x18\x01 \x01(\x0e2 .ferry.device.v1.ConsentDecisionR\bdecision\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\x12;\n" +
+	"\vdecide_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"decideTime\x12A\n" +
+	"\x0edeferred_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rdeferredUntil\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\"\xbf\x01\n" +
 	"\rReportedState\x12/\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12B\n" +
 	"\x06config\x18\x02 \x03(\v2*.ferry.device.v1.ReportedState.ConfigEntryR\x06config\x1a9\n" +
@@ -1493,7 +1734,7 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"error_code\x18\x05 \x01(\tR\terrorCode\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12:\n" +
 	"\breported\x18\a \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\x12\x1a\n" +
-	"\benvelope\x18\b \x01(\fR\benvelope\"\xb2\x02\n" +
+	"\benvelope\x18\b \x01(\fR\benvelope\"\xe6\x02\n" +
 	"\bProgress\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x12)\n" +
@@ -1502,7 +1743,8 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x0fdownload_method\x18\x05 \x01(\x0e2\x1f.ferry.device.v1.DownloadMethodR\x0edownloadMethod\x12)\n" +
 	"\x10bytes_downloaded\x18\x06 \x01(\x04R\x0fbytesDownloaded\x12\x12\n" +
 	"\x04code\x18\a \x01(\tR\x04code\x12\x18\n" +
-	"\amessage\x18\b \x01(\tR\amessage\"Q\n" +
+	"\amessage\x18\b \x01(\tR\amessage\x122\n" +
+	"\aconsent\x18\t \x01(\v2\x18.ferry.device.v1.ConsentR\aconsent\"Q\n" +
 	"\x03Ack\x12)\n" +
 	"\x0fdesired_version\x18\x01 \x01(\x04H\x00R\x0edesiredVersion\x12\x19\n" +
 	"\aping_id\x18\x02 \x01(\x04H\x00R\x06pingIdB\x04\n" +
@@ -1522,7 +1764,12 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x126\n" +
 	"\x17current_desired_version\x18\x05 \x01(\x04R\x15currentDesiredVersion\"\x16\n" +
 	"\x04Ping\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id*\xf3\x01\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id*\x90\x01\n" +
+	"\x0fConsentDecision\x12 \n" +
+	"\x1cCONSENT_DECISION_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19CONSENT_DECISION_ACCEPTED\x10\x01\x12\x1d\n" +
+	"\x19CONSENT_DECISION_DEFERRED\x10\x02\x12\x1d\n" +
+	"\x19CONSENT_DECISION_DECLINED\x10\x03*\xf3\x01\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATUS_QUEUED\x10\x01\x12\x1a\n" +
@@ -1532,14 +1779,15 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\x16JOB_STATUS_ROLLED_BACK\x10\x05\x12\x17\n" +
 	"\x13JOB_STATUS_REJECTED\x10\x06\x12\x17\n" +
 	"\x13JOB_STATUS_CANCELED\x10\a\x12\x18\n" +
-	"\x14JOB_STATUS_TIMED_OUT\x10\b*\x84\x01\n" +
+	"\x14JOB_STATUS_TIMED_OUT\x10\b*\x9f\x01\n" +
 	"\x04Step\x12\x14\n" +
 	"\x10STEP_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10STEP_DOWNLOADING\x10\x01\x12\x12\n" +
 	"\x0eSTEP_VERIFYING\x10\x02\x12\x13\n" +
 	"\x0fSTEP_INSTALLING\x10\x03\x12\x12\n" +
 	"\x0eSTEP_REBOOTING\x10\x04\x12\x13\n" +
-	"\x0fSTEP_CONFIRMING\x10\x05*f\n" +
+	"\x0fSTEP_CONFIRMING\x10\x05\x12\x19\n" +
+	"\x15STEP_AWAITING_CONSENT\x10\x06*f\n" +
 	"\x0eDownloadMethod\x12\x1f\n" +
 	"\x1bDOWNLOAD_METHOD_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14DOWNLOAD_METHOD_FULL\x10\x01\x12\x19\n" +
@@ -1568,62 +1816,72 @@ func file_ferry_device_v1_device_proto_rawDescGZIP() []byte {
 	return file_ferry_device_v1_device_proto_rawDescData
 }
 
-var file_ferry_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_ferry_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_device_v1_device_proto_goTypes = []any{
-	(JobStatus)(0),                // 0: ferry.device.v1.JobStatus
-	(Step)(0),                     // 1: ferry.device.v1.Step
-	(DownloadMethod)(0),           // 2: ferry.device.v1.DownloadMethod
-	(RejectCode)(0),               // 3: ferry.device.v1.RejectCode
-	(*SyncRequest)(nil),           // 4: ferry.device.v1.SyncRequest
-	(*SyncResponse)(nil),          // 5: ferry.device.v1.SyncResponse
-	(*Session)(nil),               // 6: ferry.device.v1.Session
-	(*Hello)(nil),                 // 7: ferry.device.v1.Hello
-	(*Bundle)(nil),                // 8: ferry.device.v1.Bundle
-	(*DesiredDocument)(nil),       // 9: ferry.device.v1.DesiredDocument
-	(*ReportedState)(nil),         // 10: ferry.device.v1.ReportedState
-	(*Delta)(nil),                 // 11: ferry.device.v1.Delta
-	(*Report)(nil),                // 12: ferry.device.v1.Report
-	(*Progress)(nil),              // 13: ferry.device.v1.Progress
-	(*Ack)(nil),                   // 14: ferry.device.v1.Ack
-	(*Accepted)(nil),              // 15: ferry.device.v1.Accepted
-	(*Rejected)(nil),              // 16: ferry.device.v1.Rejected
-	(*Ping)(nil),                  // 17: ferry.device.v1.Ping
-	nil,                           // 18: ferry.device.v1.DesiredDocument.ConfigEntry
-	nil,                           // 19: ferry.device.v1.ReportedState.ConfigEntry
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(ConsentDecision)(0),          // 0: ferry.device.v1.ConsentDecision
+	(JobStatus)(0),                // 1: ferry.device.v1.JobStatus
+	(Step)(0),                     // 2: ferry.device.v1.Step
+	(DownloadMethod)(0),           // 3: ferry.device.v1.DownloadMethod
+	(RejectCode)(0),               // 4: ferry.device.v1.RejectCode
+	(*SyncRequest)(nil),           // 5: ferry.device.v1.SyncRequest
+	(*SyncResponse)(nil),          // 6: ferry.device.v1.SyncResponse
+	(*Session)(nil),               // 7: ferry.device.v1.Session
+	(*Hello)(nil),                 // 8: ferry.device.v1.Hello
+	(*Bundle)(nil),                // 9: ferry.device.v1.Bundle
+	(*DesiredDocument)(nil),       // 10: ferry.device.v1.DesiredDocument
+	(*ConsentPolicy)(nil),         // 11: ferry.device.v1.ConsentPolicy
+	(*Consent)(nil),               // 12: ferry.device.v1.Consent
+	(*ReportedState)(nil),         // 13: ferry.device.v1.ReportedState
+	(*Delta)(nil),                 // 14: ferry.device.v1.Delta
+	(*Report)(nil),                // 15: ferry.device.v1.Report
+	(*Progress)(nil),              // 16: ferry.device.v1.Progress
+	(*Ack)(nil),                   // 17: ferry.device.v1.Ack
+	(*Accepted)(nil),              // 18: ferry.device.v1.Accepted
+	(*Rejected)(nil),              // 19: ferry.device.v1.Rejected
+	(*Ping)(nil),                  // 20: ferry.device.v1.Ping
+	nil,                           // 21: ferry.device.v1.DesiredDocument.ConfigEntry
+	nil,                           // 22: ferry.device.v1.ReportedState.ConfigEntry
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
 }
 var file_ferry_device_v1_device_proto_depIdxs = []int32{
-	7,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
-	12, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
-	13, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
-	14, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
-	11, // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
-	15, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
-	16, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
-	17, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
-	6,  // 8: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
-	20, // 9: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
-	10, // 10: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
-	8,  // 11: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
-	18, // 12: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
-	8,  // 13: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
-	19, // 14: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
-	9,  // 15: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
-	20, // 16: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
-	0,  // 17: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
-	1,  // 18: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
-	10, // 19: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
-	1,  // 20: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
-	2,  // 21: ferry.device.v1.Progress.download_method:type_name -> ferry.device.v1.DownloadMethod
-	3,  // 22: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
-	4,  // 23: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
-	5,  // 24: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	8,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
+	15, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
+	16, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
+	17, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
+	14, // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
+	18, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
+	19, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
+	20, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
+	7,  // 8: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
+	23, // 9: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
+	13, // 10: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
+	9,  // 11: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
+	21, // 12: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
+	11, // 13: ferry.device.v1.DesiredDocument.consent:type_name -> ferry.device.v1.ConsentPolicy
+	24, // 14: ferry.device.v1.ConsentPolicy.max_deferral:type_name -> google.protobuf.Duration
+	0,  // 15: ferry.device.v1.Consent.decision:type_name -> ferry.device.v1.ConsentDecision
+	23, // 16: ferry.device.v1.Consent.decide_time:type_name -> google.protobuf.Timestamp
+	23, // 17: ferry.device.v1.Consent.deferred_until:type_name -> google.protobuf.Timestamp
+	9,  // 18: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
+	22, // 19: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
+	10, // 20: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
+	23, // 21: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
+	1,  // 22: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
+	2,  // 23: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
+	13, // 24: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
+	2,  // 25: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
+	3,  // 26: ferry.device.v1.Progress.download_method:type_name -> ferry.device.v1.DownloadMethod
+	12, // 27: ferry.device.v1.Progress.consent:type_name -> ferry.device.v1.Consent
+	4,  // 28: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
+	5,  // 29: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
+	6,  // 30: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
+	30, // [30:31] is the sub-list for method output_type
+	29, // [29:30] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_device_v1_device_proto_init() }
@@ -1644,7 +1902,7 @@ func file_ferry_device_v1_device_proto_init() {
 		(*SyncResponse_Ping)(nil),
 		(*SyncResponse_Session)(nil),
 	}
-	file_ferry_device_v1_device_proto_msgTypes[10].OneofWrappers = []any{
+	file_ferry_device_v1_device_proto_msgTypes[12].OneofWrappers = []any{
 		(*Ack_DesiredVersion)(nil),
 		(*Ack_PingId)(nil),
 	}
@@ -1653,8 +1911,8 @@ func file_ferry_device_v1_device_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_device_v1_device_proto_rawDesc), len(file_ferry_device_v1_device_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   16,
+			NumEnums:      5,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

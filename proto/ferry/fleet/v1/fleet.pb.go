@@ -1586,6 +1586,125 @@ func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
+type CopyConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device whose reported configuration is copied.
+	FromDeviceId string `protobuf:"bytes,1,opt,name=from_device_id,json=fromDeviceId,proto3" json:"from_device_id,omitempty"`
+	// The devices that get it: "key=value,..." (the source device is left
+	// out if it matches).
+	Selector string `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
+	// Only these keys (empty: all of the source's configuration). A key the
+	// source does not report is InvalidArgument.
+	Keys          []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyConfigRequest) Reset() {
+	*x = CopyConfigRequest{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyConfigRequest) ProtoMessage() {}
+
+func (x *CopyConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyConfigRequest.ProtoReflect.Descriptor instead.
+func (*CopyConfigRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CopyConfigRequest) GetFromDeviceId() string {
+	if x != nil {
+		return x.FromDeviceId
+	}
+	return ""
+}
+
+func (x *CopyConfigRequest) GetSelector() string {
+	if x != nil {
+		return x.Selector
+	}
+	return ""
+}
+
+func (x *CopyConfigRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type CopyConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many devices got the configuration.
+	DevicesUpdated uint64 `protobuf:"varint,1,opt,name=devices_updated,json=devicesUpdated,proto3" json:"devices_updated,omitempty"`
+	// The configuration given.
+	Config        map[string]string `protobuf:"bytes,2,rep,name=config,proto3" json:"config,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyConfigResponse) Reset() {
+	*x = CopyConfigResponse{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyConfigResponse) ProtoMessage() {}
+
+func (x *CopyConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyConfigResponse.ProtoReflect.Descriptor instead.
+func (*CopyConfigResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CopyConfigResponse) GetDevicesUpdated() uint64 {
+	if x != nil {
+		return x.DevicesUpdated
+	}
+	return 0
+}
+
+func (x *CopyConfigResponse) GetConfig() map[string]string {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
 // Rollout is a campaign: what was asked, and where it stands.
 type Rollout struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1630,14 +1749,16 @@ type Rollout struct {
 	// FAILED, REJECTED, TIMED_OUT, ROLLED_BACK, CANCELED.
 	Counts map[string]uint64 `protobuf:"bytes,22,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// How many devices the rollout targets.
-	TargetCount   uint64 `protobuf:"varint,23,opt,name=target_count,json=targetCount,proto3" json:"target_count,omitempty"`
+	TargetCount uint64 `protobuf:"varint,23,opt,name=target_count,json=targetCount,proto3" json:"target_count,omitempty"`
+	// The consent the devices ask for, as created.
+	Consent       *v1.ConsentPolicy `protobuf:"bytes,25,opt,name=consent,proto3" json:"consent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1770,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1783,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Rollout) GetId() string {
@@ -1826,6 +1947,13 @@ func (x *Rollout) GetTargetCount() uint64 {
 	return 0
 }
 
+func (x *Rollout) GetConsent() *v1.ConsentPolicy {
+	if x != nil {
+		return x.Consent
+	}
+	return nil
+}
+
 // RolloutStrategy says how fast a rollout goes. Give waves, or a rate, or
 // neither (one wave of every device).
 type RolloutStrategy struct {
@@ -1848,7 +1976,7 @@ type RolloutStrategy struct {
 
 func (x *RolloutStrategy) Reset() {
 	*x = RolloutStrategy{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1988,7 @@ func (x *RolloutStrategy) String() string {
 func (*RolloutStrategy) ProtoMessage() {}
 
 func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +2001,7 @@ func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStrategy.ProtoReflect.Descriptor instead.
 func (*RolloutStrategy) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RolloutStrategy) GetWaves() []*Wave {
@@ -1932,7 +2060,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2072,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2085,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Wave) GetSize() isWave_Size {
@@ -2016,7 +2144,7 @@ type ExponentialRate struct {
 
 func (x *ExponentialRate) Reset() {
 	*x = ExponentialRate{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2156,7 @@ func (x *ExponentialRate) String() string {
 func (*ExponentialRate) ProtoMessage() {}
 
 func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2169,7 @@ func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExponentialRate.ProtoReflect.Descriptor instead.
 func (*ExponentialRate) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExponentialRate) GetBasePerMinute() float64 {
@@ -2079,7 +2207,7 @@ type AbortRule struct {
 
 func (x *AbortRule) Reset() {
 	*x = AbortRule{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2219,7 @@ func (x *AbortRule) String() string {
 func (*AbortRule) ProtoMessage() {}
 
 func (x *AbortRule) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2232,7 @@ func (x *AbortRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRule.ProtoReflect.Descriptor instead.
 func (*AbortRule) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AbortRule) GetStatus() v1.JobStatus {
@@ -2145,7 +2273,7 @@ type MaintenanceWindow struct {
 
 func (x *MaintenanceWindow) Reset() {
 	*x = MaintenanceWindow{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2285,7 @@ func (x *MaintenanceWindow) String() string {
 func (*MaintenanceWindow) ProtoMessage() {}
 
 func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2298,7 @@ func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaintenanceWindow.ProtoReflect.Descriptor instead.
 func (*MaintenanceWindow) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MaintenanceWindow) GetStart() string {
@@ -2222,7 +2350,7 @@ type WaveProgress struct {
 
 func (x *WaveProgress) Reset() {
 	*x = WaveProgress{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2362,7 @@ func (x *WaveProgress) String() string {
 func (*WaveProgress) ProtoMessage() {}
 
 func (x *WaveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2375,7 @@ func (x *WaveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaveProgress.ProtoReflect.Descriptor instead.
 func (*WaveProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WaveProgress) GetIndex() uint32 {
@@ -2315,13 +2443,16 @@ type CreateRolloutRequest struct {
 	StartTime         *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	MaintenanceWindow *MaintenanceWindow     `protobuf:"bytes,10,opt,name=maintenance_window,json=maintenanceWindow,proto3" json:"maintenance_window,omitempty"`
 	Continuous        bool                   `protobuf:"varint,11,opt,name=continuous,proto3" json:"continuous,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// When set, each device asks for consent before it installs and/or
+	// reboots (see ferry.device.v1.ConsentPolicy).
+	Consent       *v1.ConsentPolicy `protobuf:"bytes,12,opt,name=consent,proto3" json:"consent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2333,7 +2464,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2346,7 +2477,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateRolloutRequest) GetBundle() *v1.Bundle {
@@ -2426,6 +2557,13 @@ func (x *CreateRolloutRequest) GetContinuous() bool {
 	return false
 }
 
+func (x *CreateRolloutRequest) GetConsent() *v1.ConsentPolicy {
+	if x != nil {
+		return x.Consent
+	}
+	return nil
+}
+
 type CreateRolloutResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
@@ -2435,7 +2573,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2447,7 +2585,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2460,7 +2598,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -2479,7 +2617,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +2629,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +2642,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetRolloutRequest) GetRolloutId() string {
@@ -2523,7 +2661,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2673,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2686,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2569,7 +2707,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2581,7 +2719,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2594,7 +2732,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListRolloutsRequest) GetPageSize() uint32 {
@@ -2621,7 +2759,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2771,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2646,7 +2784,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2672,7 +2810,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2822,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2835,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PauseRolloutRequest) GetRolloutId() string {
@@ -2716,7 +2854,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2866,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2879,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -2760,7 +2898,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +2910,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +2923,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ResumeRolloutRequest) GetRolloutId() string {
@@ -2804,7 +2942,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +2954,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +2967,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -2850,7 +2988,7 @@ type CancelRolloutRequest struct {
 
 func (x *CancelRolloutRequest) Reset() {
 	*x = CancelRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +3000,7 @@ func (x *CancelRolloutRequest) String() string {
 func (*CancelRolloutRequest) ProtoMessage() {}
 
 func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3013,7 @@ func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CancelRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CancelRolloutRequest) GetRolloutId() string {
@@ -2901,7 +3039,7 @@ type CancelRolloutResponse struct {
 
 func (x *CancelRolloutResponse) Reset() {
 	*x = CancelRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3051,7 @@ func (x *CancelRolloutResponse) String() string {
 func (*CancelRolloutResponse) ProtoMessage() {}
 
 func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3064,7 @@ func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CancelRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CancelRolloutResponse) GetRollout() *Rollout {
@@ -2945,7 +3083,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3095,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3108,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchRolloutRequest) GetRolloutId() string {
@@ -2989,7 +3127,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3001,7 +3139,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3014,7 +3152,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -3039,7 +3177,7 @@ type ListRolloutExecutionsRequest struct {
 
 func (x *ListRolloutExecutionsRequest) Reset() {
 	*x = ListRolloutExecutionsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3189,7 @@ func (x *ListRolloutExecutionsRequest) String() string {
 func (*ListRolloutExecutionsRequest) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3202,7 @@ func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListRolloutExecutionsRequest) GetRolloutId() string {
@@ -3105,7 +3243,7 @@ type ListRolloutExecutionsResponse struct {
 
 func (x *ListRolloutExecutionsResponse) Reset() {
 	*x = ListRolloutExecutionsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3117,7 +3255,7 @@ func (x *ListRolloutExecutionsResponse) String() string {
 func (*ListRolloutExecutionsResponse) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3130,7 +3268,7 @@ func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListRolloutExecutionsResponse) GetExecutions() []*RolloutExecution {
@@ -3172,7 +3310,7 @@ type RolloutExecution struct {
 
 func (x *RolloutExecution) Reset() {
 	*x = RolloutExecution{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3322,7 @@ func (x *RolloutExecution) String() string {
 func (*RolloutExecution) ProtoMessage() {}
 
 func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3335,7 @@ func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutExecution.ProtoReflect.Descriptor instead.
 func (*RolloutExecution) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RolloutExecution) GetDeviceId() string {
@@ -3401,7 +3539,17 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x16\n" +
-	"\x14RevokeDeviceResponse\"\xda\b\n" +
+	"\x14RevokeDeviceResponse\"i\n" +
+	"\x11CopyConfigRequest\x12$\n" +
+	"\x0efrom_device_id\x18\x01 \x01(\tR\ffromDeviceId\x12\x1a\n" +
+	"\bselector\x18\x02 \x01(\tR\bselector\x12\x12\n" +
+	"\x04keys\x18\x03 \x03(\tR\x04keys\"\xc0\x01\n" +
+	"\x12CopyConfigResponse\x12'\n" +
+	"\x0fdevices_updated\x18\x01 \x01(\x04R\x0edevicesUpdated\x12F\n" +
+	"\x06config\x18\x02 \x03(\v2..ferry.fleet.v1.CopyConfigResponse.ConfigEntryR\x06config\x1a9\n" +
+	"\vConfigEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\t\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12\x1a\n" +
@@ -3435,7 +3583,8 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\fcurrent_wave\x18\x14 \x01(\rR\vcurrentWave\x12!\n" +
 	"\fcurrent_rate\x18\x15 \x01(\x01R\vcurrentRate\x12;\n" +
 	"\x06counts\x18\x16 \x03(\v2#.ferry.fleet.v1.Rollout.CountsEntryR\x06counts\x12!\n" +
-	"\ftarget_count\x18\x17 \x01(\x04R\vtargetCount\x1a9\n" +
+	"\ftarget_count\x18\x17 \x01(\x04R\vtargetCount\x128\n" +
+	"\aconsent\x18\x19 \x01(\v2\x1e.ferry.device.v1.ConsentPolicyR\aconsent\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xa1\x02\n" +
@@ -3474,7 +3623,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x94\x04\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xce\x04\n" +
 	"\x14CreateRolloutRequest\x12/\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12\x1a\n" +
 	"\bselector\x18\x02 \x01(\tR\bselector\x12\x12\n" +
@@ -3492,7 +3641,8 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	" \x01(\v2!.ferry.fleet.v1.MaintenanceWindowR\x11maintenanceWindow\x12\x1e\n" +
 	"\n" +
 	"continuous\x18\v \x01(\bR\n" +
-	"continuous\"J\n" +
+	"continuous\x128\n" +
+	"\aconsent\x18\f \x01(\v2\x1e.ferry.device.v1.ConsentPolicyR\aconsent\"J\n" +
 	"\x15CreateRolloutResponse\x121\n" +
 	"\arollout\x18\x01 \x01(\v2\x17.ferry.fleet.v1.RolloutR\arollout\"2\n" +
 	"\x11GetRolloutRequest\x12\x1d\n" +
@@ -3552,7 +3702,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\vrolled_back\x18\t \x01(\bR\n" +
 	"rolledBack\x12\x18\n" +
 	"\amessage\x18\n" +
-	" \x01(\tR\amessage2\xeb\x06\n" +
+	" \x01(\tR\amessage2\xc0\a\n" +
 	"\fFleetService\x12U\n" +
 	"\tGetDevice\x12 .ferry.fleet.v1.GetDeviceRequest\x1a!.ferry.fleet.v1.GetDeviceResponse\"\x03\x90\x02\x01\x12[\n" +
 	"\vListDevices\x12\".ferry.fleet.v1.ListDevicesRequest\x1a#.ferry.fleet.v1.ListDevicesResponse\"\x03\x90\x02\x01\x12b\n" +
@@ -3562,7 +3712,9 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x10ListDeviceEvents\x12'.ferry.fleet.v1.ListDeviceEventsRequest\x1a(.ferry.fleet.v1.ListDeviceEventsResponse\"\x03\x90\x02\x01\x12d\n" +
 	"\x0eGetAttestation\x12%.ferry.fleet.v1.GetAttestationRequest\x1a&.ferry.fleet.v1.GetAttestationResponse\"\x03\x90\x02\x01\x12P\n" +
 	"\tAddDevice\x12 .ferry.fleet.v1.AddDeviceRequest\x1a!.ferry.fleet.v1.AddDeviceResponse\x12Y\n" +
-	"\fRevokeDevice\x12#.ferry.fleet.v1.RevokeDeviceRequest\x1a$.ferry.fleet.v1.RevokeDeviceResponse2\x97\x06\n" +
+	"\fRevokeDevice\x12#.ferry.fleet.v1.RevokeDeviceRequest\x1a$.ferry.fleet.v1.RevokeDeviceResponse\x12S\n" +
+	"\n" +
+	"CopyConfig\x12!.ferry.fleet.v1.CopyConfigRequest\x1a\".ferry.fleet.v1.CopyConfigResponse2\x97\x06\n" +
 	"\x0eRolloutService\x12\\\n" +
 	"\rCreateRollout\x12$.ferry.fleet.v1.CreateRolloutRequest\x1a%.ferry.fleet.v1.CreateRolloutResponse\x12X\n" +
 	"\n" +
@@ -3588,7 +3740,7 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*Device)(nil),                        // 0: ferry.fleet.v1.Device
 	(*DeviceClaim)(nil),                   // 1: ferry.fleet.v1.DeviceClaim
@@ -3614,157 +3766,166 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*AddDeviceResponse)(nil),             // 21: ferry.fleet.v1.AddDeviceResponse
 	(*RevokeDeviceRequest)(nil),           // 22: ferry.fleet.v1.RevokeDeviceRequest
 	(*RevokeDeviceResponse)(nil),          // 23: ferry.fleet.v1.RevokeDeviceResponse
-	(*Rollout)(nil),                       // 24: ferry.fleet.v1.Rollout
-	(*RolloutStrategy)(nil),               // 25: ferry.fleet.v1.RolloutStrategy
-	(*Wave)(nil),                          // 26: ferry.fleet.v1.Wave
-	(*ExponentialRate)(nil),               // 27: ferry.fleet.v1.ExponentialRate
-	(*AbortRule)(nil),                     // 28: ferry.fleet.v1.AbortRule
-	(*MaintenanceWindow)(nil),             // 29: ferry.fleet.v1.MaintenanceWindow
-	(*WaveProgress)(nil),                  // 30: ferry.fleet.v1.WaveProgress
-	(*CreateRolloutRequest)(nil),          // 31: ferry.fleet.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),         // 32: ferry.fleet.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),             // 33: ferry.fleet.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),            // 34: ferry.fleet.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),           // 35: ferry.fleet.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),          // 36: ferry.fleet.v1.ListRolloutsResponse
-	(*PauseRolloutRequest)(nil),           // 37: ferry.fleet.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),          // 38: ferry.fleet.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),          // 39: ferry.fleet.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),         // 40: ferry.fleet.v1.ResumeRolloutResponse
-	(*CancelRolloutRequest)(nil),          // 41: ferry.fleet.v1.CancelRolloutRequest
-	(*CancelRolloutResponse)(nil),         // 42: ferry.fleet.v1.CancelRolloutResponse
-	(*WatchRolloutRequest)(nil),           // 43: ferry.fleet.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),          // 44: ferry.fleet.v1.WatchRolloutResponse
-	(*ListRolloutExecutionsRequest)(nil),  // 45: ferry.fleet.v1.ListRolloutExecutionsRequest
-	(*ListRolloutExecutionsResponse)(nil), // 46: ferry.fleet.v1.ListRolloutExecutionsResponse
-	(*RolloutExecution)(nil),              // 47: ferry.fleet.v1.RolloutExecution
-	nil,                                   // 48: ferry.fleet.v1.Device.LabelsEntry
-	nil,                                   // 49: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                                   // 50: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                                   // 51: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	nil,                                   // 52: ferry.fleet.v1.Rollout.CountsEntry
-	nil,                                   // 53: ferry.fleet.v1.WaveProgress.CountsEntry
-	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
-	(*v1.ReportedState)(nil),              // 55: ferry.device.v1.ReportedState
-	(*v1.DesiredDocument)(nil),            // 56: ferry.device.v1.DesiredDocument
-	(v1.JobStatus)(0),                     // 57: ferry.device.v1.JobStatus
-	(v1.Step)(0),                          // 58: ferry.device.v1.Step
-	(v1.DownloadMethod)(0),                // 59: ferry.device.v1.DownloadMethod
-	(*durationpb.Duration)(nil),           // 60: google.protobuf.Duration
-	(*v1.Bundle)(nil),                     // 61: ferry.device.v1.Bundle
+	(*CopyConfigRequest)(nil),             // 24: ferry.fleet.v1.CopyConfigRequest
+	(*CopyConfigResponse)(nil),            // 25: ferry.fleet.v1.CopyConfigResponse
+	(*Rollout)(nil),                       // 26: ferry.fleet.v1.Rollout
+	(*RolloutStrategy)(nil),               // 27: ferry.fleet.v1.RolloutStrategy
+	(*Wave)(nil),                          // 28: ferry.fleet.v1.Wave
+	(*ExponentialRate)(nil),               // 29: ferry.fleet.v1.ExponentialRate
+	(*AbortRule)(nil),                     // 30: ferry.fleet.v1.AbortRule
+	(*MaintenanceWindow)(nil),             // 31: ferry.fleet.v1.MaintenanceWindow
+	(*WaveProgress)(nil),                  // 32: ferry.fleet.v1.WaveProgress
+	(*CreateRolloutRequest)(nil),          // 33: ferry.fleet.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),         // 34: ferry.fleet.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),             // 35: ferry.fleet.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),            // 36: ferry.fleet.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),           // 37: ferry.fleet.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),          // 38: ferry.fleet.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),           // 39: ferry.fleet.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),          // 40: ferry.fleet.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),          // 41: ferry.fleet.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),         // 42: ferry.fleet.v1.ResumeRolloutResponse
+	(*CancelRolloutRequest)(nil),          // 43: ferry.fleet.v1.CancelRolloutRequest
+	(*CancelRolloutResponse)(nil),         // 44: ferry.fleet.v1.CancelRolloutResponse
+	(*WatchRolloutRequest)(nil),           // 45: ferry.fleet.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),          // 46: ferry.fleet.v1.WatchRolloutResponse
+	(*ListRolloutExecutionsRequest)(nil),  // 47: ferry.fleet.v1.ListRolloutExecutionsRequest
+	(*ListRolloutExecutionsResponse)(nil), // 48: ferry.fleet.v1.ListRolloutExecutionsResponse
+	(*RolloutExecution)(nil),              // 49: ferry.fleet.v1.RolloutExecution
+	nil,                                   // 50: ferry.fleet.v1.Device.LabelsEntry
+	nil,                                   // 51: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                                   // 52: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                                   // 53: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                                   // 54: ferry.fleet.v1.CopyConfigResponse.ConfigEntry
+	nil,                                   // 55: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                                   // 56: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),         // 57: google.protobuf.Timestamp
+	(*v1.ReportedState)(nil),              // 58: ferry.device.v1.ReportedState
+	(*v1.DesiredDocument)(nil),            // 59: ferry.device.v1.DesiredDocument
+	(v1.JobStatus)(0),                     // 60: ferry.device.v1.JobStatus
+	(v1.Step)(0),                          // 61: ferry.device.v1.Step
+	(v1.DownloadMethod)(0),                // 62: ferry.device.v1.DownloadMethod
+	(*durationpb.Duration)(nil),           // 63: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 64: ferry.device.v1.Bundle
+	(*v1.ConsentPolicy)(nil),              // 65: ferry.device.v1.ConsentPolicy
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
-	48, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	54, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	50, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
+	57, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
 	3,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
 	4,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	54, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	57, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 6: ferry.fleet.v1.Device.claim:type_name -> ferry.fleet.v1.DeviceClaim
-	55, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
-	54, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
-	56, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	54, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	55, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	54, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	57, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	58, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	54, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	59, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
+	58, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
+	57, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
+	59, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	57, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	58, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	57, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	60, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	61, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	57, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	62, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
 	0,  // 17: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	57, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	54, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	60, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	57, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
 	0,  // 20: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	56, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	59, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
 	0,  // 22: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	60, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	49, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	50, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	63, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	51, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	52, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
 	0,  // 26: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	57, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	58, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	57, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	60, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	61, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
 	16, // 30: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	51, // 31: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	53, // 31: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
 	0,  // 32: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 33: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	61, // 34: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	54, // 35: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	25, // 36: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 37: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	61, // 38: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 39: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	29, // 40: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	54, // 41: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	54, // 42: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 43: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	30, // 44: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	52, // 45: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
-	26, // 46: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
-	27, // 47: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	60, // 48: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	60, // 49: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	57, // 50: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	60, // 51: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	53, // 52: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	54, // 53: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 54: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	54, // 55: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	61, // 56: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	25, // 57: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 58: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	61, // 59: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 60: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
-	29, // 61: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	24, // 62: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 63: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 64: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	24, // 65: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 66: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 67: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 68: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	47, // 69: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
-	54, // 70: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
-	54, // 71: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 72: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	7,  // 73: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	9,  // 74: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	11, // 75: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	13, // 76: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	15, // 77: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	18, // 78: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	20, // 79: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	22, // 80: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	31, // 81: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	33, // 82: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	35, // 83: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	37, // 84: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	39, // 85: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	41, // 86: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	43, // 87: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	45, // 88: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
-	6,  // 89: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	8,  // 90: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	10, // 91: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	12, // 92: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	14, // 93: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	17, // 94: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	19, // 95: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	21, // 96: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	23, // 97: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	32, // 98: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	34, // 99: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	36, // 100: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	38, // 101: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	40, // 102: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	42, // 103: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	44, // 104: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	46, // 105: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
-	89, // [89:106] is the sub-list for method output_type
-	72, // [72:89] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	57, // 33: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	54, // 34: ferry.fleet.v1.CopyConfigResponse.config:type_name -> ferry.fleet.v1.CopyConfigResponse.ConfigEntry
+	64, // 35: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	57, // 36: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	27, // 37: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	30, // 38: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	64, // 39: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	57, // 40: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	31, // 41: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	57, // 42: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	57, // 43: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	57, // 44: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	32, // 45: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	55, // 46: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	65, // 47: ferry.fleet.v1.Rollout.consent:type_name -> ferry.device.v1.ConsentPolicy
+	28, // 48: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	29, // 49: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	63, // 50: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	63, // 51: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	60, // 52: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	63, // 53: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	56, // 54: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	57, // 55: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	57, // 56: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	57, // 57: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	64, // 58: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	27, // 59: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	30, // 60: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	64, // 61: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	57, // 62: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	31, // 63: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	65, // 64: ferry.fleet.v1.CreateRolloutRequest.consent:type_name -> ferry.device.v1.ConsentPolicy
+	26, // 65: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	26, // 66: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	26, // 67: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	26, // 68: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	26, // 69: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	26, // 70: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	26, // 71: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	49, // 72: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	57, // 73: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	57, // 74: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 75: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	7,  // 76: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	9,  // 77: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	11, // 78: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	13, // 79: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	15, // 80: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	18, // 81: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	20, // 82: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	22, // 83: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	24, // 84: ferry.fleet.v1.FleetService.CopyConfig:input_type -> ferry.fleet.v1.CopyConfigRequest
+	33, // 85: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	35, // 86: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	37, // 87: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	39, // 88: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	41, // 89: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	43, // 90: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	45, // 91: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	47, // 92: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	6,  // 93: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	8,  // 94: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	10, // 95: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	12, // 96: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	14, // 97: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	17, // 98: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	19, // 99: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	21, // 100: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	23, // 101: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	25, // 102: ferry.fleet.v1.FleetService.CopyConfig:output_type -> ferry.fleet.v1.CopyConfigResponse
+	34, // 103: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	36, // 104: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	38, // 105: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	40, // 106: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	42, // 107: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	44, // 108: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	46, // 109: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	48, // 110: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	93, // [93:111] is the sub-list for method output_type
+	75, // [75:93] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -3773,7 +3934,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 		return
 	}
 	file_ferry_fleet_v1_fleet_proto_msgTypes[9].OneofWrappers = []any{}
-	file_ferry_fleet_v1_fleet_proto_msgTypes[26].OneofWrappers = []any{
+	file_ferry_fleet_v1_fleet_proto_msgTypes[28].OneofWrappers = []any{
 		(*Wave_Percent)(nil),
 		(*Wave_Count)(nil),
 	}
@@ -3783,7 +3944,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -33,6 +33,7 @@ const (
 	FleetService_GetAttestation_FullMethodName   = "/ferry.fleet.v1.FleetService/GetAttestation"
 	FleetService_AddDevice_FullMethodName        = "/ferry.fleet.v1.FleetService/AddDevice"
 	FleetService_RevokeDevice_FullMethodName     = "/ferry.fleet.v1.FleetService/RevokeDevice"
+	FleetService_CopyConfig_FullMethodName       = "/ferry.fleet.v1.FleetService/CopyConfig"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -63,6 +64,11 @@ type FleetServiceClient interface {
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.
 	RevokeDevice(ctx context.Context, in *RevokeDeviceRequest, opts ...grpc.CallOption) (*RevokeDeviceResponse, error)
+	// CopyConfig gives the configuration one device reports (all of it, or
+	// the keys named) to the devices a selector matches, as their desired
+	// configuration; each keeps its desired bundle. Recorded in the audit
+	// trail and in each device's history.
+	CopyConfig(ctx context.Context, in *CopyConfigRequest, opts ...grpc.CallOption) (*CopyConfigResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -172,6 +178,16 @@ func (c *fleetServiceClient) RevokeDevice(ctx context.Context, in *RevokeDeviceR
 	return out, nil
 }
 
+func (c *fleetServiceClient) CopyConfig(ctx context.Context, in *CopyConfigRequest, opts ...grpc.CallOption) (*CopyConfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CopyConfigResponse)
+	err := c.cc.Invoke(ctx, FleetService_CopyConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -200,6 +216,11 @@ type FleetServiceServer interface {
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.
 	RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error)
+	// CopyConfig gives the configuration one device reports (all of it, or
+	// the keys named) to the devices a selector matches, as their desired
+	// configuration; each keeps its desired bundle. Recorded in the audit
+	// trail and in each device's history.
+	CopyConfig(context.Context, *CopyConfigRequest) (*CopyConfigResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -236,6 +257,9 @@ func (UnimplementedFleetServiceServer) AddDevice(context.Context, *AddDeviceRequ
 }
 func (UnimplementedFleetServiceServer) RevokeDevice(context.Context, *RevokeDeviceRequest) (*RevokeDeviceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeDevice not implemented")
+}
+func (UnimplementedFleetServiceServer) CopyConfig(context.Context, *CopyConfigRequest) (*CopyConfigResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CopyConfig not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -413,6 +437,24 @@ func _FleetService_RevokeDevice_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_CopyConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CopyConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).CopyConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_CopyConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).CopyConfig(ctx, req.(*CopyConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -451,6 +493,10 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeDevice",
 			Handler:    _FleetService_RevokeDevice_Handler,
+		},
+		{
+			MethodName: "CopyConfig",
+			Handler:    _FleetService_CopyConfig_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

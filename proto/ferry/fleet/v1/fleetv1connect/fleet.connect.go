@@ -64,6 +64,8 @@ const (
 	// FleetServiceRevokeDeviceProcedure is the fully-qualified name of the FleetService's RevokeDevice
 	// RPC.
 	FleetServiceRevokeDeviceProcedure = "/ferry.fleet.v1.FleetService/RevokeDevice"
+	// FleetServiceCopyConfigProcedure is the fully-qualified name of the FleetService's CopyConfig RPC.
+	FleetServiceCopyConfigProcedure = "/ferry.fleet.v1.FleetService/CopyConfig"
 	// RolloutServiceCreateRolloutProcedure is the fully-qualified name of the RolloutService's
 	// CreateRollout RPC.
 	RolloutServiceCreateRolloutProcedure = "/ferry.fleet.v1.RolloutService/CreateRollout"
@@ -114,6 +116,11 @@ type FleetServiceClient interface {
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.
 	RevokeDevice(context.Context, *connect.Request[v1.RevokeDeviceRequest]) (*connect.Response[v1.RevokeDeviceResponse], error)
+	// CopyConfig gives the configuration one device reports (all of it, or
+	// the keys named) to the devices a selector matches, as their desired
+	// configuration; each keeps its desired bundle. Recorded in the audit
+	// trail and in each device's history.
+	CopyConfig(context.Context, *connect.Request[v1.CopyConfigRequest]) (*connect.Response[v1.CopyConfigResponse], error)
 }
 
 // NewFleetServiceClient constructs a client for the ferry.fleet.v1.FleetService service. By
@@ -186,6 +193,12 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(fleetServiceMethods.ByName("RevokeDevice")),
 			connect.WithClientOptions(opts...),
 		),
+		copyConfig: connect.NewClient[v1.CopyConfigRequest, v1.CopyConfigResponse](
+			httpClient,
+			baseURL+FleetServiceCopyConfigProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("CopyConfig")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -200,6 +213,7 @@ type fleetServiceClient struct {
 	getAttestation   *connect.Client[v1.GetAttestationRequest, v1.GetAttestationResponse]
 	addDevice        *connect.Client[v1.AddDeviceRequest, v1.AddDeviceResponse]
 	revokeDevice     *connect.Client[v1.RevokeDeviceRequest, v1.RevokeDeviceResponse]
+	copyConfig       *connect.Client[v1.CopyConfigRequest, v1.CopyConfigResponse]
 }
 
 // GetDevice calls ferry.fleet.v1.FleetService.GetDevice.
@@ -247,6 +261,11 @@ func (c *fleetServiceClient) RevokeDevice(ctx context.Context, req *connect.Requ
 	return c.revokeDevice.CallUnary(ctx, req)
 }
 
+// CopyConfig calls ferry.fleet.v1.FleetService.CopyConfig.
+func (c *fleetServiceClient) CopyConfig(ctx context.Context, req *connect.Request[v1.CopyConfigRequest]) (*connect.Response[v1.CopyConfigResponse], error) {
+	return c.copyConfig.CallUnary(ctx, req)
+}
+
 // FleetServiceHandler is an implementation of the ferry.fleet.v1.FleetService service.
 type FleetServiceHandler interface {
 	// GetDevice returns one device's desired and reported documents.
@@ -271,6 +290,11 @@ type FleetServiceHandler interface {
 	// RevokeDevice blocks a device: no renewal, no new handshakes, and its
 	// live stream is closed.
 	RevokeDevice(context.Context, *connect.Request[v1.RevokeDeviceRequest]) (*connect.Response[v1.RevokeDeviceResponse], error)
+	// CopyConfig gives the configuration one device reports (all of it, or
+	// the keys named) to the devices a selector matches, as their desired
+	// configuration; each keeps its desired bundle. Recorded in the audit
+	// trail and in each device's history.
+	CopyConfig(context.Context, *connect.Request[v1.CopyConfigRequest]) (*connect.Response[v1.CopyConfigResponse], error)
 }
 
 // NewFleetServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -339,6 +363,12 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(fleetServiceMethods.ByName("RevokeDevice")),
 		connect.WithHandlerOptions(opts...),
 	)
+	fleetServiceCopyConfigHandler := connect.NewUnaryHandler(
+		FleetServiceCopyConfigProcedure,
+		svc.CopyConfig,
+		connect.WithSchema(fleetServiceMethods.ByName("CopyConfig")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.fleet.v1.FleetService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case FleetServiceGetDeviceProcedure:
@@ -359,6 +389,8 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 			fleetServiceAddDeviceHandler.ServeHTTP(w, r)
 		case FleetServiceRevokeDeviceProcedure:
 			fleetServiceRevokeDeviceHandler.ServeHTTP(w, r)
+		case FleetServiceCopyConfigProcedure:
+			fleetServiceCopyConfigHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -402,6 +434,10 @@ func (UnimplementedFleetServiceHandler) AddDevice(context.Context, *connect.Requ
 
 func (UnimplementedFleetServiceHandler) RevokeDevice(context.Context, *connect.Request[v1.RevokeDeviceRequest]) (*connect.Response[v1.RevokeDeviceResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.fleet.v1.FleetService.RevokeDevice is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) CopyConfig(context.Context, *connect.Request[v1.CopyConfigRequest]) (*connect.Response[v1.CopyConfigResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.fleet.v1.FleetService.CopyConfig is not implemented"))
 }
 
 // RolloutServiceClient is a client for the ferry.fleet.v1.RolloutService service.
