@@ -62,7 +62,20 @@ type Config struct {
 	// a patch that needs more is not used and the full bundle is
 	// downloaded. Negative: never use patches.
 	DeltaMaxWindow int
-	Logger         *slog.Logger
+	// Consent is asked when a desired state requires consent (see
+	// ConsentPolicy); without it such a job ends REJECTED with
+	// CodeConsentUnavailable.
+	Consent Consenter
+	// MaintenanceWindow, if set, is when the device installs and applies
+	// configuration; outside it a job waits (consent.go).
+	MaintenanceWindow *Window
+	// ConsentRetry is how long the agent waits before asking again after
+	// "later" without a duration, or a Consenter error (default 1 min).
+	ConsentRetry time.Duration
+	// ConsentKeepalive is how often a waiting job tells ferryd the device
+	// is still there (default 30 s).
+	ConsentKeepalive time.Duration
+	Logger           *slog.Logger
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
 }
@@ -122,6 +135,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.ConsentRetry <= 0 {
+		cfg.ConsentRetry = time.Minute
+	}
+	if cfg.ConsentKeepalive <= 0 {
+		cfg.ConsentKeepalive = 30 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -419,12 +438,16 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	next := cur.clone()
 	next.Config = maps.Clone(want.Config)
 	job := Job{ID: d.JobID, DesiredVersion: d.DesiredVersion, Config: want.Config}
+	gate := &consentGate{policy: want.Consent}
 
 	if want.Bundle == nil || (cur.Bundle != nil && *cur.Bundle == *want.Bundle) {
 		// Configuration only: the same path as a bundle, without the
 		// software steps.
 		job.Bundle, job.Version = cur.Bundle, cur.Version
 		if !maps.Equal(cur.Config, want.Config) {
+			if refused, err := a.beforeInstall(ctx, stream, d, gate, job); err != nil || refused != nil {
+				return a.refused(res, refused, err)
+			}
 			if err := a.progress(stream, d, StepInstalling, 0); err != nil {
 				return res, err
 			}
@@ -501,6 +524,10 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 	// Install, with the desired configuration. The intent is saved first:
 	// whatever instruction a power loss stops the install at, the agent
 	// started again finds PhaseInstalling and rolls it back.
+	job.Path = part
+	if refused, err := a.beforeInstall(ctx, stream, d, gate, job); err != nil || refused != nil {
+		return a.refused(res, refused, err)
+	}
 	if err := a.progress(stream, d, StepInstalling, 0); err != nil {
 		return res, err
 	}
@@ -510,7 +537,6 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 		a.p.Pending = nil
 		return fail(StatusFailed, StepInstalling, CodeInstallFailed, err)
 	}
-	job.Path = part
 	if err := a.cfg.Installer.Install(ctx, job); err != nil {
 		// Install changed nothing: the job ends here.
 		return fail(StatusFailed, StepInstalling, CodeInstallFailed, err)
@@ -519,6 +545,14 @@ func (a *Agent) job(ctx context.Context, conn Conn, stream Stream, d Delta) (Res
 		if err := a.cfg.ConfigApplier.Apply(ctx, job); err != nil {
 			return a.rollBackNow(ctx, pd, Result{Status: StatusFailed, Step: StepInstalling, ErrorCode: CodeConfigFailed, Message: err.Error()}, false)
 		}
+	}
+
+	// Consent to reboot, when asked for. The job is still PhaseInstalling:
+	// an agent stopped while it waits rolls the install back.
+	if refused, err := a.awaitConsent(ctx, stream, d, gate, job, ConsentReboot); err != nil {
+		return res, err
+	} else if refused != nil {
+		return a.rollBackNow(ctx, pd, Result{Status: StatusRejected, Step: StepAwaitingConsent, ErrorCode: refused.code, Message: refused.message}, false)
 	}
 
 	// Reboot: persist first, so that the restarted agent confirms.

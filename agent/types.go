@@ -33,9 +33,12 @@ const (
 	StepInstalling
 	StepRebooting
 	StepConfirming
+	// StepAwaitingConsent: waiting for consent on the device or for the
+	// device's maintenance window (consent.go).
+	StepAwaitingConsent
 )
 
-var stepNames = [...]string{"", "DOWNLOADING", "VERIFYING", "INSTALLING", "REBOOTING", "CONFIRMING"}
+var stepNames = [...]string{"", "DOWNLOADING", "VERIFYING", "INSTALLING", "REBOOTING", "CONFIRMING", "AWAITING_CONSENT"}
 
 func (s Step) String() string {
 	if s < 0 || int(s) >= len(stepNames) {
@@ -85,6 +88,11 @@ const (
 	CodeNotBooted            = "confirm.not_booted"
 	CodeRollbackFailed       = "rollback.failed"
 	CodeCommitFailed         = "confirm.commit_failed"
+	// Consent codes: the job ended because consent was declined, the
+	// deadline to defer passed, or the device has no way to ask.
+	CodeConsentDeclined    = "consent.declined"
+	CodeConsentExpired     = "consent.expired"
+	CodeConsentUnavailable = "consent.unavailable"
 	// CodeDeltaFallback is a notice, not a failure: a signed patch from the
 	// running bundle exists but could not be used (the base is missing or
 	// modified on the device, the patch was refused or failed to download,
@@ -106,6 +114,9 @@ type Desired struct {
 	Bundle *Bundle           `json:"bundle,omitempty"`
 	Forced bool              `json:"forced,omitempty"`
 	Config map[string]string `json:"config,omitempty"`
+	// Consent, when set, makes the agent ask for consent before it
+	// installs and/or reboots (consent.go).
+	Consent *ConsentPolicy `json:"consent,omitempty"`
 }
 
 // Delta is a desired state pushed by ferryd.
@@ -158,6 +169,9 @@ type Progress struct {
 	// Code and Message are a notice that does not end the job, such as
 	// CodeDeltaFallback.
 	Code, Message string
+	// Consent is the answer the agent got when it asked for consent, or
+	// why it waits (with StepAwaitingConsent).
+	Consent *Consent
 }
 
 // DownloadMethod is how a job fetches its bundle.

@@ -316,6 +316,11 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) (err error) {
 		st.svc.metrics.received.WithLabelValues("progress").Inc()
 		p := m.Progress
 		_, err := st.svc.replica.Progress(ctx, st.id, progressFromProto(p))
+		if err == nil && p.GetStep() == devicev1.Step_STEP_AWAITING_CONSENT {
+			// A device waiting for consent sends Progress, not ping
+			// answers, to say it is still there.
+			err = st.svc.replica.Seen(ctx, st.id)
+		}
 		if err != nil {
 			return grpcError(ctx, st.log, err)
 		}

@@ -87,7 +87,10 @@ type Config struct {
 	// (agent.ErrRefused: revoked, unknown, or certificates no longer
 	// trusted) stops retrying and is listed in Refused (default 3).
 	RefuseAfter int
-	Logger      *slog.Logger
+	// Consent answers the devices' requests for consent (nil: devices have
+	// no consent hook); see SimulatedConsent.
+	Consent agent.Consenter
+	Logger  *slog.Logger
 }
 
 // Stats counts what happened in the fleet.
@@ -264,7 +267,7 @@ func (f *Fleet) run(ctx context.Context, d *device) {
 			Hardware: f.cfg.Hardware, DownloadDir: d.dir, AgentVersion: "ferry-agent/simulated",
 			MinBackoff: f.cfg.MinBackoff, MaxBackoff: f.cfg.MaxBackoff,
 			DownloadAttempts: f.cfg.DownloadAttempts, DownloadBackoff: f.cfg.DownloadBackoff,
-			Logger: f.cfg.Logger,
+			Consent: f.cfg.Consent, Logger: f.cfg.Logger,
 		})
 		if err == nil {
 			err = a.Run(ctx)

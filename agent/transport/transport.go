@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"io"
 	"net"
 	"net/http"
@@ -279,8 +280,20 @@ func (s *stream) SendProgress(p agent.Progress) error {
 	return s.s.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Progress{Progress: &devicev1.Progress{
 		JobId: p.JobID, DesiredVersion: p.DesiredVersion, Step: devicev1.Step(p.Step), Percent: p.Percent,
 		DownloadMethod: devicev1.DownloadMethod(p.Download.Method), BytesDownloaded: p.Download.Bytes,
-		Code: p.Code, Message: p.Message,
+		Code: p.Code, Message: p.Message, Consent: consentToProto(p.Consent),
 	}}})
+}
+
+func consentToProto(c *agent.Consent) *devicev1.Consent {
+	if c == nil {
+		return nil
+	}
+	out := &devicev1.Consent{Decision: devicev1.ConsentDecision(c.Decision), Actor: c.Actor, Action: c.Action,
+		DecideTime: timestamppb.New(c.At)}
+	if !c.DeferredUntil.IsZero() {
+		out.DeferredUntil = timestamppb.New(c.DeferredUntil)
+	}
+	return out
 }
 
 func (s *stream) SendReport(envelope []byte) error {
@@ -326,6 +339,10 @@ func deltaFromProto(d *devicev1.Delta) *agent.Delta {
 	out := &agent.Delta{JobID: d.GetJobId(), DesiredVersion: d.GetDesiredVersion(), Desired: agent.Desired{
 		Forced: doc.GetForced(), Config: doc.GetConfig(),
 	}}
+	if c := doc.GetConsent(); c != nil && (c.GetBeforeInstall() || c.GetBeforeReboot()) {
+		out.Desired.Consent = &agent.ConsentPolicy{BeforeInstall: c.GetBeforeInstall(), BeforeReboot: c.GetBeforeReboot(),
+			MaxDeferral: c.GetMaxDeferral().AsDuration()}
+	}
 	if b := doc.GetBundle(); b != nil && b.GetTargetPath() != "" {
 		out.Desired.Bundle = &agent.Bundle{TargetPath: b.GetTargetPath(), Length: b.GetLength(), SHA256: b.GetSha256()}
 	}

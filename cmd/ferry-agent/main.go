@@ -116,6 +116,7 @@ func newRunCmd() *cobra.Command {
 		stateDir, hardware            string
 		installHook, healthHook       string
 		rebootHook, configHook, abDir string
+		consentHook, window           string
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -173,6 +174,14 @@ rolls back.`,
 			if configHook != "" {
 				cfg.ConfigApplier = agent.Exec{Command: strings.Fields(configHook)}
 			}
+			if consentHook != "" {
+				cfg.Consent = agent.ConsentHook{Command: strings.Fields(consentHook)}
+			}
+			if window != "" {
+				if cfg.MaintenanceWindow, err = agent.ParseWindow(window); err != nil {
+					return err
+				}
+			}
 			log.InfoContext(ctx, "agent starting", "device", id, "device_addr", srv.deviceAddr)
 			for {
 				a, err := agent.New(cfg)
@@ -202,6 +211,8 @@ rolls back.`,
 	f.StringVar(&healthHook, "health-hook", envOr("FERRY_HEALTH_HOOK", ""), "health check command after the reboot [$FERRY_HEALTH_HOOK]")
 	f.StringVar(&rebootHook, "reboot-hook", envOr("FERRY_REBOOT_HOOK", ""), "reboot command (default: restart the agent) [$FERRY_REBOOT_HOOK]")
 	f.StringVar(&configHook, "config-hook", envOr("FERRY_CONFIG_HOOK", ""), "command that applies configuration [$FERRY_CONFIG_HOOK]")
+	f.StringVar(&consentHook, "consent-hook", envOr("FERRY_CONSENT_HOOK", ""), "command asked for consent when a desired state requires it; prints accept|later [duration]|decline, then who [$FERRY_CONSENT_HOOK]")
+	f.StringVar(&window, "maintenance-window", envOr("FERRY_MAINTENANCE_WINDOW", ""), `install only inside this daily window, "HH:MM/DURATION[/DAYS][@ZONE]", e.g. "02:00/3h/mon-fri@Europe/Berlin" [$FERRY_MAINTENANCE_WINDOW]`)
 	return cmd
 }
 
@@ -225,6 +236,7 @@ func newSimulateCmd() *cobra.Command {
 		faults              sim.Faults
 		stepDelay, interval time.Duration
 		keepBundles         bool
+		consentAfter        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate -n N",
@@ -269,12 +281,16 @@ simulator says so once; it exits when ferryd has refused every device.`,
 			}
 			reg := transport.NewRegistrar(link, strings.TrimSpace(string(key)))
 			start := time.Now()
-			fleet, err := sim.Start(ctx, sim.Config{
+			simCfg := sim.Config{
 				Devices: n, Prefix: prefix, Labels: lbl, Link: link, Enroller: transport.Enroller{Link: link},
 				Registrar: reg, TrustedRoot: root,
 				Hardware: hardware, Faults: faults, StepDelay: stepDelay, Dir: dir, EnrollConcurrency: concurrency,
 				KeepBundles: keepBundles, Logger: log,
-			})
+			}
+			if consentAfter >= 0 {
+				simCfg.Consent = &sim.SimulatedConsent{Delay: consentAfter, Actor: "simulated-user"}
+			}
+			fleet, err := sim.Start(ctx, simCfg)
 			if err != nil {
 				return err
 			}
@@ -332,6 +348,7 @@ simulator says so once; it exits when ferryd has refused every device.`,
 	f.Float64Var(&faults.Interrupt, "interrupt-download", 0, "rate of jobs whose first download attempt is cut (resumed)")
 	f.DurationVar(&stepDelay, "step-delay", 0, "delay added to download, install, reboot and health check")
 	f.DurationVar(&interval, "status-every", 5*time.Second, "how often to print the fleet's progress")
+	f.DurationVar(&consentAfter, "consent-after", -1, "answer requests for consent: \"later\" for this long, then accept as simulated-user (0: accept at once; negative: devices have no consent hook)")
 	f.BoolVar(&keepBundles, "keep-bundles", false, "keep each installed bundle's bytes on disk (two slots per device), so devices apply signed patches (delta updates)")
 	return cmd
 }

@@ -22,7 +22,7 @@ func newDeviceCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "device", Short: "Query and steer devices"}
 	cmd.AddCommand(newDeviceListCmd(a), newDeviceGetCmd(a), newDeviceSetDesiredCmd(a))
 	cmd.AddCommand(newDeviceAddCmd(a), newDeviceRevokeCmd(a))
-	cmd.AddCommand(newDeviceEventsCmd(a))
+	cmd.AddCommand(newDeviceEventsCmd(a), newDeviceCopyConfigCmd(a))
 	return cmd
 }
 
@@ -247,6 +247,7 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 		config   map[string]string
 		expect   int64
 		selector string
+		consent  consentFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "set-desired [DEVICE_ID | --selector LABELS]",
@@ -272,6 +273,9 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 			}
 			if len(args) == 1 {
 				req.DeviceId = args[0]
+			}
+			if req.Document.Consent, err = consent.policy(); err != nil {
+				return err
 			}
 			switch {
 			case fromRepo != "" && bundle.TargetPath != "":
@@ -312,6 +316,7 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	f.StringToStringVar(&config, "config", nil, "configuration key=value (repeatable)")
 	f.Int64Var(&expect, "expect-version", -1, "apply only if the desired version is still this one")
 	f.StringVar(&selector, "selector", "", "every device with these labels: key=value,key2=value2")
+	consent.add(f)
 	cmd.RegisterFlagCompletionFunc("bundle", bundleCompletion(a))
 	return cmd
 }

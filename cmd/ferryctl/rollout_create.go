@@ -37,6 +37,7 @@ type createOpts struct {
 	window, windowTZ       string
 	windowDays             []string
 	continuous             bool
+	consent                consentFlags
 	watch                  bool
 	// changed reports whether a flag was given.
 	changed func(name string) bool
@@ -53,6 +54,10 @@ func (o *createOpts) request(now time.Time) (*fleetv1.CreateRolloutRequest, erro
 		return nil, errors.New("--bundle is required: the TUF target path of a published bundle")
 	}
 	req := &fleetv1.CreateRolloutRequest{Name: o.name, Continuous: o.continuous}
+	var err error
+	if req.Consent, err = o.consent.policy(); err != nil {
+		return nil, err
+	}
 
 	targets := 0
 	for _, given := range []bool{o.selector != "", o.group != "", len(o.devices) > 0} {
@@ -311,7 +316,12 @@ ended; --rollback-bundle is then given to the devices already moved.
 --start-at delays the start (RFC 3339, or +2h from now); --window limits
 when devices are given the job: a daily window HH:MM/DURATION, on
 --window-days (mon,tue or mon-fri; default every day) in --window-tz
-(default UTC).`,
+(default UTC).
+
+--require-consent makes each device ask for consent (its consent hook)
+before it installs and before it reboots (or only one: install or
+reboot); --consent-max-deferral bounds how long it may defer. Waiting for
+consent does not count against --device-timeout.`,
 		Example: `  ferryctl rollout create --bundle gateway/2.0.0/fw.bin --selector model=gw2 \
     --waves 5,25%,100% --soak 10m --abort failed:10%:20 --abort timed_out:20% \
     --rollback-bundle gateway/1.9.0/fw.bin --window 02:00/4h --window-days mon-fri \
@@ -383,6 +393,7 @@ when devices are given the job: a daily window HH:MM/DURATION, on
 	f.StringSliceVar(&o.windowDays, "window-days", nil, "days the window opens: mon,tue or mon-fri (default every day)")
 	f.StringVar(&o.windowTZ, "window-tz", "", "IANA time zone of the window, e.g. Europe/Berlin (default UTC)")
 	f.BoolVar(&o.continuous, "continuous", false, "keep running after the last wave: devices that match later get the bundle too")
+	o.consent.add(f)
 	f.BoolVar(&o.watch, "watch", false, "follow the rollout once created, as rollout watch does")
 
 	bundles := bundleCompletion(a)
