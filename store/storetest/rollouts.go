@@ -71,6 +71,7 @@ func rollout(id string) store.Rollout {
 			Abort:         []store.AbortRule{{Status: "FAILED", Percent: 5, MinExecutions: 20}},
 			Window: &store.Window{Start: "02:00", Duration: 3 * time.Hour,
 				Days: []time.Weekday{time.Monday, time.Saturday}, Location: "Europe/Paris"},
+			Consent: &store.ConsentPolicy{BeforeInstall: true, BeforeReboot: true, MaxDeferral: 72 * time.Hour},
 		},
 		State:     "PENDING",
 		CreatedBy: "operator:dev",
@@ -270,7 +271,8 @@ func testRolloutConcurrentUpdates(t *testing.T, s RolloutStore) {
 
 func execution(device, status string) store.Execution {
 	return store.Execution{DeviceID: device, Wave: 1, Status: status, JobID: "job-" + device,
-		DesiredVersion: 3, Attempts: 1, DispatchedAt: at.UTC(), Message: "m"}
+		DesiredVersion: 3, Attempts: 1, DispatchedAt: at.UTC(), Message: "m",
+		ConsentSince: at.UTC().Add(time.Minute), ConsentWaited: 90 * time.Second}
 }
 
 func mustListExecutions(t *testing.T, s RolloutStore, id string) []store.Execution {

@@ -69,6 +69,7 @@ func desired(version uint64, target string) store.Desired {
 		JobID:   fmt.Sprintf("job-%d", version),
 		Bundle:  store.Bundle{TargetPath: target, Length: 1024, SHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},
 		Config:  map[string]string{"log.level": "debug"},
+		Consent: &store.ConsentPolicy{BeforeReboot: true, MaxDeferral: time.Hour},
 		SetBy:   "operator:dev",
 		SetAt:   at,
 		// Each version its own span, as ferryd traces writes.
