@@ -116,7 +116,8 @@ func newRunCmd() *cobra.Command {
 		stateDir, hardware            string
 		installHook, healthHook       string
 		rebootHook, configHook, abDir string
-		consentHook, window           string
+		consentHook, consentSocket    string
+		window                        string
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -174,8 +175,13 @@ rolls back.`,
 			if configHook != "" {
 				cfg.ConfigApplier = agent.Exec{Command: strings.Fields(configHook)}
 			}
-			if consentHook != "" {
+			switch {
+			case consentHook != "" && consentSocket != "":
+				return errors.New("give --consent-hook or --consent-socket, not both")
+			case consentHook != "":
 				cfg.Consent = agent.ConsentHook{Command: strings.Fields(consentHook)}
+			case consentSocket != "":
+				cfg.Consent = agent.ConsentSocket{Path: consentSocket}
 			}
 			if window != "" {
 				if cfg.MaintenanceWindow, err = agent.ParseWindow(window); err != nil {
@@ -212,6 +218,7 @@ rolls back.`,
 	f.StringVar(&rebootHook, "reboot-hook", envOr("FERRY_REBOOT_HOOK", ""), "reboot command (default: restart the agent) [$FERRY_REBOOT_HOOK]")
 	f.StringVar(&configHook, "config-hook", envOr("FERRY_CONFIG_HOOK", ""), "command that applies configuration [$FERRY_CONFIG_HOOK]")
 	f.StringVar(&consentHook, "consent-hook", envOr("FERRY_CONSENT_HOOK", ""), "command asked for consent when a desired state requires it; prints accept|later [duration]|decline, then who [$FERRY_CONSENT_HOOK]")
+	f.StringVar(&consentSocket, "consent-socket", envOr("FERRY_CONSENT_SOCKET", ""), "Unix socket of an application on the device that answers requests for consent (see docs/agent.md) [$FERRY_CONSENT_SOCKET]")
 	f.StringVar(&window, "maintenance-window", envOr("FERRY_MAINTENANCE_WINDOW", ""), `install only inside this daily window, "HH:MM/DURATION[/DAYS][@ZONE]", e.g. "02:00/3h/mon-fri@Europe/Berlin" [$FERRY_MAINTENANCE_WINDOW]`)
 	return cmd
 }
