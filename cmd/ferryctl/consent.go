@@ -50,3 +50,19 @@ func (c *consentFlags) policy() (*devicev1.ConsentPolicy, error) {
 	}
 	return p, nil
 }
+
+// fmtConsent describes a consent policy: "before install and reboot, deferred at most 72h0m0s".
+func fmtConsent(p *devicev1.ConsentPolicy) string {
+	var what []string
+	if p.GetBeforeInstall() {
+		what = append(what, "install")
+	}
+	if p.GetBeforeReboot() {
+		what = append(what, "reboot")
+	}
+	out := "asked before " + strings.Join(what, " and ")
+	if d := p.GetMaxDeferral(); d != nil {
+		out += fmt.Sprintf(", deferred at most %v", d.AsDuration())
+	}
+	return out
+}

@@ -156,6 +156,9 @@ func deviceDetails(w io.Writer, d *fleetv1.Device) error {
 	if c := des.GetDocument().GetConfig(); len(c) > 0 {
 		line("desired config", "%s", fmtMap(c))
 	}
+	if c := des.GetDocument().GetConsent(); c != nil {
+		line("consent", "%s", fmtConsent(c))
+	}
 	if des.GetSetBy() != "" {
 		line("set by", "%s at %s", des.GetSetBy(), des.GetSetTime().AsTime().Local().Format("2006-01-02 15:04:05"))
 	}

@@ -181,6 +181,9 @@ func showRollout(w io.Writer, r *fleetv1.Rollout) error {
 		line("start", "at creation")
 	}
 	line("window", "%s", fmtWindow(r.GetMaintenanceWindow()))
+	if c := r.GetConsent(); c != nil {
+		line("consent", "%s", fmtConsent(c))
+	}
 	created := fmtTime(r.GetCreateTime())
 	if by := r.GetCreatedBy(); by != "" {
 		created += " by " + by
