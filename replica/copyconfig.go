@@ -15,22 +15,18 @@ import (
 const EventConfigCopied = "config_copied"
 
 // CopyConfig gives the configuration device from reports (all of it, or
-// only keys) to every device with the labels, as their desired
+// only keys) to every device q matches, as their desired
 // configuration: each keeps its desired bundle and forced flag, and gets
 // a new desired version and job. With keys, the keys are set on top of the
 // device's current desired configuration; without, the source's whole
 // configuration replaces it. The source device is left out. It returns the
 // configuration given and how many devices got it. Nothing is written when
 // the source, the keys or the selector are wrong.
-func (s *Service) CopyConfig(ctx context.Context, from string, labels map[string]string, keys []string, setBy string) (map[string]string, int, error) {
+// The caller parses the selector into q (ParseSelector) and refuses an
+// empty one, as for SetDesiredMatching.
+func (s *Service) CopyConfig(ctx context.Context, from string, q store.Query, keys []string, setBy string) (map[string]string, int, error) {
 	if err := validateDeviceID(from); err != nil {
 		return nil, 0, invalid("from_device_id", "must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-	}
-	if len(labels) == 0 {
-		return nil, 0, invalid("selector", "is required (an empty selector would match the whole fleet)")
-	}
-	if err := validateConfig("selector", labels); err != nil {
-		return nil, 0, err
 	}
 	src, err := s.devices.GetDevice(ctx, from)
 	if err != nil {
@@ -52,7 +48,7 @@ func (s *Service) CopyConfig(ctx context.Context, from string, labels map[string
 	}
 	updated, after := 0, ""
 	for {
-		page, err := s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: 500, Query: store.Query{Labels: labels}})
+		page, err := s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: 500, Query: q})
 		if err != nil {
 			return cfg, updated, err
 		}

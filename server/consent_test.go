@@ -104,8 +104,10 @@ func TestCopyConfigRoles(t *testing.T) {
 	if connect.CodeOf(err) != connect.CodePermissionDenied {
 		t.Errorf("viewer's CopyConfig: %v, want permission_denied", err)
 	}
-	_, err = f.Fleet(t).CopyConfig(context.Background(), connect.NewRequest(&fleetv1.CopyConfigRequest{FromDeviceId: "dev-1"}))
-	if connect.CodeOf(err) != connect.CodeInvalidArgument {
-		t.Errorf("CopyConfig without a selector: %v, want invalid_argument", err)
+	for _, sel := range []string{"", "  "} {
+		_, err = f.Fleet(t).CopyConfig(context.Background(), connect.NewRequest(&fleetv1.CopyConfigRequest{FromDeviceId: "dev-1", Selector: sel}))
+		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "selector: is required") {
+			t.Errorf("CopyConfig with selector %q: %v, want invalid_argument", sel, err)
+		}
 	}
 }
