@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferryhq/ferry/agent"
 	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
+	"github.com/ferryhq/ferry/tuf/tuftest"
 )
 
 // The RAUC and SWUpdate tests run Debian's rauc and swupdate on this
@@ -366,6 +367,165 @@ func TestRAUC(t *testing.T) {
 				t.Errorf("slot B's boot status is %q, want %q; the boot loader saw:\n%s", got, stateB, log)
 			}
 			t.Logf("boot loader calls:\n%s", log)
+		})
+	}
+}
+
+// swuRig is an SWUpdate system in a directory: two raw slots (a.img,
+// b.img) and a U-Boot environment in the file uboot.env, which SWUpdate's
+// U-Boot interface (libubootenv) and fw_printenv/fw_setenv read through
+// fw_env.config. SWUpdate reads /etc/fw_env.config; it runs in a mount
+// namespace of its own where an overlay on /etc holds the test's copy, so
+// the machine's /etc is not touched.
+type swuRig struct {
+	dir    string
+	signer signer
+	// failBoot makes the boot loader fall back from slot B to A.
+	failBoot bool
+}
+
+func newSWURig(t *testing.T) *swuRig {
+	t.Helper()
+	dir := t.TempDir()
+	r := &swuRig{dir: dir, signer: newSigner(t, dir)}
+	for _, d := range []string{"upper", "work", "state"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, img := range []string{"a.img", "b.img"} {
+		writeFile(t, filepath.Join(dir, img), make([]byte, 256<<10), 0o644)
+	}
+	writeFile(t, r.file("uboot.env"), make([]byte, 16<<10), 0o644)
+	writeFile(t, r.file("fw_env.config"), []byte(r.file("uboot.env")+" 0x0 0x4000 0x4000\n"), 0o644)
+	writeFile(t, r.file("initial.env"), []byte("boot_slot=A\n"), 0o644)
+	run(t, dir, nil, "fw_setenv", "-c", r.file("fw_env.config"), "-f", r.file("initial.env"))
+	return r
+}
+
+func (r *swuRig) file(name string) string { return filepath.Join(r.dir, name) }
+
+func (r *swuRig) installer() *agent.SWUpdate {
+	cfg := r.file("fw_env.config")
+	return &agent.SWUpdate{
+		Command: []string{"unshare", "--mount", "sh", "-c",
+			`mount -t overlay overlay -o "lowerdir=/etc,upperdir=$0/upper,workdir=$0/work" /etc && cp "$0/fw_env.config" /etc/fw_env.config && exec swupdate "$@"`,
+			r.dir},
+		Args:     []string{"-B", "uboot", "-k", r.signer.caPEM, "-H", "ferry-test-board:1.0"},
+		SlotVar:  "boot_slot",
+		Select:   map[string]string{"A": "stable,copy2", "B": "stable,copy1"},
+		PrintEnv: []string{"fw_printenv", "-c", cfg},
+		SetEnv:   []string{"fw_setenv", "-c", cfg},
+		StateDir: r.file("state"),
+	}
+}
+
+func (r *swuRig) env(t *testing.T, name string) string {
+	t.Helper()
+	v, err := r.installer().EnvVar(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// boot is U-Boot's boot with a boot counter: an update being tried
+// (upgrade_available=1) counts its boots, and one that does not come up
+// (failBoot, slot B) runs altbootcmd, which switches back to slot A and
+// ends the try.
+func (r *swuRig) boot() error {
+	inst := r.installer()
+	ctx := context.Background()
+	upgrade, err := inst.EnvVar(ctx, "upgrade_available")
+	if err != nil {
+		return err
+	}
+	slot, err := inst.EnvVar(ctx, "boot_slot")
+	if err != nil {
+		return err
+	}
+	if upgrade != "1" {
+		return nil
+	}
+	if r.failBoot && slot == "B" {
+		return inst.SetEnvVars(ctx, [][2]string{{"bootcount", "4"}, {"boot_slot", "A"}, {"upgrade_available", "0"}})
+	}
+	return inst.SetEnvVars(ctx, [][2]string{{"bootcount", "1"}})
+}
+
+// swu builds a signed .swu (a cpio newc archive: sw-description, its CMS
+// signature, the image) whose image is payload, with one selection per
+// slot.
+func (r *swuRig) swu(t *testing.T, version string, payload []byte) []byte {
+	t.Helper()
+	content := t.TempDir()
+	writeFile(t, filepath.Join(content, "rootfs.img"), payload, 0o644)
+	sha := sha256Hex(payload)
+	copyOf := func(slot, img string) string {
+		return `{
+      images: ( { filename = "rootfs.img"; device = "` + r.file(img) + `"; type = "raw"; sha256 = "` + sha + `"; } );
+      bootenv: ( { name = "boot_slot"; value = "` + slot + `"; }, { name = "upgrade_available"; value = "1"; } );
+    };`
+	}
+	writeFile(t, filepath.Join(content, "sw-description"), []byte(`software = {
+  version = "`+version+`";
+  hardware-compatibility: [ "1.0" ];
+  stable = {
+    copy1 = `+copyOf("A", "a.img")+`
+    copy2 = `+copyOf("B", "b.img")+`
+  };
+};
+`), 0o644)
+	run(t, content, nil, "openssl", "cms", "-sign", "-in", "sw-description", "-out", "sw-description.sig",
+		"-signer", r.signer.certPEM, "-inkey", r.signer.keyPEM, "-outform", "DER", "-nosmimecap", "-binary")
+	cmd := exec.Command("cpio", "-o", "-H", "newc", "--quiet")
+	cmd.Dir, cmd.Stdin = content, strings.NewReader("sw-description\nsw-description.sig\nrootfs.img\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("cpio: %v", err)
+	}
+	return out
+}
+
+func sha256Hex(b []byte) string { return tuftest.SHA256(b) }
+
+func TestSWUpdate(t *testing.T) {
+	w := newWorld(t)
+	for i, sc := range bootScenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			r := newSWURig(t)
+			payload := []byte("rootfs 2.0.0 of " + sc.name)
+			b := w.addData(t, "swupdate/"+strings.ReplaceAll(sc.name, " ", "-")+".swu", r.swu(t, "2.0.0", payload))
+			d := w.newDevice(t, "swupdate-"+string(rune('a'+i)))
+			d.unhealthy = sc.unhealthy
+			d.rebooter = rebootFunc(func() error {
+				r.failBoot = sc.failBoot
+				return r.boot()
+			})
+			w.background(t, d, func(c *agent.Config) { c.Installer = r.installer() })
+			dev := w.waitSettled(t, d, w.setDesired(t, d, b, nil))
+			job := dev.GetJob()
+			if job.GetStatus() != sc.status || job.GetErrorCode() != sc.code {
+				t.Fatalf("job ended %v %q (%s), want %v %q", job.GetStatus(), job.GetErrorCode(), job.GetMessage(), sc.status, sc.code)
+			}
+			wantState := agent.SWUStateOK
+			if sc.status != devicev1.JobStatus_JOB_STATUS_SUCCEEDED {
+				wantState = agent.SWUStateFailed
+			}
+			got := map[string]string{}
+			for _, v := range []string{"boot_slot", "ustate", "upgrade_available"} {
+				got[v] = r.env(t, v)
+			}
+			want := map[string]string{"boot_slot": sc.booted, "ustate": wantState, "upgrade_available": "0"}
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("boot loader environment %s=%q, want %q (all: %v)", k, got[k], v, got)
+				}
+			}
+			// SWUpdate wrote the image into slot B in every case.
+			if img, _ := os.ReadFile(r.file("b.img")); !bytes.HasPrefix(img, payload) {
+				t.Fatalf("slot B does not hold the image: %q", img[:min(len(img), 40)])
+			}
 		})
 	}
 }
