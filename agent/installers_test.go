@@ -112,15 +112,18 @@ type bootScenario struct {
 	// failBoot makes the boot loader fall back to A after the reboot
 	// into the new slot; unhealthy fails the agent's health check.
 	failBoot, unhealthy bool
-	status              devicev1.JobStatus
-	code                string
-	booted              string // the slot booted in the end
+	// foreign signs the bundle with a CA the device does not trust.
+	foreign bool
+	status  devicev1.JobStatus
+	code    string
+	booted  string // the slot booted in the end
 }
 
 var bootScenarios = []bootScenario{
 	{name: "good", status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED, booted: "B"},
 	{name: "boot fails", failBoot: true, status: devicev1.JobStatus_JOB_STATUS_ROLLED_BACK, code: agent.CodeNotBooted, booted: "A"},
 	{name: "health fails", unhealthy: true, status: devicev1.JobStatus_JOB_STATUS_ROLLED_BACK, code: agent.CodeHealthFailed, booted: "A"},
+	{name: "signed by another CA", foreign: true, status: devicev1.JobStatus_JOB_STATUS_FAILED, code: agent.CodeInstallFailed, booted: "A"},
 }
 
 // rebootFunc is a Rebooter that runs a simulated boot and restarts the
@@ -303,7 +306,7 @@ func (r *raucRig) installer() *agent.RAUC {
 }
 
 // bundle builds a signed RAUC bundle whose rootfs image is payload.
-func (r *raucRig) bundle(t *testing.T, version string, payload []byte) []byte {
+func (r *raucRig) bundle(t *testing.T, s signer, version string, payload []byte) []byte {
 	t.Helper()
 	content := t.TempDir()
 	writeFile(t, filepath.Join(content, "rootfs.img"), payload, 0o644)
@@ -318,7 +321,7 @@ format=plain
 filename=rootfs.img
 `), 0o644)
 	out := filepath.Join(t.TempDir(), "update.raucb")
-	run(t, "", nil, "rauc", "bundle", "--cert="+r.signer.certPEM, "--key="+r.signer.keyPEM, content, out)
+	run(t, "", nil, "rauc", "bundle", "--cert="+s.certPEM, "--key="+s.keyPEM, content, out)
 	data, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -332,7 +335,11 @@ func TestRAUC(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			r := newRAUCRig(t)
 			payload := []byte("rootfs 2.0.0 of " + sc.name)
-			data := r.bundle(t, "2.0.0", payload)
+			signWith := r.signer
+			if sc.foreign {
+				signWith = newSigner(t, t.TempDir())
+			}
+			data := r.bundle(t, signWith, "2.0.0", payload)
 			b := w.addData(t, "rauc/"+strings.ReplaceAll(sc.name, " ", "-")+".raucb", data)
 			d := w.newDevice(t, "rauc-"+string(rune('a'+i)))
 			d.unhealthy = sc.unhealthy
@@ -354,13 +361,14 @@ func TestRAUC(t *testing.T) {
 			if st.Booted != sc.booted || primary != sc.booted {
 				t.Fatalf("RAUC boots %s with primary %s, want %s", st.Booted, primary, sc.booted)
 			}
-			// RAUC wrote the bundle's image into slot B in every case.
-			if img, _ := os.ReadFile(r.file("b.img")); !bytes.HasPrefix(img, payload) {
-				t.Fatalf("slot B does not hold the bundle's image: %q", img[:min(len(img), 40)])
+			// RAUC wrote the bundle's image into slot B, unless it refused
+			// the bundle's signature.
+			if img, _ := os.ReadFile(r.file("b.img")); bytes.HasPrefix(img, payload) == sc.foreign {
+				t.Fatalf("slot B holds %q", img[:min(len(img), 40)])
 			}
 			log := readTrim(t, r.file("bootloader/log"))
-			stateB := "good"
-			if sc.status != devicev1.JobStatus_JOB_STATUS_SUCCEEDED {
+			stateB := map[devicev1.JobStatus]string{devicev1.JobStatus_JOB_STATUS_SUCCEEDED: "good", devicev1.JobStatus_JOB_STATUS_FAILED: "good"}[sc.status]
+			if stateB == "" {
 				stateB = "bad"
 			}
 			if got := st.Slots["rootfs.1"].BootStatus; got != stateB {
@@ -376,7 +384,10 @@ func TestRAUC(t *testing.T) {
 // U-Boot interface (libubootenv) and fw_printenv/fw_setenv read through
 // fw_env.config. SWUpdate reads /etc/fw_env.config; it runs in a mount
 // namespace of its own where an overlay on /etc holds the test's copy, so
-// the machine's /etc is not touched.
+// the machine's /etc is not touched; and in a network namespace of its
+// own, with its own TMPDIR, because its control sockets (an abstract Unix
+// socket and two in TMPDIR) have fixed names that another swupdate on the
+// machine would share.
 type swuRig struct {
 	dir    string
 	signer signer
@@ -388,7 +399,7 @@ func newSWURig(t *testing.T) *swuRig {
 	t.Helper()
 	dir := t.TempDir()
 	r := &swuRig{dir: dir, signer: newSigner(t, dir)}
-	for _, d := range []string{"upper", "work", "state"} {
+	for _, d := range []string{"upper", "work", "state", "tmp"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -408,7 +419,7 @@ func (r *swuRig) file(name string) string { return filepath.Join(r.dir, name) }
 func (r *swuRig) installer() *agent.SWUpdate {
 	cfg := r.file("fw_env.config")
 	return &agent.SWUpdate{
-		Command: []string{"unshare", "--mount", "sh", "-c",
+		Command: []string{"unshare", "--mount", "--net", "sh", "-c",
 			`mount -t overlay overlay -o "lowerdir=/etc,upperdir=$0/upper,workdir=$0/work" /etc && cp "$0/fw_env.config" /etc/fw_env.config && exec swupdate "$@"`,
 			r.dir},
 		Args:     []string{"-B", "uboot", "-k", r.signer.caPEM, "-H", "ferry-test-board:1.0"},
@@ -417,6 +428,7 @@ func (r *swuRig) installer() *agent.SWUpdate {
 		PrintEnv: []string{"fw_printenv", "-c", cfg},
 		SetEnv:   []string{"fw_setenv", "-c", cfg},
 		StateDir: r.file("state"),
+		Env:      []string{"TMPDIR=" + r.file("tmp")},
 	}
 }
 
@@ -456,7 +468,7 @@ func (r *swuRig) boot() error {
 // swu builds a signed .swu (a cpio newc archive: sw-description, its CMS
 // signature, the image) whose image is payload, with one selection per
 // slot.
-func (r *swuRig) swu(t *testing.T, version string, payload []byte) []byte {
+func (r *swuRig) swu(t *testing.T, s signer, version string, payload []byte) []byte {
 	t.Helper()
 	content := t.TempDir()
 	writeFile(t, filepath.Join(content, "rootfs.img"), payload, 0o644)
@@ -477,7 +489,7 @@ func (r *swuRig) swu(t *testing.T, version string, payload []byte) []byte {
 };
 `), 0o644)
 	run(t, content, nil, "openssl", "cms", "-sign", "-in", "sw-description", "-out", "sw-description.sig",
-		"-signer", r.signer.certPEM, "-inkey", r.signer.keyPEM, "-outform", "DER", "-nosmimecap", "-binary")
+		"-signer", s.certPEM, "-inkey", s.keyPEM, "-outform", "DER", "-nosmimecap", "-binary")
 	cmd := exec.Command("cpio", "-o", "-H", "newc", "--quiet")
 	cmd.Dir, cmd.Stdin = content, strings.NewReader("sw-description\nsw-description.sig\nrootfs.img\n")
 	out, err := cmd.Output()
@@ -495,7 +507,11 @@ func TestSWUpdate(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			r := newSWURig(t)
 			payload := []byte("rootfs 2.0.0 of " + sc.name)
-			b := w.addData(t, "swupdate/"+strings.ReplaceAll(sc.name, " ", "-")+".swu", r.swu(t, "2.0.0", payload))
+			signWith := r.signer
+			if sc.foreign {
+				signWith = newSigner(t, t.TempDir())
+			}
+			b := w.addData(t, "swupdate/"+strings.ReplaceAll(sc.name, " ", "-")+".swu", r.swu(t, signWith, "2.0.0", payload))
 			d := w.newDevice(t, "swupdate-"+string(rune('a'+i)))
 			d.unhealthy = sc.unhealthy
 			d.rebooter = rebootFunc(func() error {
@@ -508,23 +524,25 @@ func TestSWUpdate(t *testing.T) {
 			if job.GetStatus() != sc.status || job.GetErrorCode() != sc.code {
 				t.Fatalf("job ended %v %q (%s), want %v %q", job.GetStatus(), job.GetErrorCode(), job.GetMessage(), sc.status, sc.code)
 			}
-			wantState := agent.SWUStateOK
-			if sc.status != devicev1.JobStatus_JOB_STATUS_SUCCEEDED {
-				wantState = agent.SWUStateFailed
-			}
+			wantState := map[devicev1.JobStatus]string{devicev1.JobStatus_JOB_STATUS_SUCCEEDED: agent.SWUStateOK,
+				devicev1.JobStatus_JOB_STATUS_ROLLED_BACK: agent.SWUStateFailed, devicev1.JobStatus_JOB_STATUS_FAILED: agent.SWUStateOK}[sc.status]
 			got := map[string]string{}
 			for _, v := range []string{"boot_slot", "ustate", "upgrade_available"} {
 				got[v] = r.env(t, v)
 			}
 			want := map[string]string{"boot_slot": sc.booted, "ustate": wantState, "upgrade_available": "0"}
+			if sc.foreign {
+				want["upgrade_available"] = "" // never set: nothing was installed
+			}
 			for k, v := range want {
 				if got[k] != v {
 					t.Errorf("boot loader environment %s=%q, want %q (all: %v)", k, got[k], v, got)
 				}
 			}
-			// SWUpdate wrote the image into slot B in every case.
-			if img, _ := os.ReadFile(r.file("b.img")); !bytes.HasPrefix(img, payload) {
-				t.Fatalf("slot B does not hold the image: %q", img[:min(len(img), 40)])
+			// SWUpdate wrote the image into slot B, unless it refused the
+			// signature of sw-description.
+			if img, _ := os.ReadFile(r.file("b.img")); bytes.HasPrefix(img, payload) == sc.foreign {
+				t.Fatalf("slot B holds %q", img[:min(len(img), 40)])
 			}
 		})
 	}
