@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -94,10 +93,10 @@ func (s *SWUpdate) SetEnvVars(ctx context.Context, vars [][2]string) error {
 	if err := makeDir(s.StateDir, 0o700); err != nil {
 		return err
 	}
-	if err := os.WriteFile(script, []byte(b.String()), 0o600); err != nil {
+	if err := writeFileAtomic(script, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("boot loader environment: %w", err)
 	}
-	defer os.Remove(script)
+	defer removeFile(script)
 	_, err := runTool(ctx, "boot loader environment", cmd, s.Env, "-s", script)
 	return err
 }
