@@ -399,7 +399,7 @@ func newSWURig(t *testing.T) *swuRig {
 	t.Helper()
 	dir := t.TempDir()
 	r := &swuRig{dir: dir, signer: newSigner(t, dir)}
-	for _, d := range []string{"upper", "work", "state", "tmp"} {
+	for _, d := range []string{"overlay", "state", "tmp"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -420,7 +420,11 @@ func (r *swuRig) installer() *agent.SWUpdate {
 	cfg := r.file("fw_env.config")
 	return &agent.SWUpdate{
 		Command: []string{"unshare", "--mount", "--net", "sh", "-c",
-			`mount -t overlay overlay -o "lowerdir=/etc,upperdir=$0/upper,workdir=$0/work" /etc && cp "$0/fw_env.config" /etc/fw_env.config && exec swupdate "$@"`,
+			// The overlay's upper layer on a tmpfs of the namespace: any
+			// file system under the test's directory will do.
+			`mount -t tmpfs ferry-test "$0/overlay" && mkdir "$0/overlay/upper" "$0/overlay/work" && ` +
+				`mount -t overlay overlay -o "lowerdir=/etc,upperdir=$0/overlay/upper,workdir=$0/overlay/work" /etc && ` +
+				`cp "$0/fw_env.config" /etc/fw_env.config && exec swupdate "$@"`,
 			r.dir},
 		Args:     []string{"-B", "uboot", "-k", r.signer.caPEM, "-H", "ferry-test-board:1.0"},
 		SlotVar:  "boot_slot",
