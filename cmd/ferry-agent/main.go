@@ -118,6 +118,7 @@ func newRunCmd() *cobra.Command {
 		rebootHook, configHook, abDir string
 		consentHook, consentSocket    string
 		window                        string
+		inst                          installerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -130,23 +131,21 @@ development devices, ferry-data/pki/devices/dev-1.pem and dev-1.key) gives
 them with --cert and --key instead: it does not enroll, and renewed
 certificates are written back to those files.
 
-Installing uses --install-hook (a command called with the action as its last
-argument and FERRY_* environment variables, see docs/agent.md) or the
-built-in A/B installer in --ab-dir. After an install the agent runs
+Installing uses --installer: exec (--install-hook, a command called with
+the action as its last argument and FERRY_* environment variables), ab (the
+built-in A/B installer in --ab-dir), rauc ("rauc install", confirmed with
+"rauc status mark-good") or swupdate ("swupdate -i", confirmed in the boot
+loader's environment); see docs/agent.md. Without --installer, --install-hook
+means exec and --ab-dir means ab. After an install the agent runs
 --reboot-hook (or restarts itself), then --health-hook, and confirms or
 rolls back.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			log := srv.logger()
-			var installer agent.Installer
-			switch {
-			case installHook != "":
-				installer = agent.Exec{Command: strings.Fields(installHook)}
-			case abDir != "":
-				installer = &agent.AB{Dir: abDir}
-			default:
-				return errors.New("give --install-hook (your installer) or --ab-dir (the built-in A/B installer's directory)")
+			installer, err := inst.installer(installHook, abDir, stateDir)
+			if err != nil {
+				return err
 			}
 			link, root, err := srv.link(false)
 			if err != nil {
@@ -214,6 +213,7 @@ rolls back.`,
 	f.StringVar(&hardware, "hardware", envOr("FERRY_HARDWARE", ""), "this device's hardware model [$FERRY_HARDWARE]")
 	f.StringVar(&installHook, "install-hook", envOr("FERRY_INSTALL_HOOK", ""), "install/commit/rollback command [$FERRY_INSTALL_HOOK]")
 	f.StringVar(&abDir, "ab-dir", envOr("FERRY_AB_DIR", ""), "directory of the built-in A/B installer's slots [$FERRY_AB_DIR]")
+	inst.flags(cmd)
 	f.StringVar(&healthHook, "health-hook", envOr("FERRY_HEALTH_HOOK", ""), "health check command after the reboot [$FERRY_HEALTH_HOOK]")
 	f.StringVar(&rebootHook, "reboot-hook", envOr("FERRY_REBOOT_HOOK", ""), "reboot command (default: restart the agent) [$FERRY_REBOOT_HOOK]")
 	f.StringVar(&configHook, "config-hook", envOr("FERRY_CONFIG_HOOK", ""), "command that applies configuration [$FERRY_CONFIG_HOOK]")
