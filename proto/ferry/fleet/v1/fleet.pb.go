@@ -1327,8 +1327,21 @@ type GetAttestationResponse struct {
 	Envelope []byte `protobuf:"bytes,1,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	// The device certificate chain, DER, leaf first.
 	CertificateChain [][]byte `protobuf:"bytes,2,rep,name=certificate_chain,json=certificateChain,proto3" json:"certificate_chain,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// ferryd verified the envelope against its device CA when asked: the
+	// DSSE signature by the leaf's key, the chain to the device CA at the
+	// time the statement gives, the leaf's device identity, and that the
+	// statement names this device and job.
+	Verified bool `protobuf:"varint,3,opt,name=verified,proto3" json:"verified,omitempty"`
+	// Why the envelope did not verify; empty when verified.
+	VerificationError string `protobuf:"bytes,4,opt,name=verification_error,json=verificationError,proto3" json:"verification_error,omitempty"`
+	// The in-toto statement the envelope carries, JSON, as decoded from the
+	// payload (present even when verification failed, if the payload
+	// decodes; it is then not to be trusted).
+	StatementJson string `protobuf:"bytes,5,opt,name=statement_json,json=statementJson,proto3" json:"statement_json,omitempty"`
+	// The certificates of certificate_chain, decoded, leaf first.
+	Certificates  []*CertificateSummary `protobuf:"bytes,6,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetAttestationResponse) Reset() {
@@ -1375,6 +1388,130 @@ func (x *GetAttestationResponse) GetCertificateChain() [][]byte {
 	return nil
 }
 
+func (x *GetAttestationResponse) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *GetAttestationResponse) GetVerificationError() string {
+	if x != nil {
+		return x.VerificationError
+	}
+	return ""
+}
+
+func (x *GetAttestationResponse) GetStatementJson() string {
+	if x != nil {
+		return x.StatementJson
+	}
+	return ""
+}
+
+func (x *GetAttestationResponse) GetCertificates() []*CertificateSummary {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+// CertificateSummary is what a person reads of an X.509 certificate.
+type CertificateSummary struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	Issuer  string                 `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Hexadecimal.
+	SerialNumber string                 `protobuf:"bytes,3,opt,name=serial_number,json=serialNumber,proto3" json:"serial_number,omitempty"`
+	NotBefore    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// URI subject alternative names (the device's SPIFFE ID).
+	Uris []string `protobuf:"bytes,6,rep,name=uris,proto3" json:"uris,omitempty"`
+	// SHA-256 of the DER certificate, hexadecimal.
+	Sha256Fingerprint string `protobuf:"bytes,7,opt,name=sha256_fingerprint,json=sha256Fingerprint,proto3" json:"sha256_fingerprint,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CertificateSummary) Reset() {
+	*x = CertificateSummary{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateSummary) ProtoMessage() {}
+
+func (x *CertificateSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateSummary.ProtoReflect.Descriptor instead.
+func (*CertificateSummary) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CertificateSummary) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *CertificateSummary) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *CertificateSummary) GetSerialNumber() string {
+	if x != nil {
+		return x.SerialNumber
+	}
+	return ""
+}
+
+func (x *CertificateSummary) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *CertificateSummary) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *CertificateSummary) GetUris() []string {
+	if x != nil {
+		return x.Uris
+	}
+	return nil
+}
+
+func (x *CertificateSummary) GetSha256Fingerprint() string {
+	if x != nil {
+		return x.Sha256Fingerprint
+	}
+	return ""
+}
+
 type AddDeviceRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
@@ -1389,7 +1526,7 @@ type AddDeviceRequest struct {
 
 func (x *AddDeviceRequest) Reset() {
 	*x = AddDeviceRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1538,7 @@ func (x *AddDeviceRequest) String() string {
 func (*AddDeviceRequest) ProtoMessage() {}
 
 func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1551,7 @@ func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceRequest.ProtoReflect.Descriptor instead.
 func (*AddDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AddDeviceRequest) GetDeviceId() string {
@@ -1449,7 +1586,7 @@ type AddDeviceResponse struct {
 
 func (x *AddDeviceResponse) Reset() {
 	*x = AddDeviceResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1598,7 @@ func (x *AddDeviceResponse) String() string {
 func (*AddDeviceResponse) ProtoMessage() {}
 
 func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1611,7 @@ func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceResponse.ProtoReflect.Descriptor instead.
 func (*AddDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AddDeviceResponse) GetDevice() *Device {
@@ -1508,7 +1645,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1657,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1670,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -1558,7 +1695,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1707,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1720,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 // Rollout is a campaign: what was asked, and where it stands.
@@ -1637,7 +1774,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1786,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1799,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Rollout) GetId() string {
@@ -1848,7 +1985,7 @@ type RolloutStrategy struct {
 
 func (x *RolloutStrategy) Reset() {
 	*x = RolloutStrategy{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1997,7 @@ func (x *RolloutStrategy) String() string {
 func (*RolloutStrategy) ProtoMessage() {}
 
 func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +2010,7 @@ func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStrategy.ProtoReflect.Descriptor instead.
 func (*RolloutStrategy) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RolloutStrategy) GetWaves() []*Wave {
@@ -1932,7 +2069,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1944,7 +2081,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1957,7 +2094,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Wave) GetSize() isWave_Size {
@@ -2016,7 +2153,7 @@ type ExponentialRate struct {
 
 func (x *ExponentialRate) Reset() {
 	*x = ExponentialRate{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2165,7 @@ func (x *ExponentialRate) String() string {
 func (*ExponentialRate) ProtoMessage() {}
 
 func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2178,7 @@ func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExponentialRate.ProtoReflect.Descriptor instead.
 func (*ExponentialRate) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExponentialRate) GetBasePerMinute() float64 {
@@ -2079,7 +2216,7 @@ type AbortRule struct {
 
 func (x *AbortRule) Reset() {
 	*x = AbortRule{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2228,7 @@ func (x *AbortRule) String() string {
 func (*AbortRule) ProtoMessage() {}
 
 func (x *AbortRule) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2241,7 @@ func (x *AbortRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRule.ProtoReflect.Descriptor instead.
 func (*AbortRule) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AbortRule) GetStatus() v1.JobStatus {
@@ -2145,7 +2282,7 @@ type MaintenanceWindow struct {
 
 func (x *MaintenanceWindow) Reset() {
 	*x = MaintenanceWindow{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2294,7 @@ func (x *MaintenanceWindow) String() string {
 func (*MaintenanceWindow) ProtoMessage() {}
 
 func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2307,7 @@ func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaintenanceWindow.ProtoReflect.Descriptor instead.
 func (*MaintenanceWindow) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MaintenanceWindow) GetStart() string {
@@ -2222,7 +2359,7 @@ type WaveProgress struct {
 
 func (x *WaveProgress) Reset() {
 	*x = WaveProgress{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2371,7 @@ func (x *WaveProgress) String() string {
 func (*WaveProgress) ProtoMessage() {}
 
 func (x *WaveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2384,7 @@ func (x *WaveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaveProgress.ProtoReflect.Descriptor instead.
 func (*WaveProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WaveProgress) GetIndex() uint32 {
@@ -2321,7 +2458,7 @@ type CreateRolloutRequest struct {
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2333,7 +2470,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2346,7 +2483,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreateRolloutRequest) GetBundle() *v1.Bundle {
@@ -2435,7 +2572,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2447,7 +2584,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2460,7 +2597,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -2479,7 +2616,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +2628,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +2641,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetRolloutRequest) GetRolloutId() string {
@@ -2523,7 +2660,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2672,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2685,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2569,7 +2706,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2581,7 +2718,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2594,7 +2731,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListRolloutsRequest) GetPageSize() uint32 {
@@ -2621,7 +2758,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2770,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2646,7 +2783,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2672,7 +2809,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2821,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2834,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PauseRolloutRequest) GetRolloutId() string {
@@ -2716,7 +2853,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2865,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2878,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -2760,7 +2897,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +2909,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +2922,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ResumeRolloutRequest) GetRolloutId() string {
@@ -2804,7 +2941,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +2953,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +2966,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -2850,7 +2987,7 @@ type CancelRolloutRequest struct {
 
 func (x *CancelRolloutRequest) Reset() {
 	*x = CancelRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +2999,7 @@ func (x *CancelRolloutRequest) String() string {
 func (*CancelRolloutRequest) ProtoMessage() {}
 
 func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3012,7 @@ func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CancelRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CancelRolloutRequest) GetRolloutId() string {
@@ -2901,7 +3038,7 @@ type CancelRolloutResponse struct {
 
 func (x *CancelRolloutResponse) Reset() {
 	*x = CancelRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3050,7 @@ func (x *CancelRolloutResponse) String() string {
 func (*CancelRolloutResponse) ProtoMessage() {}
 
 func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2926,7 +3063,7 @@ func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CancelRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CancelRolloutResponse) GetRollout() *Rollout {
@@ -2945,7 +3082,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3094,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3107,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WatchRolloutRequest) GetRolloutId() string {
@@ -2989,7 +3126,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3001,7 +3138,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3014,7 +3151,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -3039,7 +3176,7 @@ type ListRolloutExecutionsRequest struct {
 
 func (x *ListRolloutExecutionsRequest) Reset() {
 	*x = ListRolloutExecutionsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3188,7 @@ func (x *ListRolloutExecutionsRequest) String() string {
 func (*ListRolloutExecutionsRequest) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3201,7 @@ func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListRolloutExecutionsRequest) GetRolloutId() string {
@@ -3105,7 +3242,7 @@ type ListRolloutExecutionsResponse struct {
 
 func (x *ListRolloutExecutionsResponse) Reset() {
 	*x = ListRolloutExecutionsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3117,7 +3254,7 @@ func (x *ListRolloutExecutionsResponse) String() string {
 func (*ListRolloutExecutionsResponse) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3130,7 +3267,7 @@ func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListRolloutExecutionsResponse) GetExecutions() []*RolloutExecution {
@@ -3172,7 +3309,7 @@ type RolloutExecution struct {
 
 func (x *RolloutExecution) Reset() {
 	*x = RolloutExecution{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3321,7 @@ func (x *RolloutExecution) String() string {
 func (*RolloutExecution) ProtoMessage() {}
 
 func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3334,7 @@ func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutExecution.ProtoReflect.Descriptor instead.
 func (*RolloutExecution) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RolloutExecution) GetDeviceId() string {
@@ -3383,10 +3520,23 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"K\n" +
 	"\x15GetAttestationRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x15\n" +
-	"\x06job_id\x18\x02 \x01(\tR\x05jobId\"a\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\"\x9b\x02\n" +
 	"\x16GetAttestationResponse\x12\x1a\n" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\x12+\n" +
-	"\x11certificate_chain\x18\x02 \x03(\fR\x10certificateChain\"\xcc\x01\n" +
+	"\x11certificate_chain\x18\x02 \x03(\fR\x10certificateChain\x12\x1a\n" +
+	"\bverified\x18\x03 \x01(\bR\bverified\x12-\n" +
+	"\x12verification_error\x18\x04 \x01(\tR\x11verificationError\x12%\n" +
+	"\x0estatement_json\x18\x05 \x01(\tR\rstatementJson\x12F\n" +
+	"\fcertificates\x18\x06 \x03(\v2\".ferry.fleet.v1.CertificateSummaryR\fcertificates\"\xa2\x02\n" +
+	"\x12CertificateSummary\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12#\n" +
+	"\rserial_number\x18\x03 \x01(\tR\fserialNumber\x129\n" +
+	"\n" +
+	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x12\n" +
+	"\x04uris\x18\x06 \x03(\tR\x04uris\x12-\n" +
+	"\x12sha256_fingerprint\x18\a \x01(\tR\x11sha256Fingerprint\"\xcc\x01\n" +
 	"\x10AddDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12D\n" +
 	"\x06labels\x18\x02 \x03(\v2,.ferry.fleet.v1.AddDeviceRequest.LabelsEntryR\x06labels\x12\x1a\n" +
@@ -3588,7 +3738,7 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*Device)(nil),                        // 0: ferry.fleet.v1.Device
 	(*DeviceClaim)(nil),                   // 1: ferry.fleet.v1.DeviceClaim
@@ -3610,161 +3760,165 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*ListDeviceEventsResponse)(nil),      // 17: ferry.fleet.v1.ListDeviceEventsResponse
 	(*GetAttestationRequest)(nil),         // 18: ferry.fleet.v1.GetAttestationRequest
 	(*GetAttestationResponse)(nil),        // 19: ferry.fleet.v1.GetAttestationResponse
-	(*AddDeviceRequest)(nil),              // 20: ferry.fleet.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),             // 21: ferry.fleet.v1.AddDeviceResponse
-	(*RevokeDeviceRequest)(nil),           // 22: ferry.fleet.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),          // 23: ferry.fleet.v1.RevokeDeviceResponse
-	(*Rollout)(nil),                       // 24: ferry.fleet.v1.Rollout
-	(*RolloutStrategy)(nil),               // 25: ferry.fleet.v1.RolloutStrategy
-	(*Wave)(nil),                          // 26: ferry.fleet.v1.Wave
-	(*ExponentialRate)(nil),               // 27: ferry.fleet.v1.ExponentialRate
-	(*AbortRule)(nil),                     // 28: ferry.fleet.v1.AbortRule
-	(*MaintenanceWindow)(nil),             // 29: ferry.fleet.v1.MaintenanceWindow
-	(*WaveProgress)(nil),                  // 30: ferry.fleet.v1.WaveProgress
-	(*CreateRolloutRequest)(nil),          // 31: ferry.fleet.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),         // 32: ferry.fleet.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),             // 33: ferry.fleet.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),            // 34: ferry.fleet.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),           // 35: ferry.fleet.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),          // 36: ferry.fleet.v1.ListRolloutsResponse
-	(*PauseRolloutRequest)(nil),           // 37: ferry.fleet.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),          // 38: ferry.fleet.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),          // 39: ferry.fleet.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),         // 40: ferry.fleet.v1.ResumeRolloutResponse
-	(*CancelRolloutRequest)(nil),          // 41: ferry.fleet.v1.CancelRolloutRequest
-	(*CancelRolloutResponse)(nil),         // 42: ferry.fleet.v1.CancelRolloutResponse
-	(*WatchRolloutRequest)(nil),           // 43: ferry.fleet.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),          // 44: ferry.fleet.v1.WatchRolloutResponse
-	(*ListRolloutExecutionsRequest)(nil),  // 45: ferry.fleet.v1.ListRolloutExecutionsRequest
-	(*ListRolloutExecutionsResponse)(nil), // 46: ferry.fleet.v1.ListRolloutExecutionsResponse
-	(*RolloutExecution)(nil),              // 47: ferry.fleet.v1.RolloutExecution
-	nil,                                   // 48: ferry.fleet.v1.Device.LabelsEntry
-	nil,                                   // 49: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                                   // 50: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                                   // 51: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	nil,                                   // 52: ferry.fleet.v1.Rollout.CountsEntry
-	nil,                                   // 53: ferry.fleet.v1.WaveProgress.CountsEntry
-	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
-	(*v1.ReportedState)(nil),              // 55: ferry.device.v1.ReportedState
-	(*v1.DesiredDocument)(nil),            // 56: ferry.device.v1.DesiredDocument
-	(v1.JobStatus)(0),                     // 57: ferry.device.v1.JobStatus
-	(v1.Step)(0),                          // 58: ferry.device.v1.Step
-	(v1.DownloadMethod)(0),                // 59: ferry.device.v1.DownloadMethod
-	(*durationpb.Duration)(nil),           // 60: google.protobuf.Duration
-	(*v1.Bundle)(nil),                     // 61: ferry.device.v1.Bundle
+	(*CertificateSummary)(nil),            // 20: ferry.fleet.v1.CertificateSummary
+	(*AddDeviceRequest)(nil),              // 21: ferry.fleet.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),             // 22: ferry.fleet.v1.AddDeviceResponse
+	(*RevokeDeviceRequest)(nil),           // 23: ferry.fleet.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),          // 24: ferry.fleet.v1.RevokeDeviceResponse
+	(*Rollout)(nil),                       // 25: ferry.fleet.v1.Rollout
+	(*RolloutStrategy)(nil),               // 26: ferry.fleet.v1.RolloutStrategy
+	(*Wave)(nil),                          // 27: ferry.fleet.v1.Wave
+	(*ExponentialRate)(nil),               // 28: ferry.fleet.v1.ExponentialRate
+	(*AbortRule)(nil),                     // 29: ferry.fleet.v1.AbortRule
+	(*MaintenanceWindow)(nil),             // 30: ferry.fleet.v1.MaintenanceWindow
+	(*WaveProgress)(nil),                  // 31: ferry.fleet.v1.WaveProgress
+	(*CreateRolloutRequest)(nil),          // 32: ferry.fleet.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),         // 33: ferry.fleet.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),             // 34: ferry.fleet.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),            // 35: ferry.fleet.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),           // 36: ferry.fleet.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),          // 37: ferry.fleet.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),           // 38: ferry.fleet.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),          // 39: ferry.fleet.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),          // 40: ferry.fleet.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),         // 41: ferry.fleet.v1.ResumeRolloutResponse
+	(*CancelRolloutRequest)(nil),          // 42: ferry.fleet.v1.CancelRolloutRequest
+	(*CancelRolloutResponse)(nil),         // 43: ferry.fleet.v1.CancelRolloutResponse
+	(*WatchRolloutRequest)(nil),           // 44: ferry.fleet.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),          // 45: ferry.fleet.v1.WatchRolloutResponse
+	(*ListRolloutExecutionsRequest)(nil),  // 46: ferry.fleet.v1.ListRolloutExecutionsRequest
+	(*ListRolloutExecutionsResponse)(nil), // 47: ferry.fleet.v1.ListRolloutExecutionsResponse
+	(*RolloutExecution)(nil),              // 48: ferry.fleet.v1.RolloutExecution
+	nil,                                   // 49: ferry.fleet.v1.Device.LabelsEntry
+	nil,                                   // 50: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                                   // 51: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                                   // 52: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                                   // 53: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                                   // 54: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),         // 55: google.protobuf.Timestamp
+	(*v1.ReportedState)(nil),              // 56: ferry.device.v1.ReportedState
+	(*v1.DesiredDocument)(nil),            // 57: ferry.device.v1.DesiredDocument
+	(v1.JobStatus)(0),                     // 58: ferry.device.v1.JobStatus
+	(v1.Step)(0),                          // 59: ferry.device.v1.Step
+	(v1.DownloadMethod)(0),                // 60: ferry.device.v1.DownloadMethod
+	(*durationpb.Duration)(nil),           // 61: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 62: ferry.device.v1.Bundle
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
-	48, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	54, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	49, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
+	55, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
 	3,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
 	4,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	54, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	55, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 6: ferry.fleet.v1.Device.claim:type_name -> ferry.fleet.v1.DeviceClaim
-	55, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
-	54, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
-	56, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	54, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	55, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	54, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	57, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	58, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	54, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	59, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
+	56, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
+	55, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
+	57, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	55, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	56, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	55, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	58, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	59, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	55, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	60, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
 	0,  // 17: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	57, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	54, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	58, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	55, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
 	0,  // 20: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	56, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	57, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
 	0,  // 22: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	60, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	49, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	50, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	61, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	50, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	51, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
 	0,  // 26: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	57, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	58, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	55, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	58, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	59, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
 	16, // 30: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	51, // 31: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	0,  // 32: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 33: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	61, // 34: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	54, // 35: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	25, // 36: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 37: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	61, // 38: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 39: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	29, // 40: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	54, // 41: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	54, // 42: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 43: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	30, // 44: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	52, // 45: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
-	26, // 46: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
-	27, // 47: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	60, // 48: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	60, // 49: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	57, // 50: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	60, // 51: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	53, // 52: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	54, // 53: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 54: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	54, // 55: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	61, // 56: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	25, // 57: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 58: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	61, // 59: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 60: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
-	29, // 61: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	24, // 62: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 63: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 64: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	24, // 65: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 66: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 67: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 68: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	47, // 69: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
-	54, // 70: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
-	54, // 71: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 72: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	7,  // 73: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	9,  // 74: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	11, // 75: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	13, // 76: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	15, // 77: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	18, // 78: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	20, // 79: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	22, // 80: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	31, // 81: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	33, // 82: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	35, // 83: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	37, // 84: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	39, // 85: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	41, // 86: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	43, // 87: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	45, // 88: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
-	6,  // 89: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	8,  // 90: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	10, // 91: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	12, // 92: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	14, // 93: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	17, // 94: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	19, // 95: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	21, // 96: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	23, // 97: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	32, // 98: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	34, // 99: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	36, // 100: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	38, // 101: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	40, // 102: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	42, // 103: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	44, // 104: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	46, // 105: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
-	89, // [89:106] is the sub-list for method output_type
-	72, // [72:89] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	20, // 31: ferry.fleet.v1.GetAttestationResponse.certificates:type_name -> ferry.fleet.v1.CertificateSummary
+	55, // 32: ferry.fleet.v1.CertificateSummary.not_before:type_name -> google.protobuf.Timestamp
+	55, // 33: ferry.fleet.v1.CertificateSummary.not_after:type_name -> google.protobuf.Timestamp
+	52, // 34: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	0,  // 35: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	55, // 36: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	62, // 37: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	55, // 38: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	26, // 39: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	29, // 40: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	62, // 41: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	55, // 42: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	30, // 43: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	55, // 44: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	55, // 45: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	55, // 46: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	31, // 47: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	53, // 48: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	27, // 49: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	28, // 50: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	61, // 51: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	61, // 52: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	58, // 53: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	61, // 54: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	54, // 55: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	55, // 56: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	55, // 57: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	55, // 58: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	62, // 59: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	26, // 60: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	29, // 61: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	62, // 62: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	55, // 63: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	30, // 64: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	25, // 65: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	25, // 66: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	25, // 67: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	25, // 68: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	25, // 69: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	25, // 70: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	25, // 71: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	48, // 72: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	55, // 73: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	55, // 74: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 75: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	7,  // 76: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	9,  // 77: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	11, // 78: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	13, // 79: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	15, // 80: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	18, // 81: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	21, // 82: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	23, // 83: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	32, // 84: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	34, // 85: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	36, // 86: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	38, // 87: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	40, // 88: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	42, // 89: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	44, // 90: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	46, // 91: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	6,  // 92: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	8,  // 93: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	10, // 94: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	12, // 95: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	14, // 96: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	17, // 97: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	19, // 98: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	22, // 99: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	24, // 100: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	33, // 101: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	35, // 102: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	37, // 103: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	39, // 104: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	41, // 105: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	43, // 106: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	45, // 107: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	47, // 108: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	92, // [92:109] is the sub-list for method output_type
+	75, // [75:92] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -3773,7 +3927,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 		return
 	}
 	file_ferry_fleet_v1_fleet_proto_msgTypes[9].OneofWrappers = []any{}
-	file_ferry_fleet_v1_fleet_proto_msgTypes[26].OneofWrappers = []any{
+	file_ferry_fleet_v1_fleet_proto_msgTypes[27].OneofWrappers = []any{
 		(*Wave_Percent)(nil),
 		(*Wave_Count)(nil),
 	}
@@ -3783,7 +3937,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
