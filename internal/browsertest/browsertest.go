@@ -313,3 +313,40 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	}
 	return l.w.Write(p)
 }
+
+// UpdateScreenshots reports whether the run is asked to write the
+// documentation's screenshots (FERRY_UPDATE_SCREENSHOTS=1).
+func UpdateScreenshots() bool { return os.Getenv("FERRY_UPDATE_SCREENSHOTS") == "1" }
+
+// DocsDir is where the console's documentation keeps its screenshots:
+// docs/console in the module that holds the working directory.
+func DocsDir() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "docs", "console"), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// DocScreenshot writes a PNG of the tab's page to DocsDir()/name.png when
+// UpdateScreenshots says so, and returns the path it wrote ("" if none).
+func DocScreenshot(tab *Tab, name string) (string, error) {
+	if !UpdateScreenshots() {
+		return "", nil
+	}
+	dir, err := DocsDir()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name+".png")
+	return path, tab.Screenshot(path)
+}

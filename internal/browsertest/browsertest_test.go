@@ -156,3 +156,25 @@ func TestChromiumMissing(t *testing.T) {
 		t.Errorf("no chromium anywhere: %v, want an error saying scripts/test installs it", err)
 	}
 }
+
+// TestDocScreenshot checks that documentation screenshots are written only
+// when asked, into docs/console of this module.
+func TestDocScreenshot(t *testing.T) {
+	dir, err := DocsDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(dir), "console.md")); err != nil || filepath.Base(dir) != "console" {
+		t.Errorf("DocsDir() = %s, want docs/console beside docs/console.md (%v)", dir, err)
+	}
+	srv, cert := tlsServer(t)
+	b := New(t, Options{Trust: []*x509.Certificate{cert}})
+	b.Tab().Do(chromedp.Navigate(srv.URL), chromedp.WaitVisible(chromedp.CSS("#msg")))
+	t.Setenv("FERRY_UPDATE_SCREENSHOTS", "")
+	if path, err := DocScreenshot(b.Tab(), "never-written"); path != "" || err != nil {
+		t.Errorf("without FERRY_UPDATE_SCREENSHOTS: wrote %q, %v", path, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "never-written.png")); err == nil {
+		t.Error("a screenshot was written without FERRY_UPDATE_SCREENSHOTS")
+	}
+}
