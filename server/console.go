@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The console is served at / on the API port: static assets (the page,
@@ -41,7 +42,9 @@ var errCrossSite = connect.NewError(connect.CodePermissionDenied,
 // securityHeaders sets the headers every answer of the API port carries,
 // and refuses API calls from other sites' pages. It runs before the guard,
 // so that refusals carry them too.
-func securityHeaders(next http.Handler) http.Handler {
+// Each refusal is counted in refused (ferry_api_requests_refused_total)
+// with reason cross_site.
+func securityHeaders(next http.Handler, refused *prometheus.CounterVec) http.Handler {
 	errs := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -52,6 +55,7 @@ func securityHeaders(next http.Handler) http.Handler {
 			switch r.Header.Get("Sec-Fetch-Site") {
 			case "", "same-origin", "none":
 			default: // cross-site, same-site: another origin's page
+				refused.WithLabelValues("cross_site").Inc()
 				if errs.IsSupported(r) {
 					errs.Write(w, r, errCrossSite)
 				} else {

@@ -139,6 +139,10 @@ func TestConsoleHeaders(t *testing.T) {
 			}
 		})
 	}
+	// The two calls from other sites' pages are counted.
+	if _, metrics := do(t, f, "GET", "/metrics", "", "Authorization", key); !strings.Contains(metrics, `ferry_api_requests_refused_total{reason="cross_site"} 2`) {
+		t.Error("the refused cross-site calls are not counted in ferry_api_requests_refused_total")
+	}
 }
 
 // TestConsoleKeepsAPIAuthentication calls every operator procedure the

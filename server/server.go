@@ -328,7 +328,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	guard := newAPIGuard(l, auth, s.creds.operatorCerts, s.conns)
 	guard.denied = s.auditDenied
 	return &http.Server{
-		Handler: withTLSState(securityHeaders(guard.wrap(mux))),
+		Handler: withTLSState(securityHeaders(guard.wrap(mux), s.conns.requestsRefused)),
 		// The TLS handshake's deadline is the header timeout; the
 		// listener's first-request deadline bounds the HTTP/2 preface.
 		ReadHeaderTimeout: l.HandshakeTimeout,
