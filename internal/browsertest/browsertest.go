@@ -222,7 +222,7 @@ func (tab *Tab) listen() error {
 func (tab *Tab) Do(steps ...chromedp.Action[chromedp.Void]) {
 	tab.b.t.Helper()
 	if err := tab.Try(steps...); err != nil {
-		tab.b.t.Fatalf("%s: %v", tab.name, err)
+		tab.b.t.Fatalf("%s: %v (each run has %s)", tab.name, err, tab.b.opts.Timeout)
 	}
 }
 
@@ -293,7 +293,11 @@ func (b *Browser) onFailure() {
 		ctx, cancel := context.WithTimeout(tab.ctx, 2*time.Second)
 		url, _ := chromedp.Run(ctx, chromedp.Location())
 		cancel()
-		b.t.Logf("%s: at %s; console:\n  %s", tab.name, url, strings.Join(tab.Logs(), "\n  "))
+		logs := tab.Logs()
+		if len(logs) == 0 {
+			logs = []string{"(nothing)"}
+		}
+		b.t.Logf("%s: at %s; console:\n  %s", tab.name, url, strings.Join(logs, "\n  "))
 	}
 }
 
