@@ -159,17 +159,21 @@ var procedureRoles = map[string]ferrycreds.Role{
 	fleetv1connect.RolloutServiceResumeRolloutProcedure:         ferrycreds.RoleOperator,
 	fleetv1connect.RolloutServiceCancelRolloutProcedure:         ferrycreds.RoleOperator,
 
-	repositoryv1connect.RepositoryServiceListBundlesProcedure:    ferrycreds.RoleViewer,
-	repositoryv1connect.RepositoryServiceGetBundleProcedure:      ferrycreds.RoleViewer,
-	repositoryv1connect.RepositoryServiceGetOnlineKeysProcedure:  ferrycreds.RoleViewer,
-	repositoryv1connect.RepositoryServiceUploadBlobProcedure:     ferrycreds.RoleRelease,
-	repositoryv1connect.RepositoryServicePublishTargetsProcedure: ferrycreds.RoleRelease,
-	repositoryv1connect.RepositoryServicePublishRootProcedure:    ferrycreds.RoleAdmin,
+	repositoryv1connect.RepositoryServiceListBundlesProcedure:         ferrycreds.RoleViewer,
+	repositoryv1connect.RepositoryServiceGetBundleProcedure:           ferrycreds.RoleViewer,
+	repositoryv1connect.RepositoryServiceGetOnlineKeysProcedure:       ferrycreds.RoleViewer,
+	repositoryv1connect.RepositoryServiceGetRepositoryStatusProcedure: ferrycreds.RoleViewer,
+	repositoryv1connect.RepositoryServiceUploadBlobProcedure:          ferrycreds.RoleRelease,
+	repositoryv1connect.RepositoryServicePublishTargetsProcedure:      ferrycreds.RoleRelease,
+	repositoryv1connect.RepositoryServicePublishRootProcedure:         ferrycreds.RoleAdmin,
 
 	// The audit trail is for auditors (and admins), not every viewer: it
 	// holds who did what, from where, across the whole fleet.
 	fleetv1connect.AuditServiceListAuditEventsProcedure: ferrycreds.RoleAuditor,
 	fleetv1connect.AuditServiceExportAuditProcedure:     ferrycreds.RoleAuditor,
+
+	// Any operator may ask who it is.
+	fleetv1connect.OperatorServiceWhoAmIProcedure: ferrycreds.RoleViewer,
 }
 
 // roleFor returns the role a procedure needs.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/ferryhq/ferry/credentials"
@@ -54,6 +55,11 @@ type Config struct {
 
 	// Credentials sets the lifetimes of what the credential broker issues.
 	Credentials CredentialsConfig
+
+	// Console, when set, serves the operator console's assets at / on the
+	// API port (console.go); cmd/ferryd sets it to the embedded console.
+	// Nil: no console, and / is not found.
+	Console http.Handler
 
 	// AllowUnsignedReports accepts device reports without a signature. Off
 	// by default: a report is evidence only when the device signed it.

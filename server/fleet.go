@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -28,6 +29,9 @@ type fleetService struct {
 	repo    *tuf.Repository // bundles given to devices (preconditions.go)
 	log     *slog.Logger
 	creds   *credentialsState // AddDevice, RevokeDevice (fleet_devices.go)
+	// deviceRoots and trustDomain verify stored reports (console_api.go).
+	deviceRoots *x509.CertPool
+	trustDomain string
 }
 
 var _ fleetv1connect.FleetServiceHandler = (*fleetService)(nil)
@@ -235,5 +239,5 @@ func (f *fleetService) GetAttestation(ctx context.Context, req *connect.Request[
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}
-	return connect.NewResponse(&fleetv1.GetAttestationResponse{Envelope: a.Envelope, CertificateChain: a.CertificateChain}), nil
+	return connect.NewResponse(attestationResponse(a, f.deviceRoots, f.trustDomain, req.Msg.GetDeviceId(), req.Msg.GetJobId())), nil
 }

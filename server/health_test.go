@@ -76,8 +76,8 @@ func TestReflectionServices(t *testing.T) {
 	}
 	slices.Sort(names)
 	want := []string{
-		"ferry.credentials.v1.CredentialService", "ferry.fleet.v1.AuditService", "ferry.fleet.v1.FleetService", "ferry.fleet.v1.RolloutService",
-		"ferry.repository.v1.RepositoryService", "grpc.health.v1.Health",
+		"ferry.credentials.v1.CredentialService", "ferry.fleet.v1.AuditService", "ferry.fleet.v1.FleetService", "ferry.fleet.v1.OperatorService",
+		"ferry.fleet.v1.RolloutService", "ferry.repository.v1.RepositoryService", "grpc.health.v1.Health",
 	}
 	if !slices.Equal(names, want) {
 		t.Errorf("reflection lists %q, want %q", names, want)

@@ -192,7 +192,7 @@ func newConnMetrics(reg *prometheus.Registry) *connMetrics {
 			Name: "ferry_connections_refused_total", Help: "Connections closed by a connection limit, by port and limit (per_source, first_request_deadline).",
 		}, []string{"port", "limit"}),
 		requestsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ferry_api_requests_refused_total", Help: "Back-office requests refused before their handler read them, by reason (unauthenticated, permission_denied, too_large, inflight_bytes).",
+			Name: "ferry_api_requests_refused_total", Help: "Back-office requests refused before their handler read them, by reason (unauthenticated, permission_denied, too_large, inflight_bytes, cross_site).",
 		}, []string{"reason"}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ferry_api_inflight_request_bytes", Help: "Request bytes the back-office port holds at once, counted against --api-max-inflight-bytes.",

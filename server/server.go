@@ -86,6 +86,7 @@ var servedNames = []string{
 	fleetv1connect.FleetServiceName,
 	fleetv1connect.RolloutServiceName,
 	fleetv1connect.AuditServiceName,
+	fleetv1connect.OperatorServiceName,
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
 	credentialsv1connect.DownloadKeyServiceName,
@@ -97,6 +98,7 @@ var apiServiceNames = []string{
 	fleetv1connect.FleetServiceName,
 	fleetv1connect.RolloutServiceName,
 	fleetv1connect.AuditServiceName,
+	fleetv1connect.OperatorServiceName,
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
 	grpchealth.HealthV1ServiceName,
@@ -293,7 +295,9 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 		connect.WithReadMaxBytes(int(l.MaxAnonymousMessageBytes)),
 	)
 	mux := http.NewServeMux()
-	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{replica: rep, repo: s.repo.repo, log: s.log, creds: s.creds}, guarded))
+	mux.Handle(fleetv1connect.NewFleetServiceHandler(&fleetService{
+		replica: rep, repo: s.repo.repo, log: s.log, creds: s.creds, deviceRoots: devicePool, trustDomain: s.cfg.TrustDomain,
+	}, guarded))
 	mux.Handle(fleetv1connect.NewRolloutServiceHandler(&rolloutService{rollouts: s.rollouts, replica: rep, repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(repositoryv1connect.NewRepositoryServiceHandler(&repositoryService{repo: s.repo.repo, log: s.log}, guarded))
 	mux.Handle(credentialsv1connect.NewDownloadKeyServiceHandler(&downloadKeyService{creds: s.creds}, guarded))
@@ -302,6 +306,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	// Devices authenticate to CredentialService themselves (enrollment
 	// token or certificate), not with operator credentials.
 	mux.Handle(credentialsv1connect.NewCredentialServiceHandler(&credentialAPI{creds: s.creds, metrics: s.metrics}, enrolling))
+	mux.Handle(fleetv1connect.NewOperatorServiceHandler(operatorService{}, guarded))
 	mux.Handle(fleetv1connect.NewAuditServiceHandler(&auditService{log: s.auditLog, devices: s.devices, signer: s.auditKey, logger: s.log}, guarded))
 
 	// Health is anonymous: gRPC health, and plain HTTP GETs (health.go).
@@ -314,10 +319,16 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	mux.Handle("/metrics", requireOperator(auth, s.creds.operatorCerts, credentials.RoleViewer,
 		promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})))
 
+	// The console, public static assets that call the API above
+	// (console.go).
+	if s.cfg.Console != nil {
+		mux.Handle("/", consoleHandler(s.cfg.Console))
+	}
+
 	guard := newAPIGuard(l, auth, s.creds.operatorCerts, s.conns)
 	guard.denied = s.auditDenied
 	return &http.Server{
-		Handler: withTLSState(guard.wrap(mux)),
+		Handler: withTLSState(securityHeaders(guard.wrap(mux), s.conns.requestsRefused)),
 		// The TLS handshake's deadline is the header timeout; the
 		// listener's first-request deadline bounds the HTTP/2 preface.
 		ReadHeaderTimeout: l.HandshakeTimeout,

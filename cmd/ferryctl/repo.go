@@ -130,7 +130,7 @@ func newRepoCmd(a *app) *cobra.Command {
 	opts := &repoOpts{}
 	cmd := &cobra.Command{Use: "repo", Short: "Create the TUF repository and manage its offline keys"}
 	opts.bind(cmd)
-	cmd.AddCommand(newRepoInitCmd(a, opts), newRepoRotateKeyCmd(a, opts), newRepoDelegateCmd(a, opts))
+	cmd.AddCommand(newRepoInitCmd(a, opts), newRepoRotateKeyCmd(a, opts), newRepoDelegateCmd(a, opts), newRepoStatusCmd(a))
 	return cmd
 }
 

@@ -35,6 +35,7 @@ func TestRepositoryCommands(t *testing.T) {
 	var firstRoot []byte
 
 	tests := []cmdStep{
+		{"status before init", []string{"repo", "status"}, []string{"no repository yet"}, "", nil},
 		{"publish before init", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.0.0"}, repo...), nil, "trusted root", nil},
 		{"init", append([]string{"repo", "init", "--root-keys", "3", "--root-threshold", "2", "--hash-bins", "16"}, repo...),
 			[]string{"root v1 (2-of-3 keys)", "16 hash bins"}, "", func(t *testing.T) {
@@ -49,6 +50,8 @@ func TestRepositoryCommands(t *testing.T) {
 		{"publish another", append([]string{"bundle", "publish", fw, "--name", "camera", "--version", "1.1.0", "--path", "camera/1.1.0/fw.bin", "-q"}, repo...), []string{"published camera/1.1.0/fw.bin"}, "", nil},
 		{"wrong passphrase", []string{"bundle", "publish", fw, "--name", "x", "--version", "1.0.0", "--repo-dir", repoDir, "--passphrase-file", fw, "-q"}, nil, "passphrase", nil},
 		{"list", []string{"bundle", "list"}, []string{"PATH", "camera/1.0.0/fw.bin", "camera/1.1.0/fw.bin", "640000"}, "", nil},
+		{"status", []string{"repo", "status"}, []string{"ROLE", "root", "targets", "snapshot", "timestamp", "bins-", "offline keys", "ferryd", "ok"}, "", nil},
+		{"status as JSON", []string{"repo", "status", "-o", "json"}, []string{`"role": "timestamp"`, `"online": true`, `"expireTime"`}, "", nil},
 		{"show", []string{"bundle", "show", "camera/1.0.0/fw.bin"}, []string{"cam-a", "first", "bins-"}, "", nil},
 		{"show as JSON", []string{"bundle", "show", "camera/1.0.0/fw.bin", "-o", "json"}, []string{`"releaseNotes"`, `"first"`}, "", nil},
 		{"remove", append([]string{"bundle", "remove", "camera/1.1.0/fw.bin"}, repo...), []string{"removed camera/1.1.0/fw.bin"}, "", nil},

@@ -22,6 +22,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/ferryhq/ferry/console"
 	"github.com/ferryhq/ferry/server"
 
 	_ "gocloud.dev/blob/s3blob" // s3:// repository storage (S3 and S3-compatible)
@@ -74,6 +75,7 @@ func run() error {
 	fs.DurationVar(&cfg.Audit.Retention, "audit-retention", cfg.Audit.Retention, "how long audit entries are kept before they are pruned")
 	fs.StringVar(&cfg.Audit.SigningKeyFile, "audit-signing-key", cfg.Audit.SigningKeyFile, "PKCS #8 PEM key that signs audit exports (default: <data-dir>/audit/signing.key, created at first start)")
 	fs.StringVar(&cfg.Audit.SigningKMS, "audit-signing-kms", cfg.Audit.SigningKMS, "KMS key that signs audit exports instead of the key file: awskms://, azurekms://, gcpkms://, hashivault:// or a sigstore KMS plugin's scheme")
+	serveConsole := fs.Bool("console", true, "serve the operator console at / on the API port (docs/console.md)")
 	fs.BoolVar(&cfg.AllowUnsignedReports, "allow-unsigned-reports", cfg.AllowUnsignedReports, "record device reports that are not signed (kept as claims, with no attestation)")
 	// Request and connection limits (docs/security.md, "Limits").
 	fs.Int64Var(&cfg.API.MaxMessageBytes, "api-max-message-bytes", cfg.API.MaxMessageBytes, "largest request message an operator may send on the API port (bundles upload in chunks of at most this)")
@@ -121,6 +123,9 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *serveConsole {
+		cfg.Console = console.Handler()
+	}
 	srv, err := server.New(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -1327,8 +1327,21 @@ type GetAttestationResponse struct {
 	Envelope []byte `protobuf:"bytes,1,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	// The device certificate chain, DER, leaf first.
 	CertificateChain [][]byte `protobuf:"bytes,2,rep,name=certificate_chain,json=certificateChain,proto3" json:"certificate_chain,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// ferryd verified the envelope against its device CA when asked: the
+	// DSSE signature by the leaf's key, the chain to the device CA at the
+	// time the statement gives, the leaf's device identity, and that the
+	// statement names this device and job.
+	Verified bool `protobuf:"varint,3,opt,name=verified,proto3" json:"verified,omitempty"`
+	// Why the envelope did not verify; empty when verified.
+	VerificationError string `protobuf:"bytes,4,opt,name=verification_error,json=verificationError,proto3" json:"verification_error,omitempty"`
+	// The in-toto statement the envelope carries, JSON, as decoded from the
+	// payload (present even when verification failed, if the payload
+	// decodes; it is then not to be trusted).
+	StatementJson string `protobuf:"bytes,5,opt,name=statement_json,json=statementJson,proto3" json:"statement_json,omitempty"`
+	// The certificates of certificate_chain, decoded, leaf first.
+	Certificates  []*CertificateSummary `protobuf:"bytes,6,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetAttestationResponse) Reset() {
@@ -1375,6 +1388,130 @@ func (x *GetAttestationResponse) GetCertificateChain() [][]byte {
 	return nil
 }
 
+func (x *GetAttestationResponse) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *GetAttestationResponse) GetVerificationError() string {
+	if x != nil {
+		return x.VerificationError
+	}
+	return ""
+}
+
+func (x *GetAttestationResponse) GetStatementJson() string {
+	if x != nil {
+		return x.StatementJson
+	}
+	return ""
+}
+
+func (x *GetAttestationResponse) GetCertificates() []*CertificateSummary {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+// CertificateSummary is what a person reads of an X.509 certificate.
+type CertificateSummary struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	Issuer  string                 `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Hexadecimal.
+	SerialNumber string                 `protobuf:"bytes,3,opt,name=serial_number,json=serialNumber,proto3" json:"serial_number,omitempty"`
+	NotBefore    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// URI subject alternative names (the device's SPIFFE ID).
+	Uris []string `protobuf:"bytes,6,rep,name=uris,proto3" json:"uris,omitempty"`
+	// SHA-256 of the DER certificate, hexadecimal.
+	Sha256Fingerprint string `protobuf:"bytes,7,opt,name=sha256_fingerprint,json=sha256Fingerprint,proto3" json:"sha256_fingerprint,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CertificateSummary) Reset() {
+	*x = CertificateSummary{}
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateSummary) ProtoMessage() {}
+
+func (x *CertificateSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateSummary.ProtoReflect.Descriptor instead.
+func (*CertificateSummary) Descriptor() ([]byte, []int) {
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CertificateSummary) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *CertificateSummary) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *CertificateSummary) GetSerialNumber() string {
+	if x != nil {
+		return x.SerialNumber
+	}
+	return ""
+}
+
+func (x *CertificateSummary) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *CertificateSummary) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *CertificateSummary) GetUris() []string {
+	if x != nil {
+		return x.Uris
+	}
+	return nil
+}
+
+func (x *CertificateSummary) GetSha256Fingerprint() string {
+	if x != nil {
+		return x.Sha256Fingerprint
+	}
+	return ""
+}
+
 type AddDeviceRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
@@ -1389,7 +1526,7 @@ type AddDeviceRequest struct {
 
 func (x *AddDeviceRequest) Reset() {
 	*x = AddDeviceRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1538,7 @@ func (x *AddDeviceRequest) String() string {
 func (*AddDeviceRequest) ProtoMessage() {}
 
 func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1551,7 @@ func (x *AddDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceRequest.ProtoReflect.Descriptor instead.
 func (*AddDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AddDeviceRequest) GetDeviceId() string {
@@ -1449,7 +1586,7 @@ type AddDeviceResponse struct {
 
 func (x *AddDeviceResponse) Reset() {
 	*x = AddDeviceResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1598,7 @@ func (x *AddDeviceResponse) String() string {
 func (*AddDeviceResponse) ProtoMessage() {}
 
 func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1611,7 @@ func (x *AddDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDeviceResponse.ProtoReflect.Descriptor instead.
 func (*AddDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AddDeviceResponse) GetDevice() *Device {
@@ -1508,7 +1645,7 @@ type RevokeDeviceRequest struct {
 
 func (x *RevokeDeviceRequest) Reset() {
 	*x = RevokeDeviceRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1657,7 @@ func (x *RevokeDeviceRequest) String() string {
 func (*RevokeDeviceRequest) ProtoMessage() {}
 
 func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1670,7 @@ func (x *RevokeDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokeDeviceRequest) GetDeviceId() string {
@@ -1558,7 +1695,7 @@ type RevokeDeviceResponse struct {
 
 func (x *RevokeDeviceResponse) Reset() {
 	*x = RevokeDeviceResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1707,7 @@ func (x *RevokeDeviceResponse) String() string {
 func (*RevokeDeviceResponse) ProtoMessage() {}
 
 func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1720,7 @@ func (x *RevokeDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RevokeDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 type CopyConfigRequest struct {
@@ -1602,7 +1739,7 @@ type CopyConfigRequest struct {
 
 func (x *CopyConfigRequest) Reset() {
 	*x = CopyConfigRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1751,7 @@ func (x *CopyConfigRequest) String() string {
 func (*CopyConfigRequest) ProtoMessage() {}
 
 func (x *CopyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1764,7 @@ func (x *CopyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyConfigRequest.ProtoReflect.Descriptor instead.
 func (*CopyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CopyConfigRequest) GetFromDeviceId() string {
@@ -1663,7 +1800,7 @@ type CopyConfigResponse struct {
 
 func (x *CopyConfigResponse) Reset() {
 	*x = CopyConfigResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1812,7 @@ func (x *CopyConfigResponse) String() string {
 func (*CopyConfigResponse) ProtoMessage() {}
 
 func (x *CopyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1825,7 @@ func (x *CopyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyConfigResponse.ProtoReflect.Descriptor instead.
 func (*CopyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CopyConfigResponse) GetDevicesUpdated() uint64 {
@@ -1758,7 +1895,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1907,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1920,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Rollout) GetId() string {
@@ -1976,7 +2113,7 @@ type RolloutStrategy struct {
 
 func (x *RolloutStrategy) Reset() {
 	*x = RolloutStrategy{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2125,7 @@ func (x *RolloutStrategy) String() string {
 func (*RolloutStrategy) ProtoMessage() {}
 
 func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2138,7 @@ func (x *RolloutStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStrategy.ProtoReflect.Descriptor instead.
 func (*RolloutStrategy) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RolloutStrategy) GetWaves() []*Wave {
@@ -2060,7 +2197,7 @@ type Wave struct {
 
 func (x *Wave) Reset() {
 	*x = Wave{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2209,7 @@ func (x *Wave) String() string {
 func (*Wave) ProtoMessage() {}
 
 func (x *Wave) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2085,7 +2222,7 @@ func (x *Wave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wave.ProtoReflect.Descriptor instead.
 func (*Wave) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Wave) GetSize() isWave_Size {
@@ -2144,7 +2281,7 @@ type ExponentialRate struct {
 
 func (x *ExponentialRate) Reset() {
 	*x = ExponentialRate{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2293,7 @@ func (x *ExponentialRate) String() string {
 func (*ExponentialRate) ProtoMessage() {}
 
 func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2306,7 @@ func (x *ExponentialRate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExponentialRate.ProtoReflect.Descriptor instead.
 func (*ExponentialRate) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExponentialRate) GetBasePerMinute() float64 {
@@ -2207,7 +2344,7 @@ type AbortRule struct {
 
 func (x *AbortRule) Reset() {
 	*x = AbortRule{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2356,7 @@ func (x *AbortRule) String() string {
 func (*AbortRule) ProtoMessage() {}
 
 func (x *AbortRule) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2369,7 @@ func (x *AbortRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRule.ProtoReflect.Descriptor instead.
 func (*AbortRule) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AbortRule) GetStatus() v1.JobStatus {
@@ -2273,7 +2410,7 @@ type MaintenanceWindow struct {
 
 func (x *MaintenanceWindow) Reset() {
 	*x = MaintenanceWindow{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2422,7 @@ func (x *MaintenanceWindow) String() string {
 func (*MaintenanceWindow) ProtoMessage() {}
 
 func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2435,7 @@ func (x *MaintenanceWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaintenanceWindow.ProtoReflect.Descriptor instead.
 func (*MaintenanceWindow) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MaintenanceWindow) GetStart() string {
@@ -2350,7 +2487,7 @@ type WaveProgress struct {
 
 func (x *WaveProgress) Reset() {
 	*x = WaveProgress{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2362,7 +2499,7 @@ func (x *WaveProgress) String() string {
 func (*WaveProgress) ProtoMessage() {}
 
 func (x *WaveProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2375,7 +2512,7 @@ func (x *WaveProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaveProgress.ProtoReflect.Descriptor instead.
 func (*WaveProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WaveProgress) GetIndex() uint32 {
@@ -2452,7 +2589,7 @@ type CreateRolloutRequest struct {
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2601,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2614,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateRolloutRequest) GetBundle() *v1.Bundle {
@@ -2573,7 +2710,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2722,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2735,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -2617,7 +2754,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +2766,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +2779,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetRolloutRequest) GetRolloutId() string {
@@ -2661,7 +2798,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2673,7 +2810,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2686,7 +2823,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2707,7 +2844,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2719,7 +2856,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2732,7 +2869,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListRolloutsRequest) GetPageSize() uint32 {
@@ -2759,7 +2896,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +2908,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +2921,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2810,7 +2947,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2822,7 +2959,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2835,7 +2972,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PauseRolloutRequest) GetRolloutId() string {
@@ -2854,7 +2991,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +3003,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +3016,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -2898,7 +3035,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +3047,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +3060,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ResumeRolloutRequest) GetRolloutId() string {
@@ -2942,7 +3079,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2954,7 +3091,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2967,7 +3104,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -2988,7 +3125,7 @@ type CancelRolloutRequest struct {
 
 func (x *CancelRolloutRequest) Reset() {
 	*x = CancelRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3137,7 @@ func (x *CancelRolloutRequest) String() string {
 func (*CancelRolloutRequest) ProtoMessage() {}
 
 func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3150,7 @@ func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CancelRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CancelRolloutRequest) GetRolloutId() string {
@@ -3039,7 +3176,7 @@ type CancelRolloutResponse struct {
 
 func (x *CancelRolloutResponse) Reset() {
 	*x = CancelRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3188,7 @@ func (x *CancelRolloutResponse) String() string {
 func (*CancelRolloutResponse) ProtoMessage() {}
 
 func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3201,7 @@ func (x *CancelRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CancelRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CancelRolloutResponse) GetRollout() *Rollout {
@@ -3083,7 +3220,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3095,7 +3232,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[45]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3108,7 +3245,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WatchRolloutRequest) GetRolloutId() string {
@@ -3127,7 +3264,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3139,7 +3276,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[46]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3152,7 +3289,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -3177,7 +3314,7 @@ type ListRolloutExecutionsRequest struct {
 
 func (x *ListRolloutExecutionsRequest) Reset() {
 	*x = ListRolloutExecutionsRequest{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3189,7 +3326,7 @@ func (x *ListRolloutExecutionsRequest) String() string {
 func (*ListRolloutExecutionsRequest) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[47]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3202,7 +3339,7 @@ func (x *ListRolloutExecutionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListRolloutExecutionsRequest) GetRolloutId() string {
@@ -3243,7 +3380,7 @@ type ListRolloutExecutionsResponse struct {
 
 func (x *ListRolloutExecutionsResponse) Reset() {
 	*x = ListRolloutExecutionsResponse{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3255,7 +3392,7 @@ func (x *ListRolloutExecutionsResponse) String() string {
 func (*ListRolloutExecutionsResponse) ProtoMessage() {}
 
 func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[48]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3268,7 +3405,7 @@ func (x *ListRolloutExecutionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutExecutionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutExecutionsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{48}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListRolloutExecutionsResponse) GetExecutions() []*RolloutExecution {
@@ -3310,7 +3447,7 @@ type RolloutExecution struct {
 
 func (x *RolloutExecution) Reset() {
 	*x = RolloutExecution{}
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[49]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3322,7 +3459,7 @@ func (x *RolloutExecution) String() string {
 func (*RolloutExecution) ProtoMessage() {}
 
 func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[49]
+	mi := &file_ferry_fleet_v1_fleet_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3335,7 +3472,7 @@ func (x *RolloutExecution) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutExecution.ProtoReflect.Descriptor instead.
 func (*RolloutExecution) Descriptor() ([]byte, []int) {
-	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{49}
+	return file_ferry_fleet_v1_fleet_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RolloutExecution) GetDeviceId() string {
@@ -3521,10 +3658,23 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"K\n" +
 	"\x15GetAttestationRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x15\n" +
-	"\x06job_id\x18\x02 \x01(\tR\x05jobId\"a\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\"\x9b\x02\n" +
 	"\x16GetAttestationResponse\x12\x1a\n" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\x12+\n" +
-	"\x11certificate_chain\x18\x02 \x03(\fR\x10certificateChain\"\xcc\x01\n" +
+	"\x11certificate_chain\x18\x02 \x03(\fR\x10certificateChain\x12\x1a\n" +
+	"\bverified\x18\x03 \x01(\bR\bverified\x12-\n" +
+	"\x12verification_error\x18\x04 \x01(\tR\x11verificationError\x12%\n" +
+	"\x0estatement_json\x18\x05 \x01(\tR\rstatementJson\x12F\n" +
+	"\fcertificates\x18\x06 \x03(\v2\".ferry.fleet.v1.CertificateSummaryR\fcertificates\"\xa2\x02\n" +
+	"\x12CertificateSummary\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12#\n" +
+	"\rserial_number\x18\x03 \x01(\tR\fserialNumber\x129\n" +
+	"\n" +
+	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x12\n" +
+	"\x04uris\x18\x06 \x03(\tR\x04uris\x12-\n" +
+	"\x12sha256_fingerprint\x18\a \x01(\tR\x11sha256Fingerprint\"\xcc\x01\n" +
 	"\x10AddDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12D\n" +
 	"\x06labels\x18\x02 \x03(\v2,.ferry.fleet.v1.AddDeviceRequest.LabelsEntryR\x06labels\x12\x1a\n" +
@@ -3740,7 +3890,7 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*Device)(nil),                        // 0: ferry.fleet.v1.Device
 	(*DeviceClaim)(nil),                   // 1: ferry.fleet.v1.DeviceClaim
@@ -3762,170 +3912,174 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*ListDeviceEventsResponse)(nil),      // 17: ferry.fleet.v1.ListDeviceEventsResponse
 	(*GetAttestationRequest)(nil),         // 18: ferry.fleet.v1.GetAttestationRequest
 	(*GetAttestationResponse)(nil),        // 19: ferry.fleet.v1.GetAttestationResponse
-	(*AddDeviceRequest)(nil),              // 20: ferry.fleet.v1.AddDeviceRequest
-	(*AddDeviceResponse)(nil),             // 21: ferry.fleet.v1.AddDeviceResponse
-	(*RevokeDeviceRequest)(nil),           // 22: ferry.fleet.v1.RevokeDeviceRequest
-	(*RevokeDeviceResponse)(nil),          // 23: ferry.fleet.v1.RevokeDeviceResponse
-	(*CopyConfigRequest)(nil),             // 24: ferry.fleet.v1.CopyConfigRequest
-	(*CopyConfigResponse)(nil),            // 25: ferry.fleet.v1.CopyConfigResponse
-	(*Rollout)(nil),                       // 26: ferry.fleet.v1.Rollout
-	(*RolloutStrategy)(nil),               // 27: ferry.fleet.v1.RolloutStrategy
-	(*Wave)(nil),                          // 28: ferry.fleet.v1.Wave
-	(*ExponentialRate)(nil),               // 29: ferry.fleet.v1.ExponentialRate
-	(*AbortRule)(nil),                     // 30: ferry.fleet.v1.AbortRule
-	(*MaintenanceWindow)(nil),             // 31: ferry.fleet.v1.MaintenanceWindow
-	(*WaveProgress)(nil),                  // 32: ferry.fleet.v1.WaveProgress
-	(*CreateRolloutRequest)(nil),          // 33: ferry.fleet.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),         // 34: ferry.fleet.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),             // 35: ferry.fleet.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),            // 36: ferry.fleet.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),           // 37: ferry.fleet.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),          // 38: ferry.fleet.v1.ListRolloutsResponse
-	(*PauseRolloutRequest)(nil),           // 39: ferry.fleet.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),          // 40: ferry.fleet.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),          // 41: ferry.fleet.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),         // 42: ferry.fleet.v1.ResumeRolloutResponse
-	(*CancelRolloutRequest)(nil),          // 43: ferry.fleet.v1.CancelRolloutRequest
-	(*CancelRolloutResponse)(nil),         // 44: ferry.fleet.v1.CancelRolloutResponse
-	(*WatchRolloutRequest)(nil),           // 45: ferry.fleet.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),          // 46: ferry.fleet.v1.WatchRolloutResponse
-	(*ListRolloutExecutionsRequest)(nil),  // 47: ferry.fleet.v1.ListRolloutExecutionsRequest
-	(*ListRolloutExecutionsResponse)(nil), // 48: ferry.fleet.v1.ListRolloutExecutionsResponse
-	(*RolloutExecution)(nil),              // 49: ferry.fleet.v1.RolloutExecution
-	nil,                                   // 50: ferry.fleet.v1.Device.LabelsEntry
-	nil,                                   // 51: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                                   // 52: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                                   // 53: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	nil,                                   // 54: ferry.fleet.v1.CopyConfigResponse.ConfigEntry
-	nil,                                   // 55: ferry.fleet.v1.Rollout.CountsEntry
-	nil,                                   // 56: ferry.fleet.v1.WaveProgress.CountsEntry
-	(*timestamppb.Timestamp)(nil),         // 57: google.protobuf.Timestamp
-	(*v1.ReportedState)(nil),              // 58: ferry.device.v1.ReportedState
-	(*v1.DesiredDocument)(nil),            // 59: ferry.device.v1.DesiredDocument
-	(v1.JobStatus)(0),                     // 60: ferry.device.v1.JobStatus
-	(v1.Step)(0),                          // 61: ferry.device.v1.Step
-	(v1.DownloadMethod)(0),                // 62: ferry.device.v1.DownloadMethod
-	(*durationpb.Duration)(nil),           // 63: google.protobuf.Duration
-	(*v1.Bundle)(nil),                     // 64: ferry.device.v1.Bundle
-	(*v1.ConsentPolicy)(nil),              // 65: ferry.device.v1.ConsentPolicy
+	(*CertificateSummary)(nil),            // 20: ferry.fleet.v1.CertificateSummary
+	(*AddDeviceRequest)(nil),              // 21: ferry.fleet.v1.AddDeviceRequest
+	(*AddDeviceResponse)(nil),             // 22: ferry.fleet.v1.AddDeviceResponse
+	(*RevokeDeviceRequest)(nil),           // 23: ferry.fleet.v1.RevokeDeviceRequest
+	(*RevokeDeviceResponse)(nil),          // 24: ferry.fleet.v1.RevokeDeviceResponse
+	(*CopyConfigRequest)(nil),             // 25: ferry.fleet.v1.CopyConfigRequest
+	(*CopyConfigResponse)(nil),            // 26: ferry.fleet.v1.CopyConfigResponse
+	(*Rollout)(nil),                       // 27: ferry.fleet.v1.Rollout
+	(*RolloutStrategy)(nil),               // 28: ferry.fleet.v1.RolloutStrategy
+	(*Wave)(nil),                          // 29: ferry.fleet.v1.Wave
+	(*ExponentialRate)(nil),               // 30: ferry.fleet.v1.ExponentialRate
+	(*AbortRule)(nil),                     // 31: ferry.fleet.v1.AbortRule
+	(*MaintenanceWindow)(nil),             // 32: ferry.fleet.v1.MaintenanceWindow
+	(*WaveProgress)(nil),                  // 33: ferry.fleet.v1.WaveProgress
+	(*CreateRolloutRequest)(nil),          // 34: ferry.fleet.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),         // 35: ferry.fleet.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),             // 36: ferry.fleet.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),            // 37: ferry.fleet.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),           // 38: ferry.fleet.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),          // 39: ferry.fleet.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),           // 40: ferry.fleet.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),          // 41: ferry.fleet.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),          // 42: ferry.fleet.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),         // 43: ferry.fleet.v1.ResumeRolloutResponse
+	(*CancelRolloutRequest)(nil),          // 44: ferry.fleet.v1.CancelRolloutRequest
+	(*CancelRolloutResponse)(nil),         // 45: ferry.fleet.v1.CancelRolloutResponse
+	(*WatchRolloutRequest)(nil),           // 46: ferry.fleet.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),          // 47: ferry.fleet.v1.WatchRolloutResponse
+	(*ListRolloutExecutionsRequest)(nil),  // 48: ferry.fleet.v1.ListRolloutExecutionsRequest
+	(*ListRolloutExecutionsResponse)(nil), // 49: ferry.fleet.v1.ListRolloutExecutionsResponse
+	(*RolloutExecution)(nil),              // 50: ferry.fleet.v1.RolloutExecution
+	nil,                                   // 51: ferry.fleet.v1.Device.LabelsEntry
+	nil,                                   // 52: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                                   // 53: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                                   // 54: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                                   // 55: ferry.fleet.v1.CopyConfigResponse.ConfigEntry
+	nil,                                   // 56: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                                   // 57: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),         // 58: google.protobuf.Timestamp
+	(*v1.ReportedState)(nil),              // 59: ferry.device.v1.ReportedState
+	(*v1.DesiredDocument)(nil),            // 60: ferry.device.v1.DesiredDocument
+	(v1.JobStatus)(0),                     // 61: ferry.device.v1.JobStatus
+	(v1.Step)(0),                          // 62: ferry.device.v1.Step
+	(v1.DownloadMethod)(0),                // 63: ferry.device.v1.DownloadMethod
+	(*durationpb.Duration)(nil),           // 64: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 65: ferry.device.v1.Bundle
+	(*v1.ConsentPolicy)(nil),              // 66: ferry.device.v1.ConsentPolicy
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
-	50, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	57, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	51, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
+	58, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
 	3,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
 	4,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	57, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	58, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 6: ferry.fleet.v1.Device.claim:type_name -> ferry.fleet.v1.DeviceClaim
-	58, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
-	57, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
-	59, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	57, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	58, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	57, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	60, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	61, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	57, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	62, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
+	59, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
+	58, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
+	60, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	58, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	59, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	58, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	61, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	62, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	58, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	63, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
 	0,  // 17: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	60, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	57, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	61, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	58, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
 	0,  // 20: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	59, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	60, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
 	0,  // 22: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	63, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	51, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	52, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	64, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	52, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	53, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
 	0,  // 26: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	57, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	60, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	61, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	58, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	61, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	62, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
 	16, // 30: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	53, // 31: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	0,  // 32: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	57, // 33: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	54, // 34: ferry.fleet.v1.CopyConfigResponse.config:type_name -> ferry.fleet.v1.CopyConfigResponse.ConfigEntry
-	64, // 35: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	57, // 36: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	27, // 37: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	30, // 38: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	64, // 39: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	57, // 40: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	31, // 41: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	57, // 42: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	57, // 43: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	57, // 44: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	32, // 45: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	55, // 46: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
-	65, // 47: ferry.fleet.v1.Rollout.consent:type_name -> ferry.device.v1.ConsentPolicy
-	28, // 48: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
-	29, // 49: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	63, // 50: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	63, // 51: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	60, // 52: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	63, // 53: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	56, // 54: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	57, // 55: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	57, // 56: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	57, // 57: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	64, // 58: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	27, // 59: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	30, // 60: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	64, // 61: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	57, // 62: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
-	31, // 63: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	65, // 64: ferry.fleet.v1.CreateRolloutRequest.consent:type_name -> ferry.device.v1.ConsentPolicy
-	26, // 65: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	26, // 66: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	26, // 67: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	26, // 68: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	26, // 69: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	26, // 70: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	26, // 71: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	49, // 72: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
-	57, // 73: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
-	57, // 74: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 75: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	7,  // 76: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	9,  // 77: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	11, // 78: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	13, // 79: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	15, // 80: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	18, // 81: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	20, // 82: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	22, // 83: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	24, // 84: ferry.fleet.v1.FleetService.CopyConfig:input_type -> ferry.fleet.v1.CopyConfigRequest
-	33, // 85: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	35, // 86: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	37, // 87: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	39, // 88: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	41, // 89: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	43, // 90: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	45, // 91: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	47, // 92: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
-	6,  // 93: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	8,  // 94: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	10, // 95: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	12, // 96: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	14, // 97: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	17, // 98: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	19, // 99: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	21, // 100: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	23, // 101: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	25, // 102: ferry.fleet.v1.FleetService.CopyConfig:output_type -> ferry.fleet.v1.CopyConfigResponse
-	34, // 103: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	36, // 104: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	38, // 105: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	40, // 106: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	42, // 107: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	44, // 108: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	46, // 109: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	48, // 110: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
-	93, // [93:111] is the sub-list for method output_type
-	75, // [75:93] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	20, // 31: ferry.fleet.v1.GetAttestationResponse.certificates:type_name -> ferry.fleet.v1.CertificateSummary
+	58, // 32: ferry.fleet.v1.CertificateSummary.not_before:type_name -> google.protobuf.Timestamp
+	58, // 33: ferry.fleet.v1.CertificateSummary.not_after:type_name -> google.protobuf.Timestamp
+	54, // 34: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	0,  // 35: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	58, // 36: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	55, // 37: ferry.fleet.v1.CopyConfigResponse.config:type_name -> ferry.fleet.v1.CopyConfigResponse.ConfigEntry
+	65, // 38: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	58, // 39: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	28, // 40: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	31, // 41: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	65, // 42: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	58, // 43: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	32, // 44: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	58, // 45: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	58, // 46: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	58, // 47: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	33, // 48: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	56, // 49: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	66, // 50: ferry.fleet.v1.Rollout.consent:type_name -> ferry.device.v1.ConsentPolicy
+	29, // 51: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	30, // 52: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	64, // 53: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	64, // 54: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	61, // 55: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	64, // 56: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	57, // 57: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	58, // 58: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	58, // 59: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	58, // 60: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	65, // 61: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	28, // 62: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	31, // 63: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	65, // 64: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	58, // 65: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	32, // 66: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	66, // 67: ferry.fleet.v1.CreateRolloutRequest.consent:type_name -> ferry.device.v1.ConsentPolicy
+	27, // 68: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 69: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 70: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	27, // 71: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 72: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 73: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 74: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	50, // 75: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	58, // 76: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	58, // 77: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 78: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	7,  // 79: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	9,  // 80: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	11, // 81: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	13, // 82: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	15, // 83: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	18, // 84: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	21, // 85: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	23, // 86: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	25, // 87: ferry.fleet.v1.FleetService.CopyConfig:input_type -> ferry.fleet.v1.CopyConfigRequest
+	34, // 88: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	36, // 89: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	38, // 90: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	40, // 91: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	42, // 92: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	44, // 93: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	46, // 94: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	48, // 95: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	6,  // 96: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	8,  // 97: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	10, // 98: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	12, // 99: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	14, // 100: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	17, // 101: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	19, // 102: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	22, // 103: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	24, // 104: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	26, // 105: ferry.fleet.v1.FleetService.CopyConfig:output_type -> ferry.fleet.v1.CopyConfigResponse
+	35, // 106: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	37, // 107: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	39, // 108: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	41, // 109: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	43, // 110: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	45, // 111: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	47, // 112: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	49, // 113: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	96, // [96:114] is the sub-list for method output_type
+	78, // [78:96] is the sub-list for method input_type
+	78, // [78:78] is the sub-list for extension type_name
+	78, // [78:78] is the sub-list for extension extendee
+	0,  // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -3934,7 +4088,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 		return
 	}
 	file_ferry_fleet_v1_fleet_proto_msgTypes[9].OneofWrappers = []any{}
-	file_ferry_fleet_v1_fleet_proto_msgTypes[28].OneofWrappers = []any{
+	file_ferry_fleet_v1_fleet_proto_msgTypes[29].OneofWrappers = []any{
 		(*Wave_Percent)(nil),
 		(*Wave_Count)(nil),
 	}
@@ -3944,7 +4098,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   57,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

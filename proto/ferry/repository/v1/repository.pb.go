@@ -980,6 +980,190 @@ func (x *OnlineKey) GetPublicKey() string {
 	return ""
 }
 
+type GetRepositoryStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRepositoryStatusRequest) Reset() {
+	*x = GetRepositoryStatusRequest{}
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRepositoryStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRepositoryStatusRequest) ProtoMessage() {}
+
+func (x *GetRepositoryStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRepositoryStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetRepositoryStatusRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{16}
+}
+
+type GetRepositoryStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// root, targets, snapshot, timestamp, then delegated targets roles by
+	// name.
+	Roles []*RoleStatus `protobuf:"bytes,1,rep,name=roles,proto3" json:"roles,omitempty"`
+	// ferryd's clock when it answered: what expiries are compared with.
+	Now           *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=now,proto3" json:"now,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRepositoryStatusResponse) Reset() {
+	*x = GetRepositoryStatusResponse{}
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRepositoryStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRepositoryStatusResponse) ProtoMessage() {}
+
+func (x *GetRepositoryStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRepositoryStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetRepositoryStatusResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetRepositoryStatusResponse) GetRoles() []*RoleStatus {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *GetRepositoryStatusResponse) GetNow() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Now
+	}
+	return nil
+}
+
+// RoleStatus is one TUF role's signed metadata as ferryd serves it.
+type RoleStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "root", "targets", "snapshot", "timestamp" or a delegated role's name.
+	Role       string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Version    uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// ferryd signs this role itself (snapshot and timestamp) and renews it
+	// before it expires; offline roles are re-signed by people.
+	Online bool `protobuf:"varint,4,opt,name=online,proto3" json:"online,omitempty"`
+	// The role expires within its warning period: a quarter of its
+	// lifetime for online roles (ferryd should have renewed it by then), 30
+	// days for offline roles (time to sign a new version).
+	ExpiresSoon bool `protobuf:"varint,5,opt,name=expires_soon,json=expiresSoon,proto3" json:"expires_soon,omitempty"`
+	// The role has expired: devices refuse the repository until it is
+	// renewed.
+	Expired       bool `protobuf:"varint,6,opt,name=expired,proto3" json:"expired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleStatus) Reset() {
+	*x = RoleStatus{}
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleStatus) ProtoMessage() {}
+
+func (x *RoleStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_repository_v1_repository_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleStatus.ProtoReflect.Descriptor instead.
+func (*RoleStatus) Descriptor() ([]byte, []int) {
+	return file_ferry_repository_v1_repository_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RoleStatus) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *RoleStatus) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *RoleStatus) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *RoleStatus) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *RoleStatus) GetExpiresSoon() bool {
+	if x != nil {
+		return x.ExpiresSoon
+	}
+	return false
+}
+
+func (x *RoleStatus) GetExpired() bool {
+	if x != nil {
+		return x.Expired
+	}
+	return false
+}
+
 var File_ferry_repository_v1_repository_proto protoreflect.FileDescriptor
 
 const file_ferry_repository_v1_repository_proto_rawDesc = "" +
@@ -1051,7 +1235,20 @@ const file_ferry_repository_v1_repository_proto_rawDesc = "" +
 	"\bkey_type\x18\x03 \x01(\tR\akeyType\x12\x16\n" +
 	"\x06scheme\x18\x04 \x01(\tR\x06scheme\x12\x1d\n" +
 	"\n" +
-	"public_key\x18\x05 \x01(\tR\tpublicKey2\xf6\x04\n" +
+	"public_key\x18\x05 \x01(\tR\tpublicKey\"\x1c\n" +
+	"\x1aGetRepositoryStatusRequest\"\x82\x01\n" +
+	"\x1bGetRepositoryStatusResponse\x125\n" +
+	"\x05roles\x18\x01 \x03(\v2\x1f.ferry.repository.v1.RoleStatusR\x05roles\x12,\n" +
+	"\x03now\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03now\"\xcc\x01\n" +
+	"\n" +
+	"RoleStatus\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x16\n" +
+	"\x06online\x18\x04 \x01(\bR\x06online\x12!\n" +
+	"\fexpires_soon\x18\x05 \x01(\bR\vexpiresSoon\x12\x18\n" +
+	"\aexpired\x18\x06 \x01(\bR\aexpired2\xf5\x05\n" +
 	"\x11RepositoryService\x12_\n" +
 	"\n" +
 	"UploadBlob\x12&.ferry.repository.v1.UploadBlobRequest\x1a'.ferry.repository.v1.UploadBlobResponse(\x01\x12i\n" +
@@ -1059,7 +1256,8 @@ const file_ferry_repository_v1_repository_proto_rawDesc = "" +
 	"\vPublishRoot\x12'.ferry.repository.v1.PublishRootRequest\x1a(.ferry.repository.v1.PublishRootResponse\x12e\n" +
 	"\vListBundles\x12'.ferry.repository.v1.ListBundlesRequest\x1a(.ferry.repository.v1.ListBundlesResponse\"\x03\x90\x02\x01\x12_\n" +
 	"\tGetBundle\x12%.ferry.repository.v1.GetBundleRequest\x1a&.ferry.repository.v1.GetBundleResponse\"\x03\x90\x02\x01\x12k\n" +
-	"\rGetOnlineKeys\x12).ferry.repository.v1.GetOnlineKeysRequest\x1a*.ferry.repository.v1.GetOnlineKeysResponse\"\x03\x90\x02\x01B\xd9\x01\n" +
+	"\rGetOnlineKeys\x12).ferry.repository.v1.GetOnlineKeysRequest\x1a*.ferry.repository.v1.GetOnlineKeysResponse\"\x03\x90\x02\x01\x12}\n" +
+	"\x13GetRepositoryStatus\x12/.ferry.repository.v1.GetRepositoryStatusRequest\x1a0.ferry.repository.v1.GetRepositoryStatusResponse\"\x03\x90\x02\x01B\xd9\x01\n" +
 	"\x17com.ferry.repository.v1B\x0fRepositoryProtoP\x01Z?github.com/ferryhq/ferry/proto/ferry/repository/v1;repositoryv1\xa2\x02\x03FRX\xaa\x02\x13Ferry.Repository.V1\xca\x02\x13Ferry\\Repository\\V1\xe2\x02\x1fFerry\\Repository\\V1\\GPBMetadata\xea\x02\x15Ferry::Repository::V1b\x06proto3"
 
 var (
@@ -1074,52 +1272,60 @@ func file_ferry_repository_v1_repository_proto_rawDescGZIP() []byte {
 	return file_ferry_repository_v1_repository_proto_rawDescData
 }
 
-var file_ferry_repository_v1_repository_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_repository_v1_repository_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_ferry_repository_v1_repository_proto_goTypes = []any{
-	(*UploadBlobRequest)(nil),      // 0: ferry.repository.v1.UploadBlobRequest
-	(*BlobInfo)(nil),               // 1: ferry.repository.v1.BlobInfo
-	(*UploadBlobResponse)(nil),     // 2: ferry.repository.v1.UploadBlobResponse
-	(*PublishTargetsRequest)(nil),  // 3: ferry.repository.v1.PublishTargetsRequest
-	(*RoleMetadata)(nil),           // 4: ferry.repository.v1.RoleMetadata
-	(*PublishTargetsResponse)(nil), // 5: ferry.repository.v1.PublishTargetsResponse
-	(*PublishRootRequest)(nil),     // 6: ferry.repository.v1.PublishRootRequest
-	(*PublishRootResponse)(nil),    // 7: ferry.repository.v1.PublishRootResponse
-	(*Bundle)(nil),                 // 8: ferry.repository.v1.Bundle
-	(*ListBundlesRequest)(nil),     // 9: ferry.repository.v1.ListBundlesRequest
-	(*ListBundlesResponse)(nil),    // 10: ferry.repository.v1.ListBundlesResponse
-	(*GetBundleRequest)(nil),       // 11: ferry.repository.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),      // 12: ferry.repository.v1.GetBundleResponse
-	(*GetOnlineKeysRequest)(nil),   // 13: ferry.repository.v1.GetOnlineKeysRequest
-	(*GetOnlineKeysResponse)(nil),  // 14: ferry.repository.v1.GetOnlineKeysResponse
-	(*OnlineKey)(nil),              // 15: ferry.repository.v1.OnlineKey
-	nil,                            // 16: ferry.repository.v1.Bundle.HashesEntry
-	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
+	(*UploadBlobRequest)(nil),           // 0: ferry.repository.v1.UploadBlobRequest
+	(*BlobInfo)(nil),                    // 1: ferry.repository.v1.BlobInfo
+	(*UploadBlobResponse)(nil),          // 2: ferry.repository.v1.UploadBlobResponse
+	(*PublishTargetsRequest)(nil),       // 3: ferry.repository.v1.PublishTargetsRequest
+	(*RoleMetadata)(nil),                // 4: ferry.repository.v1.RoleMetadata
+	(*PublishTargetsResponse)(nil),      // 5: ferry.repository.v1.PublishTargetsResponse
+	(*PublishRootRequest)(nil),          // 6: ferry.repository.v1.PublishRootRequest
+	(*PublishRootResponse)(nil),         // 7: ferry.repository.v1.PublishRootResponse
+	(*Bundle)(nil),                      // 8: ferry.repository.v1.Bundle
+	(*ListBundlesRequest)(nil),          // 9: ferry.repository.v1.ListBundlesRequest
+	(*ListBundlesResponse)(nil),         // 10: ferry.repository.v1.ListBundlesResponse
+	(*GetBundleRequest)(nil),            // 11: ferry.repository.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),           // 12: ferry.repository.v1.GetBundleResponse
+	(*GetOnlineKeysRequest)(nil),        // 13: ferry.repository.v1.GetOnlineKeysRequest
+	(*GetOnlineKeysResponse)(nil),       // 14: ferry.repository.v1.GetOnlineKeysResponse
+	(*OnlineKey)(nil),                   // 15: ferry.repository.v1.OnlineKey
+	(*GetRepositoryStatusRequest)(nil),  // 16: ferry.repository.v1.GetRepositoryStatusRequest
+	(*GetRepositoryStatusResponse)(nil), // 17: ferry.repository.v1.GetRepositoryStatusResponse
+	(*RoleStatus)(nil),                  // 18: ferry.repository.v1.RoleStatus
+	nil,                                 // 19: ferry.repository.v1.Bundle.HashesEntry
+	(*timestamppb.Timestamp)(nil),       // 20: google.protobuf.Timestamp
 }
 var file_ferry_repository_v1_repository_proto_depIdxs = []int32{
 	1,  // 0: ferry.repository.v1.UploadBlobRequest.info:type_name -> ferry.repository.v1.BlobInfo
 	4,  // 1: ferry.repository.v1.PublishTargetsRequest.additional_roles:type_name -> ferry.repository.v1.RoleMetadata
-	16, // 2: ferry.repository.v1.Bundle.hashes:type_name -> ferry.repository.v1.Bundle.HashesEntry
-	17, // 3: ferry.repository.v1.Bundle.publish_time:type_name -> google.protobuf.Timestamp
+	19, // 2: ferry.repository.v1.Bundle.hashes:type_name -> ferry.repository.v1.Bundle.HashesEntry
+	20, // 3: ferry.repository.v1.Bundle.publish_time:type_name -> google.protobuf.Timestamp
 	8,  // 4: ferry.repository.v1.ListBundlesResponse.bundles:type_name -> ferry.repository.v1.Bundle
 	8,  // 5: ferry.repository.v1.GetBundleResponse.bundle:type_name -> ferry.repository.v1.Bundle
 	15, // 6: ferry.repository.v1.GetOnlineKeysResponse.keys:type_name -> ferry.repository.v1.OnlineKey
-	0,  // 7: ferry.repository.v1.RepositoryService.UploadBlob:input_type -> ferry.repository.v1.UploadBlobRequest
-	3,  // 8: ferry.repository.v1.RepositoryService.PublishTargets:input_type -> ferry.repository.v1.PublishTargetsRequest
-	6,  // 9: ferry.repository.v1.RepositoryService.PublishRoot:input_type -> ferry.repository.v1.PublishRootRequest
-	9,  // 10: ferry.repository.v1.RepositoryService.ListBundles:input_type -> ferry.repository.v1.ListBundlesRequest
-	11, // 11: ferry.repository.v1.RepositoryService.GetBundle:input_type -> ferry.repository.v1.GetBundleRequest
-	13, // 12: ferry.repository.v1.RepositoryService.GetOnlineKeys:input_type -> ferry.repository.v1.GetOnlineKeysRequest
-	2,  // 13: ferry.repository.v1.RepositoryService.UploadBlob:output_type -> ferry.repository.v1.UploadBlobResponse
-	5,  // 14: ferry.repository.v1.RepositoryService.PublishTargets:output_type -> ferry.repository.v1.PublishTargetsResponse
-	7,  // 15: ferry.repository.v1.RepositoryService.PublishRoot:output_type -> ferry.repository.v1.PublishRootResponse
-	10, // 16: ferry.repository.v1.RepositoryService.ListBundles:output_type -> ferry.repository.v1.ListBundlesResponse
-	12, // 17: ferry.repository.v1.RepositoryService.GetBundle:output_type -> ferry.repository.v1.GetBundleResponse
-	14, // 18: ferry.repository.v1.RepositoryService.GetOnlineKeys:output_type -> ferry.repository.v1.GetOnlineKeysResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	18, // 7: ferry.repository.v1.GetRepositoryStatusResponse.roles:type_name -> ferry.repository.v1.RoleStatus
+	20, // 8: ferry.repository.v1.GetRepositoryStatusResponse.now:type_name -> google.protobuf.Timestamp
+	20, // 9: ferry.repository.v1.RoleStatus.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 10: ferry.repository.v1.RepositoryService.UploadBlob:input_type -> ferry.repository.v1.UploadBlobRequest
+	3,  // 11: ferry.repository.v1.RepositoryService.PublishTargets:input_type -> ferry.repository.v1.PublishTargetsRequest
+	6,  // 12: ferry.repository.v1.RepositoryService.PublishRoot:input_type -> ferry.repository.v1.PublishRootRequest
+	9,  // 13: ferry.repository.v1.RepositoryService.ListBundles:input_type -> ferry.repository.v1.ListBundlesRequest
+	11, // 14: ferry.repository.v1.RepositoryService.GetBundle:input_type -> ferry.repository.v1.GetBundleRequest
+	13, // 15: ferry.repository.v1.RepositoryService.GetOnlineKeys:input_type -> ferry.repository.v1.GetOnlineKeysRequest
+	16, // 16: ferry.repository.v1.RepositoryService.GetRepositoryStatus:input_type -> ferry.repository.v1.GetRepositoryStatusRequest
+	2,  // 17: ferry.repository.v1.RepositoryService.UploadBlob:output_type -> ferry.repository.v1.UploadBlobResponse
+	5,  // 18: ferry.repository.v1.RepositoryService.PublishTargets:output_type -> ferry.repository.v1.PublishTargetsResponse
+	7,  // 19: ferry.repository.v1.RepositoryService.PublishRoot:output_type -> ferry.repository.v1.PublishRootResponse
+	10, // 20: ferry.repository.v1.RepositoryService.ListBundles:output_type -> ferry.repository.v1.ListBundlesResponse
+	12, // 21: ferry.repository.v1.RepositoryService.GetBundle:output_type -> ferry.repository.v1.GetBundleResponse
+	14, // 22: ferry.repository.v1.RepositoryService.GetOnlineKeys:output_type -> ferry.repository.v1.GetOnlineKeysResponse
+	17, // 23: ferry.repository.v1.RepositoryService.GetRepositoryStatus:output_type -> ferry.repository.v1.GetRepositoryStatusResponse
+	17, // [17:24] is the sub-list for method output_type
+	10, // [10:17] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ferry_repository_v1_repository_proto_init() }
@@ -1137,7 +1343,7 @@ func file_ferry_repository_v1_repository_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_repository_v1_repository_proto_rawDesc), len(file_ferry_repository_v1_repository_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,12 +23,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RepositoryService_UploadBlob_FullMethodName     = "/ferry.repository.v1.RepositoryService/UploadBlob"
-	RepositoryService_PublishTargets_FullMethodName = "/ferry.repository.v1.RepositoryService/PublishTargets"
-	RepositoryService_PublishRoot_FullMethodName    = "/ferry.repository.v1.RepositoryService/PublishRoot"
-	RepositoryService_ListBundles_FullMethodName    = "/ferry.repository.v1.RepositoryService/ListBundles"
-	RepositoryService_GetBundle_FullMethodName      = "/ferry.repository.v1.RepositoryService/GetBundle"
-	RepositoryService_GetOnlineKeys_FullMethodName  = "/ferry.repository.v1.RepositoryService/GetOnlineKeys"
+	RepositoryService_UploadBlob_FullMethodName          = "/ferry.repository.v1.RepositoryService/UploadBlob"
+	RepositoryService_PublishTargets_FullMethodName      = "/ferry.repository.v1.RepositoryService/PublishTargets"
+	RepositoryService_PublishRoot_FullMethodName         = "/ferry.repository.v1.RepositoryService/PublishRoot"
+	RepositoryService_ListBundles_FullMethodName         = "/ferry.repository.v1.RepositoryService/ListBundles"
+	RepositoryService_GetBundle_FullMethodName           = "/ferry.repository.v1.RepositoryService/GetBundle"
+	RepositoryService_GetOnlineKeys_FullMethodName       = "/ferry.repository.v1.RepositoryService/GetOnlineKeys"
+	RepositoryService_GetRepositoryStatus_FullMethodName = "/ferry.repository.v1.RepositoryService/GetRepositoryStatus"
 )
 
 // RepositoryServiceClient is the client API for RepositoryService service.
@@ -53,6 +54,9 @@ type RepositoryServiceClient interface {
 	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
 	// timestamp roles, which a root must name, and the current versions.
 	GetOnlineKeys(ctx context.Context, in *GetOnlineKeysRequest, opts ...grpc.CallOption) (*GetOnlineKeysResponse, error)
+	// GetRepositoryStatus returns the version and expiry of each TUF role
+	// ferryd serves: root, targets and its delegations, snapshot, timestamp.
+	GetRepositoryStatus(ctx context.Context, in *GetRepositoryStatusRequest, opts ...grpc.CallOption) (*GetRepositoryStatusResponse, error)
 }
 
 type repositoryServiceClient struct {
@@ -126,6 +130,16 @@ func (c *repositoryServiceClient) GetOnlineKeys(ctx context.Context, in *GetOnli
 	return out, nil
 }
 
+func (c *repositoryServiceClient) GetRepositoryStatus(ctx context.Context, in *GetRepositoryStatusRequest, opts ...grpc.CallOption) (*GetRepositoryStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRepositoryStatusResponse)
+	err := c.cc.Invoke(ctx, RepositoryService_GetRepositoryStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RepositoryServiceServer is the server API for RepositoryService service.
 // All implementations must embed UnimplementedRepositoryServiceServer
 // for forward compatibility.
@@ -148,6 +162,9 @@ type RepositoryServiceServer interface {
 	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
 	// timestamp roles, which a root must name, and the current versions.
 	GetOnlineKeys(context.Context, *GetOnlineKeysRequest) (*GetOnlineKeysResponse, error)
+	// GetRepositoryStatus returns the version and expiry of each TUF role
+	// ferryd serves: root, targets and its delegations, snapshot, timestamp.
+	GetRepositoryStatus(context.Context, *GetRepositoryStatusRequest) (*GetRepositoryStatusResponse, error)
 	mustEmbedUnimplementedRepositoryServiceServer()
 }
 
@@ -175,6 +192,9 @@ func (UnimplementedRepositoryServiceServer) GetBundle(context.Context, *GetBundl
 }
 func (UnimplementedRepositoryServiceServer) GetOnlineKeys(context.Context, *GetOnlineKeysRequest) (*GetOnlineKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetOnlineKeys not implemented")
+}
+func (UnimplementedRepositoryServiceServer) GetRepositoryStatus(context.Context, *GetRepositoryStatusRequest) (*GetRepositoryStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRepositoryStatus not implemented")
 }
 func (UnimplementedRepositoryServiceServer) mustEmbedUnimplementedRepositoryServiceServer() {}
 func (UnimplementedRepositoryServiceServer) testEmbeddedByValue()                           {}
@@ -294,6 +314,24 @@ func _RepositoryService_GetOnlineKeys_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RepositoryService_GetRepositoryStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRepositoryStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RepositoryServiceServer).GetRepositoryStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RepositoryService_GetRepositoryStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RepositoryServiceServer).GetRepositoryStatus(ctx, req.(*GetRepositoryStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RepositoryService_ServiceDesc is the grpc.ServiceDesc for RepositoryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -320,6 +358,10 @@ var RepositoryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetOnlineKeys",
 			Handler:    _RepositoryService_GetOnlineKeys_Handler,
+		},
+		{
+			MethodName: "GetRepositoryStatus",
+			Handler:    _RepositoryService_GetRepositoryStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

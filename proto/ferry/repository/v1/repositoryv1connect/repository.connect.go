@@ -54,6 +54,9 @@ const (
 	// RepositoryServiceGetOnlineKeysProcedure is the fully-qualified name of the RepositoryService's
 	// GetOnlineKeys RPC.
 	RepositoryServiceGetOnlineKeysProcedure = "/ferry.repository.v1.RepositoryService/GetOnlineKeys"
+	// RepositoryServiceGetRepositoryStatusProcedure is the fully-qualified name of the
+	// RepositoryService's GetRepositoryStatus RPC.
+	RepositoryServiceGetRepositoryStatusProcedure = "/ferry.repository.v1.RepositoryService/GetRepositoryStatus"
 )
 
 // RepositoryServiceClient is a client for the ferry.repository.v1.RepositoryService service.
@@ -74,6 +77,9 @@ type RepositoryServiceClient interface {
 	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
 	// timestamp roles, which a root must name, and the current versions.
 	GetOnlineKeys(context.Context, *connect.Request[v1.GetOnlineKeysRequest]) (*connect.Response[v1.GetOnlineKeysResponse], error)
+	// GetRepositoryStatus returns the version and expiry of each TUF role
+	// ferryd serves: root, targets and its delegations, snapshot, timestamp.
+	GetRepositoryStatus(context.Context, *connect.Request[v1.GetRepositoryStatusRequest]) (*connect.Response[v1.GetRepositoryStatusResponse], error)
 }
 
 // NewRepositoryServiceClient constructs a client for the ferry.repository.v1.RepositoryService
@@ -126,17 +132,25 @@ func NewRepositoryServiceClient(httpClient connect.HTTPClient, baseURL string, o
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		getRepositoryStatus: connect.NewClient[v1.GetRepositoryStatusRequest, v1.GetRepositoryStatusResponse](
+			httpClient,
+			baseURL+RepositoryServiceGetRepositoryStatusProcedure,
+			connect.WithSchema(repositoryServiceMethods.ByName("GetRepositoryStatus")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // repositoryServiceClient implements RepositoryServiceClient.
 type repositoryServiceClient struct {
-	uploadBlob     *connect.Client[v1.UploadBlobRequest, v1.UploadBlobResponse]
-	publishTargets *connect.Client[v1.PublishTargetsRequest, v1.PublishTargetsResponse]
-	publishRoot    *connect.Client[v1.PublishRootRequest, v1.PublishRootResponse]
-	listBundles    *connect.Client[v1.ListBundlesRequest, v1.ListBundlesResponse]
-	getBundle      *connect.Client[v1.GetBundleRequest, v1.GetBundleResponse]
-	getOnlineKeys  *connect.Client[v1.GetOnlineKeysRequest, v1.GetOnlineKeysResponse]
+	uploadBlob          *connect.Client[v1.UploadBlobRequest, v1.UploadBlobResponse]
+	publishTargets      *connect.Client[v1.PublishTargetsRequest, v1.PublishTargetsResponse]
+	publishRoot         *connect.Client[v1.PublishRootRequest, v1.PublishRootResponse]
+	listBundles         *connect.Client[v1.ListBundlesRequest, v1.ListBundlesResponse]
+	getBundle           *connect.Client[v1.GetBundleRequest, v1.GetBundleResponse]
+	getOnlineKeys       *connect.Client[v1.GetOnlineKeysRequest, v1.GetOnlineKeysResponse]
+	getRepositoryStatus *connect.Client[v1.GetRepositoryStatusRequest, v1.GetRepositoryStatusResponse]
 }
 
 // UploadBlob calls ferry.repository.v1.RepositoryService.UploadBlob.
@@ -169,6 +183,11 @@ func (c *repositoryServiceClient) GetOnlineKeys(ctx context.Context, req *connec
 	return c.getOnlineKeys.CallUnary(ctx, req)
 }
 
+// GetRepositoryStatus calls ferry.repository.v1.RepositoryService.GetRepositoryStatus.
+func (c *repositoryServiceClient) GetRepositoryStatus(ctx context.Context, req *connect.Request[v1.GetRepositoryStatusRequest]) (*connect.Response[v1.GetRepositoryStatusResponse], error) {
+	return c.getRepositoryStatus.CallUnary(ctx, req)
+}
+
 // RepositoryServiceHandler is an implementation of the ferry.repository.v1.RepositoryService
 // service.
 type RepositoryServiceHandler interface {
@@ -188,6 +207,9 @@ type RepositoryServiceHandler interface {
 	// GetOnlineKeys returns the public keys of ferryd's online snapshot and
 	// timestamp roles, which a root must name, and the current versions.
 	GetOnlineKeys(context.Context, *connect.Request[v1.GetOnlineKeysRequest]) (*connect.Response[v1.GetOnlineKeysResponse], error)
+	// GetRepositoryStatus returns the version and expiry of each TUF role
+	// ferryd serves: root, targets and its delegations, snapshot, timestamp.
+	GetRepositoryStatus(context.Context, *connect.Request[v1.GetRepositoryStatusRequest]) (*connect.Response[v1.GetRepositoryStatusResponse], error)
 }
 
 // NewRepositoryServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -236,6 +258,13 @@ func NewRepositoryServiceHandler(svc RepositoryServiceHandler, opts ...connect.H
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	repositoryServiceGetRepositoryStatusHandler := connect.NewUnaryHandler(
+		RepositoryServiceGetRepositoryStatusProcedure,
+		svc.GetRepositoryStatus,
+		connect.WithSchema(repositoryServiceMethods.ByName("GetRepositoryStatus")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.repository.v1.RepositoryService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case RepositoryServiceUploadBlobProcedure:
@@ -250,6 +279,8 @@ func NewRepositoryServiceHandler(svc RepositoryServiceHandler, opts ...connect.H
 			repositoryServiceGetBundleHandler.ServeHTTP(w, r)
 		case RepositoryServiceGetOnlineKeysProcedure:
 			repositoryServiceGetOnlineKeysHandler.ServeHTTP(w, r)
+		case RepositoryServiceGetRepositoryStatusProcedure:
+			repositoryServiceGetRepositoryStatusHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -281,4 +312,8 @@ func (UnimplementedRepositoryServiceHandler) GetBundle(context.Context, *connect
 
 func (UnimplementedRepositoryServiceHandler) GetOnlineKeys(context.Context, *connect.Request[v1.GetOnlineKeysRequest]) (*connect.Response[v1.GetOnlineKeysResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.repository.v1.RepositoryService.GetOnlineKeys is not implemented"))
+}
+
+func (UnimplementedRepositoryServiceHandler) GetRepositoryStatus(context.Context, *connect.Request[v1.GetRepositoryStatusRequest]) (*connect.Response[v1.GetRepositoryStatusResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.repository.v1.RepositoryService.GetRepositoryStatus is not implemented"))
 }
