@@ -381,7 +381,7 @@ func (c Config) Validate() error {
 	check(d.HelloTimeout > 0, "device hello timeout must be positive")
 	check(d.MessagesPerSecond > 0 && d.MessageBurst >= 1, "device rate limit must be positive with a burst of at least 1")
 	check(d.PingInterval > 0, "device ping interval must be positive")
-	check(d.ResyncInterval >= 0, "device resync interval must not be negative")
+	check(d.ResyncInterval > 0, "device resync interval must be positive")
 	check(d.ReadBufferBytes >= 0 && d.WriteBufferBytes >= 0, "device read and write buffer sizes must not be negative")
 	check(d.SeenFlush > 0, "device last-seen flush interval must be positive")
 	check(d.HandshakeTimeout > 0 && d.MaxConnectionIdle > 0, "device handshake timeout and max connection idle must be positive")

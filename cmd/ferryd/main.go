@@ -98,7 +98,7 @@ func run() error {
 		cfg.Device.StreamWorkers = uint32(n)
 		return err
 	})
-	fs.DurationVar(&cfg.Device.ResyncInterval, "device-resync-interval", cfg.Device.ResyncInterval, "how often every open stream re-reads its device even without a change notice (0: only after the notice subscription was interrupted)")
+	fs.DurationVar(&cfg.Device.ResyncInterval, "device-resync-interval", cfg.Device.ResyncInterval, "how often every open stream re-reads its device even without a change notice (a lost notice delays a Delta at most this long)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.Usage = func() {
