@@ -178,6 +178,11 @@ type Hello struct {
 // accepted reports established: it is kept as the device's claim
 // (Reported.Claim) when it differs from that state, with an EventHelloClaim
 // in the history when the claim is new, and dropped when it agrees.
+//
+// A Hello that changes nothing (the same agent version, the same claim or
+// none) costs one store read: no write and no change notice; its time is
+// recorded as a last-seen time, in the next batch (see Seen). That is what
+// a fleet reconnecting after a ferryd restart sends.
 func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device, error) {
 	if err := h.State.validate("hello.reported"); err != nil {
 		return store.Device{}, err
@@ -185,29 +190,57 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 	if err := validateText("hello.agent_version", h.AgentVersion); err != nil {
 		return store.Device{}, err
 	}
-	if _, err := s.Register(ctx, id, nil); err != nil {
+	if err := validateDeviceID(id); err != nil {
 		return store.Device{}, err
 	}
+	cur, err := s.devices.GetDevice(ctx, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if _, err := s.Register(ctx, id, nil); err != nil {
+			return store.Device{}, err
+		}
+	case err != nil:
+		return store.Device{}, store.NameDevice(id, err)
+	default:
+		now := s.now().UTC()
+		if _, _, changed := helloReported(id, h, cur, now); !changed {
+			s.seen.add(id, now)
+			return cur, nil
+		}
+	}
 	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
-		r := cur.Reported
-		r.AgentVersion = h.AgentVersion
-		r.LastSeen = s.now().UTC()
-		var w store.Write
-		if h.State.matches(r.Bundle, r.Config) {
-			r.Claim = nil
-			return r, w, nil
-		}
-		claim := &store.Claim{Bundle: h.State.Bundle, Config: h.State.Config, LastApplied: h.LastApplied, At: r.LastSeen}
-		if prev := r.Claim; prev == nil || !h.State.matches(prev.Bundle, prev.Config) {
-			w.Event = store.Event{Time: r.LastSeen, Kind: EventHelloClaim, Actor: "device:" + id, Message: describeClaim(h, r)}
-		}
-		r.Claim = claim
+		r, w, _ := helloReported(id, h, cur, s.now().UTC())
 		return r, w, nil
 	})
 	if err == nil {
 		s.changed(ctx, id)
 	}
 	return dev, err
+}
+
+// helloReported is the reported document after Hello h at time now, the
+// history event to write with it, and whether anything but the last-seen
+// time changed.
+func helloReported(id string, h Hello, cur store.Device, now time.Time) (store.Reported, store.Write, bool) {
+	r := cur.Reported
+	r.AgentVersion = h.AgentVersion
+	r.LastSeen = now
+	var w store.Write
+	changed := h.AgentVersion != cur.Reported.AgentVersion
+	if h.State.matches(r.Bundle, r.Config) {
+		changed = changed || r.Claim != nil
+		r.Claim = nil
+		return r, w, changed
+	}
+	claim := &store.Claim{Bundle: h.State.Bundle, Config: h.State.Config, LastApplied: h.LastApplied, At: now}
+	if prev := r.Claim; prev == nil || !h.State.matches(prev.Bundle, prev.Config) {
+		w.Event = store.Event{Time: now, Kind: EventHelloClaim, Actor: "device:" + id, Message: describeClaim(h, r)}
+		changed = true
+	} else if prev.LastApplied != h.LastApplied {
+		changed = true
+	}
+	r.Claim = claim
+	return r, w, changed
 }
 
 // matches reports whether the state names bundle b and configuration c.

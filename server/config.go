@@ -204,6 +204,21 @@ type DeviceLimits struct {
 	// means no cap (for a device port behind a load balancer, where every
 	// connection comes from its address).
 	MaxConnsPerSource int
+
+	// Memory against throughput, per device connection (docs/benchmarks.md,
+	// "Stream density"). ReadBufferBytes and WriteBufferBytes are gRPC's
+	// per-connection read and write buffers: 0 (the default) reads and
+	// writes frames straight on the TLS connection, which costs a system
+	// call more per message and saves about 64 KiB per idle connection
+	// (gRPC's own default is 32 KiB each). SharedWriteBuffer (default on)
+	// lets a connection hand its write buffer back between writes.
+	ReadBufferBytes   int
+	WriteBufferBytes  int
+	SharedWriteBuffer bool
+	// StreamWorkers is gRPC's pool of goroutines that start stream
+	// handlers (grpc.NumStreamWorkers); 0, the default, starts a goroutine
+	// per stream.
+	StreamWorkers uint32
 }
 
 // APILimits protect the back-office port. Each has a safe default.
@@ -272,6 +287,7 @@ func DefaultConfig() Config {
 			MaxConnectionIdle:    5 * time.Minute,
 			MaxHeaderBytes:       16 << 10,
 			MaxConnsPerSource:    256,
+			SharedWriteBuffer:    true,
 		},
 		API: APILimits{
 			MaxMessageBytes:          4 << 20,
@@ -372,6 +388,7 @@ func (c Config) Validate() error {
 	check(d.MessagesPerSecond > 0 && d.MessageBurst >= 1, "device rate limit must be positive with a burst of at least 1")
 	check(d.PingInterval > 0, "device ping interval must be positive")
 	check(d.ResyncInterval > 0, "device resync interval must be positive")
+	check(d.ReadBufferBytes >= 0 && d.WriteBufferBytes >= 0, "device read and write buffer sizes must not be negative")
 	check(d.SeenFlush > 0, "device last-seen flush interval must be positive")
 	check(d.HandshakeTimeout > 0 && d.MaxConnectionIdle > 0, "device handshake timeout and max connection idle must be positive")
 	check(d.MaxHeaderBytes >= 1<<10, "device max header size %d is under 1 KiB", d.MaxHeaderBytes)

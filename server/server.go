@@ -259,6 +259,11 @@ func (s *Server) newDeviceServer(cert tls.Certificate, pool *x509.CertPool, rep 
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: l.KeepaliveTime, Timeout: l.KeepaliveTimeout, MaxConnectionIdle: l.MaxConnectionIdle}),
 		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), deviceIdentity(s.cfg.TrustDomain, s.creds.revoked)),
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), deviceIdentityUnary(s.cfg.TrustDomain, s.creds.revoked), auditRenewals(s.audit)),
+		// Memory per connection (docs/benchmarks.md, "Stream density").
+		grpc.ReadBufferSize(l.ReadBufferBytes),
+		grpc.WriteBufferSize(l.WriteBufferBytes),
+		grpc.SharedWriteBuffer(l.SharedWriteBuffer),
+		grpc.NumStreamWorkers(l.StreamWorkers),
 	)
 	devicev1.RegisterDeviceServiceServer(g, &deviceService{
 		replica: rep, limits: l, log: s.log, metrics: s.metrics, sessions: s.sessions,

@@ -85,7 +85,7 @@ func (l *Link) apiHost() string {
 func (l *Link) Dial(_ context.Context, creds *agent.Credentials) (agent.Conn, error) {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(grpccreds.NewTLS(l.tlsConfig(l.cfg.DeviceAddr, creds)))}
 	if l.cfg.SmallBuffers {
-		opts = append(opts, grpc.WithReadBufferSize(0), grpc.WithWriteBufferSize(0))
+		opts = append(opts, grpc.WithReadBufferSize(0), grpc.WithWriteBufferSize(0), grpc.WithSharedWriteBuffer(true))
 	}
 	cc, err := grpc.NewClient(l.cfg.DeviceAddr, opts...)
 	if err != nil {

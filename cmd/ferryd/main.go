@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -91,6 +92,15 @@ func run() error {
 	fs.DurationVar(&cfg.Device.MaxConnectionIdle, "device-max-connection-idle", cfg.Device.MaxConnectionIdle, "a device connection with no stream for this long is closed")
 	fs.IntVar(&cfg.Device.MaxConns, "device-max-conns", cfg.Device.MaxConns, "connections open on the device port at once (0: the descriptor limit less a reserve and the API port's share)")
 	fs.IntVar(&cfg.Device.MaxConnsPerSource, "device-max-conns-per-source", cfg.Device.MaxConnsPerSource, "connections open on the device port from one address (0: no cap; raise it for fleets behind carrier-grade NAT)")
+	fs.IntVar(&cfg.Device.ReadBufferBytes, "device-read-buffer-bytes", cfg.Device.ReadBufferBytes, "gRPC read buffer of each device connection (0: none, frames are read straight from TLS; memory against throughput, see docs/benchmarks.md)")
+	fs.IntVar(&cfg.Device.WriteBufferBytes, "device-write-buffer-bytes", cfg.Device.WriteBufferBytes, "gRPC write buffer of each device connection (0: none, frames are written straight to TLS)")
+	fs.BoolVar(&cfg.Device.SharedWriteBuffer, "device-shared-write-buffer", cfg.Device.SharedWriteBuffer, "device connections hand their write buffer back between writes")
+	fs.Func("device-stream-workers", "goroutines gRPC keeps to start device stream handlers (0: a new goroutine per stream)", func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		cfg.Device.StreamWorkers = uint32(n)
+		return err
+	})
+	fs.DurationVar(&cfg.Device.ResyncInterval, "device-resync-interval", cfg.Device.ResyncInterval, "how often every open stream re-reads its device even without a change notice (a lost notice delays a Delta at most this long)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.Usage = func() {
