@@ -290,6 +290,7 @@ type SyncRequest struct {
 	//	*SyncRequest_Report
 	//	*SyncRequest_Progress
 	//	*SyncRequest_Ack
+	//	*SyncRequest_Inventory
 	Message       isSyncRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -368,6 +369,15 @@ func (x *SyncRequest) GetAck() *Ack {
 	return nil
 }
 
+func (x *SyncRequest) GetInventory() *Inventory {
+	if x != nil {
+		if x, ok := x.Message.(*SyncRequest_Inventory); ok {
+			return x.Inventory
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Message interface {
 	isSyncRequest_Message()
 }
@@ -388,6 +398,10 @@ type SyncRequest_Ack struct {
 	Ack *Ack `protobuf:"bytes,4,opt,name=ack,proto3,oneof"`
 }
 
+type SyncRequest_Inventory struct {
+	Inventory *Inventory `protobuf:"bytes,5,opt,name=inventory,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Message() {}
 
 func (*SyncRequest_Report) isSyncRequest_Message() {}
@@ -395,6 +409,8 @@ func (*SyncRequest_Report) isSyncRequest_Message() {}
 func (*SyncRequest_Progress) isSyncRequest_Message() {}
 
 func (*SyncRequest_Ack) isSyncRequest_Message() {}
+
+func (*SyncRequest_Inventory) isSyncRequest_Message() {}
 
 // SyncResponse is one message from the server.
 type SyncResponse struct {
@@ -594,7 +610,15 @@ type Hello struct {
 	// What the device runs now. Unsigned, so the server keeps it as the
 	// device's claim beside the state its accepted reports established, and
 	// never counts or indexes it.
-	Reported      *ReportedState `protobuf:"bytes,3,opt,name=reported,proto3" json:"reported,omitempty"`
+	Reported *ReportedState `protobuf:"bytes,3,opt,name=reported,proto3" json:"reported,omitempty"`
+	// What the device reports about itself (unsigned inventory): hardware
+	// model ("hardware"), operating system ("os"), kernel ("kernel"), agent
+	// version ("agent_version"), free storage ("storage_free_bytes") and
+	// what the device's inventory hook adds. Keys are 1 to 58 letters,
+	// digits, '-', '_' or '.', starting and ending with a letter or digit;
+	// at most 64 entries, values at most 256 bytes of UTF-8. Selectors name
+	// them "attr.<key>".
+	Attributes    map[string]string `protobuf:"bytes,4,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -650,6 +674,59 @@ func (x *Hello) GetReported() *ReportedState {
 	return nil
 }
 
+func (x *Hello) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+// Inventory replaces the device's attributes when they change during a
+// stream (same rules as Hello.attributes).
+type Inventory struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attributes    map[string]string      `protobuf:"bytes,1,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Inventory) Reset() {
+	*x = Inventory{}
+	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Inventory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Inventory) ProtoMessage() {}
+
+func (x *Inventory) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Inventory.ProtoReflect.Descriptor instead.
+func (*Inventory) Descriptor() ([]byte, []int) {
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Inventory) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
 // Bundle names a target of the TUF repository.
 type Bundle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -665,7 +742,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +754,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +767,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{4}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Bundle) GetTargetPath() string {
@@ -729,7 +806,7 @@ type DesiredDocument struct {
 
 func (x *DesiredDocument) Reset() {
 	*x = DesiredDocument{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +818,7 @@ func (x *DesiredDocument) String() string {
 func (*DesiredDocument) ProtoMessage() {}
 
 func (x *DesiredDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +831,7 @@ func (x *DesiredDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredDocument.ProtoReflect.Descriptor instead.
 func (*DesiredDocument) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{5}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DesiredDocument) GetBundle() *Bundle {
@@ -789,7 +866,7 @@ type ReportedState struct {
 
 func (x *ReportedState) Reset() {
 	*x = ReportedState{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +878,7 @@ func (x *ReportedState) String() string {
 func (*ReportedState) ProtoMessage() {}
 
 func (x *ReportedState) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +891,7 @@ func (x *ReportedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportedState.ProtoReflect.Descriptor instead.
 func (*ReportedState) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReportedState) GetBundle() *Bundle {
@@ -853,7 +930,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +942,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +955,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Delta) GetJobId() string {
@@ -945,7 +1022,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1034,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1047,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Report) GetJobId() string {
@@ -1058,7 +1135,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1147,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1160,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Progress) GetJobId() string {
@@ -1156,7 +1233,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1245,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1258,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Ack) GetOf() isAck_Of {
@@ -1248,7 +1325,7 @@ type Accepted struct {
 
 func (x *Accepted) Reset() {
 	*x = Accepted{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1337,7 @@ func (x *Accepted) String() string {
 func (*Accepted) ProtoMessage() {}
 
 func (x *Accepted) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1350,7 @@ func (x *Accepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accepted.ProtoReflect.Descriptor instead.
 func (*Accepted) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Accepted) GetJobId() string {
@@ -1326,7 +1403,7 @@ type Rejected struct {
 
 func (x *Rejected) Reset() {
 	*x = Rejected{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1415,7 @@ func (x *Rejected) String() string {
 func (*Rejected) ProtoMessage() {}
 
 func (x *Rejected) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1428,7 @@ func (x *Rejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejected.ProtoReflect.Descriptor instead.
 func (*Rejected) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Rejected) GetJobId() string {
@@ -1399,7 +1476,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1488,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1501,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{13}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Ping) GetId() uint64 {
@@ -1438,12 +1515,13 @@ var File_ferry_device_v1_device_proto protoreflect.FileDescriptor
 
 const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/device/v1/device.proto\x12\x0fferry.device.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n" +
+	"\x1cferry/device/v1/device.proto\x12\x0fferry.device.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x02\n" +
 	"\vSyncRequest\x12.\n" +
 	"\x05hello\x18\x01 \x01(\v2\x16.ferry.device.v1.HelloH\x00R\x05hello\x121\n" +
 	"\x06report\x18\x02 \x01(\v2\x17.ferry.device.v1.ReportH\x00R\x06report\x127\n" +
 	"\bprogress\x18\x03 \x01(\v2\x19.ferry.device.v1.ProgressH\x00R\bprogress\x12(\n" +
-	"\x03ack\x18\x04 \x01(\v2\x14.ferry.device.v1.AckH\x00R\x03ackB\t\n" +
+	"\x03ack\x18\x04 \x01(\v2\x14.ferry.device.v1.AckH\x00R\x03ack\x12:\n" +
+	"\tinventory\x18\x05 \x01(\v2\x1a.ferry.device.v1.InventoryH\x00R\tinventoryB\t\n" +
 	"\amessage\"\x9e\x02\n" +
 	"\fSyncResponse\x12.\n" +
 	"\x05delta\x18\x01 \x01(\v2\x16.ferry.device.v1.DeltaH\x00R\x05delta\x127\n" +
@@ -1455,11 +1533,24 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\aSession\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\tR\x05nonce\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime\"\xa9\x01\n" +
+	"serverTime\"\xb0\x02\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12?\n" +
 	"\x1clast_applied_desired_version\x18\x02 \x01(\x04R\x19lastAppliedDesiredVersion\x12:\n" +
-	"\breported\x18\x03 \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\"Y\n" +
+	"\breported\x18\x03 \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\x12F\n" +
+	"\n" +
+	"attributes\x18\x04 \x03(\v2&.ferry.device.v1.Hello.AttributesEntryR\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x01\n" +
+	"\tInventory\x12J\n" +
+	"\n" +
+	"attributes\x18\x01 \x03(\v2*.ferry.device.v1.Inventory.AttributesEntryR\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
 	"\x06Bundle\x12\x1f\n" +
 	"\vtarget_path\x18\x01 \x01(\tR\n" +
 	"targetPath\x12\x16\n" +
@@ -1569,7 +1660,7 @@ func file_ferry_device_v1_device_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ferry_device_v1_device_proto_goTypes = []any{
 	(JobStatus)(0),                // 0: ferry.device.v1.JobStatus
 	(Step)(0),                     // 1: ferry.device.v1.Step
@@ -1579,51 +1670,57 @@ var file_ferry_device_v1_device_proto_goTypes = []any{
 	(*SyncResponse)(nil),          // 5: ferry.device.v1.SyncResponse
 	(*Session)(nil),               // 6: ferry.device.v1.Session
 	(*Hello)(nil),                 // 7: ferry.device.v1.Hello
-	(*Bundle)(nil),                // 8: ferry.device.v1.Bundle
-	(*DesiredDocument)(nil),       // 9: ferry.device.v1.DesiredDocument
-	(*ReportedState)(nil),         // 10: ferry.device.v1.ReportedState
-	(*Delta)(nil),                 // 11: ferry.device.v1.Delta
-	(*Report)(nil),                // 12: ferry.device.v1.Report
-	(*Progress)(nil),              // 13: ferry.device.v1.Progress
-	(*Ack)(nil),                   // 14: ferry.device.v1.Ack
-	(*Accepted)(nil),              // 15: ferry.device.v1.Accepted
-	(*Rejected)(nil),              // 16: ferry.device.v1.Rejected
-	(*Ping)(nil),                  // 17: ferry.device.v1.Ping
-	nil,                           // 18: ferry.device.v1.DesiredDocument.ConfigEntry
-	nil,                           // 19: ferry.device.v1.ReportedState.ConfigEntry
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*Inventory)(nil),             // 8: ferry.device.v1.Inventory
+	(*Bundle)(nil),                // 9: ferry.device.v1.Bundle
+	(*DesiredDocument)(nil),       // 10: ferry.device.v1.DesiredDocument
+	(*ReportedState)(nil),         // 11: ferry.device.v1.ReportedState
+	(*Delta)(nil),                 // 12: ferry.device.v1.Delta
+	(*Report)(nil),                // 13: ferry.device.v1.Report
+	(*Progress)(nil),              // 14: ferry.device.v1.Progress
+	(*Ack)(nil),                   // 15: ferry.device.v1.Ack
+	(*Accepted)(nil),              // 16: ferry.device.v1.Accepted
+	(*Rejected)(nil),              // 17: ferry.device.v1.Rejected
+	(*Ping)(nil),                  // 18: ferry.device.v1.Ping
+	nil,                           // 19: ferry.device.v1.Hello.AttributesEntry
+	nil,                           // 20: ferry.device.v1.Inventory.AttributesEntry
+	nil,                           // 21: ferry.device.v1.DesiredDocument.ConfigEntry
+	nil,                           // 22: ferry.device.v1.ReportedState.ConfigEntry
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
 }
 var file_ferry_device_v1_device_proto_depIdxs = []int32{
 	7,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
-	12, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
-	13, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
-	14, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
-	11, // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
-	15, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
-	16, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
-	17, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
-	6,  // 8: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
-	20, // 9: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
-	10, // 10: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
-	8,  // 11: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
-	18, // 12: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
-	8,  // 13: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
-	19, // 14: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
-	9,  // 15: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
-	20, // 16: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
-	0,  // 17: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
-	1,  // 18: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
-	10, // 19: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
-	1,  // 20: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
-	2,  // 21: ferry.device.v1.Progress.download_method:type_name -> ferry.device.v1.DownloadMethod
-	3,  // 22: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
-	4,  // 23: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
-	5,  // 24: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
-	24, // [24:25] is the sub-list for method output_type
-	23, // [23:24] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	13, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
+	14, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
+	15, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
+	8,  // 4: ferry.device.v1.SyncRequest.inventory:type_name -> ferry.device.v1.Inventory
+	12, // 5: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
+	16, // 6: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
+	17, // 7: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
+	18, // 8: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
+	6,  // 9: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
+	23, // 10: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
+	11, // 11: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
+	19, // 12: ferry.device.v1.Hello.attributes:type_name -> ferry.device.v1.Hello.AttributesEntry
+	20, // 13: ferry.device.v1.Inventory.attributes:type_name -> ferry.device.v1.Inventory.AttributesEntry
+	9,  // 14: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
+	21, // 15: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
+	9,  // 16: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
+	22, // 17: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
+	10, // 18: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
+	23, // 19: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
+	0,  // 20: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
+	1,  // 21: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
+	11, // 22: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
+	1,  // 23: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
+	2,  // 24: ferry.device.v1.Progress.download_method:type_name -> ferry.device.v1.DownloadMethod
+	3,  // 25: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
+	4,  // 26: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
+	5,  // 27: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
+	27, // [27:28] is the sub-list for method output_type
+	26, // [26:27] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_ferry_device_v1_device_proto_init() }
@@ -1636,6 +1733,7 @@ func file_ferry_device_v1_device_proto_init() {
 		(*SyncRequest_Report)(nil),
 		(*SyncRequest_Progress)(nil),
 		(*SyncRequest_Ack)(nil),
+		(*SyncRequest_Inventory)(nil),
 	}
 	file_ferry_device_v1_device_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Delta)(nil),
@@ -1644,7 +1742,7 @@ func file_ferry_device_v1_device_proto_init() {
 		(*SyncResponse_Ping)(nil),
 		(*SyncResponse_Session)(nil),
 	}
-	file_ferry_device_v1_device_proto_msgTypes[10].OneofWrappers = []any{
+	file_ferry_device_v1_device_proto_msgTypes[11].OneofWrappers = []any{
 		(*Ack_DesiredVersion)(nil),
 		(*Ack_PingId)(nil),
 	}
@@ -1654,7 +1752,7 @@ func file_ferry_device_v1_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_device_v1_device_proto_rawDesc), len(file_ferry_device_v1_device_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -44,7 +44,12 @@ type Device struct {
 	// that differs from reported and no report was accepted since. Unsigned:
 	// shown as the device's claim, never counted, indexed or used by
 	// rollouts. Unset when the Hello agreed with reported.
-	Claim         *DeviceClaim `protobuf:"bytes,8,opt,name=claim,proto3" json:"claim,omitempty"`
+	Claim *DeviceClaim `protobuf:"bytes,8,opt,name=claim,proto3" json:"claim,omitempty"`
+	// What the device reports about itself (unsigned inventory: Hello and
+	// Inventory): "hardware", "os", "kernel", "agent_version",
+	// "storage_free_bytes" and what its inventory hook adds. Selectors name
+	// an attribute "attr.<key>".
+	Attributes    map[string]string `protobuf:"bytes,9,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -131,6 +136,13 @@ func (x *Device) GetLastSeenTime() *timestamppb.Timestamp {
 func (x *Device) GetClaim() *DeviceClaim {
 	if x != nil {
 		return x.Claim
+	}
+	return nil
+}
+
+func (x *Device) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
 	}
 	return nil
 }
@@ -578,7 +590,11 @@ type ListDevicesRequest struct {
 	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page (with the same filters).
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Only devices with all these labels: "key=value,key2=value2".
+	// Only devices matching this selector over labels and attributes, Kubernetes syntax: terms joined
+	// by ',' must all hold: "key=value", "key!=value", "key in (a,b)",
+	// "key notin (a,b)", "key" (present), "!key" (absent). A key names a
+	// label; "attr.<key>" names an attribute the device reports, for example
+	// "ring=canary,attr.hardware in (gw2,gw3)".
 	LabelSelector string `protobuf:"bytes,3,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
 	// Only devices whose accepted reports say they run this bundle target
 	// path ("(none)": no bundle); a Hello's claim does not count.
@@ -725,7 +741,11 @@ type SetDesiredStateRequest struct {
 	// still this one (optimistic concurrency); otherwise Aborted. Not with a
 	// selector.
 	ExpectedVersion *uint64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
-	// Every device with all these labels: "key=value,key2=value2".
+	// Every device matching this selector over labels and attributes, Kubernetes syntax: terms joined
+	// by ',' must all hold: "key=value", "key!=value", "key in (a,b)",
+	// "key notin (a,b)", "key" (present), "!key" (absent). A key names a
+	// label; "attr.<key>" names an attribute the device reports, for example
+	// "ring=canary,attr.hardware in (gw2,gw3)".
 	Selector      string `protobuf:"bytes,4,opt,name=selector,proto3" json:"selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1593,7 +1613,8 @@ type Rollout struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The bundle the target devices are given.
 	Bundle *v1.Bundle `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	// Label selector of the target devices, for example "model=gw2,ring=canary".
+	// Selector of the target devices (see ListDevicesRequest.label_selector),
+	// for example "ring=canary,attr.hardware=gw2".
 	Selector string `protobuf:"bytes,3,opt,name=selector,proto3" json:"selector,omitempty"`
 	// SCHEDULED, RUNNING, PAUSED, COMPLETED, ABORTED or CANCELED.
 	State      string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
@@ -1630,7 +1651,12 @@ type Rollout struct {
 	// FAILED, REJECTED, TIMED_OUT, ROLLED_BACK, CANCELED.
 	Counts map[string]uint64 `protobuf:"bytes,22,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// How many devices the rollout targets.
-	TargetCount   uint64 `protobuf:"varint,23,opt,name=target_count,json=targetCount,proto3" json:"target_count,omitempty"`
+	TargetCount uint64 `protobuf:"varint,23,opt,name=target_count,json=targetCount,proto3" json:"target_count,omitempty"`
+	// Devices of the target set left out because the bundle's signed
+	// hardware list does not name their "hardware" attribute: they are not
+	// given the job, not counted in target_count, and no abort rule counts
+	// them. A device that reports no hardware attribute is not left out.
+	Incompatible  uint64 `protobuf:"varint,24,opt,name=incompatible,proto3" json:"incompatible,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1822,6 +1848,13 @@ func (x *Rollout) GetCounts() map[string]uint64 {
 func (x *Rollout) GetTargetCount() uint64 {
 	if x != nil {
 		return x.TargetCount
+	}
+	return 0
+}
+
+func (x *Rollout) GetIncompatible() uint64 {
+	if x != nil {
+		return x.Incompatible
 	}
 	return 0
 }
@@ -2214,8 +2247,11 @@ type WaveProgress struct {
 	Counts    map[string]uint64      `protobuf:"bytes,4,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	BeginTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=begin_time,json=beginTime,proto3" json:"begin_time,omitempty"`
 	// The end of the soak, while the wave is SOAKING.
-	SoakEndTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=soak_end_time,json=soakEndTime,proto3" json:"soak_end_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	SoakEndTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=soak_end_time,json=soakEndTime,proto3" json:"soak_end_time,omitempty"`
+	EndTime     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Devices that matched while this wave ran (a continuous rollout) and
+	// were left out as incompatible with the bundle's hardware list.
+	Incompatible  uint64 `protobuf:"varint,8,opt,name=incompatible,proto3" json:"incompatible,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2299,10 +2335,21 @@ func (x *WaveProgress) GetEndTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *WaveProgress) GetIncompatible() uint64 {
+	if x != nil {
+		return x.Incompatible
+	}
+	return 0
+}
+
 type CreateRolloutRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Bundle *v1.Bundle             `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	// Label selector of the target devices, for example "model=gw2,ring=canary".
+	// Selector of the target devices over labels and attributes, Kubernetes syntax: terms joined
+	// by ',' must all hold: "key=value", "key!=value", "key in (a,b)",
+	// "key notin (a,b)", "key" (present), "!key" (absent). A key names a
+	// label; "attr.<key>" names an attribute the device reports, for example
+	// "ring=canary,attr.hardware in (gw2,gw3)".
 	Selector string `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
 	Name     string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// Shorthand for the selector term "group=<group>".
@@ -3274,7 +3321,7 @@ var File_ferry_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x03\n" +
+	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x04\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\x06labels\x18\x02 \x03(\v2\".ferry.fleet.v1.Device.LabelsEntryR\x06labels\x12;\n" +
@@ -3284,8 +3331,14 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\breported\x18\x05 \x01(\v2\x1d.ferry.fleet.v1.ReportedStateR\breported\x12%\n" +
 	"\x03job\x18\x06 \x01(\v2\x13.ferry.fleet.v1.JobR\x03job\x12@\n" +
 	"\x0elast_seen_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x121\n" +
-	"\x05claim\x18\b \x01(\v2\x1b.ferry.fleet.v1.DeviceClaimR\x05claim\x1a9\n" +
+	"\x05claim\x18\b \x01(\v2\x1b.ferry.fleet.v1.DeviceClaimR\x05claim\x12F\n" +
+	"\n" +
+	"attributes\x18\t \x03(\v2&.ferry.fleet.v1.Device.AttributesEntryR\n" +
+	"attributes\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x01\n" +
 	"\vDeviceClaim\x124\n" +
@@ -3401,7 +3454,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x13RevokeDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x16\n" +
-	"\x14RevokeDeviceResponse\"\xda\b\n" +
+	"\x14RevokeDeviceResponse\"\xfe\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12\x1a\n" +
@@ -3435,7 +3488,8 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\fcurrent_wave\x18\x14 \x01(\rR\vcurrentWave\x12!\n" +
 	"\fcurrent_rate\x18\x15 \x01(\x01R\vcurrentRate\x12;\n" +
 	"\x06counts\x18\x16 \x03(\v2#.ferry.fleet.v1.Rollout.CountsEntryR\x06counts\x12!\n" +
-	"\ftarget_count\x18\x17 \x01(\x04R\vtargetCount\x1a9\n" +
+	"\ftarget_count\x18\x17 \x01(\x04R\vtargetCount\x12\"\n" +
+	"\fincompatible\x18\x18 \x01(\x04R\fincompatible\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xa1\x02\n" +
@@ -3462,7 +3516,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x05start\x18\x01 \x01(\tR\x05start\x125\n" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x12\n" +
 	"\x04days\x18\x03 \x03(\tR\x04days\x12\x1b\n" +
-	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\xfd\x02\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\xa1\x03\n" +
 	"\fWaveProgress\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
@@ -3471,7 +3525,8 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"begin_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tbeginTime\x12>\n" +
 	"\rsoak_end_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vsoakEndTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x1a9\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\"\n" +
+	"\fincompatible\x18\b \x01(\x04R\fincompatible\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x94\x04\n" +
@@ -3588,7 +3643,7 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*Device)(nil),                        // 0: ferry.fleet.v1.Device
 	(*DeviceClaim)(nil),                   // 1: ferry.fleet.v1.DeviceClaim
@@ -3639,132 +3694,134 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*ListRolloutExecutionsResponse)(nil), // 46: ferry.fleet.v1.ListRolloutExecutionsResponse
 	(*RolloutExecution)(nil),              // 47: ferry.fleet.v1.RolloutExecution
 	nil,                                   // 48: ferry.fleet.v1.Device.LabelsEntry
-	nil,                                   // 49: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                                   // 50: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                                   // 51: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	nil,                                   // 52: ferry.fleet.v1.Rollout.CountsEntry
-	nil,                                   // 53: ferry.fleet.v1.WaveProgress.CountsEntry
-	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
-	(*v1.ReportedState)(nil),              // 55: ferry.device.v1.ReportedState
-	(*v1.DesiredDocument)(nil),            // 56: ferry.device.v1.DesiredDocument
-	(v1.JobStatus)(0),                     // 57: ferry.device.v1.JobStatus
-	(v1.Step)(0),                          // 58: ferry.device.v1.Step
-	(v1.DownloadMethod)(0),                // 59: ferry.device.v1.DownloadMethod
-	(*durationpb.Duration)(nil),           // 60: google.protobuf.Duration
-	(*v1.Bundle)(nil),                     // 61: ferry.device.v1.Bundle
+	nil,                                   // 49: ferry.fleet.v1.Device.AttributesEntry
+	nil,                                   // 50: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                                   // 51: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                                   // 52: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                                   // 53: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                                   // 54: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),         // 55: google.protobuf.Timestamp
+	(*v1.ReportedState)(nil),              // 56: ferry.device.v1.ReportedState
+	(*v1.DesiredDocument)(nil),            // 57: ferry.device.v1.DesiredDocument
+	(v1.JobStatus)(0),                     // 58: ferry.device.v1.JobStatus
+	(v1.Step)(0),                          // 59: ferry.device.v1.Step
+	(v1.DownloadMethod)(0),                // 60: ferry.device.v1.DownloadMethod
+	(*durationpb.Duration)(nil),           // 61: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 62: ferry.device.v1.Bundle
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
 	48, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	54, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	55, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
 	3,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
 	4,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	54, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	55, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 6: ferry.fleet.v1.Device.claim:type_name -> ferry.fleet.v1.DeviceClaim
-	55, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
-	54, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
-	56, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	54, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	55, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	54, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	57, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	58, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	54, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	59, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
-	0,  // 17: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	57, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	54, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
-	0,  // 20: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	56, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
-	0,  // 22: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	60, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	49, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	50, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	0,  // 26: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	57, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	58, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
-	16, // 30: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	51, // 31: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	0,  // 32: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	54, // 33: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	61, // 34: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	54, // 35: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	25, // 36: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 37: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	61, // 38: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 39: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	29, // 40: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	54, // 41: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	54, // 42: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 43: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	30, // 44: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	52, // 45: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
-	26, // 46: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
-	27, // 47: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	60, // 48: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	60, // 49: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	57, // 50: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	60, // 51: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	53, // 52: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	54, // 53: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	54, // 54: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	54, // 55: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	61, // 56: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	25, // 57: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	28, // 58: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	61, // 59: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	54, // 60: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
-	29, // 61: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	24, // 62: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 63: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 64: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	24, // 65: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 66: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 67: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	24, // 68: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	47, // 69: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
-	54, // 70: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
-	54, // 71: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 72: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	7,  // 73: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	9,  // 74: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	11, // 75: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	13, // 76: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	15, // 77: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	18, // 78: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	20, // 79: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	22, // 80: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	31, // 81: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	33, // 82: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	35, // 83: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	37, // 84: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	39, // 85: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	41, // 86: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	43, // 87: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	45, // 88: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
-	6,  // 89: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	8,  // 90: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	10, // 91: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	12, // 92: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	14, // 93: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	17, // 94: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	19, // 95: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	21, // 96: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	23, // 97: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	32, // 98: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	34, // 99: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	36, // 100: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	38, // 101: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	40, // 102: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	42, // 103: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	44, // 104: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	46, // 105: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
-	89, // [89:106] is the sub-list for method output_type
-	72, // [72:89] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	49, // 7: ferry.fleet.v1.Device.attributes:type_name -> ferry.fleet.v1.Device.AttributesEntry
+	56, // 8: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
+	55, // 9: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
+	57, // 10: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	55, // 11: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	56, // 12: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	55, // 13: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	58, // 14: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	59, // 15: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	55, // 16: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	60, // 17: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
+	0,  // 18: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	58, // 19: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	55, // 20: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	0,  // 21: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
+	57, // 22: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	0,  // 23: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
+	61, // 24: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	50, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	51, // 26: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	0,  // 27: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
+	55, // 28: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	58, // 29: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	59, // 30: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	16, // 31: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
+	52, // 32: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	0,  // 33: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	55, // 34: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	62, // 35: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	55, // 36: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	25, // 37: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	28, // 38: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	62, // 39: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	55, // 40: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	29, // 41: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	55, // 42: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	55, // 43: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	55, // 44: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	30, // 45: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	53, // 46: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	26, // 47: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	27, // 48: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	61, // 49: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	61, // 50: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	58, // 51: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	61, // 52: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	54, // 53: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	55, // 54: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	55, // 55: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	55, // 56: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	62, // 57: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	25, // 58: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	28, // 59: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	62, // 60: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	55, // 61: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	29, // 62: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	24, // 63: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 64: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 65: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	24, // 66: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 67: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 68: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	24, // 69: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	47, // 70: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	55, // 71: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	55, // 72: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 73: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	7,  // 74: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	9,  // 75: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	11, // 76: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	13, // 77: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	15, // 78: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	18, // 79: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	20, // 80: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	22, // 81: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	31, // 82: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	33, // 83: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	35, // 84: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	37, // 85: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	39, // 86: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	41, // 87: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	43, // 88: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	45, // 89: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	6,  // 90: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	8,  // 91: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	10, // 92: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	12, // 93: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	14, // 94: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	17, // 95: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	19, // 96: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	21, // 97: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	23, // 98: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	32, // 99: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	34, // 100: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	36, // 101: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	38, // 102: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	40, // 103: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	42, // 104: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	44, // 105: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	46, // 106: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	90, // [90:107] is the sub-list for method output_type
+	73, // [73:90] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -3783,7 +3840,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
