@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferryhq/ferry/inventory"
 	"github.com/ferryhq/ferry/store"
 )
 
@@ -166,6 +167,9 @@ type Hello struct {
 	// LastApplied is the desired version the device last applied.
 	LastApplied uint64
 	State       State
+	// Attributes are what the device reports about itself (see package
+	// inventory); they replace the stored ones when they differ.
+	Attributes map[string]string
 }
 
 // Connect records that a device opened its stream: it registers the device
@@ -180,6 +184,9 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 	}
 	if err := validateText("hello.agent_version", h.AgentVersion); err != nil {
 		return store.Device{}, err
+	}
+	if err := inventory.Validate(h.Attributes); err != nil {
+		return store.Device{}, invalid("hello.attributes", "%v", err)
 	}
 	if _, err := s.Register(ctx, id, nil); err != nil {
 		return store.Device{}, err
@@ -200,10 +207,47 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 		r.Claim = claim
 		return r, w, nil
 	})
-	if err == nil {
+	if err != nil {
+		return dev, err
+	}
+	s.changed(ctx, id)
+	return s.updateAttributes(ctx, dev, h.Attributes)
+}
+
+// SetAttributes replaces what a device reports about itself (its
+// inventory, sent when it changes during a stream), if it differs from
+// what is stored.
+func (s *Service) SetAttributes(ctx context.Context, id string, attrs map[string]string) (store.Device, error) {
+	if err := validateDeviceID(id); err != nil {
+		return store.Device{}, err
+	}
+	if err := inventory.Validate(attrs); err != nil {
+		return store.Device{}, invalid("inventory.attributes", "%v", err)
+	}
+	dev, changed, err := s.devices.SetAttributes(ctx, id, attrs)
+	if err != nil {
+		return dev, store.NameDevice(id, err)
+	}
+	if changed {
 		s.changed(ctx, id)
 	}
-	return dev, err
+	return dev, nil
+}
+
+// updateAttributes writes attrs unless dev (as just read or written) has
+// them already: an unchanged inventory costs no write.
+func (s *Service) updateAttributes(ctx context.Context, dev store.Device, attrs map[string]string) (store.Device, error) {
+	if len(attrs) == 0 && len(dev.Attributes) == 0 || maps.Equal(dev.Attributes, attrs) {
+		return dev, nil
+	}
+	next, changed, err := s.devices.SetAttributes(ctx, dev.ID, attrs)
+	if err != nil {
+		return dev, store.NameDevice(dev.ID, err)
+	}
+	if changed {
+		s.changed(ctx, dev.ID)
+	}
+	return next, nil
 }
 
 // matches reports whether the state names bundle b and configuration c.

@@ -9,24 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 )
 
-// Well-known attribute keys: what the reference agent reports about the
-// device it runs on (see Device.Attributes).
-const (
-	// AttrHardware is the device's hardware model, the one a bundle's
-	// signed hardware list names.
-	AttrHardware = "hardware"
-	// AttrOS is the operating system, "<ID>-<VERSION_ID>" of os-release
-	// ("debian-12").
-	AttrOS = "os"
-	// AttrKernel is the kernel release (uname -r).
-	AttrKernel = "kernel"
-	// AttrAgentVersion is the agent's version.
-	AttrAgentVersion = "agent_version"
-	// AttrStorageFree is the free space of the agent's data directory, in
-	// bytes (rounded down to MiB).
-	AttrStorageFree = "storage_free_bytes"
-)
-
 // AttributePrefix marks a selector key that names an attribute rather than
 // a label: "attr.hardware=gw2" selects by the hardware attribute. Labels
 // whose keys start with it cannot be selected.

@@ -147,7 +147,7 @@ type Device struct {
 	Reported  Reported          `json:"reported"`
 	// Attributes are what the device reports about itself, unsigned (its
 	// inventory: hardware model, OS, kernel, agent version, free storage,
-	// what its inventory hook adds; see the Attr constants). They are
+	// what its inventory hook adds; see package inventory). They are
 	// written with Devices.SetAttributes only, and indexed like labels.
 	Attributes map[string]string `json:"attributes,omitempty"`
 }
