@@ -232,7 +232,7 @@ func (a *Agent) session(ctx context.Context) error {
 	timer := time.AfterFunc(renewAt.Sub(a.cfg.Now()), func() { cancel(errRenew) })
 	defer timer.Stop()
 
-	stream, err := conn.Sync(ctx, Hello{AgentVersion: a.cfg.AgentVersion, LastApplied: a.p.LastApplied, State: a.p.Current})
+	stream, err := conn.Sync(ctx, Hello{AgentVersion: a.cfg.AgentVersion, LastApplied: a.p.LastApplied, State: a.p.Current, Attributes: a.attributes()})
 	if err != nil {
 		return a.cause(ctx, fmt.Errorf("sync: %w", err))
 	}

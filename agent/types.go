@@ -221,6 +221,9 @@ type Hello struct {
 	AgentVersion string
 	LastApplied  uint64
 	State        State
+	// Attributes are what the device reports about itself (see package
+	// inventory).
+	Attributes map[string]string
 }
 
 // Event is one message from ferryd: exactly one field is set.

@@ -8,41 +8,40 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
+
 	"github.com/ferryhq/ferry/store"
 )
 
-// MaxSelectorTerms bounds a label selector.
-const MaxSelectorTerms = 16
+// Limits on a selector.
+const (
+	MaxSelectorTerms = 16
+	MaxSelectorBytes = 4096
+)
 
-// ParseSelector parses a label selector, "key=value,key2=value2": every
-// term must match. Keys and values follow the limits of labels.
-func ParseSelector(sel string) (map[string]string, error) {
+// ParseSelector parses a selector over labels and attributes, in the
+// syntax of Kubernetes label selectors: terms joined by ',' must all hold,
+// each one of "key=value" (or "=="), "key!=value", "key in (a,b)", "key
+// notin (a,b)", "key" (present) and "!key" (absent). A key names a label;
+// "attr.<key>" names an attribute (store.AttributePrefix). Keys and values
+// follow the syntax of Kubernetes label keys and values. An empty selector
+// gives nil (every device).
+func ParseSelector(sel string) (labels.Selector, error) {
 	if strings.TrimSpace(sel) == "" {
 		return nil, nil
 	}
-	terms := strings.Split(sel, ",")
-	if len(terms) > MaxSelectorTerms {
-		return nil, invalid("selector", "has %d terms, at most %d allowed", len(terms), MaxSelectorTerms)
+	if len(sel) > MaxSelectorBytes {
+		return nil, invalid("selector", "is longer than %d bytes", MaxSelectorBytes)
 	}
-	out := make(map[string]string, len(terms))
-	for _, term := range terms {
-		k, v, ok := strings.Cut(strings.TrimSpace(term), "=")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok || k == "" {
-			return nil, invalid("selector", "term %q is not key=value", term)
-		}
-		if err := validateConfig("selector", map[string]string{k: v}); err != nil {
-			return nil, err
-		}
-		if strings.ContainsAny(k+v, "=,") {
-			return nil, invalid("selector", "term %q has more than one '='", term)
-		}
-		if prev, dup := out[k]; dup && prev != v {
-			return nil, invalid("selector", "key %q is given twice", k)
-		}
-		out[k] = v
+	parsed, err := labels.Parse(sel)
+	if err != nil {
+		return nil, invalid("selector", "%v", err)
 	}
-	return out, nil
+	reqs, _ := parsed.Requirements()
+	if len(reqs) > MaxSelectorTerms {
+		return nil, invalid("selector", "has %d terms, at most %d allowed", len(reqs), MaxSelectorTerms)
+	}
+	return parsed, nil
 }
 
 // ListQuery returns up to limit devices matching q with ids after after.
@@ -53,12 +52,12 @@ func (s *Service) ListQuery(ctx context.Context, q store.Query, after string, li
 	return s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: limit, Query: q})
 }
 
-// SetDesiredMatching gives every device with the labels the same new desired
+// SetDesiredMatching gives every device the selector matches the same new desired
 // document (each its own version and job), and returns how many it updated.
 // It goes through the fleet page by page; a failure stops it and reports
 // how many were updated before.
-func (s *Service) SetDesiredMatching(ctx context.Context, labels map[string]string, doc Document, setBy string) (int, error) {
-	if len(labels) == 0 {
+func (s *Service) SetDesiredMatching(ctx context.Context, sel labels.Selector, doc Document, setBy string) (int, error) {
+	if sel == nil || sel.Empty() {
 		return 0, invalid("selector", "is required (an empty selector would match the whole fleet)")
 	}
 	if err := doc.Validate(); err != nil {
@@ -66,7 +65,7 @@ func (s *Service) SetDesiredMatching(ctx context.Context, labels map[string]stri
 	}
 	updated, after := 0, ""
 	for {
-		page, err := s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: 500, Query: store.Query{Labels: labels}})
+		page, err := s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: 500, Query: store.Query{Selector: sel}})
 		if err != nil {
 			return updated, err
 		}

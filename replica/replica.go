@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferryhq/ferry/inventory"
 	"github.com/ferryhq/ferry/store"
 )
 
@@ -170,6 +171,9 @@ type Hello struct {
 	// LastApplied is the desired version the device last applied.
 	LastApplied uint64
 	State       State
+	// Attributes are what the device reports about itself (see package
+	// inventory); they replace the stored ones when they differ.
+	Attributes map[string]string
 }
 
 // Connect records that a device opened its stream: it registers the device
@@ -180,7 +184,7 @@ type Hello struct {
 // in the history when the claim is new, and dropped when it agrees.
 //
 // A Hello that changes nothing (the same agent version, the same claim or
-// none) costs one store read: no write and no change notice; its time is
+// none, the same attributes) costs one store read: no write and no change notice; its time is
 // recorded as a last-seen time, in the next batch (see Seen). That is what
 // a fleet reconnecting after a ferryd restart sends.
 func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device, error) {
@@ -189,6 +193,9 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 	}
 	if err := validateText("hello.agent_version", h.AgentVersion); err != nil {
 		return store.Device{}, err
+	}
+	if err := inventory.Validate(h.Attributes); err != nil {
+		return store.Device{}, invalid("hello.attributes", "%v", err)
 	}
 	if err := validateDeviceID(id); err != nil {
 		return store.Device{}, err
@@ -205,17 +212,54 @@ func (s *Service) Connect(ctx context.Context, id string, h Hello) (store.Device
 		now := s.now().UTC()
 		if _, _, changed := helloReported(id, h, cur, now); !changed {
 			s.seen.add(id, now)
-			return cur, nil
+			return s.updateAttributes(ctx, cur, h.Attributes)
 		}
 	}
 	dev, err := s.updateReported(ctx, id, func(cur store.Device) (store.Reported, store.Write, error) {
 		r, w, _ := helloReported(id, h, cur, s.now().UTC())
 		return r, w, nil
 	})
-	if err == nil {
+	if err != nil {
+		return dev, err
+	}
+	s.changed(ctx, id)
+	return s.updateAttributes(ctx, dev, h.Attributes)
+}
+
+// SetAttributes replaces what a device reports about itself (its
+// inventory, sent when it changes during a stream), if it differs from
+// what is stored.
+func (s *Service) SetAttributes(ctx context.Context, id string, attrs map[string]string) (store.Device, error) {
+	if err := validateDeviceID(id); err != nil {
+		return store.Device{}, err
+	}
+	if err := inventory.Validate(attrs); err != nil {
+		return store.Device{}, invalid("inventory.attributes", "%v", err)
+	}
+	dev, changed, err := s.devices.SetAttributes(ctx, id, attrs)
+	if err != nil {
+		return dev, store.NameDevice(id, err)
+	}
+	if changed {
 		s.changed(ctx, id)
 	}
-	return dev, err
+	return dev, nil
+}
+
+// updateAttributes writes attrs unless dev (as just read or written) has
+// them already: an unchanged inventory costs no write.
+func (s *Service) updateAttributes(ctx context.Context, dev store.Device, attrs map[string]string) (store.Device, error) {
+	if len(attrs) == 0 && len(dev.Attributes) == 0 || maps.Equal(dev.Attributes, attrs) {
+		return dev, nil
+	}
+	next, changed, err := s.devices.SetAttributes(ctx, dev.ID, attrs)
+	if err != nil {
+		return dev, store.NameDevice(dev.ID, err)
+	}
+	if changed {
+		s.changed(ctx, dev.ID)
+	}
+	return next, nil
 }
 
 // helloReported is the reported document after Hello h at time now, the

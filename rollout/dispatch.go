@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/ferryhq/ferry/inventory"
 	"github.com/ferryhq/ferry/replica"
 	"github.com/ferryhq/ferry/store"
 )
@@ -21,7 +23,7 @@ const dispatchBatch = 50
 
 // start resolves the target set and splits it into waves.
 func (c *Controller) start(ctx context.Context, r *store.Rollout, rn *run, before store.Rollout, now time.Time) error {
-	ids, missing, err := c.targets(ctx, r.Spec)
+	ids, missing, incompatible, err := c.targets(ctx, r.Spec)
 	if err != nil {
 		return err
 	}
@@ -47,6 +49,11 @@ func (c *Controller) start(ctx context.Context, r *store.Rollout, rn *run, befor
 		rn.execs[id] = &store.Execution{DeviceID: id, Status: ExecCanceled, Message: "no such device", EndedAt: now}
 		rn.touch(id)
 	}
+	for _, d := range incompatible {
+		planned[d.ID] = true
+		rn.execs[d.ID] = incompatibleExec(r.Spec, d, 0, now)
+		rn.touch(d.ID)
+	}
 	// A plan that was written in part before a crash may name devices
 	// that no longer match: they are not part of the rollout.
 	for id, e := range rn.execs {
@@ -63,34 +70,57 @@ func (c *Controller) start(ctx context.Context, r *store.Rollout, rn *run, befor
 	return c.save(ctx, r, rn, before, now)
 }
 
-// targets lists the devices of a target set, and the named devices that do
-// not exist.
-func (c *Controller) targets(ctx context.Context, spec store.RolloutSpec) (ids, missing []string, err error) {
+// targets lists the devices of a target set that the bundle's hardware
+// list allows, the named devices that do not exist, and the devices the
+// hardware list leaves out.
+func (c *Controller) targets(ctx context.Context, spec store.RolloutSpec) (ids, missing []string, incompatible []store.Device, err error) {
 	if len(spec.Devices) > 0 {
 		for _, id := range spec.Devices {
-			if _, err := c.cfg.Replica.GetDevice(ctx, id); errors.Is(err, store.ErrNotFound) {
+			d, err := c.cfg.Replica.GetDevice(ctx, id)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
 				missing = append(missing, id)
-			} else if err != nil {
-				return nil, nil, fmt.Errorf("read device %s: %w", id, err)
-			} else {
+			case err != nil:
+				return nil, nil, nil, fmt.Errorf("read device %s: %w", id, err)
+			case !spec.Compatible(d):
+				incompatible = append(incompatible, d)
+			default:
 				ids = append(ids, id)
 			}
 		}
-		return ids, missing, nil
+		return ids, missing, incompatible, nil
+	}
+	q, err := spec.TargetQuery()
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	after := ""
 	for {
-		page, err := c.cfg.Replica.ListQuery(ctx, store.Query{Labels: spec.Labels}, after, 1000)
+		page, err := c.cfg.Replica.ListQuery(ctx, q, after, 1000)
 		if err != nil {
-			return nil, nil, fmt.Errorf("list target devices: %w", err)
+			return nil, nil, nil, fmt.Errorf("list target devices: %w", err)
 		}
 		for _, d := range page {
-			ids = append(ids, d.ID)
+			if spec.Compatible(d) {
+				ids = append(ids, d.ID)
+			} else {
+				incompatible = append(incompatible, d)
+			}
 		}
 		if len(page) < 1000 {
-			return ids, nil, nil
+			return ids, nil, incompatible, nil
 		}
 		after = page[len(page)-1].ID
+	}
+}
+
+// incompatibleExec is the execution of a device left out because the
+// bundle's hardware list does not name its hardware.
+func incompatibleExec(spec store.RolloutSpec, d store.Device, wave int, now time.Time) *store.Execution {
+	return &store.Execution{
+		DeviceID: d.ID, Wave: wave, Status: ExecIncompatible, EndedAt: now,
+		Message: fmt.Sprintf("bundle is for hardware %s; the device reports %q",
+			strings.Join(spec.Hardware, ", "), d.Attributes[inventory.Hardware]),
 	}
 }
 

@@ -39,9 +39,12 @@ func (c *Controller) observeAll(ctx context.Context, r *store.Rollout, rn *run, 
 			}
 		}
 		if r.Spec.Continuous {
-			ids, _, err := c.targets(ctx, r.Spec)
+			ids, _, incompatible, err := c.targets(ctx, r.Spec)
 			if err != nil {
 				return err
+			}
+			for _, d := range incompatible {
+				ids = append(ids, d.ID)
 			}
 			for _, id := range ids {
 				if rn.execs[id] == nil {
@@ -98,6 +101,9 @@ func (c *Controller) observe(r *store.Rollout, rn *run, d store.Device, now time
 		}
 		last := max(len(r.Waves)-1, 0)
 		e = &store.Execution{DeviceID: d.ID, Wave: last, Status: ExecPending}
+		if !r.Spec.Compatible(d) {
+			e = incompatibleExec(r.Spec, d, last, now)
+		}
 		rn.execs[d.ID] = e
 		rn.order = append(rn.order, d.ID)
 		rn.touch(d.ID)
@@ -170,11 +176,20 @@ func (c *Controller) observe(r *store.Rollout, rn *run, d store.Device, now time
 // tally counts the executions into the rollout and its waves.
 func (c *Controller) tally(r *store.Rollout, rn *run) {
 	r.Counts = map[string]uint64{}
+	r.Incompatible = 0
 	for i := range r.Waves {
 		r.Waves[i].Counts = map[string]uint64{}
 		r.Waves[i].Size = 0
+		r.Waves[i].Incompatible = 0
 	}
 	for _, e := range rn.execs {
+		if e.Status == ExecIncompatible { // counted apart, outside the waves' sizes
+			r.Incompatible++
+			if e.Wave < len(r.Waves) {
+				r.Waves[e.Wave].Incompatible++
+			}
+			continue
+		}
 		r.Counts[e.Status]++
 		if e.Status != ExecCanceled || e.Message != "no such device" {
 			if e.Wave < len(r.Waves) {

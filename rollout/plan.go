@@ -138,5 +138,6 @@ func matches(spec store.RolloutSpec, d store.Device) bool {
 	if len(spec.Devices) > 0 {
 		return slices.Contains(spec.Devices, d.ID)
 	}
-	return store.Query{Labels: spec.Labels}.Match(d)
+	q, err := spec.TargetQuery()
+	return err == nil && q.Match(d)
 }

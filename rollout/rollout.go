@@ -55,6 +55,10 @@ const (
 	ExecPending = "PENDING"
 	// ExecCanceled: the rollout ended before the device was given the job.
 	ExecCanceled = "CANCELED"
+	// ExecIncompatible: the bundle's signed hardware list does not name
+	// the device's hardware attribute; the device is left out, never given
+	// the job, and counted apart (Rollout.Incompatible), not by abort rules.
+	ExecIncompatible = "INCOMPATIBLE"
 )
 
 // Limits on a rollout's specification.
@@ -192,9 +196,9 @@ func validateConsent(b store.Bundle, c *store.ConsentPolicy) error {
 
 func validateTarget(spec store.RolloutSpec) error {
 	switch {
-	case len(spec.Labels) == 0 && len(spec.Devices) == 0:
+	case !spec.HasTargetSelector() && len(spec.Devices) == 0:
 		return invalid("selector", "a selector, a group or device ids are required")
-	case len(spec.Labels) > 0 && len(spec.Devices) > 0:
+	case spec.HasTargetSelector() && len(spec.Devices) > 0:
 		return invalid("device_ids", "give a selector or device ids, not both")
 	case len(spec.Devices) > MaxDevices:
 		return invalid("device_ids", "has %d devices, at most %d allowed", len(spec.Devices), MaxDevices)
@@ -419,7 +423,7 @@ func (s *Service) Watch(ctx context.Context, id string, send func(store.Rollout)
 // ExecStatuses are the statuses an execution may have.
 var ExecStatuses = []string{ExecPending, string(replica.StatusQueued), string(replica.StatusInProgress),
 	string(replica.StatusSucceeded), string(replica.StatusFailed), string(replica.StatusRejected),
-	string(replica.StatusTimedOut), string(replica.StatusRolledBack), ExecCanceled}
+	string(replica.StatusTimedOut), string(replica.StatusRolledBack), ExecCanceled, ExecIncompatible}
 
 // Executions returns up to limit of a rollout's executions with device ids
 // after after, in device-id order; with status, only those with it.

@@ -89,7 +89,10 @@ func (c *Controller) complete(r *store.Rollout, now time.Time) {
 	}
 	if n := len(r.Waves); r.Wave == n-1 && r.Waves[n-1].State == WaveDone {
 		r.State, r.EndedAt, r.Reason = StateCompleted, now, ""
-		if len(r.Counts) == 0 {
+		switch {
+		case len(r.Counts) == 0 && r.Incompatible > 0:
+			r.Reason = "every device of the target set is incompatible with the bundle's hardware"
+		case len(r.Counts) == 0:
 			r.Reason = "no device matches the target set"
 		}
 		c.log.Info("rollout completed", "rollout", r.ID, "counts", r.Counts)

@@ -70,14 +70,14 @@ func consentFromProto(c *devicev1.Consent) *replica.Consent {
 // keys) to the devices a selector matches, as desired configuration.
 func (f *fleetService) CopyConfig(ctx context.Context, req *connect.Request[fleetv1.CopyConfigRequest]) (*connect.Response[fleetv1.CopyConfigResponse], error) {
 	m := req.Msg
-	labels, err := replica.ParseSelector(m.GetSelector())
+	sel, err := replica.ParseSelector(m.GetSelector())
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}
-	if len(labels) == 0 {
+	if sel == nil || sel.Empty() {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("selector: is required (an empty selector would match the whole fleet)"))
 	}
-	cfg, n, err := f.replica.CopyConfig(ctx, m.GetFromDeviceId(), store.Query{Labels: labels}, m.GetKeys(), "operator:"+operatorFromContext(ctx).Name)
+	cfg, n, err := f.replica.CopyConfig(ctx, m.GetFromDeviceId(), store.Query{Selector: sel}, m.GetKeys(), "operator:"+operatorFromContext(ctx).Name)
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}

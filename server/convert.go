@@ -151,6 +151,7 @@ func deviceToProto(d store.Device) *fleetv1.Device {
 	out := &fleetv1.Device{
 		Id:           d.ID,
 		Labels:       d.Labels,
+		Attributes:   d.Attributes,
 		CreateTime:   timestamp(d.CreatedAt),
 		LastSeenTime: timestamp(d.Reported.LastSeen),
 		Desired: &fleetv1.DesiredState{

@@ -80,6 +80,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 		AgentVersion: hello.GetAgentVersion(),
 		LastApplied:  hello.GetLastAppliedDesiredVersion(),
 		State:        stateFromProto(hello.GetReported()),
+		Attributes:   hello.GetAttributes(),
 	})
 	if err != nil {
 		err = grpcError(helloCtx, log, err)
@@ -281,6 +282,8 @@ func receivedKind(msg *devicev1.SyncRequest) (kind string, traced bool) {
 		return "ack", false
 	case *devicev1.SyncRequest_Hello:
 		return "hello", true
+	case *devicev1.SyncRequest_Inventory:
+		return "inventory", true
 	}
 	return "empty", true
 }
@@ -331,6 +334,12 @@ func (st *syncStream) handle(msg *devicev1.SyncRequest) (err error) {
 			if err := st.svc.replica.Seen(ctx, st.id); err != nil {
 				return grpcError(ctx, st.log, err)
 			}
+		}
+		return nil
+	case *devicev1.SyncRequest_Inventory:
+		st.svc.metrics.received.WithLabelValues("inventory").Inc()
+		if _, err := st.svc.replica.SetAttributes(ctx, st.id, m.Inventory.GetAttributes()); err != nil {
+			return grpcError(ctx, st.log, err)
 		}
 		return nil
 	case *devicev1.SyncRequest_Hello:

@@ -80,11 +80,11 @@ func (f *fleetService) ListDevices(ctx context.Context, req *connect.Request[fle
 	if err != nil {
 		return nil, err
 	}
-	labels, err := replica.ParseSelector(req.Msg.GetLabelSelector())
+	sel, err := replica.ParseSelector(req.Msg.GetLabelSelector())
 	if err != nil {
 		return nil, connectError(ctx, f.log, err)
 	}
-	q := store.Query{Labels: labels, Bundle: req.Msg.GetBundle(), Status: string(statusFromProto(req.Msg.GetJobStatus()))}
+	q := store.Query{Selector: sel, Bundle: req.Msg.GetBundle(), Status: string(statusFromProto(req.Msg.GetJobStatus()))}
 	if q.Status == "" && req.Msg.GetJobStatus() != devicev1.JobStatus_JOB_STATUS_UNSPECIFIED {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("job_status: unknown status"))
 	}
@@ -123,11 +123,11 @@ func (f *fleetService) SetDesiredState(ctx context.Context, req *connect.Request
 			return nil, connect.NewError(connect.CodeInvalidArgument,
 				errors.New("selector: give either device_id (with an optional expected_version) or a selector"))
 		}
-		labels, err := replica.ParseSelector(m.GetSelector())
+		sel, err := replica.ParseSelector(m.GetSelector())
 		if err != nil {
 			return nil, connectError(ctx, f.log, err)
 		}
-		n, err := f.replica.SetDesiredMatching(ctx, labels, doc, "operator:"+op.Name)
+		n, err := f.replica.SetDesiredMatching(ctx, sel, doc, "operator:"+op.Name)
 		if err != nil {
 			return nil, connectError(ctx, f.log, err)
 		}
@@ -172,7 +172,7 @@ func (f *fleetService) GetFleetSummary(ctx context.Context, req *connect.Request
 // as long as the caller stays. Changes that come faster than the caller
 // reads are merged: it gets each changed device's latest state once.
 func (f *fleetService) WatchDevices(ctx context.Context, req *connect.Request[fleetv1.WatchDevicesRequest], stream *connect.ServerStream[fleetv1.WatchDevicesResponse]) error {
-	labels, err := replica.ParseSelector(req.Msg.GetLabelSelector())
+	sel, err := replica.ParseSelector(req.Msg.GetLabelSelector())
 	if err != nil {
 		return connectError(ctx, f.log, err)
 	}
@@ -185,7 +185,7 @@ func (f *fleetService) WatchDevices(ctx context.Context, req *connect.Request[fl
 	if err := stream.Conn().Send(nil); err != nil {
 		return err
 	}
-	q := store.Query{Labels: labels}
+	q := store.Query{Selector: sel}
 	for {
 		ids, err := w.Next(ctx)
 		if err != nil {

@@ -72,13 +72,17 @@ func checkMatchesDevices(ctx context.Context, rep *replica.Service, spec store.R
 		}
 		return connect.NewError(connect.CodeFailedPrecondition, errors.New("device_ids: none of the listed devices exists; see ferryctl device list"))
 	}
-	devs, err := rep.ListQuery(ctx, store.Query{Labels: spec.Labels}, "", 1)
+	q, err := spec.TargetQuery()
+	if err != nil {
+		return err
+	}
+	devs, err := rep.ListQuery(ctx, q, "", 1)
 	if err != nil {
 		return err
 	}
 	if len(devs) == 0 {
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
-			"selector: %s matches no device; check the labels with ferryctl device list --label (a continuous rollout may wait for devices)", formatSelector(spec.Labels)))
+			"selector: %s matches no device; check it with ferryctl device list --selector (a continuous rollout may wait for devices)", spec.SelectorString()))
 	}
 	return nil
 }

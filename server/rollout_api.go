@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"log/slog"
 	"maps"
 	"slices"
@@ -40,6 +42,12 @@ func (s *rolloutService) CreateRollout(ctx context.Context, req *connect.Request
 	}
 	if err := checkPublished(ctx, s.repo, "bundle", spec.Bundle); err != nil {
 		return nil, connectError(ctx, s.log, err)
+	}
+	// The signed hardware list decides which devices are left out.
+	if pub, err := s.repo.FindBundle(ctx, spec.Bundle.TargetPath); err != nil {
+		return nil, connectError(ctx, s.log, err)
+	} else {
+		spec.Hardware = slices.Clone(pub.Info.Hardware)
 	}
 	if err := checkPublished(ctx, s.repo, "rollback_bundle", spec.RollbackBundle); err != nil {
 		return nil, connectError(ctx, s.log, err)
@@ -150,26 +158,35 @@ func (s *rolloutService) ListRolloutExecutions(ctx context.Context, req *connect
 // rolloutSpecFromProto reads what a CreateRollout asks. Fields the domain
 // checks (sizes, ranges) are left to rollout.Validate.
 func rolloutSpecFromProto(m *fleetv1.CreateRolloutRequest) (store.RolloutSpec, error) {
-	labels, err := replica.ParseSelector(m.GetSelector())
+	sel, err := replica.ParseSelector(m.GetSelector())
 	if err != nil {
 		return store.RolloutSpec{}, err
 	}
 	if g := m.GetGroup(); g != "" {
-		if labels == nil {
-			labels = map[string]string{}
-		}
-		if prev, ok := labels["group"]; ok && prev != g {
-			return store.RolloutSpec{}, &replica.InvalidError{Field: "group", Reason: "contradicts the selector's group term"}
-		}
-		labels["group"] = g
-		if _, err := replica.ParseSelector("group=" + g); err != nil || strings.ContainsAny(g, "=,") {
+		if strings.ContainsAny(g, "=,") || len(validation.IsValidLabelValue(g)) > 0 {
 			return store.RolloutSpec{}, &replica.InvalidError{Field: "group", Reason: "is not a label value"}
 		}
+		if sel != nil && !sel.Matches(labels.Set{"group": g}) {
+			if reqs, _ := sel.Requirements(); slices.ContainsFunc(reqs, func(r labels.Requirement) bool { return r.Key() == "group" }) {
+				return store.RolloutSpec{}, &replica.InvalidError{Field: "group", Reason: "contradicts the selector's group term"}
+			}
+		}
+		terms := "group=" + g
+		if sel != nil {
+			terms = sel.String() + "," + terms
+		}
+		if sel, err = replica.ParseSelector(terms); err != nil {
+			return store.RolloutSpec{}, &replica.InvalidError{Field: "group", Reason: "is not a label value"}
+		}
+	}
+	var selector string
+	if sel != nil {
+		selector = sel.String()
 	}
 	spec := store.RolloutSpec{
 		Name:           m.GetName(),
 		Bundle:         bundleFromProto(m.GetBundle()),
-		Labels:         labels,
+		Selector:       selector,
 		Devices:        m.GetDeviceIds(),
 		RollbackBundle: bundleFromProto(m.GetRollbackBundle()),
 		Continuous:     m.GetContinuous(),
@@ -240,24 +257,25 @@ func durationToProto(d time.Duration) *durationpb.Duration {
 func rolloutToProto(r store.Rollout) *fleetv1.Rollout {
 	spec := r.Spec
 	out := &fleetv1.Rollout{
-		Id:          r.ID,
-		Name:        spec.Name,
-		Bundle:      bundleToProto(spec.Bundle),
-		Selector:    formatSelector(spec.Labels),
-		DeviceIds:   spec.Devices,
-		State:       r.State,
-		StateReason: r.Reason,
-		CreatedBy:   r.CreatedBy,
-		CreateTime:  timestamp(r.CreatedAt),
-		UpdateTime:  timestamp(r.UpdatedAt),
-		BeginTime:   timestamp(r.StartedAt),
-		EndTime:     timestamp(r.EndedAt),
-		StartTime:   timestamp(spec.StartAt),
-		Continuous:  spec.Continuous,
-		Consent:     consentPolicyToProto(spec.Consent),
-		CurrentWave: uint32(r.Wave),
-		CurrentRate: r.Rate,
-		Counts:      maps.Clone(r.Counts),
+		Id:           r.ID,
+		Name:         spec.Name,
+		Bundle:       bundleToProto(spec.Bundle),
+		Selector:     spec.SelectorString(),
+		DeviceIds:    spec.Devices,
+		State:        r.State,
+		StateReason:  r.Reason,
+		CreatedBy:    r.CreatedBy,
+		CreateTime:   timestamp(r.CreatedAt),
+		UpdateTime:   timestamp(r.UpdatedAt),
+		BeginTime:    timestamp(r.StartedAt),
+		EndTime:      timestamp(r.EndedAt),
+		StartTime:    timestamp(spec.StartAt),
+		Continuous:   spec.Continuous,
+		Consent:      consentPolicyToProto(spec.Consent),
+		CurrentWave:  uint32(r.Wave),
+		CurrentRate:  r.Rate,
+		Counts:       maps.Clone(r.Counts),
+		Incompatible: r.Incompatible,
 		Strategy: &fleetv1.RolloutStrategy{
 			MaxInFlight:   spec.MaxInFlight,
 			DeviceTimeout: durationToProto(spec.DeviceTimeout),
@@ -294,17 +312,9 @@ func rolloutToProto(r store.Rollout) *fleetv1.Rollout {
 		out.Waves = append(out.Waves, &fleetv1.WaveProgress{
 			Index: uint32(i), Size: w.Size, State: w.State, Counts: maps.Clone(w.Counts),
 			BeginTime: timestamp(w.StartedAt), SoakEndTime: timestamp(w.SoakUntil), EndTime: timestamp(w.EndedAt),
+			Incompatible: w.Incompatible,
 		})
 	}
 	out.TargetCount = target
 	return out
-}
-
-// formatSelector writes labels as a selector, keys in order.
-func formatSelector(labels map[string]string) string {
-	var terms []string
-	for _, k := range slices.Sorted(maps.Keys(labels)) {
-		terms = append(terms, k+"="+labels[k])
-	}
-	return strings.Join(terms, ",")
 }

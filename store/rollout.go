@@ -3,7 +3,13 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/ferryhq/ferry/inventory"
 )
 
 // ErrExists: a rollout with that id already exists.
@@ -42,6 +48,9 @@ type Rollout struct {
 	Rate float64 `json:"rate,omitempty"`
 	// Counts counts the executions by status.
 	Counts map[string]uint64 `json:"counts,omitempty"`
+	// Incompatible counts the devices of the target set left out because
+	// the bundle's hardware list does not name their hardware.
+	Incompatible uint64 `json:"incompatible,omitempty"`
 	// Rollback asks the controller to give the rollback bundle to the
 	// devices already moved, as it ends the rollout.
 	Rollback bool `json:"rollback,omitempty"`
@@ -52,10 +61,19 @@ type Rollout struct {
 type RolloutSpec struct {
 	Name   string `json:"name,omitempty"`
 	Bundle Bundle `json:"bundle"`
-	// Labels selects the target devices (every label must match); Devices
-	// names them. One of the two is set.
-	Labels  map[string]string `json:"labels,omitempty"`
-	Devices []string          `json:"devices,omitempty"`
+	// Selector selects the target devices (over labels and attributes, see
+	// Query.Selector), written as Kubernetes label selectors are; Devices
+	// names them. One of the two is set. Labels is the selector of
+	// rollouts stored before selectors had set-based terms (every label
+	// must match).
+	Selector string            `json:"selector,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Devices  []string          `json:"devices,omitempty"`
+	// Hardware is the bundle's signed hardware list, as the repository
+	// held it when the rollout was created (empty: any hardware). Devices
+	// whose hardware attribute it does not name are left out as
+	// incompatible.
+	Hardware []string `json:"hardware,omitempty"`
 	// Waves, in order: each a share of the target set (Percent) or a
 	// number of devices (Count). Without waves and without Rate, the
 	// rollout is one wave of every device.
@@ -134,6 +152,45 @@ type WaveProgress struct {
 	SoakUntil time.Time         `json:"soak_until,omitzero"`
 	EndedAt   time.Time         `json:"ended_at,omitzero"`
 	Counts    map[string]uint64 `json:"counts,omitempty"`
+	// Incompatible counts the devices left out as incompatible when the
+	// wave started (the first wave: the target set at the start) or while
+	// it ran (devices a continuous rollout found later).
+	Incompatible uint64 `json:"incompatible,omitempty"`
+}
+
+// HasTargetSelector reports whether the spec selects its devices rather
+// than naming them.
+func (s RolloutSpec) HasTargetSelector() bool { return s.Selector != "" || len(s.Labels) > 0 }
+
+// SelectorString is the spec's selector as written ("" for named devices).
+func (s RolloutSpec) SelectorString() string {
+	if s.Selector != "" || len(s.Labels) == 0 {
+		return s.Selector
+	}
+	return labels.SelectorFromSet(s.Labels).String()
+}
+
+// TargetQuery is the query of the spec's target set, when it selects
+// devices.
+func (s RolloutSpec) TargetQuery() (Query, error) {
+	q := Query{Labels: s.Labels}
+	if s.Selector != "" {
+		sel, err := labels.Parse(s.Selector)
+		if err != nil {
+			return Query{}, fmt.Errorf("rollout selector %q: %w", s.Selector, err)
+		}
+		q.Selector = sel
+	}
+	return q, nil
+}
+
+// Compatible reports whether a device may be given the spec's bundle by
+// its hardware attribute: yes when the bundle names no hardware, or the
+// device reports none (it still refuses a bundle it cannot run), or the
+// list names the device's hardware.
+func (s RolloutSpec) Compatible(d Device) bool {
+	hw, ok := d.Attributes[inventory.Hardware]
+	return len(s.Hardware) == 0 || !ok || hw == "" || slices.Contains(s.Hardware, hw)
 }
 
 // Execution is one device's part in a rollout.

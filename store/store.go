@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Errors returned by backends. Callers test them with errors.Is.
@@ -156,6 +158,11 @@ type Device struct {
 	CreatedAt time.Time         `json:"created_at,omitzero"`
 	Desired   Desired           `json:"desired"`
 	Reported  Reported          `json:"reported"`
+	// Attributes are what the device reports about itself, unsigned (its
+	// inventory: hardware model, OS, kernel, agent version, free storage,
+	// what its inventory hook adds; see package inventory). They are
+	// written with Devices.SetAttributes only, and indexed like labels.
+	Attributes map[string]string `json:"attributes,omitempty"`
 }
 
 // Event is one entry of a device's history: a change of its desired state,
@@ -223,6 +230,9 @@ type Query struct {
 	Status string
 	// SeenBefore selects devices last seen before this time, or never.
 	SeenBefore time.Time
+	// Selector, if set, must match the device's SelectorSet (labels, and
+	// attributes as "attr.<key>").
+	Selector labels.Selector
 }
 
 // NoBundle stands for "no bundle reported" in queries and summaries.
@@ -237,6 +247,9 @@ func (q Query) Match(d Device) bool {
 		if got, ok := d.Labels[k]; !ok || got != v {
 			return false
 		}
+	}
+	if q.Selector != nil && !q.Selector.Matches(d.SelectorSet()) {
+		return false
 	}
 	return (q.Bundle == "" || q.Bundle == d.BundleKey()) &&
 		(q.Status == "" || q.Status == d.JobStatus()) &&
@@ -291,7 +304,9 @@ type Devices interface {
 	GetDevice(ctx context.Context, id string) (Device, error)
 	// ListDevices returns up to opts.Limit devices matching opts.Query with
 	// ids after opts.After, in id order. A query on status, bundle or label
-	// walks that index; SeenBefore alone filters a walk of all devices.
+	// walks that index, else a selector with a positive equality or "in"
+	// term walks that term's label or attribute index (Query.SelectorIndex);
+	// other queries filter a walk of all devices.
 	ListDevices(ctx context.Context, opts ListOptions) ([]Device, error)
 	// SetDesired replaces the desired document if its version is still
 	// expect, together with w (atomically). d.Version must be expect+1. It
@@ -300,6 +315,12 @@ type Devices interface {
 	// Repeating a write that already succeeded returns success and changes
 	// nothing (the event is not appended twice).
 	SetDesired(ctx context.Context, id string, expect uint64, d Desired, w Write) (Device, error)
+	// SetAttributes replaces the device's attributes (nil or empty: none)
+	// and moves its attribute index entries, without touching the
+	// versioned documents or the history. It returns the stored device and
+	// whether anything changed; the same attributes again write nothing.
+	// ErrNotFound when the device does not exist.
+	SetAttributes(ctx context.Context, id string, attrs map[string]string) (Device, bool, error)
 	// SetReported is SetDesired for the reported document.
 	SetReported(ctx context.Context, id string, expect uint64, r Reported, w Write) (Device, error)
 	// ListEvents returns up to limit of a device's events with Seq below

@@ -225,6 +225,7 @@ func (c *conn) sync(ctx context.Context, hello agent.Hello) (agent.Stream, error
 	st := &stream{s: s}
 	if err := s.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Hello{Hello: &devicev1.Hello{
 		AgentVersion: hello.AgentVersion, LastAppliedDesiredVersion: hello.LastApplied, Reported: stateToProto(hello.State),
+		Attributes: hello.Attributes,
 	}}}); err != nil {
 		return nil, err
 	}

@@ -76,7 +76,7 @@ func newDeviceListCmd(a *app) *cobra.Command {
 	cmd.Flags().BoolVar(&all, "all", true, "follow pages to the end")
 	cmd.Flags().BoolVarP(&wide, "wide", "w", false, "also show each device's job id (for attest verify) and desired bundle")
 	cmd.Flags().Uint32Var(&pageSize, "page-size", 500, "devices per request")
-	cmd.Flags().StringVarP(&filter.LabelSelector, "label", "l", "", "only devices with these labels: key=value,key2=value2")
+	cmd.Flags().StringVarP(&filter.LabelSelector, "label", "l", "", "only devices matching this selector over labels and attributes (attr.<key>): key=value,key!=v,key in (a,b),!key")
 	cmd.Flags().StringVar(&filter.Bundle, "bundle", "", "only devices running this bundle target path ((none): no bundle)")
 	cmd.Flags().StringVar(&status, "status", "", "only devices whose job has this status (QUEUED, SUCCEEDED, FAILED, ...)")
 	cmd.Flags().DurationVar(&silentFor, "silent-for", 0, "only devices not seen for this long (or never)")
@@ -151,6 +151,7 @@ func deviceDetails(w io.Writer, d *fleetv1.Device) error {
 	line := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, args...)...) }
 	line("device", "%s", d.GetId())
 	line("labels", "%s", fmtMap(d.GetLabels()))
+	line("attributes", "%s", fmtMap(d.GetAttributes()))
 	des := d.GetDesired()
 	line("desired", "v%d: %s", des.GetVersion(), fmtBundle(des.GetDocument().GetBundle()))
 	if c := des.GetDocument().GetConfig(); len(c) > 0 {
@@ -318,7 +319,7 @@ func newDeviceSetDesiredCmd(a *app) *cobra.Command {
 	f.BoolVar(&forced, "forced", false, "allow a downgrade")
 	f.StringToStringVar(&config, "config", nil, "configuration key=value (repeatable)")
 	f.Int64Var(&expect, "expect-version", -1, "apply only if the desired version is still this one")
-	f.StringVar(&selector, "selector", "", "every device with these labels: key=value,key2=value2")
+	f.StringVar(&selector, "selector", "", "every device matching this selector over labels and attributes (attr.<key>), e.g. ring=canary,attr.hardware in (gw2,gw3)")
 	consent.add(f)
 	cmd.RegisterFlagCompletionFunc("bundle", bundleCompletion(a))
 	return cmd

@@ -163,6 +163,9 @@ func showRollout(w io.Writer, r *fleetv1.Rollout) error {
 		tgt += ", continuous"
 	}
 	line("target", "%s", tgt)
+	if n := r.GetIncompatible(); n > 0 {
+		line("incompatible", "%d devices left out: the bundle's hardware list does not name their hardware", n)
+	}
 	line("strategy", "%s", fmtStrategy(r))
 	rules := make([]string, 0, len(r.GetAbortRules()))
 	for _, ar := range r.GetAbortRules() {

@@ -205,7 +205,7 @@ func TestRolloutCreateFlags(t *testing.T) {
 		{"no target", []string{"--bundle", "b"}, "give exactly one target"},
 		{"two targets", []string{"--bundle", "b", "--group", "dev", "--selector", "a=b"}, "give exactly one target"},
 		{"three targets", []string{"--bundle", "b", "--group", "dev", "--selector", "a=b", "--devices", "d1"}, "give exactly one target"},
-		{"bad selector", []string{"--bundle", "b", "--selector", "model"}, "--selector: selector: term \"model\" is not key=value"},
+		{"bad selector", []string{"--bundle", "b", "--selector", "model in gw2"}, "--selector: selector: unable to parse requirement"},
 		{"bad group", []string{"--bundle", "b", "--group", "a,b=c"}, "is not a label value"},
 		{"bad device id", []string{"--bundle", "b", "--devices", "dev-1,-x"}, `"-x" is not a device id`},
 		{"continuous devices", []string{"--bundle", "b", "--devices", "dev-1", "--continuous"}, "--continuous needs --selector"},

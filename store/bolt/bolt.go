@@ -86,6 +86,7 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 		return store.Device{}, false, err
 	}
 	d.Desired.Version, d.Reported.Version = 0, 0
+	d.Attributes = nil // written with SetAttributes only
 	var (
 		stored  store.Device
 		created bool

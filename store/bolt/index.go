@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -23,6 +24,9 @@ func indexEntries(d *store.Device) [][]byte {
 	}
 	for k, v := range d.Labels {
 		out = append(out, indexKey("l", k+"="+v, d.ID))
+	}
+	for k, v := range d.Attributes {
+		out = append(out, indexKey("a", k+"="+v, d.ID))
 	}
 	return out
 }
@@ -79,8 +83,8 @@ func reindex(tx *bbolt.Tx, old, cur *store.Device) error {
 // countEntry adjusts the counter of a status or bundle index entry.
 func countEntry(counts *bbolt.Bucket, entry []byte, delta int64) error {
 	kind, rest, _ := bytes.Cut(entry, []byte{0})
-	if string(kind) == "l" {
-		return nil // labels are not summarised
+	if string(kind) == "l" || string(kind) == "a" {
+		return nil // labels and attributes are not summarised
 	}
 	value, _, _ := bytes.Cut(rest, []byte{0})
 	key := slices.Concat(kind, []byte{0}, value)
@@ -108,40 +112,49 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 		return nil, fmt.Errorf("list devices: limit %d must be positive", opts.Limit)
 	}
 	q := opts.Query
-	var prefix []byte // of the index walked; nil walks all devices
+	var prefixes [][]byte // of the indexes walked; none walks all devices
 	switch {
 	case q.Status != "":
-		prefix = indexKey("s", q.Status, "")
+		prefixes = [][]byte{indexKey("s", q.Status, "")}
 	case q.Bundle != "":
-		prefix = indexKey("b", q.Bundle, "")
+		prefixes = [][]byte{indexKey("b", q.Bundle, "")}
 	case len(q.Labels) > 0:
-		keys := make([]string, 0, len(q.Labels))
-		for k := range q.Labels {
-			keys = append(keys, k)
+		keys := slices.Sorted(maps.Keys(q.Labels))
+		prefixes = [][]byte{indexKey("l", keys[0]+"="+q.Labels[keys[0]], "")}
+	default:
+		if t, ok := q.SelectorIndex(); ok {
+			kind := "l"
+			if t.Kind == store.IndexAttribute {
+				kind = "a"
+			}
+			for _, v := range t.Values {
+				prefixes = append(prefixes, indexKey(kind, t.Key+"="+v, ""))
+			}
 		}
-		slices.Sort(keys)
-		prefix = indexKey("l", keys[0]+"="+q.Labels[keys[0]], "")
 	}
 	var out []store.Device
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		devices := tx.Bucket(devicesBucket)
-		var c *bbolt.Cursor
-		if prefix == nil {
-			c = devices.Cursor()
-		} else {
-			c = tx.Bucket(indexBucket).Cursor()
-		}
-		k, v := c.Seek(append(slices.Clone(prefix), opts.After...))
-		for ; k != nil && len(out) < opts.Limit; k, v = c.Next() {
-			id := k
-			if prefix != nil {
-				if !bytes.HasPrefix(k, prefix) {
-					break
+		var next func() []byte // the next id after opts.After, nil at the end
+		if len(prefixes) == 0 {
+			c := devices.Cursor()
+			k, _ := c.Seek([]byte(opts.After))
+			next = func() []byte {
+				if k != nil && opts.After != "" && string(k) == opts.After {
+					k, _ = c.Next()
 				}
-				id = k[len(prefix):]
-				v = devices.Get(id)
+				id := k
+				if k != nil {
+					k, _ = c.Next()
+				}
+				return id
 			}
-			if string(id) == opts.After && opts.After != "" {
+		} else {
+			next = mergeIndexes(tx.Bucket(indexBucket), prefixes, opts.After)
+		}
+		for id := next(); id != nil && len(out) < opts.Limit; id = next() {
+			v := devices.Get(id)
+			if v == nil {
 				continue
 			}
 			var d store.Device
@@ -159,6 +172,95 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	return out, nil
+}
+
+// mergeIndexes walks the ids under several index prefixes (disjoint: the
+// values of one key) in id order, from after on: it returns the next id
+// on every call, nil once every prefix ended.
+func mergeIndexes(idx *bbolt.Bucket, prefixes [][]byte, after string) func() []byte {
+	type head struct {
+		c      *bbolt.Cursor
+		prefix []byte
+		id     []byte
+	}
+	heads := make([]*head, 0, len(prefixes))
+	step := func(h *head, k []byte) {
+		for ; k != nil && bytes.HasPrefix(k, h.prefix); k, _ = h.c.Next() {
+			if id := k[len(h.prefix):]; after == "" || string(id) != after {
+				h.id = slices.Clone(id)
+				return
+			}
+		}
+		h.id = nil
+	}
+	for _, p := range prefixes {
+		h := &head{c: idx.Cursor(), prefix: p}
+		k, _ := h.c.Seek(append(slices.Clone(p), after...))
+		step(h, k)
+		heads = append(heads, h)
+	}
+	return func() []byte {
+		var min *head
+		for _, h := range heads {
+			if h.id != nil && (min == nil || bytes.Compare(h.id, min.id) < 0) {
+				min = h
+			}
+		}
+		if min == nil {
+			return nil
+		}
+		id := min.id
+		k, _ := min.c.Next()
+		step(min, k)
+		return id
+	}
+}
+
+// SetAttributes implements store.Devices.
+func (s *Store) SetAttributes(ctx context.Context, id string, attrs map[string]string) (store.Device, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Device{}, false, err
+	}
+	if len(attrs) == 0 {
+		attrs = nil
+	}
+	var (
+		dev     store.Device
+		changed bool
+	)
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		changed = false
+		b := tx.Bucket(devicesBucket)
+		raw := b.Get([]byte(id))
+		if raw == nil {
+			return store.ErrNotFound
+		}
+		if err := json.Unmarshal(raw, &dev); err != nil {
+			return err
+		}
+		overlaySeen(tx, &dev)
+		if maps.Equal(dev.Attributes, attrs) {
+			return nil
+		}
+		old := dev
+		dev.Attributes = maps.Clone(attrs)
+		out, err := json.Marshal(dev)
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(id), out); err != nil {
+			return err
+		}
+		changed = true
+		return reindex(tx, &old, &dev)
+	})
+	if err != nil {
+		return store.Device{}, false, fmt.Errorf("set attributes of %q: %w", id, err)
+	}
+	if changed {
+		s.PublishChange(ctx, id)
+	}
+	return dev, changed, nil
 }
 
 // Summary implements store.Devices: counters, plus a walk of the devices

@@ -19,7 +19,8 @@ import (
 //	            status, and the bundle key: what the job status and the
 //	            bundle index derive from), xs, xb (the status and bundle
 //	            the device is indexed and counted under), ls (the latest
-//	            MarkSeen time, unix ns, 20 digits), lm (the same in ms)
+//	            MarkSeen time, unix ns, 20 digits), lm (the same in ms),
+//	            at (the attributes, JSON; absent for none)
 //	B ev:<id>   list of "<seq> <event JSON>", newest first, capped
 //	B att:<id>  hash: job id -> attestation JSON
 //
@@ -77,7 +78,8 @@ local function reindex(B, id, dk, none, seen)
 end
 local function stored(B, id, dk, res)
   local v = redis.call('HMGET', dk, 'meta', 'd', 'r', 'ls')
-  return {res, v[1], v[2], v[3], v[4] or '', redis.call('HGET', B .. 'holders', id) or ''}
+  return {res, v[1], v[2], v[3], v[4] or '', redis.call('HGET', B .. 'holders', id) or '',
+    redis.call('HGET', dk, 'at') or ''}
 end
 `
 
@@ -178,6 +180,7 @@ func seenMillis(r store.Reported) int64 {
 // its index entries, so a device is never half created.
 func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device, bool, error) {
 	d.Desired.Version, d.Reported.Version = 0, 0
+	d.Attributes = nil // written with SetAttributes only
 	m, dj, rj, err := encode(d)
 	if err != nil {
 		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
@@ -191,7 +194,7 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 	if err != nil {
 		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
-	stored, err := decodeFields(res[1:5])
+	stored, err := decodeStored(res)
 	if err != nil {
 		return store.Device{}, false, fmt.Errorf("create device %q: %w", d.ID, err)
 	}
@@ -248,7 +251,7 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 	if res[0] == "missing" {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, store.ErrNotFound)
 	}
-	dev, err := decodeFields(res[1:5])
+	dev, err := decodeStored(res)
 	if err != nil {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
 	}

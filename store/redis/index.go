@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,29 +22,39 @@ import (
 //	B s:<status>       sorted set (lex) of ids with that job status
 //	B b:<bundle>       sorted set (lex) of ids running that bundle
 //	B l:<key>=<value>  sorted set (lex) of ids with that label
+//	B a:<key>=<value>  sorted set (lex) of ids with that attribute
+//	                   (written by SetAttributes, attributes.go)
 //	B seen             sorted set of ids by last-seen (unix ms; 0 never)
 //	B count            hash: n (devices), s:<status>, b:<bundle> -> count
 //
 // A listing walks one index in all 256 buckets at once and merges the
 // pages in id order; the summary adds up the 256 count hashes.
 
-// indexSuffix is the bucket key of the index a query walks: status,
-// bundle, the first label in key order, or every device.
-func indexSuffix(q store.Query) string {
+// indexSuffixes are the bucket keys of the indexes a query walks: status,
+// bundle, the first label in key order, the selector's index term (one
+// key per value, disjoint), or every device.
+func indexSuffixes(q store.Query) []string {
 	switch {
 	case q.Status != "":
-		return "s:" + q.Status
+		return []string{"s:" + q.Status}
 	case q.Bundle != "":
-		return "b:" + q.Bundle
+		return []string{"b:" + q.Bundle}
 	case len(q.Labels) > 0:
-		keys := make([]string, 0, len(q.Labels))
-		for k := range q.Labels {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		return "l:" + keys[0] + "=" + q.Labels[keys[0]]
+		keys := slices.Sorted(maps.Keys(q.Labels))
+		return []string{"l:" + keys[0] + "=" + q.Labels[keys[0]]}
 	}
-	return "ids"
+	if t, ok := q.SelectorIndex(); ok {
+		kind := "l:"
+		if t.Kind == store.IndexAttribute {
+			kind = "a:"
+		}
+		out := make([]string, len(t.Values))
+		for i, v := range t.Values {
+			out[i] = kind + t.Key + "=" + v
+		}
+		return out
+	}
+	return []string{"ids"}
 }
 
 // ListDevices implements store.Devices. It merges one index's ids from
@@ -55,7 +66,7 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 	if opts.Limit <= 0 {
 		return nil, fmt.Errorf("list devices: limit %d must be positive", opts.Limit)
 	}
-	m := s.newMerger(indexSuffix(opts.Query), opts.After)
+	m := s.newMerger(indexSuffixes(opts.Query), opts.After)
 	var out []store.Device
 	for len(out) < opts.Limit {
 		ids, err := m.next(ctx, opts.Limit-len(out))
@@ -91,26 +102,28 @@ func (s *Store) ListDevices(ctx context.Context, opts store.ListOptions) ([]stor
 	return out, nil
 }
 
-// merger walks one index of every bucket in id order: it keeps a buffer of
-// the next ids of each bucket and refills, in one pipeline, the buffers
-// that ran dry, so that the smallest id not yet returned is always in a
-// buffer.
+// merger walks one or more disjoint indexes of every bucket in id order:
+// it keeps a buffer of the next ids of each bucket's index and refills, in
+// one pipeline, the buffers that ran dry, so that the smallest id not yet
+// returned is always in a buffer.
 type merger struct {
-	s      *Store
-	suffix string
-	heads  [Buckets]bucketHead
+	s     *Store
+	heads []bucketHead
 }
 
 type bucketHead struct {
+	key   string   // the index walked
 	after string   // the last id read from the bucket ("" for none)
 	buf   []string // ids read and not yet returned, in order
 	done  bool     // the bucket's index has no ids after buf
 }
 
-func (s *Store) newMerger(suffix, after string) *merger {
-	m := &merger{s: s, suffix: suffix}
-	for b := range m.heads {
-		m.heads[b].after = after
+func (s *Store) newMerger(suffixes []string, after string) *merger {
+	m := &merger{s: s, heads: make([]bucketHead, 0, Buckets*len(suffixes))}
+	for b := range Buckets {
+		for _, suffix := range suffixes {
+			m.heads = append(m.heads, bucketHead{key: s.bucketPrefix(b) + suffix, after: after})
+		}
 	}
 	return m
 }
@@ -174,7 +187,7 @@ func (m *merger) refill(ctx context.Context, want int) error {
 				start = "(" + a
 			}
 			cmds[i] = p.ZRangeArgs(ctx, goredis.ZRangeArgs{
-				Key: m.s.bucketPrefix(b) + m.suffix, Start: start, Stop: "+", ByLex: true, Count: chunk,
+				Key: m.heads[b].key, Start: start, Stop: "+", ByLex: true, Count: chunk,
 			})
 		}
 		return nil

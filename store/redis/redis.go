@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,9 +113,9 @@ func encode(d store.Device) (m, desired, reported []byte, err error) {
 }
 
 // docFields are the fields of a device hash that make up store.Device:
-// meta, the two documents, and the time MarkSeen last recorded ("" if
-// none).
-var docFields = []string{"meta", "d", "r", "ls"}
+// meta, the two documents, the time MarkSeen last recorded ("" if
+// none) and the attributes ("" if none).
+var docFields = []string{"meta", "d", "r", "ls", "at"}
 
 // decodeValues decodes an HMGET of docFields; a missing hash gives nils.
 func decodeValues(vals []any) (store.Device, error) {
@@ -129,10 +130,19 @@ func decodeValues(vals []any) (store.Device, error) {
 	return decodeFields(fields)
 }
 
-// decodeFields decodes meta, desired, reported and the marked last-seen
-// time (seenField; may be "").
+// decodeStored decodes what the device scripts' stored() returns: the
+// outcome, docFields but the attributes, the holder, the attributes.
+func decodeStored(res []string) (store.Device, error) {
+	if len(res) < 7 {
+		return store.Device{}, store.ErrNotFound
+	}
+	return decodeFields(append(slices.Clone(res[1:5]), res[6]))
+}
+
+// decodeFields decodes meta, desired, reported, the marked last-seen
+// time (may be "") and the attributes (may be "").
 func decodeFields(f []string) (store.Device, error) {
-	if len(f) != 4 {
+	if len(f) != 5 {
 		return store.Device{}, store.ErrNotFound
 	}
 	var (
@@ -148,6 +158,11 @@ func decodeFields(f []string) (store.Device, error) {
 	}
 	if err := json.Unmarshal([]byte(f[2]), &d.Reported); err != nil {
 		return store.Device{}, fmt.Errorf("decode reported: %w", err)
+	}
+	if f[4] != "" {
+		if err := json.Unmarshal([]byte(f[4]), &d.Attributes); err != nil {
+			return store.Device{}, fmt.Errorf("decode attributes: %w", err)
+		}
 	}
 	if f[3] != "" {
 		ns, err := strconv.ParseInt(f[3], 10, 64)

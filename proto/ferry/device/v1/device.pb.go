@@ -350,6 +350,7 @@ type SyncRequest struct {
 	//	*SyncRequest_Report
 	//	*SyncRequest_Progress
 	//	*SyncRequest_Ack
+	//	*SyncRequest_Inventory
 	Message       isSyncRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -428,6 +429,15 @@ func (x *SyncRequest) GetAck() *Ack {
 	return nil
 }
 
+func (x *SyncRequest) GetInventory() *Inventory {
+	if x != nil {
+		if x, ok := x.Message.(*SyncRequest_Inventory); ok {
+			return x.Inventory
+		}
+	}
+	return nil
+}
+
 type isSyncRequest_Message interface {
 	isSyncRequest_Message()
 }
@@ -448,6 +458,10 @@ type SyncRequest_Ack struct {
 	Ack *Ack `protobuf:"bytes,4,opt,name=ack,proto3,oneof"`
 }
 
+type SyncRequest_Inventory struct {
+	Inventory *Inventory `protobuf:"bytes,5,opt,name=inventory,proto3,oneof"`
+}
+
 func (*SyncRequest_Hello) isSyncRequest_Message() {}
 
 func (*SyncRequest_Report) isSyncRequest_Message() {}
@@ -455,6 +469,8 @@ func (*SyncRequest_Report) isSyncRequest_Message() {}
 func (*SyncRequest_Progress) isSyncRequest_Message() {}
 
 func (*SyncRequest_Ack) isSyncRequest_Message() {}
+
+func (*SyncRequest_Inventory) isSyncRequest_Message() {}
 
 // SyncResponse is one message from the server.
 type SyncResponse struct {
@@ -654,7 +670,15 @@ type Hello struct {
 	// What the device runs now. Unsigned, so the server keeps it as the
 	// device's claim beside the state its accepted reports established, and
 	// never counts or indexes it.
-	Reported      *ReportedState `protobuf:"bytes,3,opt,name=reported,proto3" json:"reported,omitempty"`
+	Reported *ReportedState `protobuf:"bytes,3,opt,name=reported,proto3" json:"reported,omitempty"`
+	// What the device reports about itself (unsigned inventory): hardware
+	// model ("hardware"), operating system ("os"), kernel ("kernel"), agent
+	// version ("agent_version"), free storage ("storage_free_bytes") and
+	// what the device's inventory hook adds. Keys are 1 to 58 letters,
+	// digits, '-', '_' or '.', starting and ending with a letter or digit;
+	// at most 64 entries, values at most 256 bytes of UTF-8. Selectors name
+	// them "attr.<key>".
+	Attributes    map[string]string `protobuf:"bytes,4,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -710,6 +734,59 @@ func (x *Hello) GetReported() *ReportedState {
 	return nil
 }
 
+func (x *Hello) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+// Inventory replaces the device's attributes when they change during a
+// stream (same rules as Hello.attributes).
+type Inventory struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attributes    map[string]string      `protobuf:"bytes,1,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Inventory) Reset() {
+	*x = Inventory{}
+	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Inventory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Inventory) ProtoMessage() {}
+
+func (x *Inventory) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Inventory.ProtoReflect.Descriptor instead.
+func (*Inventory) Descriptor() ([]byte, []int) {
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Inventory) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
 // Bundle names a target of the TUF repository.
 type Bundle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -725,7 +802,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +814,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[4]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +827,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{4}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Bundle) GetTargetPath() string {
@@ -792,7 +869,7 @@ type DesiredDocument struct {
 
 func (x *DesiredDocument) Reset() {
 	*x = DesiredDocument{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +881,7 @@ func (x *DesiredDocument) String() string {
 func (*DesiredDocument) ProtoMessage() {}
 
 func (x *DesiredDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[5]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +894,7 @@ func (x *DesiredDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredDocument.ProtoReflect.Descriptor instead.
 func (*DesiredDocument) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{5}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DesiredDocument) GetBundle() *Bundle {
@@ -865,7 +942,7 @@ type ConsentPolicy struct {
 
 func (x *ConsentPolicy) Reset() {
 	*x = ConsentPolicy{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +954,7 @@ func (x *ConsentPolicy) String() string {
 func (*ConsentPolicy) ProtoMessage() {}
 
 func (x *ConsentPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[6]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +967,7 @@ func (x *ConsentPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsentPolicy.ProtoReflect.Descriptor instead.
 func (*ConsentPolicy) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{6}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ConsentPolicy) GetBeforeInstall() bool {
@@ -934,7 +1011,7 @@ type Consent struct {
 
 func (x *Consent) Reset() {
 	*x = Consent{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1023,7 @@ func (x *Consent) String() string {
 func (*Consent) ProtoMessage() {}
 
 func (x *Consent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[7]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1036,7 @@ func (x *Consent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consent.ProtoReflect.Descriptor instead.
 func (*Consent) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{7}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Consent) GetDecision() ConsentDecision {
@@ -1008,7 +1085,7 @@ type ReportedState struct {
 
 func (x *ReportedState) Reset() {
 	*x = ReportedState{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1097,7 @@ func (x *ReportedState) String() string {
 func (*ReportedState) ProtoMessage() {}
 
 func (x *ReportedState) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[8]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1110,7 @@ func (x *ReportedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportedState.ProtoReflect.Descriptor instead.
 func (*ReportedState) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{8}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportedState) GetBundle() *Bundle {
@@ -1072,7 +1149,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1161,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[9]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1174,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{9}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Delta) GetJobId() string {
@@ -1164,7 +1241,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1253,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[10]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1266,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{10}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Report) GetJobId() string {
@@ -1280,7 +1357,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1369,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[11]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1382,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{11}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Progress) GetJobId() string {
@@ -1385,7 +1462,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1474,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[12]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1487,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{12}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Ack) GetOf() isAck_Of {
@@ -1477,7 +1554,7 @@ type Accepted struct {
 
 func (x *Accepted) Reset() {
 	*x = Accepted{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1566,7 @@ func (x *Accepted) String() string {
 func (*Accepted) ProtoMessage() {}
 
 func (x *Accepted) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[13]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1579,7 @@ func (x *Accepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accepted.ProtoReflect.Descriptor instead.
 func (*Accepted) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{13}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Accepted) GetJobId() string {
@@ -1555,7 +1632,7 @@ type Rejected struct {
 
 func (x *Rejected) Reset() {
 	*x = Rejected{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1644,7 @@ func (x *Rejected) String() string {
 func (*Rejected) ProtoMessage() {}
 
 func (x *Rejected) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[14]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1657,7 @@ func (x *Rejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rejected.ProtoReflect.Descriptor instead.
 func (*Rejected) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{14}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Rejected) GetJobId() string {
@@ -1628,7 +1705,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_ferry_device_v1_device_proto_msgTypes[15]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1717,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_device_v1_device_proto_msgTypes[15]
+	mi := &file_ferry_device_v1_device_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1730,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{15}
+	return file_ferry_device_v1_device_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ping) GetId() uint64 {
@@ -1667,12 +1744,13 @@ var File_ferry_device_v1_device_proto protoreflect.FileDescriptor
 
 const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\n" +
-	"\x1cferry/device/v1/device.proto\x12\x0fferry.device.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n" +
+	"\x1cferry/device/v1/device.proto\x12\x0fferry.device.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x02\n" +
 	"\vSyncRequest\x12.\n" +
 	"\x05hello\x18\x01 \x01(\v2\x16.ferry.device.v1.HelloH\x00R\x05hello\x121\n" +
 	"\x06report\x18\x02 \x01(\v2\x17.ferry.device.v1.ReportH\x00R\x06report\x127\n" +
 	"\bprogress\x18\x03 \x01(\v2\x19.ferry.device.v1.ProgressH\x00R\bprogress\x12(\n" +
-	"\x03ack\x18\x04 \x01(\v2\x14.ferry.device.v1.AckH\x00R\x03ackB\t\n" +
+	"\x03ack\x18\x04 \x01(\v2\x14.ferry.device.v1.AckH\x00R\x03ack\x12:\n" +
+	"\tinventory\x18\x05 \x01(\v2\x1a.ferry.device.v1.InventoryH\x00R\tinventoryB\t\n" +
 	"\amessage\"\x9e\x02\n" +
 	"\fSyncResponse\x12.\n" +
 	"\x05delta\x18\x01 \x01(\v2\x16.ferry.device.v1.DeltaH\x00R\x05delta\x127\n" +
@@ -1684,11 +1762,24 @@ const file_ferry_device_v1_device_proto_rawDesc = "" +
 	"\aSession\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\tR\x05nonce\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime\"\xa9\x01\n" +
+	"serverTime\"\xb0\x02\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12?\n" +
 	"\x1clast_applied_desired_version\x18\x02 \x01(\x04R\x19lastAppliedDesiredVersion\x12:\n" +
-	"\breported\x18\x03 \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\"Y\n" +
+	"\breported\x18\x03 \x01(\v2\x1e.ferry.device.v1.ReportedStateR\breported\x12F\n" +
+	"\n" +
+	"attributes\x18\x04 \x03(\v2&.ferry.device.v1.Hello.AttributesEntryR\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x01\n" +
+	"\tInventory\x12J\n" +
+	"\n" +
+	"attributes\x18\x01 \x03(\v2*.ferry.device.v1.Inventory.AttributesEntryR\n" +
+	"attributes\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Y\n" +
 	"\x06Bundle\x12\x1f\n" +
 	"\vtarget_path\x18\x01 \x01(\tR\n" +
 	"targetPath\x12\x16\n" +
@@ -1817,7 +1908,7 @@ func file_ferry_device_v1_device_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_device_v1_device_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_ferry_device_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ferry_device_v1_device_proto_goTypes = []any{
 	(ConsentDecision)(0),          // 0: ferry.device.v1.ConsentDecision
 	(JobStatus)(0),                // 1: ferry.device.v1.JobStatus
@@ -1828,60 +1919,66 @@ var file_ferry_device_v1_device_proto_goTypes = []any{
 	(*SyncResponse)(nil),          // 6: ferry.device.v1.SyncResponse
 	(*Session)(nil),               // 7: ferry.device.v1.Session
 	(*Hello)(nil),                 // 8: ferry.device.v1.Hello
-	(*Bundle)(nil),                // 9: ferry.device.v1.Bundle
-	(*DesiredDocument)(nil),       // 10: ferry.device.v1.DesiredDocument
-	(*ConsentPolicy)(nil),         // 11: ferry.device.v1.ConsentPolicy
-	(*Consent)(nil),               // 12: ferry.device.v1.Consent
-	(*ReportedState)(nil),         // 13: ferry.device.v1.ReportedState
-	(*Delta)(nil),                 // 14: ferry.device.v1.Delta
-	(*Report)(nil),                // 15: ferry.device.v1.Report
-	(*Progress)(nil),              // 16: ferry.device.v1.Progress
-	(*Ack)(nil),                   // 17: ferry.device.v1.Ack
-	(*Accepted)(nil),              // 18: ferry.device.v1.Accepted
-	(*Rejected)(nil),              // 19: ferry.device.v1.Rejected
-	(*Ping)(nil),                  // 20: ferry.device.v1.Ping
-	nil,                           // 21: ferry.device.v1.DesiredDocument.ConfigEntry
-	nil,                           // 22: ferry.device.v1.ReportedState.ConfigEntry
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*Inventory)(nil),             // 9: ferry.device.v1.Inventory
+	(*Bundle)(nil),                // 10: ferry.device.v1.Bundle
+	(*DesiredDocument)(nil),       // 11: ferry.device.v1.DesiredDocument
+	(*ConsentPolicy)(nil),         // 12: ferry.device.v1.ConsentPolicy
+	(*Consent)(nil),               // 13: ferry.device.v1.Consent
+	(*ReportedState)(nil),         // 14: ferry.device.v1.ReportedState
+	(*Delta)(nil),                 // 15: ferry.device.v1.Delta
+	(*Report)(nil),                // 16: ferry.device.v1.Report
+	(*Progress)(nil),              // 17: ferry.device.v1.Progress
+	(*Ack)(nil),                   // 18: ferry.device.v1.Ack
+	(*Accepted)(nil),              // 19: ferry.device.v1.Accepted
+	(*Rejected)(nil),              // 20: ferry.device.v1.Rejected
+	(*Ping)(nil),                  // 21: ferry.device.v1.Ping
+	nil,                           // 22: ferry.device.v1.Hello.AttributesEntry
+	nil,                           // 23: ferry.device.v1.Inventory.AttributesEntry
+	nil,                           // 24: ferry.device.v1.DesiredDocument.ConfigEntry
+	nil,                           // 25: ferry.device.v1.ReportedState.ConfigEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
 }
 var file_ferry_device_v1_device_proto_depIdxs = []int32{
 	8,  // 0: ferry.device.v1.SyncRequest.hello:type_name -> ferry.device.v1.Hello
-	15, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
-	16, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
-	17, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
-	14, // 4: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
-	18, // 5: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
-	19, // 6: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
-	20, // 7: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
-	7,  // 8: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
-	23, // 9: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
-	13, // 10: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
-	9,  // 11: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
-	21, // 12: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
-	11, // 13: ferry.device.v1.DesiredDocument.consent:type_name -> ferry.device.v1.ConsentPolicy
-	24, // 14: ferry.device.v1.ConsentPolicy.max_deferral:type_name -> google.protobuf.Duration
-	0,  // 15: ferry.device.v1.Consent.decision:type_name -> ferry.device.v1.ConsentDecision
-	23, // 16: ferry.device.v1.Consent.decide_time:type_name -> google.protobuf.Timestamp
-	23, // 17: ferry.device.v1.Consent.deferred_until:type_name -> google.protobuf.Timestamp
-	9,  // 18: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
-	22, // 19: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
-	10, // 20: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
-	23, // 21: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
-	1,  // 22: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
-	2,  // 23: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
-	13, // 24: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
-	2,  // 25: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
-	3,  // 26: ferry.device.v1.Progress.download_method:type_name -> ferry.device.v1.DownloadMethod
-	12, // 27: ferry.device.v1.Progress.consent:type_name -> ferry.device.v1.Consent
-	4,  // 28: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
-	5,  // 29: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
-	6,  // 30: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
-	30, // [30:31] is the sub-list for method output_type
-	29, // [29:30] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	16, // 1: ferry.device.v1.SyncRequest.report:type_name -> ferry.device.v1.Report
+	17, // 2: ferry.device.v1.SyncRequest.progress:type_name -> ferry.device.v1.Progress
+	18, // 3: ferry.device.v1.SyncRequest.ack:type_name -> ferry.device.v1.Ack
+	9,  // 4: ferry.device.v1.SyncRequest.inventory:type_name -> ferry.device.v1.Inventory
+	15, // 5: ferry.device.v1.SyncResponse.delta:type_name -> ferry.device.v1.Delta
+	19, // 6: ferry.device.v1.SyncResponse.accepted:type_name -> ferry.device.v1.Accepted
+	20, // 7: ferry.device.v1.SyncResponse.rejected:type_name -> ferry.device.v1.Rejected
+	21, // 8: ferry.device.v1.SyncResponse.ping:type_name -> ferry.device.v1.Ping
+	7,  // 9: ferry.device.v1.SyncResponse.session:type_name -> ferry.device.v1.Session
+	26, // 10: ferry.device.v1.Session.server_time:type_name -> google.protobuf.Timestamp
+	14, // 11: ferry.device.v1.Hello.reported:type_name -> ferry.device.v1.ReportedState
+	22, // 12: ferry.device.v1.Hello.attributes:type_name -> ferry.device.v1.Hello.AttributesEntry
+	23, // 13: ferry.device.v1.Inventory.attributes:type_name -> ferry.device.v1.Inventory.AttributesEntry
+	10, // 14: ferry.device.v1.DesiredDocument.bundle:type_name -> ferry.device.v1.Bundle
+	24, // 15: ferry.device.v1.DesiredDocument.config:type_name -> ferry.device.v1.DesiredDocument.ConfigEntry
+	12, // 16: ferry.device.v1.DesiredDocument.consent:type_name -> ferry.device.v1.ConsentPolicy
+	27, // 17: ferry.device.v1.ConsentPolicy.max_deferral:type_name -> google.protobuf.Duration
+	0,  // 18: ferry.device.v1.Consent.decision:type_name -> ferry.device.v1.ConsentDecision
+	26, // 19: ferry.device.v1.Consent.decide_time:type_name -> google.protobuf.Timestamp
+	26, // 20: ferry.device.v1.Consent.deferred_until:type_name -> google.protobuf.Timestamp
+	10, // 21: ferry.device.v1.ReportedState.bundle:type_name -> ferry.device.v1.Bundle
+	25, // 22: ferry.device.v1.ReportedState.config:type_name -> ferry.device.v1.ReportedState.ConfigEntry
+	11, // 23: ferry.device.v1.Delta.desired:type_name -> ferry.device.v1.DesiredDocument
+	26, // 24: ferry.device.v1.Delta.set_time:type_name -> google.protobuf.Timestamp
+	1,  // 25: ferry.device.v1.Report.status:type_name -> ferry.device.v1.JobStatus
+	2,  // 26: ferry.device.v1.Report.step:type_name -> ferry.device.v1.Step
+	14, // 27: ferry.device.v1.Report.reported:type_name -> ferry.device.v1.ReportedState
+	2,  // 28: ferry.device.v1.Progress.step:type_name -> ferry.device.v1.Step
+	3,  // 29: ferry.device.v1.Progress.download_method:type_name -> ferry.device.v1.DownloadMethod
+	13, // 30: ferry.device.v1.Progress.consent:type_name -> ferry.device.v1.Consent
+	4,  // 31: ferry.device.v1.Rejected.code:type_name -> ferry.device.v1.RejectCode
+	5,  // 32: ferry.device.v1.DeviceService.Sync:input_type -> ferry.device.v1.SyncRequest
+	6,  // 33: ferry.device.v1.DeviceService.Sync:output_type -> ferry.device.v1.SyncResponse
+	33, // [33:34] is the sub-list for method output_type
+	32, // [32:33] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_ferry_device_v1_device_proto_init() }
@@ -1894,6 +1991,7 @@ func file_ferry_device_v1_device_proto_init() {
 		(*SyncRequest_Report)(nil),
 		(*SyncRequest_Progress)(nil),
 		(*SyncRequest_Ack)(nil),
+		(*SyncRequest_Inventory)(nil),
 	}
 	file_ferry_device_v1_device_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Delta)(nil),
@@ -1902,7 +2000,7 @@ func file_ferry_device_v1_device_proto_init() {
 		(*SyncResponse_Ping)(nil),
 		(*SyncResponse_Session)(nil),
 	}
-	file_ferry_device_v1_device_proto_msgTypes[12].OneofWrappers = []any{
+	file_ferry_device_v1_device_proto_msgTypes[13].OneofWrappers = []any{
 		(*Ack_DesiredVersion)(nil),
 		(*Ack_PingId)(nil),
 	}
@@ -1912,7 +2010,7 @@ func file_ferry_device_v1_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_device_v1_device_proto_rawDesc), len(file_ferry_device_v1_device_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -44,7 +44,12 @@ type Device struct {
 	// that differs from reported and no report was accepted since. Unsigned:
 	// shown as the device's claim, never counted, indexed or used by
 	// rollouts. Unset when the Hello agreed with reported.
-	Claim         *DeviceClaim `protobuf:"bytes,8,opt,name=claim,proto3" json:"claim,omitempty"`
+	Claim *DeviceClaim `protobuf:"bytes,8,opt,name=claim,proto3" json:"claim,omitempty"`
+	// What the device reports about itself (unsigned inventory: Hello and
+	// Inventory): "hardware", "os", "kernel", "agent_version",
+	// "storage_free_bytes" and what its inventory hook adds. Selectors name
+	// an attribute "attr.<key>".
+	Attributes    map[string]string `protobuf:"bytes,9,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -131,6 +136,13 @@ func (x *Device) GetLastSeenTime() *timestamppb.Timestamp {
 func (x *Device) GetClaim() *DeviceClaim {
 	if x != nil {
 		return x.Claim
+	}
+	return nil
+}
+
+func (x *Device) GetAttributes() map[string]string {
+	if x != nil {
+		return x.Attributes
 	}
 	return nil
 }
@@ -578,7 +590,11 @@ type ListDevicesRequest struct {
 	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page (with the same filters).
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Only devices with all these labels: "key=value,key2=value2".
+	// Only devices matching this selector over labels and attributes, Kubernetes syntax: terms joined
+	// by ',' must all hold: "key=value", "key!=value", "key in (a,b)",
+	// "key notin (a,b)", "key" (present), "!key" (absent). A key names a
+	// label; "attr.<key>" names an attribute the device reports, for example
+	// "ring=canary,attr.hardware in (gw2,gw3)".
 	LabelSelector string `protobuf:"bytes,3,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
 	// Only devices whose accepted reports say they run this bundle target
 	// path ("(none)": no bundle); a Hello's claim does not count.
@@ -725,7 +741,11 @@ type SetDesiredStateRequest struct {
 	// still this one (optimistic concurrency); otherwise Aborted. Not with a
 	// selector.
 	ExpectedVersion *uint64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3,oneof" json:"expected_version,omitempty"`
-	// Every device with all these labels: "key=value,key2=value2".
+	// Every device matching this selector over labels and attributes, Kubernetes syntax: terms joined
+	// by ',' must all hold: "key=value", "key!=value", "key in (a,b)",
+	// "key notin (a,b)", "key" (present), "!key" (absent). A key names a
+	// label; "attr.<key>" names an attribute the device reports, for example
+	// "ring=canary,attr.hardware in (gw2,gw3)".
 	Selector      string `protobuf:"bytes,4,opt,name=selector,proto3" json:"selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1849,7 +1869,8 @@ type Rollout struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The bundle the target devices are given.
 	Bundle *v1.Bundle `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	// Label selector of the target devices, for example "model=gw2,ring=canary".
+	// Selector of the target devices (see ListDevicesRequest.label_selector),
+	// for example "ring=canary,attr.hardware=gw2".
 	Selector string `protobuf:"bytes,3,opt,name=selector,proto3" json:"selector,omitempty"`
 	// SCHEDULED, RUNNING, PAUSED, COMPLETED, ABORTED or CANCELED.
 	State      string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
@@ -1887,6 +1908,11 @@ type Rollout struct {
 	Counts map[string]uint64 `protobuf:"bytes,22,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// How many devices the rollout targets.
 	TargetCount uint64 `protobuf:"varint,23,opt,name=target_count,json=targetCount,proto3" json:"target_count,omitempty"`
+	// Devices of the target set left out because the bundle's signed
+	// hardware list does not name their "hardware" attribute: they are not
+	// given the job, not counted in target_count, and no abort rule counts
+	// them. A device that reports no hardware attribute is not left out.
+	Incompatible uint64 `protobuf:"varint,24,opt,name=incompatible,proto3" json:"incompatible,omitempty"`
 	// The consent the devices ask for, as created.
 	Consent       *v1.ConsentPolicy `protobuf:"bytes,25,opt,name=consent,proto3" json:"consent,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2080,6 +2106,13 @@ func (x *Rollout) GetCounts() map[string]uint64 {
 func (x *Rollout) GetTargetCount() uint64 {
 	if x != nil {
 		return x.TargetCount
+	}
+	return 0
+}
+
+func (x *Rollout) GetIncompatible() uint64 {
+	if x != nil {
+		return x.Incompatible
 	}
 	return 0
 }
@@ -2479,8 +2512,11 @@ type WaveProgress struct {
 	Counts    map[string]uint64      `protobuf:"bytes,4,rep,name=counts,proto3" json:"counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	BeginTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=begin_time,json=beginTime,proto3" json:"begin_time,omitempty"`
 	// The end of the soak, while the wave is SOAKING.
-	SoakEndTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=soak_end_time,json=soakEndTime,proto3" json:"soak_end_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	SoakEndTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=soak_end_time,json=soakEndTime,proto3" json:"soak_end_time,omitempty"`
+	EndTime     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Devices that matched while this wave ran (a continuous rollout) and
+	// were left out as incompatible with the bundle's hardware list.
+	Incompatible  uint64 `protobuf:"varint,8,opt,name=incompatible,proto3" json:"incompatible,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2564,10 +2600,21 @@ func (x *WaveProgress) GetEndTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *WaveProgress) GetIncompatible() uint64 {
+	if x != nil {
+		return x.Incompatible
+	}
+	return 0
+}
+
 type CreateRolloutRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Bundle *v1.Bundle             `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	// Label selector of the target devices, for example "model=gw2,ring=canary".
+	// Selector of the target devices over labels and attributes, Kubernetes syntax: terms joined
+	// by ',' must all hold: "key=value", "key!=value", "key in (a,b)",
+	// "key notin (a,b)", "key" (present), "!key" (absent). A key names a
+	// label; "attr.<key>" names an attribute the device reports, for example
+	// "ring=canary,attr.hardware in (gw2,gw3)".
 	Selector string `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
 	Name     string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// Shorthand for the selector term "group=<group>".
@@ -3549,7 +3596,7 @@ var File_ferry_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x03\n" +
+	"\x1aferry/fleet/v1/fleet.proto\x12\x0eferry.fleet.v1\x1a\x1cferry/device/v1/device.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x04\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\x06labels\x18\x02 \x03(\v2\".ferry.fleet.v1.Device.LabelsEntryR\x06labels\x12;\n" +
@@ -3559,8 +3606,14 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\breported\x18\x05 \x01(\v2\x1d.ferry.fleet.v1.ReportedStateR\breported\x12%\n" +
 	"\x03job\x18\x06 \x01(\v2\x13.ferry.fleet.v1.JobR\x03job\x12@\n" +
 	"\x0elast_seen_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x121\n" +
-	"\x05claim\x18\b \x01(\v2\x1b.ferry.fleet.v1.DeviceClaimR\x05claim\x1a9\n" +
+	"\x05claim\x18\b \x01(\v2\x1b.ferry.fleet.v1.DeviceClaimR\x05claim\x12F\n" +
+	"\n" +
+	"attributes\x18\t \x03(\v2&.ferry.fleet.v1.Device.AttributesEntryR\n" +
+	"attributes\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a=\n" +
+	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x01\n" +
 	"\vDeviceClaim\x124\n" +
@@ -3699,7 +3752,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x06config\x18\x02 \x03(\v2..ferry.fleet.v1.CopyConfigResponse.ConfigEntryR\x06config\x1a9\n" +
 	"\vConfigEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\t\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\t\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x17.ferry.device.v1.BundleR\x06bundle\x12\x1a\n" +
@@ -3733,7 +3786,8 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\fcurrent_wave\x18\x14 \x01(\rR\vcurrentWave\x12!\n" +
 	"\fcurrent_rate\x18\x15 \x01(\x01R\vcurrentRate\x12;\n" +
 	"\x06counts\x18\x16 \x03(\v2#.ferry.fleet.v1.Rollout.CountsEntryR\x06counts\x12!\n" +
-	"\ftarget_count\x18\x17 \x01(\x04R\vtargetCount\x128\n" +
+	"\ftarget_count\x18\x17 \x01(\x04R\vtargetCount\x12\"\n" +
+	"\fincompatible\x18\x18 \x01(\x04R\fincompatible\x128\n" +
 	"\aconsent\x18\x19 \x01(\v2\x1e.ferry.device.v1.ConsentPolicyR\aconsent\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -3761,7 +3815,7 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x05start\x18\x01 \x01(\tR\x05start\x125\n" +
 	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x12\n" +
 	"\x04days\x18\x03 \x03(\tR\x04days\x12\x1b\n" +
-	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\xfd\x02\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\xa1\x03\n" +
 	"\fWaveProgress\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x14\n" +
@@ -3770,7 +3824,8 @@ const file_ferry_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"begin_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tbeginTime\x12>\n" +
 	"\rsoak_end_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vsoakEndTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x1a9\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\"\n" +
+	"\fincompatible\x18\b \x01(\x04R\fincompatible\x1a9\n" +
 	"\vCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xce\x04\n" +
@@ -3890,7 +3945,7 @@ func file_ferry_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_ferry_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*Device)(nil),                        // 0: ferry.fleet.v1.Device
 	(*DeviceClaim)(nil),                   // 1: ferry.fleet.v1.DeviceClaim
@@ -3944,142 +3999,144 @@ var file_ferry_fleet_v1_fleet_proto_goTypes = []any{
 	(*ListRolloutExecutionsResponse)(nil), // 49: ferry.fleet.v1.ListRolloutExecutionsResponse
 	(*RolloutExecution)(nil),              // 50: ferry.fleet.v1.RolloutExecution
 	nil,                                   // 51: ferry.fleet.v1.Device.LabelsEntry
-	nil,                                   // 52: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	nil,                                   // 53: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	nil,                                   // 54: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	nil,                                   // 55: ferry.fleet.v1.CopyConfigResponse.ConfigEntry
-	nil,                                   // 56: ferry.fleet.v1.Rollout.CountsEntry
-	nil,                                   // 57: ferry.fleet.v1.WaveProgress.CountsEntry
-	(*timestamppb.Timestamp)(nil),         // 58: google.protobuf.Timestamp
-	(*v1.ReportedState)(nil),              // 59: ferry.device.v1.ReportedState
-	(*v1.DesiredDocument)(nil),            // 60: ferry.device.v1.DesiredDocument
-	(v1.JobStatus)(0),                     // 61: ferry.device.v1.JobStatus
-	(v1.Step)(0),                          // 62: ferry.device.v1.Step
-	(v1.DownloadMethod)(0),                // 63: ferry.device.v1.DownloadMethod
-	(*durationpb.Duration)(nil),           // 64: google.protobuf.Duration
-	(*v1.Bundle)(nil),                     // 65: ferry.device.v1.Bundle
-	(*v1.ConsentPolicy)(nil),              // 66: ferry.device.v1.ConsentPolicy
+	nil,                                   // 52: ferry.fleet.v1.Device.AttributesEntry
+	nil,                                   // 53: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	nil,                                   // 54: ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	nil,                                   // 55: ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	nil,                                   // 56: ferry.fleet.v1.CopyConfigResponse.ConfigEntry
+	nil,                                   // 57: ferry.fleet.v1.Rollout.CountsEntry
+	nil,                                   // 58: ferry.fleet.v1.WaveProgress.CountsEntry
+	(*timestamppb.Timestamp)(nil),         // 59: google.protobuf.Timestamp
+	(*v1.ReportedState)(nil),              // 60: ferry.device.v1.ReportedState
+	(*v1.DesiredDocument)(nil),            // 61: ferry.device.v1.DesiredDocument
+	(v1.JobStatus)(0),                     // 62: ferry.device.v1.JobStatus
+	(v1.Step)(0),                          // 63: ferry.device.v1.Step
+	(v1.DownloadMethod)(0),                // 64: ferry.device.v1.DownloadMethod
+	(*durationpb.Duration)(nil),           // 65: google.protobuf.Duration
+	(*v1.Bundle)(nil),                     // 66: ferry.device.v1.Bundle
+	(*v1.ConsentPolicy)(nil),              // 67: ferry.device.v1.ConsentPolicy
 }
 var file_ferry_fleet_v1_fleet_proto_depIdxs = []int32{
 	51, // 0: ferry.fleet.v1.Device.labels:type_name -> ferry.fleet.v1.Device.LabelsEntry
-	58, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	59, // 1: ferry.fleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: ferry.fleet.v1.Device.desired:type_name -> ferry.fleet.v1.DesiredState
 	3,  // 3: ferry.fleet.v1.Device.reported:type_name -> ferry.fleet.v1.ReportedState
 	4,  // 4: ferry.fleet.v1.Device.job:type_name -> ferry.fleet.v1.Job
-	58, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	59, // 5: ferry.fleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 6: ferry.fleet.v1.Device.claim:type_name -> ferry.fleet.v1.DeviceClaim
-	59, // 7: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
-	58, // 8: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
-	60, // 9: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
-	58, // 10: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
-	59, // 11: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
-	58, // 12: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
-	61, // 13: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
-	62, // 14: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
-	58, // 15: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	63, // 16: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
-	0,  // 17: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	61, // 18: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
-	58, // 19: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
-	0,  // 20: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
-	60, // 21: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
-	0,  // 22: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
-	64, // 23: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
-	52, // 24: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
-	53, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
-	0,  // 26: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
-	58, // 27: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
-	61, // 28: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
-	62, // 29: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
-	16, // 30: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
-	20, // 31: ferry.fleet.v1.GetAttestationResponse.certificates:type_name -> ferry.fleet.v1.CertificateSummary
-	58, // 32: ferry.fleet.v1.CertificateSummary.not_before:type_name -> google.protobuf.Timestamp
-	58, // 33: ferry.fleet.v1.CertificateSummary.not_after:type_name -> google.protobuf.Timestamp
-	54, // 34: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
-	0,  // 35: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
-	58, // 36: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
-	55, // 37: ferry.fleet.v1.CopyConfigResponse.config:type_name -> ferry.fleet.v1.CopyConfigResponse.ConfigEntry
-	65, // 38: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
-	58, // 39: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	28, // 40: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	31, // 41: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	65, // 42: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	58, // 43: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
-	32, // 44: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	58, // 45: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	58, // 46: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
-	58, // 47: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
-	33, // 48: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
-	56, // 49: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
-	66, // 50: ferry.fleet.v1.Rollout.consent:type_name -> ferry.device.v1.ConsentPolicy
-	29, // 51: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
-	30, // 52: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
-	64, // 53: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
-	64, // 54: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
-	61, // 55: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
-	64, // 56: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
-	57, // 57: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
-	58, // 58: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
-	58, // 59: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
-	58, // 60: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
-	65, // 61: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
-	28, // 62: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
-	31, // 63: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
-	65, // 64: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
-	58, // 65: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
-	32, // 66: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
-	66, // 67: ferry.fleet.v1.CreateRolloutRequest.consent:type_name -> ferry.device.v1.ConsentPolicy
-	27, // 68: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	27, // 69: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	27, // 70: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
-	27, // 71: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	27, // 72: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	27, // 73: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	27, // 74: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
-	50, // 75: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
-	58, // 76: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
-	58, // 77: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 78: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
-	7,  // 79: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
-	9,  // 80: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
-	11, // 81: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
-	13, // 82: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
-	15, // 83: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
-	18, // 84: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
-	21, // 85: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
-	23, // 86: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
-	25, // 87: ferry.fleet.v1.FleetService.CopyConfig:input_type -> ferry.fleet.v1.CopyConfigRequest
-	34, // 88: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
-	36, // 89: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
-	38, // 90: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
-	40, // 91: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
-	42, // 92: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
-	44, // 93: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
-	46, // 94: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
-	48, // 95: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
-	6,  // 96: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
-	8,  // 97: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
-	10, // 98: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
-	12, // 99: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
-	14, // 100: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
-	17, // 101: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
-	19, // 102: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
-	22, // 103: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
-	24, // 104: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
-	26, // 105: ferry.fleet.v1.FleetService.CopyConfig:output_type -> ferry.fleet.v1.CopyConfigResponse
-	35, // 106: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
-	37, // 107: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
-	39, // 108: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
-	41, // 109: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
-	43, // 110: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
-	45, // 111: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
-	47, // 112: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
-	49, // 113: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
-	96, // [96:114] is the sub-list for method output_type
-	78, // [78:96] is the sub-list for method input_type
-	78, // [78:78] is the sub-list for extension type_name
-	78, // [78:78] is the sub-list for extension extendee
-	0,  // [0:78] is the sub-list for field type_name
+	52, // 7: ferry.fleet.v1.Device.attributes:type_name -> ferry.fleet.v1.Device.AttributesEntry
+	60, // 8: ferry.fleet.v1.DeviceClaim.state:type_name -> ferry.device.v1.ReportedState
+	59, // 9: ferry.fleet.v1.DeviceClaim.claim_time:type_name -> google.protobuf.Timestamp
+	61, // 10: ferry.fleet.v1.DesiredState.document:type_name -> ferry.device.v1.DesiredDocument
+	59, // 11: ferry.fleet.v1.DesiredState.set_time:type_name -> google.protobuf.Timestamp
+	60, // 12: ferry.fleet.v1.ReportedState.state:type_name -> ferry.device.v1.ReportedState
+	59, // 13: ferry.fleet.v1.ReportedState.report_time:type_name -> google.protobuf.Timestamp
+	62, // 14: ferry.fleet.v1.Job.status:type_name -> ferry.device.v1.JobStatus
+	63, // 15: ferry.fleet.v1.Job.step:type_name -> ferry.device.v1.Step
+	59, // 16: ferry.fleet.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	64, // 17: ferry.fleet.v1.Job.download_method:type_name -> ferry.device.v1.DownloadMethod
+	0,  // 18: ferry.fleet.v1.GetDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	62, // 19: ferry.fleet.v1.ListDevicesRequest.job_status:type_name -> ferry.device.v1.JobStatus
+	59, // 20: ferry.fleet.v1.ListDevicesRequest.seen_before:type_name -> google.protobuf.Timestamp
+	0,  // 21: ferry.fleet.v1.ListDevicesResponse.devices:type_name -> ferry.fleet.v1.Device
+	61, // 22: ferry.fleet.v1.SetDesiredStateRequest.document:type_name -> ferry.device.v1.DesiredDocument
+	0,  // 23: ferry.fleet.v1.SetDesiredStateResponse.device:type_name -> ferry.fleet.v1.Device
+	65, // 24: ferry.fleet.v1.GetFleetSummaryRequest.silent_after:type_name -> google.protobuf.Duration
+	53, // 25: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_bundle:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerBundleEntry
+	54, // 26: ferry.fleet.v1.GetFleetSummaryResponse.devices_per_status:type_name -> ferry.fleet.v1.GetFleetSummaryResponse.DevicesPerStatusEntry
+	0,  // 27: ferry.fleet.v1.WatchDevicesResponse.device:type_name -> ferry.fleet.v1.Device
+	59, // 28: ferry.fleet.v1.DeviceEvent.time:type_name -> google.protobuf.Timestamp
+	62, // 29: ferry.fleet.v1.DeviceEvent.status:type_name -> ferry.device.v1.JobStatus
+	63, // 30: ferry.fleet.v1.DeviceEvent.step:type_name -> ferry.device.v1.Step
+	16, // 31: ferry.fleet.v1.ListDeviceEventsResponse.events:type_name -> ferry.fleet.v1.DeviceEvent
+	20, // 32: ferry.fleet.v1.GetAttestationResponse.certificates:type_name -> ferry.fleet.v1.CertificateSummary
+	59, // 33: ferry.fleet.v1.CertificateSummary.not_before:type_name -> google.protobuf.Timestamp
+	59, // 34: ferry.fleet.v1.CertificateSummary.not_after:type_name -> google.protobuf.Timestamp
+	55, // 35: ferry.fleet.v1.AddDeviceRequest.labels:type_name -> ferry.fleet.v1.AddDeviceRequest.LabelsEntry
+	0,  // 36: ferry.fleet.v1.AddDeviceResponse.device:type_name -> ferry.fleet.v1.Device
+	59, // 37: ferry.fleet.v1.AddDeviceResponse.enrollment_expire_time:type_name -> google.protobuf.Timestamp
+	56, // 38: ferry.fleet.v1.CopyConfigResponse.config:type_name -> ferry.fleet.v1.CopyConfigResponse.ConfigEntry
+	66, // 39: ferry.fleet.v1.Rollout.bundle:type_name -> ferry.device.v1.Bundle
+	59, // 40: ferry.fleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	28, // 41: ferry.fleet.v1.Rollout.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	31, // 42: ferry.fleet.v1.Rollout.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	66, // 43: ferry.fleet.v1.Rollout.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	59, // 44: ferry.fleet.v1.Rollout.start_time:type_name -> google.protobuf.Timestamp
+	32, // 45: ferry.fleet.v1.Rollout.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	59, // 46: ferry.fleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	59, // 47: ferry.fleet.v1.Rollout.begin_time:type_name -> google.protobuf.Timestamp
+	59, // 48: ferry.fleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	33, // 49: ferry.fleet.v1.Rollout.waves:type_name -> ferry.fleet.v1.WaveProgress
+	57, // 50: ferry.fleet.v1.Rollout.counts:type_name -> ferry.fleet.v1.Rollout.CountsEntry
+	67, // 51: ferry.fleet.v1.Rollout.consent:type_name -> ferry.device.v1.ConsentPolicy
+	29, // 52: ferry.fleet.v1.RolloutStrategy.waves:type_name -> ferry.fleet.v1.Wave
+	30, // 53: ferry.fleet.v1.RolloutStrategy.rate:type_name -> ferry.fleet.v1.ExponentialRate
+	65, // 54: ferry.fleet.v1.RolloutStrategy.device_timeout:type_name -> google.protobuf.Duration
+	65, // 55: ferry.fleet.v1.RolloutStrategy.soak:type_name -> google.protobuf.Duration
+	62, // 56: ferry.fleet.v1.AbortRule.status:type_name -> ferry.device.v1.JobStatus
+	65, // 57: ferry.fleet.v1.MaintenanceWindow.duration:type_name -> google.protobuf.Duration
+	58, // 58: ferry.fleet.v1.WaveProgress.counts:type_name -> ferry.fleet.v1.WaveProgress.CountsEntry
+	59, // 59: ferry.fleet.v1.WaveProgress.begin_time:type_name -> google.protobuf.Timestamp
+	59, // 60: ferry.fleet.v1.WaveProgress.soak_end_time:type_name -> google.protobuf.Timestamp
+	59, // 61: ferry.fleet.v1.WaveProgress.end_time:type_name -> google.protobuf.Timestamp
+	66, // 62: ferry.fleet.v1.CreateRolloutRequest.bundle:type_name -> ferry.device.v1.Bundle
+	28, // 63: ferry.fleet.v1.CreateRolloutRequest.strategy:type_name -> ferry.fleet.v1.RolloutStrategy
+	31, // 64: ferry.fleet.v1.CreateRolloutRequest.abort_rules:type_name -> ferry.fleet.v1.AbortRule
+	66, // 65: ferry.fleet.v1.CreateRolloutRequest.rollback_bundle:type_name -> ferry.device.v1.Bundle
+	59, // 66: ferry.fleet.v1.CreateRolloutRequest.start_time:type_name -> google.protobuf.Timestamp
+	32, // 67: ferry.fleet.v1.CreateRolloutRequest.maintenance_window:type_name -> ferry.fleet.v1.MaintenanceWindow
+	67, // 68: ferry.fleet.v1.CreateRolloutRequest.consent:type_name -> ferry.device.v1.ConsentPolicy
+	27, // 69: ferry.fleet.v1.CreateRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 70: ferry.fleet.v1.GetRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 71: ferry.fleet.v1.ListRolloutsResponse.rollouts:type_name -> ferry.fleet.v1.Rollout
+	27, // 72: ferry.fleet.v1.PauseRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 73: ferry.fleet.v1.ResumeRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 74: ferry.fleet.v1.CancelRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	27, // 75: ferry.fleet.v1.WatchRolloutResponse.rollout:type_name -> ferry.fleet.v1.Rollout
+	50, // 76: ferry.fleet.v1.ListRolloutExecutionsResponse.executions:type_name -> ferry.fleet.v1.RolloutExecution
+	59, // 77: ferry.fleet.v1.RolloutExecution.dispatch_time:type_name -> google.protobuf.Timestamp
+	59, // 78: ferry.fleet.v1.RolloutExecution.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 79: ferry.fleet.v1.FleetService.GetDevice:input_type -> ferry.fleet.v1.GetDeviceRequest
+	7,  // 80: ferry.fleet.v1.FleetService.ListDevices:input_type -> ferry.fleet.v1.ListDevicesRequest
+	9,  // 81: ferry.fleet.v1.FleetService.SetDesiredState:input_type -> ferry.fleet.v1.SetDesiredStateRequest
+	11, // 82: ferry.fleet.v1.FleetService.GetFleetSummary:input_type -> ferry.fleet.v1.GetFleetSummaryRequest
+	13, // 83: ferry.fleet.v1.FleetService.WatchDevices:input_type -> ferry.fleet.v1.WatchDevicesRequest
+	15, // 84: ferry.fleet.v1.FleetService.ListDeviceEvents:input_type -> ferry.fleet.v1.ListDeviceEventsRequest
+	18, // 85: ferry.fleet.v1.FleetService.GetAttestation:input_type -> ferry.fleet.v1.GetAttestationRequest
+	21, // 86: ferry.fleet.v1.FleetService.AddDevice:input_type -> ferry.fleet.v1.AddDeviceRequest
+	23, // 87: ferry.fleet.v1.FleetService.RevokeDevice:input_type -> ferry.fleet.v1.RevokeDeviceRequest
+	25, // 88: ferry.fleet.v1.FleetService.CopyConfig:input_type -> ferry.fleet.v1.CopyConfigRequest
+	34, // 89: ferry.fleet.v1.RolloutService.CreateRollout:input_type -> ferry.fleet.v1.CreateRolloutRequest
+	36, // 90: ferry.fleet.v1.RolloutService.GetRollout:input_type -> ferry.fleet.v1.GetRolloutRequest
+	38, // 91: ferry.fleet.v1.RolloutService.ListRollouts:input_type -> ferry.fleet.v1.ListRolloutsRequest
+	40, // 92: ferry.fleet.v1.RolloutService.PauseRollout:input_type -> ferry.fleet.v1.PauseRolloutRequest
+	42, // 93: ferry.fleet.v1.RolloutService.ResumeRollout:input_type -> ferry.fleet.v1.ResumeRolloutRequest
+	44, // 94: ferry.fleet.v1.RolloutService.CancelRollout:input_type -> ferry.fleet.v1.CancelRolloutRequest
+	46, // 95: ferry.fleet.v1.RolloutService.WatchRollout:input_type -> ferry.fleet.v1.WatchRolloutRequest
+	48, // 96: ferry.fleet.v1.RolloutService.ListRolloutExecutions:input_type -> ferry.fleet.v1.ListRolloutExecutionsRequest
+	6,  // 97: ferry.fleet.v1.FleetService.GetDevice:output_type -> ferry.fleet.v1.GetDeviceResponse
+	8,  // 98: ferry.fleet.v1.FleetService.ListDevices:output_type -> ferry.fleet.v1.ListDevicesResponse
+	10, // 99: ferry.fleet.v1.FleetService.SetDesiredState:output_type -> ferry.fleet.v1.SetDesiredStateResponse
+	12, // 100: ferry.fleet.v1.FleetService.GetFleetSummary:output_type -> ferry.fleet.v1.GetFleetSummaryResponse
+	14, // 101: ferry.fleet.v1.FleetService.WatchDevices:output_type -> ferry.fleet.v1.WatchDevicesResponse
+	17, // 102: ferry.fleet.v1.FleetService.ListDeviceEvents:output_type -> ferry.fleet.v1.ListDeviceEventsResponse
+	19, // 103: ferry.fleet.v1.FleetService.GetAttestation:output_type -> ferry.fleet.v1.GetAttestationResponse
+	22, // 104: ferry.fleet.v1.FleetService.AddDevice:output_type -> ferry.fleet.v1.AddDeviceResponse
+	24, // 105: ferry.fleet.v1.FleetService.RevokeDevice:output_type -> ferry.fleet.v1.RevokeDeviceResponse
+	26, // 106: ferry.fleet.v1.FleetService.CopyConfig:output_type -> ferry.fleet.v1.CopyConfigResponse
+	35, // 107: ferry.fleet.v1.RolloutService.CreateRollout:output_type -> ferry.fleet.v1.CreateRolloutResponse
+	37, // 108: ferry.fleet.v1.RolloutService.GetRollout:output_type -> ferry.fleet.v1.GetRolloutResponse
+	39, // 109: ferry.fleet.v1.RolloutService.ListRollouts:output_type -> ferry.fleet.v1.ListRolloutsResponse
+	41, // 110: ferry.fleet.v1.RolloutService.PauseRollout:output_type -> ferry.fleet.v1.PauseRolloutResponse
+	43, // 111: ferry.fleet.v1.RolloutService.ResumeRollout:output_type -> ferry.fleet.v1.ResumeRolloutResponse
+	45, // 112: ferry.fleet.v1.RolloutService.CancelRollout:output_type -> ferry.fleet.v1.CancelRolloutResponse
+	47, // 113: ferry.fleet.v1.RolloutService.WatchRollout:output_type -> ferry.fleet.v1.WatchRolloutResponse
+	49, // 114: ferry.fleet.v1.RolloutService.ListRolloutExecutions:output_type -> ferry.fleet.v1.ListRolloutExecutionsResponse
+	97, // [97:115] is the sub-list for method output_type
+	79, // [79:97] is the sub-list for method input_type
+	79, // [79:79] is the sub-list for extension type_name
+	79, // [79:79] is the sub-list for extension extendee
+	0,  // [0:79] is the sub-list for field type_name
 }
 
 func init() { file_ferry_fleet_v1_fleet_proto_init() }
@@ -4098,7 +4155,7 @@ func file_ferry_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_fleet_v1_fleet_proto_rawDesc), len(file_ferry_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   58,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
