@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 
@@ -215,20 +214,20 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 	if next != expect+1 {
 		return store.Device{}, fmt.Errorf("set device %q: new version %d must be %d+1", id, next, expect)
 	}
-	raw, err := json.Marshal(doc)
+	raw, err := encodeDoc(doc)
 	if err != nil {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
 	}
 	var ev, attJob, att []byte
 	if w.Event.Kind != "" {
 		w.Event.Seq = 0 // the script numbers events
-		if ev, err = json.Marshal(w.Event); err != nil {
+		if ev, err = encodeDoc(w.Event); err != nil {
 			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
 		}
 	}
 	if w.Attestation != nil {
 		attJob = []byte(w.Attestation.JobID)
-		if att, err = json.Marshal(w.Attestation); err != nil {
+		if att, err = encodeDoc(w.Attestation); err != nil {
 			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
 		}
 	}
