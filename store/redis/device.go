@@ -74,8 +74,9 @@ local function reindex(B, id, dk, none, seen)
     redis.call('ZADD', B .. 'seen', math.max(tonumber(seen), marked), id)
   end
 end
-local function stored(B, id, dk, res)
+local function stored(B, id, dk, res, skip)
   local v = redis.call('HMGET', dk, 'meta', 'd', 'r', 'ls')
+  if skip == 'd' then v[2] = '' elseif skip == 'r' then v[3] = '' end
   return {res, v[1], v[2], v[3], v[4] or '', redis.call('HGET', B .. 'holders', id) or ''}
 end
 `
@@ -107,7 +108,8 @@ return stored(B, id, dk, 'created')
 // the attestation (if any), and moves the index entries and counters, all
 // at once. A repeat of a write that already landed (same new version, same
 // bytes) succeeds without writing anything. It returns the outcome, the
-// stored fields and the device's holder.
+// stored fields (on success without the document just written, which the
+// caller has) and the device's holder.
 // KEYS: device hash, events list, attestations hash. ARGV: bucket prefix,
 // id, version field, document field, expect, next, document, event, cap,
 // attestation job, attestation, then for the reported document "r", job
@@ -122,7 +124,7 @@ local vf, df, expect, nextv, doc = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local ev, cap, attJob, att = ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11]
 local cur = redis.call('HGET', dk, vf)
 if cur == nextv and redis.call('HGET', dk, df) == doc then
-  return stored(B, id, dk, 'ok')
+  return stored(B, id, dk, 'ok', df)
 end
 if cur ~= expect then
   return stored(B, id, dk, 'conflict')
@@ -142,7 +144,7 @@ if attJob ~= '' then
   redis.call('HSET', KEYS[3], attJob, att)
 end
 reindex(B, id, dk, ARGV[17], seen)
-return stored(B, id, dk, 'ok')
+return stored(B, id, dk, 'ok', df)
 `)
 
 // markSeenScript raises the marked last-seen time and the seen index entry
@@ -247,9 +249,24 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 	if res[0] == "missing" {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, store.ErrNotFound)
 	}
+	if res[0] == "ok" { // the script left out the document written
+		res[2], res[3] = orDoc(res[2], docField == "d"), orDoc(res[3], docField == "r")
+	}
 	dev, err := decodeFields(res[1:5])
 	if err != nil {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+	}
+	if res[0] == "ok" {
+		switch v := doc.(type) {
+		case store.Desired:
+			dev.Desired = v
+		case store.Reported:
+			seen := dev.Reported.LastSeen // the later of the marked time and the document's
+			dev.Reported = v
+			if seen.After(v.LastSeen) {
+				dev.Reported.LastSeen = seen
+			}
+		}
 	}
 	if res[0] == "conflict" {
 		cur := dev.Desired.Version
@@ -294,4 +311,15 @@ func (s *Store) MarkSeen(ctx context.Context, seen []store.Seen) error {
 		}
 	}
 	return nil
+}
+
+// emptyDoc is a stored document with no fields, standing in for the one a
+// write script left out of its reply.
+const emptyDoc = "\xa0" // a CBOR map of no pairs
+
+func orDoc(field string, skipped bool) string {
+	if skipped && field == "" {
+		return emptyDoc
+	}
+	return field
 }

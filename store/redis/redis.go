@@ -46,6 +46,8 @@ type Store struct {
 	raised  map[string]uint64
 
 	n notices // change notices (notices.go)
+
+	pipe autoPipe // automatic pipelining (autopipe.go)
 }
 
 var (
@@ -86,7 +88,11 @@ type meta struct {
 
 // GetDevice implements store.Devices.
 func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) {
-	vals, err := s.rdb.HMGet(ctx, s.deviceKey(id), docFields...).Result()
+	r := &pipeReq{args: []any{"hmget", s.deviceKey(id), "meta", "d", "r", "ls"}}
+	if err := s.do(ctx, r); err != nil {
+		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
+	}
+	vals, err := r.cmd.Slice()
 	if err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
