@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/ferryhq/ferry/attest"
 	"github.com/ferryhq/ferry/credentials"
@@ -27,10 +28,15 @@ import (
 
 // BenchmarkSignedReportIngest measures what ferryd does with each signed
 // report, on the Redis store: DSSE signature verification with the key of
-// the stream's already verified certificate, then the replica's compare-and-set with the event and the
-// envelope, from 32 devices reporting at once. Setting each device's next
-// desired state and signing its report (the device's work) are outside the
-// timer.
+// the stream's already verified certificate, then the replica's read and
+// write script (report, history event, envelope, indexes and counters in
+// one step), from 128 devices reporting at once ("ingest"). Setting each
+// device's next desired state and signing its report (the device's work)
+// are outside the timer. Beside it, in the same run, the two floors:
+// "verify-only", the signature checks of the same reports on the same
+// workers (the ceiling of ingest on these cores), and "trivial-script",
+// one EVALSHA of "return 1" per report, each its own round trip, from the
+// same workers.
 func BenchmarkSignedReportIngest(b *testing.B) {
 	ctx := context.Background()
 	const devices, workers = 512, 128
@@ -82,10 +88,8 @@ func BenchmarkSignedReportIngest(b *testing.B) {
 		wg.Wait()
 	}
 	envelopes := make([][]byte, devices)
-	b.ResetTimer()
-	for done := 0; done < b.N; {
-		batch := min(devices, b.N-done)
-		b.StopTimer()
+	// sign gives every device a new desired state and signs its report.
+	sign := func(b *testing.B, batch int) {
 		parallel(batch, func(i int) {
 			d, err := rep.SetDesired(ctx, devs[i].id, doc, "bench", nil)
 			if err != nil {
@@ -98,24 +102,61 @@ func BenchmarkSignedReportIngest(b *testing.B) {
 				b.Error(err)
 			}
 		})
-		b.StartTimer()
-		parallel(batch, func(i int) {
-			st, err := attest.VerifyByDevice(envelopes[i], devs[i].leaf, "ferry.test")
-			if err != nil {
+	}
+	b.Run("verify-only", func(b *testing.B) {
+		sign(b, devices)
+		b.ResetTimer()
+		parallel(b.N, func(i int) {
+			if _, err := attest.VerifyByDevice(envelopes[i%devices], devs[i%devices].leaf, "ferry.test"); err != nil {
 				b.Error(err)
-				return
-			}
-			p := st.Predicate
-			out, err := rep.Report(ctx, devs[i].id, replica.Report{JobID: p.JobID, DesiredVersion: p.DesiredVersion,
-				Status: replica.JobStatus(p.Status), State: replica.State{Bundle: store.Bundle{TargetPath: p.Bundle.TargetPath, Length: p.Bundle.Length, SHA256: p.Bundle.SHA256}},
-				Signed: &replica.Signed{Envelope: envelopes[i], CertificateChain: devs[i].chain}})
-			if err != nil || !out.Accepted {
-				b.Errorf("report: %+v, %v", out, err)
 			}
 		})
-		done += batch
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+	})
+	b.Run("trivial-script", func(b *testing.B) {
+		opts, err := goredis.ParseURL(testredis.URL(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		opts.PoolSize = workers
+		rdb := goredis.NewClient(opts)
+		defer rdb.Close()
+		script := goredis.NewScript("return 1")
+		if err := script.Load(ctx, rdb).Err(); err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		parallel(b.N, func(i int) {
+			if err := script.EvalSha(ctx, rdb, []string{"k"}).Err(); err != nil {
+				b.Error(err)
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "scripts/s")
+	})
+	b.Run("ingest", func(b *testing.B) {
+		for done := 0; done < b.N; {
+			batch := min(devices, b.N-done)
+			b.StopTimer()
+			sign(b, batch)
+			b.StartTimer()
+			parallel(batch, func(i int) {
+				st, err := attest.VerifyByDevice(envelopes[i], devs[i].leaf, "ferry.test")
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				p := st.Predicate
+				out, err := rep.Report(ctx, devs[i].id, replica.Report{JobID: p.JobID, DesiredVersion: p.DesiredVersion,
+					Status: replica.JobStatus(p.Status), State: replica.State{Bundle: store.Bundle{TargetPath: p.Bundle.TargetPath, Length: p.Bundle.Length, SHA256: p.Bundle.SHA256}},
+					Signed: &replica.Signed{Envelope: envelopes[i], CertificateChain: devs[i].chain}})
+				if err != nil || !out.Accepted {
+					b.Errorf("report: %+v, %v", out, err)
+				}
+			})
+			done += batch
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+	})
 }
 
 // BenchmarkDeltaLatency measures SetDesiredState (Connect, HTTPS) until the

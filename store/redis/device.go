@@ -213,24 +213,37 @@ func (s *Store) SetReported(ctx context.Context, id string, expect uint64, r sto
 // compareAndSet writes doc (the reported document rep, or a desired one
 // when rep is nil) with casScript.
 func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField string, expect, next uint64, doc any, rep *store.Reported, w store.Write) (store.Device, error) {
+	call, err := s.casCall(id, versionField, docField, expect, next, doc, rep, w)
+	if err != nil {
+		return store.Device{}, err
+	}
+	res, err := s.runOne(ctx, call)
+	if err != nil {
+		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+	}
+	return s.casResult(ctx, id, docField, expect, doc, res)
+}
+
+// casCall prepares compareAndSet's script call.
+func (s *Store) casCall(id, versionField, docField string, expect, next uint64, doc any, rep *store.Reported, w store.Write) (scriptCall, error) {
 	if next != expect+1 {
-		return store.Device{}, fmt.Errorf("set device %q: new version %d must be %d+1", id, next, expect)
+		return scriptCall{}, fmt.Errorf("set device %q: new version %d must be %d+1", id, next, expect)
 	}
 	raw, err := encodeDoc(doc)
 	if err != nil {
-		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+		return scriptCall{}, fmt.Errorf("set device %q: %w", id, err)
 	}
 	var ev, attJob, att []byte
 	if w.Event.Kind != "" {
 		w.Event.Seq = 0 // the script numbers events
 		if ev, err = encodeDoc(w.Event); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+			return scriptCall{}, fmt.Errorf("set device %q: %w", id, err)
 		}
 	}
 	if w.Attestation != nil {
 		attJob = []byte(w.Attestation.JobID)
 		if att, err = encodeDoc(w.Attestation); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+			return scriptCall{}, fmt.Errorf("set device %q: %w", id, err)
 		}
 	}
 	args := []any{s.deviceBucket(id), id, versionField, docField, strconv.FormatUint(expect, 10),
@@ -242,12 +255,17 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 		args = append(args, "-", "", "", "", "")
 	}
 	args = append(args, store.StatusNone)
-	res, err := s.runOne(ctx, scriptCall{casScript, []string{s.deviceKey(id), s.eventsKey(id), s.attKey(id)}, args})
-	if err != nil {
-		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-	}
-	if res[0] == "missing" {
+	return scriptCall{casScript, []string{s.deviceKey(id), s.eventsKey(id), s.attKey(id)}, args}, nil
+}
+
+// casResult turns casScript's reply into compareAndSet's result, and
+// queues the change notice of a write.
+func (s *Store) casResult(ctx context.Context, id, docField string, expect uint64, doc any, res []string) (store.Device, error) {
+	if len(res) > 0 && res[0] == "missing" {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, store.ErrNotFound)
+	}
+	if len(res) != 6 {
+		return store.Device{}, fmt.Errorf("set device %q: unexpected reply of %d fields", id, len(res))
 	}
 	if res[0] == "ok" { // the script left out the document written
 		res[2], res[3] = orDoc(res[2], docField == "d"), orDoc(res[3], docField == "r")
@@ -270,13 +288,41 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 	}
 	if res[0] == "conflict" {
 		cur := dev.Desired.Version
-		if rep != nil {
+		if docField == "r" {
 			cur = dev.Reported.Version
 		}
 		return dev, fmt.Errorf("set device %q: %w: version is %d, expected %d", id, store.ErrConflict, cur, expect)
 	}
 	s.notify(ctx, res[5], id)
 	return dev, nil
+}
+
+// SetDesiredBatch implements store.DesiredBatcher: one casScript per
+// device (each in the device's bucket, so it works on a cluster), all sent
+// together in pipelines (see autopipe.go), and their notices queued
+// together (one message per holding instance, see notices.go).
+func (s *Store) SetDesiredBatch(ctx context.Context, writes []store.DesiredWrite) ([]store.DesiredResult, error) {
+	calls := make([]scriptCall, len(writes))
+	for i, w := range writes {
+		c, err := s.casCall(w.ID, "dv", "d", w.Expect, w.Desired.Version, w.Desired, nil, w.Write)
+		if err != nil {
+			return nil, err
+		}
+		calls[i] = c
+	}
+	cmds, err := s.run(ctx, true, calls)
+	if err != nil {
+		return nil, fmt.Errorf("set desired states: %w", err)
+	}
+	out := make([]store.DesiredResult, len(writes))
+	for i, w := range writes {
+		res, err := cmds[i].StringSlice()
+		if err != nil {
+			return nil, fmt.Errorf("set device %q: %w", w.ID, err)
+		}
+		out[i].Device, out[i].Err = s.casResult(ctx, w.ID, "d", w.Expect, w.Desired, res)
+	}
+	return out, nil
 }
 
 // MarkSeen implements store.Devices: one script per bucket touched, all in

@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"ListManyPages", testListManyPages},
 		{"SummaryAfterManyWrites", testSummaryAfterManyWrites},
 		{"ClaimsAreNotIndexed", testClaimsAreNotIndexed},
+		{"DesiredBatch", testDesiredBatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
