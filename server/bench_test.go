@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -196,4 +198,87 @@ func BenchmarkDeltaLatency(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// BenchmarkSelectorFanout measures one SetDesiredState on a selector that
+// matches every connected device (FERRY_BENCH_FANOUT of them, 1,000 by
+// default), on the Redis store: how long the call takes to return
+// ("call-ms") and when the last and the 99th percentile of the devices'
+// Deltas arrive after the call began. Beside it, the floor in the same
+// run: a Redis PING plus one Connect round trip (GetDevice), its p99.
+func BenchmarkSelectorFanout(b *testing.B) {
+	connected := 1000
+	if v := os.Getenv("FERRY_BENCH_FANOUT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		connected = n
+	}
+	ids := make([]string, connected)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%05d", i)
+	}
+	f := ferrytest.Start(b, ferrytest.Redis, func(cfg *server.Config) { cfg.Dev.Devices = ids })
+	f.Publish(b, "gw/fw.bin")
+	devs := make([]*ferrytest.Device, connected)
+	for i, id := range ids {
+		devs[i] = f.OpenDevice(b, id, &devicev1.Hello{})
+	}
+	fleet := f.Fleet(b)
+	ctx := context.Background()
+
+	opts, err := goredis.ParseURL(testredis.URL(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rdb := goredis.NewClient(opts)
+	defer rdb.Close()
+	floor := make([]time.Duration, 200)
+	for i := range floor {
+		start := time.Now()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := fleet.GetDevice(ctx, connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: ids[i%connected]})); err != nil {
+			b.Fatal(err)
+		}
+		floor[i] = time.Since(start)
+	}
+	slices.Sort(floor)
+
+	var calls, p99s, lasts []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		arrived := make([]time.Duration, connected)
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i, d := range devs {
+			wg.Go(func() {
+				for d.Recv().GetDelta() == nil {
+				}
+				arrived[i] = time.Since(start)
+			})
+		}
+		resp, err := fleet.SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{
+			Selector: "group=dev", Document: &devicev1.DesiredDocument{Bundle: bundle("gw/fw.bin")},
+		}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		calls = append(calls, time.Since(start))
+		if n := resp.Msg.GetDevicesUpdated(); n != uint64(connected) {
+			b.Fatalf("selector updated %d devices, want %d", n, connected)
+		}
+		wg.Wait()
+		slices.Sort(arrived)
+		p99s = append(p99s, arrived[connected*99/100])
+		lasts = append(lasts, arrived[connected-1])
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(slices.Max(calls)), "call-ms")
+	b.ReportMetric(ms(slices.Max(p99s)), "p99-delta-ms")
+	b.ReportMetric(ms(slices.Max(lasts)), "last-delta-ms")
+	b.ReportMetric(ms(floor[len(floor)*99/100]), "floor-p99-ms")
 }
