@@ -83,6 +83,7 @@ func (s *Service) SetDesiredMatching(ctx context.Context, labels map[string]stri
 			return updated, err
 		}
 		if len(page) < setDesiredPage {
+			s.log.InfoContext(ctx, "desired state set on a selector", "selector", labels, "devices", updated, "by", setBy)
 			return updated, nil
 		}
 		after = page[len(page)-1].ID
@@ -116,7 +117,7 @@ func (s *Service) setDesiredPage(ctx context.Context, page []store.Device, doc D
 		case r.Err != nil:
 			return updated, fmt.Errorf("set desired state of %q after %d devices: %w", id, updated, r.Err)
 		default:
-			s.log.InfoContext(ctx, "desired state set", "device", id, "version", w.Desired.Version, "job", w.Desired.JobID, "by", setBy)
+			s.log.DebugContext(ctx, "desired state set", "device", id, "version", w.Desired.Version, "job", w.Desired.JobID, "by", setBy)
 			s.changed(ctx, id)
 		}
 		updated++

@@ -171,7 +171,10 @@ func BenchmarkDeltaLatency(b *testing.B) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("dev-%04d", i)
 	}
-	f := ferrytest.Start(b, ferrytest.Redis, func(cfg *server.Config) { cfg.Dev.Devices = ids })
+	f := ferrytest.Start(b, ferrytest.Redis, func(cfg *server.Config) {
+		cfg.Dev.Devices = ids
+		cfg.Device.MaxConnsPerSource = 0 // every simulated device connects from loopback
+	})
 	f.Publish(b, "gw/fw.bin")
 	devs := make([]*ferrytest.Device, connected)
 	for i, id := range ids {
@@ -219,7 +222,10 @@ func BenchmarkSelectorFanout(b *testing.B) {
 	for i := range ids {
 		ids[i] = fmt.Sprintf("dev-%05d", i)
 	}
-	f := ferrytest.Start(b, ferrytest.Redis, func(cfg *server.Config) { cfg.Dev.Devices = ids })
+	f := ferrytest.Start(b, ferrytest.Redis, func(cfg *server.Config) {
+		cfg.Dev.Devices = ids
+		cfg.Device.MaxConnsPerSource = 0 // every simulated device connects from loopback
+	})
 	f.Publish(b, "gw/fw.bin")
 	devs := make([]*ferrytest.Device, connected)
 	for i, id := range ids {
