@@ -52,10 +52,17 @@ func (s *Service) ListQuery(ctx context.Context, q store.Query, after string, li
 	return s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: limit, Query: q})
 }
 
+// setDesiredPage is how many devices SetDesiredMatching reads and writes
+// at once.
+const setDesiredPage = 1000
+
 // SetDesiredMatching gives every device the selector matches the same new desired
 // document (each its own version and job), and returns how many it updated.
-// It goes through the fleet page by page; a failure stops it and reports
-// how many were updated before.
+// It goes through the fleet page by page, writing each page's devices in one
+// batch (store.DesiredBatcher: one transaction, or pipelined scripts), each
+// against the desired version the listing read; a device changed meanwhile
+// is written again on its own. A failure stops it and reports how many were
+// updated before.
 func (s *Service) SetDesiredMatching(ctx context.Context, sel labels.Selector, doc Document, setBy string) (int, error) {
 	if sel == nil || sel.Empty() {
 		return 0, invalid("selector", "is required (an empty selector would match the whole fleet)")
@@ -65,21 +72,56 @@ func (s *Service) SetDesiredMatching(ctx context.Context, sel labels.Selector, d
 	}
 	updated, after := 0, ""
 	for {
-		page, err := s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: 500, Query: store.Query{Selector: sel}})
+		page, err := s.devices.ListDevices(ctx, store.ListOptions{After: after, Limit: setDesiredPage, Query: store.Query{Selector: sel}})
 		if err != nil {
 			return updated, err
 		}
-		for _, d := range page {
-			if _, err := s.SetDesired(ctx, d.ID, doc, setBy, nil); err != nil && !errors.Is(err, store.ErrNotFound) {
-				return updated, fmt.Errorf("set desired state of %q after %d devices: %w", d.ID, updated, err)
-			}
-			updated++
+		n, err := s.setDesiredPage(ctx, page, doc, setBy)
+		updated += n
+		if err != nil {
+			return updated, err
 		}
-		if len(page) < 500 {
+		if len(page) < setDesiredPage {
+			s.log.InfoContext(ctx, "desired state set on a selector", "selector", sel.String(), "devices", updated, "by", setBy)
 			return updated, nil
 		}
 		after = page[len(page)-1].ID
 	}
+}
+
+// setDesiredPage writes doc to the listed devices in one batch.
+func (s *Service) setDesiredPage(ctx context.Context, page []store.Device, doc Document, setBy string) (int, error) {
+	at := s.now().UTC()
+	writes := make([]store.DesiredWrite, len(page))
+	for i, d := range page {
+		next := store.Desired{Version: d.Desired.Version + 1, JobID: newJobID(), Bundle: doc.Bundle, Forced: doc.Forced,
+			Config: doc.Config, SetBy: setBy, SetAt: at}
+		writes[i] = store.DesiredWrite{ID: d.ID, Expect: d.Desired.Version, Desired: next, Write: store.Write{Event: store.Event{
+			Time: at, Kind: EventDesiredSet, JobID: next.JobID, DesiredVersion: next.Version,
+			Status: string(StatusQueued), Actor: setBy, Message: next.Bundle.TargetPath}}}
+	}
+	results, err := store.SetDesiredBatch(ctx, s.devices, writes)
+	if err != nil {
+		return 0, fmt.Errorf("set desired state of %d devices: %w", len(page), err)
+	}
+	updated := 0
+	for i, r := range results {
+		id, w := writes[i].ID, writes[i]
+		switch {
+		case errors.Is(r.Err, store.ErrConflict): // changed since the listing: again on its own
+			if _, err := s.SetDesired(ctx, id, doc, setBy, nil); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return updated, fmt.Errorf("set desired state of %q after %d devices: %w", id, updated, err)
+			}
+		case errors.Is(r.Err, store.ErrNotFound): // deleted since the listing
+		case r.Err != nil:
+			return updated, fmt.Errorf("set desired state of %q after %d devices: %w", id, updated, r.Err)
+		default:
+			s.log.DebugContext(ctx, "desired state set", "device", id, "version", w.Desired.Version, "job", w.Desired.JobID, "by", setBy)
+			s.changed(ctx, id)
+		}
+		updated++
+	}
+	return updated, nil
 }
 
 // Summary counts the fleet per reported bundle and job status, and the

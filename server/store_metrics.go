@@ -78,6 +78,11 @@ func (t timedDevices) SetDesired(ctx context.Context, id string, expect uint64, 
 	return timed(t.h, "SetDesired", func() (store.Device, error) { return t.Devices.SetDesired(ctx, id, expect, d, w) })
 }
 
+// SetDesiredBatch implements store.DesiredBatcher, timed as one call.
+func (t timedDevices) SetDesiredBatch(ctx context.Context, writes []store.DesiredWrite) ([]store.DesiredResult, error) {
+	return timed(t.h, "SetDesiredBatch", func() ([]store.DesiredResult, error) { return store.SetDesiredBatch(ctx, t.Devices, writes) })
+}
+
 func (t timedDevices) SetReported(ctx context.Context, id string, expect uint64, r store.Reported, w store.Write) (store.Device, error) {
 	return timed(t.h, "SetReported", func() (store.Device, error) { return t.Devices.SetReported(ctx, id, expect, r, w) })
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -66,6 +67,24 @@ func (t tracedDevices) ListDevices(ctx context.Context, opts store.ListOptions) 
 		endSpan(span, err)
 	}
 	return ds, err
+}
+
+// SetDesiredBatch implements store.DesiredBatcher in one span, whose
+// traceparent every document of the batch carries.
+func (t tracedDevices) SetDesiredBatch(ctx context.Context, writes []store.DesiredWrite) ([]store.DesiredResult, error) {
+	ctx, span, ok := t.spans.start(ctx, "SetDesiredBatch", attribute.Int("ferry.devices", len(writes)))
+	if ok {
+		tp := traceParent(ctx)
+		writes = slices.Clone(writes)
+		for i := range writes {
+			writes[i].Desired.TraceParent = tp
+		}
+	}
+	out, err := store.SetDesiredBatch(ctx, t.Devices, writes)
+	if ok {
+		endSpan(span, err)
+	}
+	return out, err
 }
 
 func (t tracedDevices) SetDesired(ctx context.Context, id string, expect uint64, d store.Desired, w store.Write) (store.Device, error) {

@@ -373,3 +373,46 @@ type Changes interface {
 	// device) until ctx ends. fn must not block. It returns when ctx ends.
 	SubscribeChanges(ctx context.Context, fn func(id string)) error
 }
+
+// DesiredWrite is one device's compare-and-set in a batch (see
+// DesiredBatcher): Devices.SetDesired's arguments.
+type DesiredWrite struct {
+	ID      string
+	Expect  uint64
+	Desired Desired
+	Write   Write
+}
+
+// DesiredResult is the outcome of one DesiredWrite: what SetDesired would
+// have returned for it (ErrConflict and ErrNotFound are per device).
+type DesiredResult struct {
+	Device Device
+	Err    error
+}
+
+// DesiredBatcher is implemented by backends that write many devices'
+// desired documents at once, as a selector or a rollout wave does: each
+// write is SetDesired's compare-and-set with its own version, event and
+// index updates, and a device's conflict or absence fails only that
+// device. The error is the backend's (nothing, or not everything, may have
+// been written; every write is safe to repeat).
+type DesiredBatcher interface {
+	SetDesiredBatch(ctx context.Context, writes []DesiredWrite) ([]DesiredResult, error)
+}
+
+// SetDesiredBatch runs writes through d's DesiredBatcher when it has one,
+// else one SetDesired after the other.
+func SetDesiredBatch(ctx context.Context, d Devices, writes []DesiredWrite) ([]DesiredResult, error) {
+	if b, ok := d.(DesiredBatcher); ok {
+		return b.SetDesiredBatch(ctx, writes)
+	}
+	out := make([]DesiredResult, len(writes))
+	for i, w := range writes {
+		dev, err := d.SetDesired(ctx, w.ID, w.Expect, w.Desired, w.Write)
+		if err != nil && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		out[i] = DesiredResult{Device: dev, Err: err}
+	}
+	return out, nil
+}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -180,55 +181,9 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 		wrote bool
 	)
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		wrote = false
-		b := tx.Bucket(devicesBucket)
-		raw := b.Get([]byte(id))
-		if raw == nil {
-			return store.ErrNotFound
-		}
-		if err := json.Unmarshal(raw, &dev); err != nil {
-			return err
-		}
-		old := dev
-		overlaySeen(tx, &old) // as indexed
-		cur, same := apply(&dev)
-		switch {
-		case same:
-			overlaySeen(tx, &dev)
-			return nil // a repeat of a write that already landed
-		case cur != expect:
-			overlaySeen(tx, &dev)
-			return fmt.Errorf("%w: version is %d, expected %d", store.ErrConflict, cur, expect)
-		}
-		out, err := json.Marshal(dev)
-		if err != nil {
-			return err
-		}
-		if err := b.Put([]byte(id), out); err != nil {
-			return err
-		}
-		overlaySeen(tx, &dev)
-		if err := reindex(tx, &old, &dev); err != nil {
-			return err
-		}
-		wrote = true
-		if w.Event.Kind != "" {
-			if err := appendEvent(tx, id, w.Event); err != nil {
-				return err
-			}
-		}
-		if a := w.Attestation; a != nil {
-			raw, err := json.Marshal(a)
-			if err != nil {
-				return err
-			}
-			atts, err := tx.Bucket(attestationsBucket).CreateBucketIfNotExists([]byte(id))
-			if err != nil {
-				return err
-			}
-			return atts.Put([]byte(a.JobID), raw)
-		}
-		return nil
+		var err error
+		dev, wrote, err = casTx(tx, id, expect, w, apply)
+		return err
 	})
 	if err != nil {
 		return dev, fmt.Errorf("set device %q: %w", id, err)
@@ -237,6 +192,108 @@ func (s *Store) compareAndSet(ctx context.Context, id string, expect, next uint6
 		s.PublishChange(ctx, id) // store.Changes: every write is announced
 	}
 	return dev, nil
+}
+
+// casTx is compareAndSet's work in transaction tx. ErrNotFound and
+// ErrConflict come before anything is written; any other error may follow
+// a partial write, and must end the transaction.
+func casTx(tx *bbolt.Tx, id string, expect uint64, w store.Write, apply func(*store.Device) (cur uint64, same bool)) (dev store.Device, wrote bool, err error) {
+	b := tx.Bucket(devicesBucket)
+	raw := b.Get([]byte(id))
+	if raw == nil {
+		return dev, false, store.ErrNotFound
+	}
+	if err := json.Unmarshal(raw, &dev); err != nil {
+		return dev, false, err
+	}
+	old := dev
+	overlaySeen(tx, &old) // as indexed
+	cur, same := apply(&dev)
+	switch {
+	case same:
+		overlaySeen(tx, &dev)
+		return dev, false, nil // a repeat of a write that already landed
+	case cur != expect:
+		overlaySeen(tx, &dev)
+		return dev, false, fmt.Errorf("%w: version is %d, expected %d", store.ErrConflict, cur, expect)
+	}
+	out, err := json.Marshal(dev)
+	if err != nil {
+		return dev, false, err
+	}
+	if err := b.Put([]byte(id), out); err != nil {
+		return dev, false, err
+	}
+	overlaySeen(tx, &dev)
+	if err := reindex(tx, &old, &dev); err != nil {
+		return dev, false, err
+	}
+	if w.Event.Kind != "" {
+		if err := appendEvent(tx, id, w.Event); err != nil {
+			return dev, false, err
+		}
+	}
+	if a := w.Attestation; a != nil {
+		raw, err := json.Marshal(a)
+		if err != nil {
+			return dev, false, err
+		}
+		atts, err := tx.Bucket(attestationsBucket).CreateBucketIfNotExists([]byte(id))
+		if err != nil {
+			return dev, false, err
+		}
+		if err := atts.Put([]byte(a.JobID), raw); err != nil {
+			return dev, false, err
+		}
+	}
+	return dev, true, nil
+}
+
+// SetDesiredBatch implements store.DesiredBatcher: every write in one
+// transaction (one fsync), announced together.
+func (s *Store) SetDesiredBatch(ctx context.Context, writes []store.DesiredWrite) ([]store.DesiredResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]store.DesiredResult, len(writes))
+	for _, w := range writes {
+		if w.Desired.Version != w.Expect+1 {
+			return nil, fmt.Errorf("set device %q: new version %d must be %d+1", w.ID, w.Desired.Version, w.Expect)
+		}
+	}
+	var written []string
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		written = written[:0]
+		for i, w := range writes {
+			d := w.Desired
+			dev, wrote, err := casTx(tx, w.ID, w.Expect, w.Write, func(dev *store.Device) (uint64, bool) {
+				cur := dev.Desired.Version
+				same := cur == d.Version && jsonEqual(dev.Desired, d)
+				if cur == w.Expect {
+					dev.Desired = d
+				}
+				return cur, same
+			})
+			if err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("set device %q: %w", w.ID, err)
+			}
+			if err != nil {
+				err = fmt.Errorf("set device %q: %w", w.ID, err)
+			}
+			out[i] = store.DesiredResult{Device: dev, Err: err}
+			if wrote {
+				written = append(written, w.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(written) > 0 {
+		s.PublishChange(ctx, written...)
+	}
+	return out, nil
 }
 
 // jsonEqual compares two documents by their stored form, which is what a

@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 
@@ -76,8 +75,9 @@ local function reindex(B, id, dk, none, seen)
     redis.call('ZADD', B .. 'seen', math.max(tonumber(seen), marked), id)
   end
 end
-local function stored(B, id, dk, res)
+local function stored(B, id, dk, res, skip)
   local v = redis.call('HMGET', dk, 'meta', 'd', 'r', 'ls')
+  if skip == 'd' then v[2] = '' elseif skip == 'r' then v[3] = '' end
   return {res, v[1], v[2], v[3], v[4] or '', redis.call('HGET', B .. 'holders', id) or '',
     redis.call('HGET', dk, 'at') or ''}
 end
@@ -110,7 +110,8 @@ return stored(B, id, dk, 'created')
 // the attestation (if any), and moves the index entries and counters, all
 // at once. A repeat of a write that already landed (same new version, same
 // bytes) succeeds without writing anything. It returns the outcome, the
-// stored fields and the device's holder.
+// stored fields (on success without the document just written, which the
+// caller has) and the device's holder.
 // KEYS: device hash, events list, attestations hash. ARGV: bucket prefix,
 // id, version field, document field, expect, next, document, event, cap,
 // attestation job, attestation, then for the reported document "r", job
@@ -125,7 +126,7 @@ local vf, df, expect, nextv, doc = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local ev, cap, attJob, att = ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11]
 local cur = redis.call('HGET', dk, vf)
 if cur == nextv and redis.call('HGET', dk, df) == doc then
-  return stored(B, id, dk, 'ok')
+  return stored(B, id, dk, 'ok', df)
 end
 if cur ~= expect then
   return stored(B, id, dk, 'conflict')
@@ -145,7 +146,7 @@ if attJob ~= '' then
   redis.call('HSET', KEYS[3], attJob, att)
 end
 reindex(B, id, dk, ARGV[17], seen)
-return stored(B, id, dk, 'ok')
+return stored(B, id, dk, 'ok', df)
 `)
 
 // markSeenScript raises the marked last-seen time and the seen index entry
@@ -215,24 +216,37 @@ func (s *Store) SetReported(ctx context.Context, id string, expect uint64, r sto
 // compareAndSet writes doc (the reported document rep, or a desired one
 // when rep is nil) with casScript.
 func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField string, expect, next uint64, doc any, rep *store.Reported, w store.Write) (store.Device, error) {
-	if next != expect+1 {
-		return store.Device{}, fmt.Errorf("set device %q: new version %d must be %d+1", id, next, expect)
+	call, err := s.casCall(id, versionField, docField, expect, next, doc, rep, w)
+	if err != nil {
+		return store.Device{}, err
 	}
-	raw, err := json.Marshal(doc)
+	res, err := s.runOne(ctx, call)
 	if err != nil {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+	}
+	return s.casResult(ctx, id, docField, expect, doc, res)
+}
+
+// casCall prepares compareAndSet's script call.
+func (s *Store) casCall(id, versionField, docField string, expect, next uint64, doc any, rep *store.Reported, w store.Write) (scriptCall, error) {
+	if next != expect+1 {
+		return scriptCall{}, fmt.Errorf("set device %q: new version %d must be %d+1", id, next, expect)
+	}
+	raw, err := encodeDoc(doc)
+	if err != nil {
+		return scriptCall{}, fmt.Errorf("set device %q: %w", id, err)
 	}
 	var ev, attJob, att []byte
 	if w.Event.Kind != "" {
 		w.Event.Seq = 0 // the script numbers events
-		if ev, err = json.Marshal(w.Event); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+		if ev, err = encodeDoc(w.Event); err != nil {
+			return scriptCall{}, fmt.Errorf("set device %q: %w", id, err)
 		}
 	}
 	if w.Attestation != nil {
 		attJob = []byte(w.Attestation.JobID)
-		if att, err = json.Marshal(w.Attestation); err != nil {
-			return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
+		if att, err = encodeDoc(w.Attestation); err != nil {
+			return scriptCall{}, fmt.Errorf("set device %q: %w", id, err)
 		}
 	}
 	args := []any{s.deviceBucket(id), id, versionField, docField, strconv.FormatUint(expect, 10),
@@ -244,26 +258,74 @@ func (s *Store) compareAndSet(ctx context.Context, id, versionField, docField st
 		args = append(args, "-", "", "", "", "")
 	}
 	args = append(args, store.StatusNone)
-	res, err := s.runOne(ctx, scriptCall{casScript, []string{s.deviceKey(id), s.eventsKey(id), s.attKey(id)}, args})
-	if err != nil {
-		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
-	}
-	if res[0] == "missing" {
+	return scriptCall{casScript, []string{s.deviceKey(id), s.eventsKey(id), s.attKey(id)}, args}, nil
+}
+
+// casResult turns casScript's reply into compareAndSet's result, and
+// queues the change notice of a write.
+func (s *Store) casResult(ctx context.Context, id, docField string, expect uint64, doc any, res []string) (store.Device, error) {
+	if len(res) > 0 && res[0] == "missing" {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, store.ErrNotFound)
+	}
+	if len(res) != 7 {
+		return store.Device{}, fmt.Errorf("set device %q: unexpected reply of %d fields", id, len(res))
+	}
+	if res[0] == "ok" { // the script left out the document written
+		res[2], res[3] = orDoc(res[2], docField == "d"), orDoc(res[3], docField == "r")
 	}
 	dev, err := decodeStored(res)
 	if err != nil {
 		return store.Device{}, fmt.Errorf("set device %q: %w", id, err)
 	}
+	if res[0] == "ok" {
+		switch v := doc.(type) {
+		case store.Desired:
+			dev.Desired = v
+		case store.Reported:
+			seen := dev.Reported.LastSeen // the later of the marked time and the document's
+			dev.Reported = v
+			if seen.After(v.LastSeen) {
+				dev.Reported.LastSeen = seen
+			}
+		}
+	}
 	if res[0] == "conflict" {
 		cur := dev.Desired.Version
-		if rep != nil {
+		if docField == "r" {
 			cur = dev.Reported.Version
 		}
 		return dev, fmt.Errorf("set device %q: %w: version is %d, expected %d", id, store.ErrConflict, cur, expect)
 	}
 	s.notify(ctx, res[5], id)
 	return dev, nil
+}
+
+// SetDesiredBatch implements store.DesiredBatcher: one casScript per
+// device (each in the device's bucket, so it works on a cluster), all sent
+// together in pipelines (see autopipe.go), and their notices queued
+// together (one message per holding instance, see notices.go).
+func (s *Store) SetDesiredBatch(ctx context.Context, writes []store.DesiredWrite) ([]store.DesiredResult, error) {
+	calls := make([]scriptCall, len(writes))
+	for i, w := range writes {
+		c, err := s.casCall(w.ID, "dv", "d", w.Expect, w.Desired.Version, w.Desired, nil, w.Write)
+		if err != nil {
+			return nil, err
+		}
+		calls[i] = c
+	}
+	cmds, err := s.run(ctx, true, calls)
+	if err != nil {
+		return nil, fmt.Errorf("set desired states: %w", err)
+	}
+	out := make([]store.DesiredResult, len(writes))
+	for i, w := range writes {
+		res, err := cmds[i].StringSlice()
+		if err != nil {
+			return nil, fmt.Errorf("set device %q: %w", w.ID, err)
+		}
+		out[i].Device, out[i].Err = s.casResult(ctx, w.ID, "d", w.Expect, w.Desired, res)
+	}
+	return out, nil
 }
 
 // MarkSeen implements store.Devices: one script per bucket touched, all in
@@ -298,4 +360,15 @@ func (s *Store) MarkSeen(ctx context.Context, seen []store.Seen) error {
 		}
 	}
 	return nil
+}
+
+// emptyDoc is a stored document with no fields, standing in for the one a
+// write script left out of its reply.
+const emptyDoc = "\xa0" // a CBOR map of no pairs
+
+func orDoc(field string, skipped bool) string {
+	if skipped && field == "" {
+		return emptyDoc
+	}
+	return field
 }

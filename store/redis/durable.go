@@ -61,7 +61,20 @@ func (s *Store) run(ctx context.Context, durable bool, calls []scriptCall) ([]*g
 		all[i] = i
 	}
 	if !wait {
-		return cmds, s.runOn(ctx, s.rdb, calls, all, cmds, false)
+		reqs := make([]*pipeReq, len(calls))
+		for i := range calls {
+			reqs[i] = &pipeReq{call: &calls[i]}
+		}
+		if err := s.do(ctx, reqs...); err != nil {
+			return nil, err
+		}
+		for i, r := range reqs {
+			cmds[i] = r.cmd
+			if err := r.cmd.Err(); err != nil && isConnError(err) && !errors.Is(err, goredis.Nil) {
+				return nil, err
+			}
+		}
+		return cmds, nil
 	}
 	cc, ok := s.rdb.(*goredis.ClusterClient)
 	if !ok {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,7 +19,8 @@ import (
 //	<prefix>{b042}:holders          hash in each device bucket: device id ->
 //	                                name of the instance holding its stream
 //	<prefix>notices:to:<instance>   shard channel of one instance: the ids
-//	                                of the changed devices it holds
+//	                                of the changed devices it holds, one
+//	                                per line, many in a message
 //	<prefix>notices:all             shard channel of fleet-wide watchers
 //	<prefix>watchers                sorted set: instance -> until when (ms,
 //	                                Redis's clock) it watches the fleet
@@ -223,14 +225,24 @@ func (s *Store) send(ctx context.Context, batch map[string]holder) error {
 		}
 	}
 	watched := s.watched(ctx)
+	perHolder := map[string][]string{}
+	var all []string
+	for id, h := range batch {
+		if h.name != "" {
+			perHolder[h.name] = append(perHolder[h.name], id)
+		}
+		if watched {
+			all = append(all, id)
+		}
+	}
 	_, err := s.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		for id, h := range batch {
-			if h.name != "" {
-				p.SPublish(ctx, s.noticeChannel(h.name), id)
+		for name, ids := range perHolder {
+			for _, msg := range noticeMessages(ids) {
+				p.SPublish(ctx, s.noticeChannel(name), msg)
 			}
-			if watched {
-				p.SPublish(ctx, s.watchChannel(), id)
-			}
+		}
+		for _, msg := range noticeMessages(all) {
+			p.SPublish(ctx, s.watchChannel(), msg)
 		}
 		return nil
 	})
@@ -238,6 +250,23 @@ func (s *Store) send(ctx context.Context, batch map[string]holder) error {
 		return fmt.Errorf("publish notices: %w", err)
 	}
 	return nil
+}
+
+// maxNoticeIDs is how many device ids one notice message carries at most.
+const maxNoticeIDs = 1000
+
+// noticeMessages joins ids into notice messages, one id per line (device
+// ids hold no line breaks), at most maxNoticeIDs a message: a write to
+// many devices costs one message per instance holding some of them, not
+// one per device.
+func noticeMessages(ids []string) []string {
+	var out []string
+	for len(ids) > 0 {
+		n := min(len(ids), maxNoticeIDs)
+		out = append(out, strings.Join(ids[:n], "\n"))
+		ids = ids[n:]
+	}
+	return out
 }
 
 // PublishChange implements store.Changes: the holders of the devices are
@@ -351,7 +380,9 @@ func (s *Store) startWatch(ctx context.Context) error {
 				if !ok {
 					return
 				}
-				s.deliver(m.Payload)
+				for _, id := range strings.Split(m.Payload, "\n") {
+					s.deliver(id)
+				}
 			}
 		}
 	}()
@@ -423,7 +454,9 @@ func (s *Store) SubscribeChanges(ctx context.Context, fn func(id string)) error 
 			if !ok {
 				return nil
 			}
-			fn(m.Payload)
+			for _, id := range strings.Split(m.Payload, "\n") {
+				fn(id)
+			}
 		}
 	}
 }

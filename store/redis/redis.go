@@ -17,7 +17,6 @@ package redis
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -48,6 +47,8 @@ type Store struct {
 	raised  map[string]uint64
 
 	n notices // change notices (notices.go)
+
+	pipe autoPipe // automatic pipelining (autopipe.go)
 }
 
 var (
@@ -88,7 +89,11 @@ type meta struct {
 
 // GetDevice implements store.Devices.
 func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) {
-	vals, err := s.rdb.HMGet(ctx, s.deviceKey(id), docFields...).Result()
+	r := &pipeReq{args: []any{"hmget", s.deviceKey(id), "meta", "d", "r", "ls"}}
+	if err := s.do(ctx, r); err != nil {
+		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
+	}
+	vals, err := r.cmd.Slice()
 	if err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
@@ -100,13 +105,13 @@ func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) 
 }
 
 func encode(d store.Device) (m, desired, reported []byte, err error) {
-	if m, err = json.Marshal(meta{ID: d.ID, Labels: d.Labels, CreatedAt: d.CreatedAt}); err != nil {
+	if m, err = encodeDoc(meta{ID: d.ID, Labels: d.Labels, CreatedAt: d.CreatedAt}); err != nil {
 		return nil, nil, nil, err
 	}
-	if desired, err = json.Marshal(d.Desired); err != nil {
+	if desired, err = encodeDoc(d.Desired); err != nil {
 		return nil, nil, nil, err
 	}
-	if reported, err = json.Marshal(d.Reported); err != nil {
+	if reported, err = encodeDoc(d.Reported); err != nil {
 		return nil, nil, nil, err
 	}
 	return m, desired, reported, nil
@@ -149,18 +154,18 @@ func decodeFields(f []string) (store.Device, error) {
 		m meta
 		d store.Device
 	)
-	if err := json.Unmarshal([]byte(f[0]), &m); err != nil {
+	if err := decodeDoc([]byte(f[0]), &m); err != nil {
 		return store.Device{}, fmt.Errorf("decode meta: %w", err)
 	}
 	d.ID, d.Labels, d.CreatedAt = m.ID, m.Labels, m.CreatedAt
-	if err := json.Unmarshal([]byte(f[1]), &d.Desired); err != nil {
+	if err := decodeDoc([]byte(f[1]), &d.Desired); err != nil {
 		return store.Device{}, fmt.Errorf("decode desired: %w", err)
 	}
-	if err := json.Unmarshal([]byte(f[2]), &d.Reported); err != nil {
+	if err := decodeDoc([]byte(f[2]), &d.Reported); err != nil {
 		return store.Device{}, fmt.Errorf("decode reported: %w", err)
 	}
 	if f[4] != "" {
-		if err := json.Unmarshal([]byte(f[4]), &d.Attributes); err != nil {
+		if err := decodeDoc([]byte(f[4]), &d.Attributes); err != nil {
 			return store.Device{}, fmt.Errorf("decode attributes: %w", err)
 		}
 	}
@@ -215,7 +220,7 @@ func (s *Store) ListEvents(ctx context.Context, id string, before uint64, limit 
 			return nil, fmt.Errorf("list events of %q: malformed entry", id)
 		}
 		var ev store.Event
-		if err := json.Unmarshal([]byte(js), &ev); err != nil {
+		if err := decodeDoc([]byte(js), &ev); err != nil {
 			return nil, fmt.Errorf("list events of %q: %w", id, err)
 		}
 		ev.Seq, _ = strconv.ParseUint(seq, 10, 64)
@@ -237,7 +242,7 @@ func (s *Store) GetAttestation(ctx context.Context, id, jobID string) (store.Att
 		return store.Attestation{}, fmt.Errorf("get attestation of %q job %q: %w", id, jobID, err)
 	}
 	var a store.Attestation
-	if err := json.Unmarshal(raw, &a); err != nil {
+	if err := decodeDoc(raw, &a); err != nil {
 		return store.Attestation{}, fmt.Errorf("get attestation of %q job %q: %w", id, jobID, err)
 	}
 	return a, nil

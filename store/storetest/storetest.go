@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Devices) {
 		{"ClaimsAreNotIndexed", testClaimsAreNotIndexed},
 		{"Selectors", testSelectors},
 		{"Attributes", testAttributes},
+		{"DesiredBatch", testDesiredBatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
