@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	devicev1 "github.com/ferryhq/ferry/proto/ferry/device/v1"
 )
 
 var publishedRE = regexp.MustCompile(`published (\S+)`)
@@ -42,6 +46,17 @@ func downloads(ctx context.Context, e *env, f *ferryd, ds *devices, o *Options) 
 		return nil, fmt.Errorf("ferryctl bundle publish said: %s", out)
 	}
 	target := m[1]
+	sum, err := sha256File(file)
+	if err != nil {
+		return nil, err
+	}
+	// A device gets a download token for the bundle of its desired state
+	// only.
+	for _, d := range ds.list[:min(16, len(ds.list))] {
+		if err := f.setDesiredBundle(ctx, d.id, &devicev1.Bundle{TargetPath: target, Length: uint64(o.BundleBytes), Sha256: sum}); err != nil {
+			return nil, err
+		}
+	}
 	ng, err := e.startNginx(ctx, filepath.Join(e.dir, "www"))
 	if err != nil {
 		return nil, err
@@ -134,6 +149,19 @@ func fetchAll(ctx context.Context, n int, size int64, mk func(i int) (*http.Clie
 		best = max(best, float64(int64(n)*size)/(1<<20)/time.Since(start).Seconds())
 	}
 	return best, nil
+}
+
+func sha256File(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func writeRandom(path string, size int64) error {

@@ -256,7 +256,12 @@ func ensurePackages(ctx context.Context, log io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(log, "installing %s\n", strings.Join(missing, " "))
+	var sudo []string
+	if os.Geteuid() != 0 {
+		sudo = []string{"sudo"}
+	}
 	for _, args := range [][]string{{"apt-get", "update"}, append([]string{"apt-get", "install", "-y"}, missing...)} {
+		args = append(sudo, args...)
 		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		if out, err := cmd.CombinedOutput(); err != nil {

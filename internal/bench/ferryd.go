@@ -177,6 +177,13 @@ func (f *ferryd) setDesired(ctx context.Context, selector string, config map[str
 	return resp.Msg.GetDevicesUpdated(), nil
 }
 
+func (f *ferryd) setDesiredBundle(ctx context.Context, id string, b *devicev1.Bundle) error {
+	req := connect.NewRequest(&fleetv1.SetDesiredStateRequest{DeviceId: id, Document: &devicev1.DesiredDocument{Bundle: b}})
+	req.Header().Set("Authorization", "Bearer "+f.token)
+	_, err := f.fleet.SetDesiredState(ctx, req)
+	return err
+}
+
 func (f *ferryd) link() *transport.Link {
 	return transport.New(transport.Config{DeviceAddr: f.deviceAddr, APIURL: f.apiURL, RootCAs: f.caPool, SmallBuffers: true})
 }
