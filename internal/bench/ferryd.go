@@ -55,7 +55,9 @@ func (e *env) startFerryd(ctx context.Context, redisURL string, extra []string) 
 	f.args = append([]string{filepath.Join(e.bin, "ferryd"), "--data-dir", f.dataDir,
 		"--device-addr", f.deviceAddr, "--api-addr", fmt.Sprintf("127.0.0.1:%d", ap),
 		"--redis-url", redisURL, "--redis-prefix", "bench:", "--log-level", "warn",
-		"--shutdown-delay", "0s"}, extra...)
+		"--shutdown-delay", "0s",
+		// Every client of the bench comes from 127.0.0.1.
+		"--device-max-conns-per-source", "0", "--api-max-conns-per-source", "0"}, extra...)
 	if err := f.launch(ctx); err != nil {
 		return nil, err
 	}
