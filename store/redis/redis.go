@@ -89,7 +89,11 @@ type meta struct {
 
 // GetDevice implements store.Devices.
 func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) {
-	r := &pipeReq{args: []any{"hmget", s.deviceKey(id), "meta", "d", "r", "ls"}}
+	args := []any{"hmget", s.deviceKey(id)}
+	for _, f := range docFields {
+		args = append(args, f)
+	}
+	r := &pipeReq{args: args}
 	if err := s.do(ctx, r); err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
