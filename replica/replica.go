@@ -90,6 +90,13 @@ type Document struct {
 	Consent *store.ConsentPolicy
 }
 
+// desired is doc as the desired document of version, a new job, set by
+// setBy at at.
+func (doc Document) desired(version uint64, setBy string, at time.Time) store.Desired {
+	return store.Desired{Version: version, JobID: newJobID(), Bundle: doc.Bundle, Forced: doc.Forced,
+		Config: doc.Config, Consent: doc.Consent, SetBy: setBy, SetAt: at}
+}
+
 // State is what a device says it runs: evidence in a signed report, a
 // claim in a Hello.
 type State struct {
@@ -139,16 +146,7 @@ func (s *Service) SetDesired(ctx context.Context, id string, doc Document, setBy
 		if expect != nil && cur.Desired.Version != *expect {
 			return cur, fmt.Errorf("set desired state of %q: %w: version is %d, expected %d", id, store.ErrConflict, cur.Desired.Version, *expect)
 		}
-		next := store.Desired{
-			Version: cur.Desired.Version + 1,
-			JobID:   newJobID(),
-			Bundle:  doc.Bundle,
-			Forced:  doc.Forced,
-			Config:  doc.Config,
-			Consent: doc.Consent,
-			SetBy:   setBy,
-			SetAt:   s.now().UTC(),
-		}
+		next := doc.desired(cur.Desired.Version+1, setBy, s.now().UTC())
 		ev := store.Event{Time: next.SetAt, Kind: EventDesiredSet, JobID: next.JobID, DesiredVersion: next.Version,
 			Status: string(StatusQueued), Actor: setBy, Message: next.Bundle.TargetPath}
 		dev, err := s.devices.SetDesired(ctx, id, cur.Desired.Version, next, store.Write{Event: ev})
