@@ -33,6 +33,12 @@ export function s(tag, attrs, ...children) {
   return build(document.createElementNS(SVG_NS, tag), attrs, children);
 }
 
+/** add appends children to el, leaving out null, undefined and false. */
+export function add(el, ...children) {
+  append(el, children);
+  return el;
+}
+
 /** replace puts children into el instead of what it held. */
 export function replace(el, ...children) {
   el.replaceChildren();

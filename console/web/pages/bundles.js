@@ -2,7 +2,7 @@
 // and the TUF roles' versions and expiry.
 
 import { repository } from '../api.js';
-import { h, time, ago, bytes } from '../dom.js';
+import { h, add, time, ago, bytes } from '../dom.js';
 
 export async function render(ctx) {
   const res = await repository.ListBundles({ pageSize: 1000 }, { signal: ctx.signal });
@@ -12,7 +12,7 @@ export async function render(ctx) {
   } catch (err) {
     if (err.code !== 'unimplemented' && err.code !== 'not_found') ctx.error(err);
   }
-  ctx.root.append(h('h1', {}, 'Bundles'),
+  add(ctx.root, h('h1', {}, 'Bundles'),
     roles ? h('section', { class: 'card', testid: 'repo-roles' }, h('h2', {}, 'TUF roles'),
       h('table', { class: 'table' },
         h('thead', {}, h('tr', {}, ['Role', 'Version', 'Expires', 'Signed', ''].map((c) => h('th', {}, c)))),

@@ -2,7 +2,7 @@
 // timeline, and a job's signed report with its verification.
 
 import { fleet } from '../api.js';
-import { h, replace, short, time, ago, kv, fields, bytes, badge, base64ToBytes } from '../dom.js';
+import { h, add, replace, short, time, ago, kv, fields, bytes, badge, base64ToBytes } from '../dom.js';
 
 const FINAL = new Set(['SUCCEEDED', 'FAILED', 'ROLLED_BACK', 'REJECTED', 'TIMED_OUT', 'CANCELED']);
 
@@ -15,7 +15,7 @@ export async function render(ctx) {
   const events = ev.events || [];
   const bundle = (b) => (b ? `${b.targetPath} (${bytes(b.length)})` : '(none)');
   const job = d.job || {};
-  ctx.root.append(h('div', { class: 'device', testid: 'device-page', 'data-device-id': id },
+  add(ctx.root, h('div', { class: 'device', testid: 'device-page', 'data-device-id': id },
     h('div', { class: 'page-head' }, h('h1', {}, id), h('span', { class: 'muted' }, 'last seen ', ago(d.lastSeenTime))),
     h('section', { class: 'card', testid: 'device-labels' }, h('h2', {}, 'Labels'), kv(d.labels)),
     h('div', { class: 'grid2' },

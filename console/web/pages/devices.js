@@ -1,7 +1,7 @@
 // The device list: the ListDevices filters and paging.
 
 import { fleet } from '../api.js';
-import { h, short, JOB_STATUSES, ago, kv } from '../dom.js';
+import { h, add, short, JOB_STATUSES, ago, kv } from '../dom.js';
 
 export async function render(ctx) {
   const q = ctx.query;
@@ -33,7 +33,7 @@ export async function render(ctx) {
   const res = await fleet.ListDevices(req, { signal: ctx.signal });
   const devices = res.devices || [];
   const page = (token) => { const p = new URLSearchParams(q); if (token) p.set('page', token); else p.delete('page'); return `#/devices?${p}`; };
-  ctx.root.append(h('h1', {}, 'Devices'), form,
+  add(ctx.root, h('h1', {}, 'Devices'), form,
     h('table', { class: 'table', testid: 'devices-table' },
       h('thead', {}, h('tr', {}, ['Device', 'Labels', 'Bundle', 'Job', 'Step', 'Last seen'].map((c) => h('th', {}, c)))),
       h('tbody', {}, devices.map((d) => h('tr', { testid: 'device-row', 'data-device-id': d.id },

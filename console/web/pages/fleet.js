@@ -2,7 +2,7 @@
 // and devices seen in the last hour, kept live by WatchDevices.
 
 import { fleet, watch, FLEET } from '../api.js';
-import { h, replace, num, short, JOB_STATUSES, ago } from '../dom.js';
+import { h, add, replace, num, short, JOB_STATUSES, ago } from '../dom.js';
 import { bars } from '../chart.js';
 
 export async function render(ctx) {
@@ -11,7 +11,7 @@ export async function render(ctx) {
   const bundleChart = h('div', { testid: 'fleet-bundle-chart' });
   const live = h('span', { class: 'live', testid: 'fleet-live', 'data-live': 'false' }, 'connecting…');
   const recent = h('ul', { class: 'feed' });
-  ctx.root.append(
+  add(ctx.root, 
     h('div', { class: 'page-head' }, h('h1', {}, 'Fleet'), live),
     totals,
     h('div', { class: 'grid2' },
@@ -32,7 +32,7 @@ export async function render(ctx) {
       stat('fleet-total', 'devices', total, '#/devices'),
       stat('fleet-recent', 'seen in the last hour', total - silent, '#/devices'),
       stat('fleet-silent', 'silent (not seen for an hour)', silent, `#/devices?seen_before=${encodeURIComponent(hourAgo)}`),
-      JOB_STATUSES.filter((st) => perStatus[st]).map((st) =>
+      [...JOB_STATUSES, ...Object.keys(perStatus).filter((k) => !JOB_STATUSES.includes(k)).sort()].filter((st) => perStatus[st]).map((st) =>
         stat(`fleet-status-${st}`, st.toLowerCase().replace('_', ' '), perStatus[st], `#/devices?status=${st}`)));
     const statuses = Object.keys(perStatus).sort((a, b) => perStatus[b] - perStatus[a]);
     replace(statusChart, bars(statuses.map((st) => ({ label: st, value: perStatus[st], cls: `st-${st.toLowerCase()}` }))));

@@ -2,7 +2,7 @@
 // WatchRollout; pause, resume and cancel; executions by status.
 
 import { rollouts, watch, ROLLOUT } from '../api.js';
-import { h, replace, num, short, time, ago, duration, badge, fields, EXECUTION_STATUSES } from '../dom.js';
+import { h, add, replace, num, short, time, ago, duration, badge, fields, EXECUTION_STATUSES } from '../dom.js';
 
 export async function render(ctx) {
   const id = ctx.params[0];
@@ -14,7 +14,7 @@ export async function render(ctx) {
   const execBody = h('tbody', {});
   const execFilter = h('select', { testid: 'executions-filter-status', onchange: () => loadExecutions() },
     h('option', { value: '' }, 'all'), EXECUTION_STATUSES.map((s) => h('option', { value: s }, s)));
-  ctx.root.append(h('div', { class: 'rollout', testid: 'rollout-page', 'data-rollout-id': id },
+  add(ctx.root, h('div', { class: 'rollout', testid: 'rollout-page', 'data-rollout-id': id },
     h('div', { class: 'page-head' }, h('h1', {}, 'Rollout'), live), head, controls,
     h('section', { class: 'card' }, h('h2', {}, 'Waves'), waves), detail,
     h('section', { class: 'card', testid: 'rollout-executions' }, h('h2', {}, 'Executions'),

@@ -2,7 +2,7 @@
 // API returns them.
 
 import { rollouts, repository } from '../api.js';
-import { h, JOB_STATUSES, parseDuration } from '../dom.js';
+import { h, add, JOB_STATUSES, parseDuration } from '../dom.js';
 import { ConnectError } from '../connect.js';
 
 export async function render(ctx) {
@@ -77,5 +77,5 @@ export async function render(ctx) {
     f('After executions', el.abortMin)),
   f('Rollback bundle', el.rollback), h('label', { class: 'check' }, el.continuous, ' continuous (devices that match later get it too)'),
   h('div', { class: 'actions' }, submit), error);
-  ctx.root.append(h('h1', {}, 'New rollout'), form);
+  add(ctx.root, h('h1', {}, 'New rollout'), form);
 }

@@ -1,12 +1,12 @@
 // The rollout list, newest first.
 
 import { rollouts, ROLLOUT } from '../api.js';
-import { h, num, time, badge } from '../dom.js';
+import { h, add, num, time, badge } from '../dom.js';
 
 export async function render(ctx) {
   const res = await rollouts.ListRollouts({ pageSize: 100, pageToken: ctx.query.get('page') || '' }, { signal: ctx.signal });
   const list = res.rollouts || [];
-  ctx.root.append(
+  add(ctx.root, 
     h('div', { class: 'page-head' }, h('h1', {}, 'Rollouts'),
       ctx.can(ROLLOUT, 'CreateRollout') ? h('a', { class: 'button primary', href: '#/rollouts/new', testid: 'rollout-new' }, 'New rollout') : null),
     h('table', { class: 'table', testid: 'rollouts-table' },
