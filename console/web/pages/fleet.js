@@ -11,7 +11,7 @@ export async function render(ctx) {
   const bundleChart = h('div', { testid: 'fleet-bundle-chart' });
   const live = h('span', { class: 'live', testid: 'fleet-live', 'data-live': 'false' }, 'connecting…');
   const recent = h('ul', { class: 'feed' });
-  add(ctx.root, 
+  add(ctx.root,
     h('div', { class: 'page-head' }, h('h1', {}, 'Fleet'), live),
     totals,
     h('div', { class: 'grid2' },
@@ -60,7 +60,7 @@ export async function render(ctx) {
           signal: ctx.signal,
           onMessage: (m) => {
             const d = m.device || {};
-            recent.prepend(h('li', {}, h('a', { href: `#/devices/${encodeURIComponent(d.id)}` }, d.id), ' ',
+            recent.prepend(h('li', { testid: 'fleet-change', 'data-device-id': d.id }, h('a', { href: `#/devices/${encodeURIComponent(d.id)}` }, d.id), ' ',
               short(d.job?.status) || 'no job', ' · ', short(d.job?.step) || '', ' · seen ', ago(d.lastSeenTime)));
             while (recent.children.length > 12) recent.lastChild.remove();
             soon();

@@ -62,7 +62,7 @@ export async function render(ctx) {
       const bar = h('div', { class: 'progress' }, h('div', { class: 'fill' }));
       bar.firstChild.style.width = `${size ? Math.round((100 * done) / size) : 0}%`;
       return h('div', { class: ['wave', `ws-${(w.state || '').toLowerCase()}`], testid: 'rollout-wave', 'data-wave': num(w.index), 'data-state': w.state },
-        h('div', { class: 'wave-head' }, h('strong', {}, `Wave ${num(w.index) + 1}`), ' · ', `${size} devices`, ' ',
+        h('div', { class: 'wave-head' }, h('strong', {}, `Wave ${num(w.index) + 1}`), ' · ', `${size} device${size === 1 ? '' : 's'}`, ' ',
           h('span', { class: 'badge', testid: 'wave-state' }, h('span', { testid: `wave-state-${num(w.index)}` }, w.state))),
         bar,
         h('div', { class: 'muted' }, Object.entries(w.counts || {}).map(([k, v]) => `${k} ${v}`).join(' · ') || 'no executions yet',
