@@ -60,8 +60,9 @@ export async function render(ctx) {
           signal: ctx.signal,
           onMessage: (m) => {
             const d = m.device || {};
+            const step = short(d.job?.step);
             recent.prepend(h('li', { testid: 'fleet-change', 'data-device-id': d.id }, h('a', { href: `#/devices/${encodeURIComponent(d.id)}` }, d.id), ' ',
-              short(d.job?.status) || 'no job', ' · ', short(d.job?.step) || '', ' · seen ', ago(d.lastSeenTime)));
+              short(d.job?.status) || 'no job', step && step !== 'UNSPECIFIED' ? ` · ${step}` : '', ' · seen ', ago(d.lastSeenTime)));
             while (recent.children.length > 12) recent.lastChild.remove();
             soon();
           },
