@@ -168,6 +168,11 @@ func TestConsole(t *testing.T) {
 	}
 	shot(t, tab, "device")
 
+	// The fleet page in another tab, open while the rollout goes on.
+	ft := b.NewTab()
+	signIn(t, ft, f, f.OperatorToken(t), "dev-admin (admin)")
+	waitFor(t, ft, jsEl("fleet-live")+`.dataset.live`, "the fleet page watching", is("true"))
+
 	// Create a rollout in the form: three waves with a soak.
 	tab.Do(chromedp.Click(sel("nav-rollouts")), chromedp.WaitVisible(sel("rollout-new")), chromedp.Click(sel("rollout-new")),
 		chromedp.WaitVisible(sel("rollout-create-bundle")),
@@ -175,7 +180,7 @@ func TestConsole(t *testing.T) {
 		chromedp.SetValue(sel("rollout-create-bundle"), v2.GetTargetPath()),
 		chromedp.SendKeys(sel("rollout-create-selector"), "fleet=web"),
 		chromedp.SendKeys(sel("rollout-create-waves"), "20,50,100"),
-		chromedp.SendKeys(sel("rollout-create-soak"), "2s"), // time to pause between waves
+		chromedp.SendKeys(sel("rollout-create-soak"), "3s"), // time to pause between waves
 		chromedp.SetValue(sel("rollout-create-abort-status"), "FAILED"),
 		chromedp.SendKeys(sel("rollout-create-abort-percent"), "50"),
 		chromedp.SendKeys(sel("rollout-create-abort-min"), "2"))
@@ -187,7 +192,7 @@ func TestConsole(t *testing.T) {
 	waitFor(t, tab, jsEl("rollout-live")+`.dataset.live`, "the rollout page watching", is("true"))
 	text(t, tab, "rollout-target-count", "devices targeted", is(strconv.Itoa(len(fl.IDs))))
 	text(t, tab, "rollout-abort-rules", "the abort rule", func(s string) bool { return strings.Contains(s, "FAILED ≥ 50%") })
-	text(t, tab, "rollout-soak", "the soak", func(s string) bool { return strings.Contains(s, "2s") })
+	text(t, tab, "rollout-soak", "the soak", func(s string) bool { return strings.Contains(s, "3s") })
 	text(t, tab, "wave-state-0", "the first wave done", is("DONE"))
 	tab.Do(chromedp.Click(sel("rollout-pause")))
 	text(t, tab, "rollout-state", "the rollout paused", is("PAUSED"))
@@ -206,11 +211,6 @@ func TestConsole(t *testing.T) {
 	if n := count(vt, "rollout-pause", "rollout-resume", "rollout-cancel", "rollout-cancel-rollback"); n != 0 {
 		t.Errorf("a viewer sees %d write controls on a paused rollout", n)
 	}
-
-	// The fleet page in a third tab, open while the rollout goes on.
-	ft := b.NewTab()
-	signIn(t, ft, f, f.OperatorToken(t), "dev-admin (admin)")
-	waitFor(t, ft, jsEl("fleet-live")+`.dataset.live`, "the fleet page watching", is("true"))
 
 	// Resumed by the operator, the rollout completes on both pages, live.
 	tab.Do(chromedp.Click(sel("rollout-resume")))
