@@ -7,8 +7,9 @@ package console
 import (
 	"embed"
 	"io/fs"
-	"mime"
 	"net/http"
+	"path"
+	"strings"
 )
 
 //go:embed web
@@ -25,23 +26,27 @@ func mustSub(f fs.FS, dir string) fs.FS {
 	return sub
 }
 
-// The content types of the assets, set explicitly so they do not depend on
-// the host's MIME tables.
-func init() {
-	for ext, typ := range map[string]string{
-		".html": "text/html; charset=utf-8",
-		".js":   "text/javascript; charset=utf-8",
-		".mjs":  "text/javascript; charset=utf-8",
-		".css":  "text/css; charset=utf-8",
-		".svg":  "image/svg+xml",
-		".json": "application/json",
-	} {
-		_ = mime.AddExtensionType(ext, typ)
-	}
+// contentTypes are the assets' content types, set explicitly so they do
+// not depend on the host's MIME tables.
+var contentTypes = map[string]string{
+	".html": "text/html; charset=utf-8",
+	".js":   "text/javascript; charset=utf-8",
+	".css":  "text/css; charset=utf-8",
+	".svg":  "image/svg+xml",
 }
 
 // Handler serves the assets: "/" is index.html, other paths are files of
 // FS (not found otherwise). Security headers are the caller's.
 func Handler() http.Handler {
-	return http.FileServerFS(FS)
+	files := http.FileServerFS(FS)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ext := path.Ext(r.URL.Path)
+		if r.URL.Path == "/" || strings.HasSuffix(r.URL.Path, "/") {
+			ext = ".html"
+		}
+		if t, ok := contentTypes[ext]; ok {
+			w.Header().Set("Content-Type", t)
+		}
+		files.ServeHTTP(w, r)
+	})
 }
