@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -383,6 +384,13 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("ferryd listening", "device_port", s.DeviceAddr(), "api_port", "https://"+s.APIAddr(), "store", backend)
 	if dev, ok := s.DevFiles(); ok {
 		s.log.Info("development credentials", "ca", dev.CACert, "operator_token", dev.OperatorToken, "device_certificates", dev.DevicesDir)
+		if s.cfg.Console != nil {
+			// Development mode only: the key is the dev operator's, made for
+			// this data directory, and signing in is the first thing to do.
+			if key, err := os.ReadFile(dev.OperatorToken); err == nil {
+				s.log.Info("operator console", "url", "https://"+s.APIAddr()+"/", "operator_key", strings.TrimSpace(string(key)))
+			}
+		}
 	}
 
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
