@@ -261,7 +261,7 @@ func TestBadInput(t *testing.T) {
 			return err
 		}, connect.CodeInvalidArgument},
 		{"bad selector", func() error {
-			_, err := fleet.SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{Selector: "ring", Document: withBundle(bundle("fw.bin"))}))
+			_, err := fleet.SetDesiredState(ctx, connect.NewRequest(&fleetv1.SetDesiredStateRequest{Selector: "ring in (", Document: withBundle(bundle("fw.bin"))}))
 			return err
 		}, connect.CodeInvalidArgument},
 		{"selector and device", func() error {
