@@ -103,3 +103,21 @@ func TestRolloutMixedFleet(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetHardwareInTurn: a comma-separated Hardware gives the devices
+// the models in turn, which each reports in Hello.
+func TestFleetHardwareInTurn(t *testing.T) {
+	w := newWorld(t)
+	fl := w.startFleet(t, "turn", 5, "gw-x, gw-y", sim.Faults{})
+	w.waitAttributes(t, "fleet=turn,attr.hardware=gw-x", 3)
+	w.waitAttributes(t, "fleet=turn,attr.hardware=gw-y", 2)
+	for i, id := range fl.IDs {
+		r, err := w.fleet.GetDevice(t.Context(), connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := r.Msg.GetDevice().GetAttributes()["hardware"], []string{"gw-x", "gw-y"}[i%2]; got != want {
+			t.Errorf("device %d (%s) reports hardware %q, want %q", i, id, got, want)
+		}
+	}
+}
