@@ -131,3 +131,59 @@ func TestAttributes(t *testing.T) {
 		})
 	}
 }
+
+// inventoryStream records the Inventory messages an agent sends.
+type inventoryStream struct {
+	Stream
+	sent []map[string]string
+}
+
+func (s *inventoryStream) SendInventory(attrs map[string]string) error {
+	s.sent = append(s.sent, maps.Clone(attrs))
+	return nil
+}
+
+// TestRefreshInventory: the attributes are collected again when the
+// interval has passed or a job ended, and sent only when they changed.
+func TestRefreshInventory(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "inventory.txt")
+	write := func(s string) {
+		if err := os.WriteFile(out, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("board_rev=C\n")
+	now := time.Now()
+	a := &Agent{log: slog.New(slog.DiscardHandler), cfg: Config{
+		Hardware: "gw-a", InventoryHook: []string{script(t, "cat "+out)}, InventoryTimeout: 5 * time.Second,
+		InventoryInterval: time.Hour, Now: func() time.Time { return now },
+	}}
+	a.inventorySent, a.inventoryNext = a.attributes(t.Context()), now.Add(time.Hour)
+	s := &inventoryStream{}
+	for _, step := range []struct {
+		name    string
+		do      func()
+		wantRev string // "" : nothing sent
+	}{
+		{name: "nothing due", do: func() { write("board_rev=D\n"); now = now.Add(time.Minute) }},
+		{name: "interval passed", do: func() { now = now.Add(time.Hour) }, wantRev: "D"},
+		{name: "due, unchanged", do: func() { now = now.Add(2 * time.Hour) }},
+		{name: "after a job", do: func() { write("board_rev=E\n"); a.inventoryStale = true }, wantRev: "E"},
+		{name: "after a job, unchanged", do: func() { a.inventoryStale = true }},
+		{name: "hook breaks: its keys dropped", do: func() { write("nonsense\n"); now = now.Add(2 * time.Hour) }, wantRev: "-"},
+	} {
+		before := len(s.sent)
+		step.do()
+		if err := a.refreshInventory(t.Context(), s); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		switch {
+		case step.wantRev == "" && len(s.sent) != before:
+			t.Errorf("%s: sent %v, want nothing", step.name, s.sent[before:])
+		case step.wantRev == "-" && (len(s.sent) != before+1 || s.sent[before]["board_rev"] != "" || s.sent[before]["hardware"] != "gw-a"):
+			t.Errorf("%s: sent %v, want the agent's own attributes only", step.name, s.sent[before:])
+		case step.wantRev != "" && step.wantRev != "-" && (len(s.sent) != before+1 || s.sent[before]["board_rev"] != step.wantRev):
+			t.Errorf("%s: sent %v, want board_rev=%s", step.name, s.sent[before:], step.wantRev)
+		}
+	}
+}
