@@ -1,6 +1,7 @@
 package sim_test
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -77,6 +78,22 @@ func TestRolloutMixedFleet(t *testing.T) {
 		t.Errorf("waves count %d incompatible devices in all, want %d", waveIncompatible, nB)
 	}
 	w.waitRunning(t, compatible.IDs, v2.path)
+	execs, err := w.rollouts(t).ListRolloutExecutions(t.Context(), connect.NewRequest(&fleetv1.ListRolloutExecutionsRequest{
+		RolloutId: ro.GetId(), Status: "INCOMPATIBLE", PageSize: 100}))
+	if err != nil {
+		t.Fatalf("ListRolloutExecutions: %v", err)
+	}
+	var left []string
+	for _, e := range execs.Msg.GetExecutions() {
+		left = append(left, e.GetDeviceId())
+		if e.GetJobId() != "" || e.GetAttempts() != 0 {
+			t.Errorf("incompatible %s has job %q after %d attempts", e.GetDeviceId(), e.GetJobId(), e.GetAttempts())
+		}
+	}
+	slices.Sort(left)
+	if want := slices.Sorted(slices.Values(other.IDs)); !slices.Equal(left, want) {
+		t.Errorf("INCOMPATIBLE executions %v, want the gw-b devices %v", left, want)
+	}
 
 	for _, id := range other.IDs {
 		r, err := w.fleet.GetDevice(t.Context(), connect.NewRequest(&fleetv1.GetDeviceRequest{DeviceId: id}))
