@@ -116,7 +116,7 @@ func TestDeviceCopyConfig(t *testing.T) {
 		wantErr string
 	}{
 		{"unknown key", []string{"--from", src, "--selector", "site=berlin", "--keys", "log.level,nope"}, `invalid_argument: keys: device "` + src + `" reports no configuration key "nope"`},
-		{"bad selector", []string{"--from", src, "--selector", "site"}, "invalid_argument: selector"},
+		{"bad selector", []string{"--from", src, "--selector", "site in (berlin"}, "invalid_argument: selector"},
 		{"unknown source", []string{"--from", "nobody", "--selector", "site=berlin"}, "not_found"},
 		{"bad source id", []string{"--from", "../x", "--selector", "site=berlin"}, "invalid_argument: from_device_id"},
 		{"no selector", []string{"--from", src}, "--from and --selector are required"},

@@ -29,7 +29,7 @@ func TestFleetCommands(t *testing.T) {
 		{"list by bundle", []string{"device", "list", "--bundle", "(none)", "--status", "QUEUED"}, []string{"dev-2"}, []string{"dev-1", "dev-3"}, ""},
 		{"list silent", []string{"device", "list", "--silent-for", "1m"}, []string{"dev-1", "dev-2", "dev-3"}, nil, ""},
 		{"bad status", []string{"device", "list", "--status", "DONE"}, nil, nil, "--status"},
-		{"bad label", []string{"device", "list", "-l", "group"}, nil, nil, "invalid_argument"},
+		{"bad selector", []string{"device", "list", "-l", "group in (dev"}, nil, nil, "invalid_argument"},
 		{"events", []string{"device", "events", "dev-2"}, []string{"desired_set", "v1", "QUEUED", "gw/fw-2.bin", "operator:dev-admin"}, nil, ""},
 		{"events of nobody", []string{"device", "events", "nope"}, nil, nil, "not_found"},
 		{"set by selector", []string{"device", "set-desired", "--selector", "group=dev", "--config", "a=b"}, []string{"3 devices matching group=dev"}, nil, ""},
