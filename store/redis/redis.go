@@ -89,7 +89,7 @@ type meta struct {
 
 // GetDevice implements store.Devices.
 func (s *Store) GetDevice(ctx context.Context, id string) (store.Device, error) {
-	r := &pipeReq{args: []any{"hmget", s.deviceKey(id), "meta", "d", "r", "ls"}}
+	r := &pipeReq{args: []any{"hmget", s.deviceKey(id), "meta", "d", "r", "ls", "at"}} // docFields
 	if err := s.do(ctx, r); err != nil {
 		return store.Device{}, fmt.Errorf("get device %q: %w", id, err)
 	}
