@@ -95,7 +95,7 @@ func (s *Service) setDesiredPage(ctx context.Context, page []store.Device, doc D
 	writes := make([]store.DesiredWrite, len(page))
 	for i, d := range page {
 		next := store.Desired{Version: d.Desired.Version + 1, JobID: newJobID(), Bundle: doc.Bundle, Forced: doc.Forced,
-			Config: doc.Config, SetBy: setBy, SetAt: at}
+			Config: doc.Config, Consent: doc.Consent, SetBy: setBy, SetAt: at}
 		writes[i] = store.DesiredWrite{ID: d.ID, Expect: d.Desired.Version, Desired: next, Write: store.Write{Event: store.Event{
 			Time: at, Kind: EventDesiredSet, JobID: next.JobID, DesiredVersion: next.Version,
 			Status: string(StatusQueued), Actor: setBy, Message: next.Bundle.TargetPath}}}
