@@ -41,6 +41,20 @@ type Config struct {
 	Hardware string
 	// DownloadDir holds partial and verified downloads.
 	DownloadDir string
+	// StorageDir, if set, is the directory whose file system's free space
+	// the device reports (inventory.StorageFree).
+	StorageDir string
+	// InventoryHook, if set, is a command whose standard output, one
+	// key=value a line, adds attributes to what the device reports about
+	// itself (see attributes). It runs before each Hello and whenever the
+	// inventory is collected again.
+	InventoryHook []string
+	// InventoryTimeout bounds a run of InventoryHook (default 10 s).
+	InventoryTimeout time.Duration
+	// InventoryInterval is how often the attributes are collected again
+	// during a stream (default 1 h); they are also collected after each
+	// job, and sent in an Inventory message when they changed.
+	InventoryInterval time.Duration
 	// AgentVersion is sent in Hello.
 	AgentVersion string
 	// OnRenew is called with the credentials after each renewal (to save
@@ -88,6 +102,11 @@ type Agent struct {
 	renewWait time.Time // no renewal attempt before this (after a failure)
 	// dl is how the current job fetches its bundle; every Progress says it.
 	dl Download
+	// inventorySent is what the stream was last told about the device;
+	// inventoryNext is when to collect it again, sooner if inventoryStale.
+	inventorySent  map[string]string
+	inventoryNext  time.Time
+	inventoryStale bool
 }
 
 // New checks cfg and returns an agent.
@@ -141,6 +160,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ConsentKeepalive <= 0 {
 		cfg.ConsentKeepalive = 30 * time.Second
+	}
+	if cfg.InventoryTimeout <= 0 {
+		cfg.InventoryTimeout = 10 * time.Second
+	}
+	if cfg.InventoryInterval <= 0 {
+		cfg.InventoryInterval = time.Hour
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -232,10 +257,12 @@ func (a *Agent) session(ctx context.Context) error {
 	timer := time.AfterFunc(renewAt.Sub(a.cfg.Now()), func() { cancel(errRenew) })
 	defer timer.Stop()
 
-	stream, err := conn.Sync(ctx, Hello{AgentVersion: a.cfg.AgentVersion, LastApplied: a.p.LastApplied, State: a.p.Current, Attributes: a.attributes()})
+	attrs := a.attributes(ctx)
+	stream, err := conn.Sync(ctx, Hello{AgentVersion: a.cfg.AgentVersion, LastApplied: a.p.LastApplied, State: a.p.Current, Attributes: attrs})
 	if err != nil {
 		return a.cause(ctx, fmt.Errorf("sync: %w", err))
 	}
+	a.inventorySent, a.inventoryNext, a.inventoryStale = attrs, a.cfg.Now().Add(a.cfg.InventoryInterval), false
 	a.log.DebugContext(ctx, "stream open", "last_applied", a.p.LastApplied)
 	if a.p.Pending != nil {
 		// resume ends with the report, sent once.
@@ -263,6 +290,9 @@ func (a *Agent) session(ctx context.Context) error {
 			err = a.accepted(ctx, *ev.Accepted)
 		case ev.Rejected != nil:
 			err = a.rejected(ctx, *ev.Rejected)
+		}
+		if err == nil {
+			err = a.refreshInventory(ctx, stream)
 		}
 		if err != nil {
 			return a.cause(ctx, err)
@@ -345,6 +375,7 @@ func (a *Agent) finish(ctx context.Context, stream Stream, res Result, download 
 	a.p.Current = res.State.clone()
 	a.p.Pending = nil
 	a.p.Outbox = &res
+	a.inventoryStale = true // an install may change what the device reports
 	if err := a.save(ctx); err != nil {
 		return err
 	}

@@ -297,6 +297,9 @@ type Stream interface {
 	SendReport(envelope []byte) error
 	// Ack acknowledges a ping (ping != 0) or a Delta's desired version.
 	Ack(ping, desiredVersion uint64) error
+	// SendInventory tells ferryd what the device now reports about itself
+	// (its attributes changed during the stream).
+	SendInventory(attributes map[string]string) error
 	// Drain half-closes the stream and waits, until ctx ends, for the
 	// server to end it: everything sent before has then been handled. The
 	// agent drains before a reboot, so that its last Progress is recorded.

@@ -61,7 +61,8 @@ type Config struct {
 	Registrar Registrar
 	// TrustedRoot is the TUF root the devices ship with.
 	TrustedRoot []byte
-	// Hardware of every device.
+	// Hardware of every device; a comma-separated list gives the devices
+	// these models in turn ("gw1,gw2": every other device is a gw2).
 	Hardware string
 	Faults   Faults
 	// StepDelay is added to download, install, reboot and health check.
@@ -210,6 +211,7 @@ type device struct {
 	hw    *hardware
 	link  *faultLink
 	dir   string
+	model string // hardware model
 	// stop ends the device's agent; refusals counts ferryd's refusals in
 	// a row.
 	stop     context.CancelFunc
@@ -239,13 +241,20 @@ func (f *Fleet) enroll(ctx context.Context, id string, n uint64) (*device, error
 		return nil, fmt.Errorf("device %s: %w", id, err)
 	}
 	rng := rand.New(rand.NewPCG(f.cfg.Seed, n))
-	d := &device{id: id, creds: creds, store: &agent.MemoryStore{}, dir: filepath.Join(f.cfg.Dir, id)}
+	d := &device{id: id, creds: creds, store: &agent.MemoryStore{}, dir: filepath.Join(f.cfg.Dir, id), model: f.hardwareOf(n)}
 	d.hw = &hardware{f: f, rng: rng, slots: [2]string{}, booted: 0, confirmed: 0}
 	if f.cfg.KeepBundles {
 		d.hw.keep = filepath.Join(f.cfg.Dir, id+".slots")
 	}
 	d.link = &faultLink{Link: f.cfg.Link, f: f, hw: d.hw, d: d}
 	return d, nil
+}
+
+// hardwareOf is the hardware model of the fleet's device number n: the
+// models of Config.Hardware in turn.
+func (f *Fleet) hardwareOf(n uint64) string {
+	models := strings.Split(f.cfg.Hardware, ",")
+	return strings.TrimSpace(models[n%uint64(len(models))])
 }
 
 // run runs a device's agent, restarting it after each simulated reboot.
@@ -264,7 +273,7 @@ func (f *Fleet) run(ctx context.Context, d *device) {
 		a, err := agent.New(agent.Config{
 			Link: d.link, Credentials: d.creds, DeviceID: d.id, Store: d.store,
 			TrustedRoot: f.cfg.TrustedRoot, Installer: installer, Health: d.hw, Rebooter: d.hw,
-			Hardware: f.cfg.Hardware, DownloadDir: d.dir, AgentVersion: "ferry-agent/simulated",
+			Hardware: d.model, DownloadDir: d.dir, AgentVersion: "ferry-agent/simulated",
 			MinBackoff: f.cfg.MinBackoff, MaxBackoff: f.cfg.MaxBackoff,
 			DownloadAttempts: f.cfg.DownloadAttempts, DownloadBackoff: f.cfg.DownloadBackoff,
 			Consent: f.cfg.Consent, Logger: f.cfg.Logger,

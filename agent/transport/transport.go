@@ -297,6 +297,10 @@ func consentToProto(c *agent.Consent) *devicev1.Consent {
 	return out
 }
 
+func (s *stream) SendInventory(attributes map[string]string) error {
+	return s.s.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Inventory{Inventory: &devicev1.Inventory{Attributes: attributes}}})
+}
+
 func (s *stream) SendReport(envelope []byte) error {
 	return s.s.Send(&devicev1.SyncRequest{Message: &devicev1.SyncRequest_Report{Report: &devicev1.Report{Envelope: envelope}}})
 }

@@ -117,7 +117,8 @@ func newRunCmd() *cobra.Command {
 		installHook, healthHook       string
 		rebootHook, configHook, abDir string
 		consentHook, consentSocket    string
-		window                        string
+		window, inventoryHook         string
+		inventoryInterval             time.Duration
 		inst                          installerFlags
 	)
 	cmd := &cobra.Command{
@@ -163,7 +164,10 @@ rolls back.`,
 				Link: link, Credentials: creds, DeviceID: id, Store: agent.FileStore{Path: filepath.Join(stateDir, "state.json")},
 				TrustedRoot: root, Installer: installer, Hardware: hardware, DownloadDir: filepath.Join(stateDir, "downloads"),
 				AgentVersion: "ferry-agent/" + version(), Logger: log,
-				OnRenew: save,
+				OnRenew: save, StorageDir: stateDir, InventoryInterval: inventoryInterval,
+			}
+			if inventoryHook != "" {
+				cfg.InventoryHook = strings.Fields(inventoryHook)
 			}
 			if healthHook != "" {
 				cfg.Health = agent.Exec{Command: strings.Fields(healthHook)}
@@ -211,6 +215,9 @@ rolls back.`,
 	f.StringVar(&stateDir, "state-dir", envOr("FERRY_STATE_DIR", "ferry-agent-state"), "device key, certificate and job state [$FERRY_STATE_DIR]")
 	ident.flags(cmd)
 	f.StringVar(&hardware, "hardware", envOr("FERRY_HARDWARE", ""), "this device's hardware model [$FERRY_HARDWARE]")
+	f.StringVar(&inventoryHook, "inventory-hook", envOr("FERRY_INVENTORY_HOOK", ""),
+		"command whose key=value output lines add attributes the device reports [$FERRY_INVENTORY_HOOK]")
+	f.DurationVar(&inventoryInterval, "inventory-interval", time.Hour, "how often to collect the attributes again (also after each job)")
 	f.StringVar(&installHook, "install-hook", envOr("FERRY_INSTALL_HOOK", ""), "install/commit/rollback command [$FERRY_INSTALL_HOOK]")
 	f.StringVar(&abDir, "ab-dir", envOr("FERRY_AB_DIR", ""), "directory of the built-in A/B installer's slots [$FERRY_AB_DIR]")
 	inst.flags(cmd)
@@ -346,7 +353,7 @@ simulator says so once; it exits when ferryd has refused every device.`,
 	f.StringVar(&prefix, "prefix", "sim-", "device id prefix")
 	f.StringVar(&labels, "labels", "fleet=sim", "labels of every device, k=v,k2=v2")
 	f.StringVar(&tokenFile, "token-file", envOr("FERRY_TOKEN_FILE", devFile("ferry-data/pki/operator.token")), "operator API key that adds the devices [$FERRY_TOKEN_FILE]")
-	f.StringVar(&hardware, "hardware", "", "hardware model of every device")
+	f.StringVar(&hardware, "hardware", "", "hardware model of the devices; a comma-separated list gives them these models in turn (gw1,gw2: every other device gw2)")
 	f.IntVar(&concurrency, "enroll-concurrency", 16, "parallel enrollments")
 	f.Float64Var(&faults.Download, "fail-download", 0, "rate of jobs whose downloads fail")
 	f.Float64Var(&faults.Verify, "fail-verify", 0, "rate of jobs whose bundle is altered in transit")

@@ -68,8 +68,12 @@ func TestRunWithExistingCertificate(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	cmd := newRootCmd()
+	hook := filepath.Join(dir, "inventory")
+	if err := os.WriteFile(hook, []byte("#!/bin/sh\necho board_rev=C\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cmd.SetArgs(append([]string{"run", "--cert", cert, "--key", key, "--state-dir", filepath.Join(dir, "state"),
-		"--ab-dir", filepath.Join(dir, "slots")}, agentArgs(f, root)...))
+		"--ab-dir", filepath.Join(dir, "slots"), "--hardware", "gw-a", "--inventory-hook", hook}, agentArgs(f, root)...))
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(runCtx) }()
 
@@ -104,6 +108,9 @@ func TestRunWithExistingCertificate(t *testing.T) {
 	if d.GetJob().GetStatus() != devicev1.JobStatus_JOB_STATUS_SUCCEEDED || d.GetJob().GetId() != job ||
 		d.GetReported().GetState().GetBundle().GetTargetPath() != path {
 		t.Fatalf("job %v, device runs %q; want job %s SUCCEEDED running %s", d.GetJob(), d.GetReported().GetState().GetBundle().GetTargetPath(), job, path)
+	}
+	if a := d.GetAttributes(); a["hardware"] != "gw-a" || a["board_rev"] != "C" || a["storage_free_bytes"] == "" || a["agent_version"] == "" {
+		t.Errorf("attributes %v, want hardware gw-a, the hook's board_rev=C, storage_free_bytes and agent_version", a)
 	}
 	if _, err := fleet.GetAttestation(ctx, connect.NewRequest(&fleetv1.GetAttestationRequest{DeviceId: "dev-1", JobId: job})); err != nil {
 		t.Errorf("no signed report for job %s: %v", job, err)

@@ -60,3 +60,52 @@ func TestFleetCommands(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceListSelector: device list takes set-based selectors with
+// --selector (-l), and still the older --label.
+func TestDeviceListSelector(t *testing.T) {
+	f := ferrytest.Start(t, ferrytest.Embedded, nil)
+	for _, id := range []string{"dev-1", "dev-2", "dev-3"} {
+		f.OpenDevice(t, id, nil).Close()
+	}
+	if _, err := run(t, f, "device", "add", "lab-1", "--label", "group=lab"); err != nil {
+		t.Fatal(err)
+	}
+	devs := []string{"dev-1", "dev-2", "dev-3"}
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		want    []string
+		notWant []string
+		wantErr string
+	}{
+		{"in", []string{"--selector", "group in (dev,lab)"}, append([]string{"lab-1"}, devs...), nil, ""},
+		{"notin", []string{"--selector", "group notin (dev)"}, []string{"lab-1"}, devs, ""},
+		{"absent key", []string{"-l", "!group"}, nil, append([]string{"lab-1"}, devs...), ""},
+		{"not equal", []string{"-l", "group!=lab"}, devs, []string{"lab-1"}, ""},
+		{"the older --label", []string{"--label", "group=lab"}, []string{"lab-1"}, devs, ""},
+		{"bad selector", []string{"--selector", "group in (dev"}, nil, nil, "invalid_argument"},
+	} {
+		out, err := run(t, f, append([]string{"device", "list"}, tt.args...)...)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: error %v, want %q", tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: output lacks %s:\n%s", tt.name, w, out)
+			}
+		}
+		for _, w := range tt.notWant {
+			if strings.Contains(out, w) {
+				t.Errorf("%s: output has %s:\n%s", tt.name, w, out)
+			}
+		}
+	}
+}

@@ -120,10 +120,10 @@ func newRolloutDevicesCmd(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&status, "status", "", "only devices with this status: pending, queued, in_progress, succeeded, failed, rejected, timed_out, rolled_back, canceled")
+	cmd.Flags().StringVar(&status, "status", "", "only devices with this status: pending, queued, in_progress, succeeded, failed, rejected, timed_out, rolled_back, canceled, incompatible")
 	cmd.Flags().Uint32Var(&limit, "limit", 0, "at most this many devices (0: all)")
 	cmd.RegisterFlagCompletionFunc("status", cobra.FixedCompletions([]string{"pending", "queued", "in_progress", "succeeded",
-		"failed", "rejected", "timed_out", "rolled_back", "canceled"}, cobra.ShellCompDirectiveNoFileComp))
+		"failed", "rejected", "timed_out", "rolled_back", "canceled", "incompatible"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 

@@ -566,6 +566,10 @@ func TestWatchLine(t *testing.T) {
 	if got := watchLine(r, time.Now()); got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
+	r.Incompatible = 7
+	if got := watchLine(r, time.Now()); got != want+"; 7 incompatible (left out)" {
+		t.Errorf("with incompatible devices: %q", got)
+	}
 	r.State, r.StateReason = "ABORTED", "3 of 10 executions ended FAILED"
 	if got := watchLine(r, time.Now()); !strings.HasSuffix(got, "  (3 of 10 executions ended FAILED)") {
 		t.Errorf("aborted: %q", got)

@@ -107,6 +107,9 @@ func watchLine(r *fleetv1.Rollout, now time.Time) string {
 		if len(waves) > 1 || r.GetTargetCount() != w.GetSize() {
 			fmt.Fprintf(&b, "; all %d/%d ok", r.GetCounts()["SUCCEEDED"], r.GetTargetCount())
 		}
+		if n := r.GetIncompatible(); n > 0 {
+			fmt.Fprintf(&b, "; %d incompatible (left out)", n)
+		}
 		if rate := r.GetCurrentRate(); rate > 0 {
 			fmt.Fprintf(&b, "; %s/min", fmtFloat(rate))
 		}
