@@ -5,6 +5,8 @@ import (
 	"hash/fnv"
 	"sync"
 	"time"
+
+	"github.com/ferryhq/ferry/store"
 )
 
 // hub fans "device changed" signals out to the streams that watch a device
@@ -54,9 +56,23 @@ func (h *hub) subscribe(id string) (<-chan struct{}, int, func() int) {
 	}
 }
 
+// notify signals the subscribers of device id; store.AllChanged signals
+// every subscriber (notices may have been lost), and is not passed to the
+// fleet-wide watchers.
 func (h *hub) notify(id string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if id == store.AllChanged {
+		for _, chans := range h.subs {
+			for ch := range chans {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}
+		return
+	}
 	for fn := range h.watchers {
 		(*fn)(id)
 	}
@@ -86,24 +102,30 @@ func (l *holdLocks) of(id string) *sync.Mutex {
 //
 // With a store.Changes shared by instances, the first subscription of a
 // device in this process holds it (store.Changes.Hold), so that its changes
-// are sent here, and the last one releases it. A failed Hold is logged: the
-// stream's periodic re-read still finds the change.
-func (s *Service) Subscribe(ctx context.Context, id string) (<-chan struct{}, func()) {
+// are sent here, and the last one releases it. A failed Hold is logged and the
+// caller is told (held is false), and should then read the device now and
+// then itself.
+//
+// When notices may have been lost (store.AllChanged), every subscription
+// in this process is signalled.
+func (s *Service) Subscribe(ctx context.Context, id string) (changed <-chan struct{}, held bool, cancel func()) {
 	mu := s.holds.of(id)
 	mu.Lock()
-	ch, n, cancel := s.hub.subscribe(id)
+	ch, n, unsubscribe := s.hub.subscribe(id)
+	held = true
 	if n == 1 && s.changes != nil {
 		if err := s.changes.Hold(ctx, id); err != nil {
 			s.log.WarnContext(ctx, "hold the device's change notices", "device", id, "err", err)
+			held = false
 		}
 	}
 	mu.Unlock()
 	var once sync.Once
-	return ch, func() {
+	return ch, held, func() {
 		once.Do(func() {
 			mu.Lock()
 			defer mu.Unlock()
-			if cancel() == 0 && s.changes != nil {
+			if unsubscribe() == 0 && s.changes != nil && !s.leaving.Load() {
 				rctx, stop := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 				defer stop()
 				if err := s.changes.Release(rctx, id); err != nil {
@@ -113,3 +135,10 @@ func (s *Service) Subscribe(ctx context.Context, id string) (<-chan struct{}, fu
 		})
 	}
 }
+
+// Leave is called when this instance stops: the subscriptions that end
+// from then on do not release their devices' holds. A hold left behind is
+// what a killed instance leaves: the next instance that holds the device
+// takes it over, so releasing tens of thousands of devices one by one would
+// only delay the stop.
+func (s *Service) Leave() { s.leaving.Store(true) }

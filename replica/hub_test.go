@@ -29,21 +29,38 @@ func TestReplacedStreamKeepsItsNotices(t *testing.T) {
 	if _, err := r.Register(ctx, "dev-1", nil); err != nil {
 		t.Fatal(err)
 	}
-	_, endOld := r.Subscribe(ctx, "dev-1")
-	ch, endNew := r.Subscribe(ctx, "dev-1")
+	_, _, endOld := r.Subscribe(ctx, "dev-1")
+	ch, _, endNew := r.Subscribe(ctx, "dev-1")
 	defer endNew()
 	endOld()
 	// Run's subscription may take a moment: set until the signal comes.
-	for {
+	for heard := false; !heard; {
 		if _, err := r.SetDesired(ctx, "dev-1", doc("fw.bin"), "op", nil); err != nil {
 			t.Fatal(err)
 		}
 		select {
 		case <-ch:
-			return
+			heard = true
 		case <-time.After(50 * time.Millisecond):
 		case <-ctx.Done():
 			t.Fatal("the replacing stream got no change signal")
 		}
+	}
+	// The signal above may have been the subscription's AllChanged; this
+	// one is the change's.
+	for drained := false; !drained; {
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+			drained = true
+		}
+	}
+	if _, err := r.SetDesired(ctx, "dev-1", doc("fw2.bin"), "op", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		t.Fatal("the replacing stream got no signal of the second change")
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferryhq/ferry/inventory"
@@ -59,6 +60,9 @@ type Service struct {
 	hub        hub
 	holds      holdLocks
 	seen       seenBuffer
+	// leaving is set by Leave: subscriptions ending from then on keep
+	// their holds.
+	leaving atomic.Bool
 }
 
 // New returns a replica on cfg.Devices.

@@ -286,9 +286,9 @@ func TestSubscribe(t *testing.T) {
 	r := newReplica(t)
 	r.Register(ctx, "dev-1", nil)
 	r.Register(ctx, "dev-2", nil)
-	ch, cancel := r.Subscribe(ctx, "dev-1")
+	ch, _, cancel := r.Subscribe(ctx, "dev-1")
 	defer cancel()
-	other, cancelOther := r.Subscribe(ctx, "dev-2")
+	other, _, cancelOther := r.Subscribe(ctx, "dev-2")
 	defer cancelOther()
 	for range 3 { // several changes collapse into one pending signal
 		if _, err := r.SetDesired(ctx, "dev-1", doc("fw.bin"), "op", nil); err != nil {

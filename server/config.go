@@ -180,8 +180,10 @@ type DeviceLimits struct {
 	// PingInterval is how often the server sends Ping on a quiet stream.
 	PingInterval time.Duration
 	// ResyncInterval is how often a stream reads its device's desired
-	// version even without a change notice, so that a lost notice (a Redis
-	// reconnect, say) delays a Delta by at most this long.
+	// version without a change notice when this instance could not take
+	// the device's notices (its hold failed). Other streams read only on a
+	// notice, and all at once when notices may have been lost (a broken
+	// subscription to the store, made again).
 	ResyncInterval time.Duration
 	// SeenFlush is how often, at most, the last-seen times of the devices'
 	// answers to pings are written to the store, in one batch per

@@ -72,8 +72,8 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 	}
 	// Subscribe before reading the device: a change committed after the
 	// read then still signals this stream (subscribing after it would lose
-	// a change made in between until the next resync).
-	changed, unsubscribe := s.replica.Subscribe(ctx, id)
+	// a change made in between).
+	changed, held, unsubscribe := s.replica.Subscribe(ctx, id)
 	defer unsubscribe()
 	helloCtx, helloSpan := s.messageSpan(ctx, id, "receive", "hello", attribute.String("ferry.agent.version", hello.GetAgentVersion()))
 	dev, err := s.replica.Connect(helloCtx, id, replica.Hello{
@@ -112,6 +112,7 @@ func (s *deviceService) Sync(gs grpc.BidiStreamingServer[devicev1.SyncRequest, d
 		resend:   make(chan uint64, 1),
 		lastSent: hello.GetLastAppliedDesiredVersion(),
 		changed:  changed,
+		held:     held,
 		limiter:  rate.NewLimiter(rate.Limit(s.limits.MessagesPerSecond), s.limits.MessageBurst),
 	}
 	s.metrics.streams.Inc()
@@ -209,6 +210,12 @@ type syncStream struct {
 	limiter  *rate.Limiter
 	// changed signals that the device's desired state may have changed.
 	changed <-chan struct{}
+	// held is false when this instance could not take the device's change
+	// notices: the stream then re-reads the device every ResyncInterval.
+	held bool
+	// retry fires when a refresh the store could not serve is due again
+	// (nil: none is).
+	retry <-chan time.Time
 	// nonce must be in every signed report on this stream; chain is the
 	// device's certificate chain (DER, leaf first) from the TLS handshake.
 	nonce string
@@ -408,8 +415,14 @@ func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
 	}
 	ping := time.NewTicker(st.svc.limits.PingInterval)
 	defer ping.Stop()
-	resync := time.NewTicker(st.svc.limits.ResyncInterval)
-	defer resync.Stop()
+	// Notices signal changes (and every stream at once when some may have
+	// been lost); only a stream without them reads the device on a timer.
+	var resync <-chan time.Time
+	if !st.held {
+		t := time.NewTicker(st.svc.limits.ResyncInterval)
+		defer t.Stop()
+		resync = t.C
+	}
 	var pingID uint64
 	for {
 		select {
@@ -434,7 +447,11 @@ func (st *syncStream) sendLoop(dev store.Device, recvDone <-chan error) error {
 			if err := st.refresh(); err != nil {
 				return err
 			}
-		case <-resync.C:
+		case <-resync:
+			if err := st.refresh(); err != nil {
+				return err
+			}
+		case <-st.retry:
 			if err := st.refresh(); err != nil {
 				return err
 			}
@@ -509,11 +526,19 @@ func fieldsBesideEnvelope(r *devicev1.Report) []string {
 }
 
 // refresh reads the device and sends the newest Delta if it is ahead.
+// refresh reads the device and sends its Delta if the device is behind.
+// A store outage leaves the stream open (a quiet stream needs no store):
+// the read is tried again StoreRetryDelay later.
 func (st *syncStream) refresh() error {
 	dev, err := st.svc.replica.GetDevice(st.ctx, st.id)
+	if errors.Is(err, store.ErrUnavailable) {
+		st.retry = time.After(StoreRetryDelay)
+		return nil
+	}
 	if err != nil {
 		return grpcError(st.ctx, st.log, err)
 	}
+	st.retry = nil
 	return st.sendDeltaIfAhead(dev)
 }
 

@@ -203,29 +203,32 @@ func newConnMetrics(reg *prometheus.Registry) *connMetrics {
 }
 
 // descriptorReserve is how many descriptors the connection caps leave for
-// the store, the repository's files, logs and the listeners themselves.
+// the store's connections, the listeners and logs: a sixty-fourth of the
+// limit, at least 256. connectionCaps also sets aside one descriptor per
+// API connection for the file it may be serving.
 func descriptorReserve(nofile int) int {
-	return max(256, nofile/10)
+	return max(256, nofile/64)
 }
 
 // connectionCaps returns the total connection caps of the device and API
 // ports: the configured ones, and for a cap of 0 a share of the
 // descriptors left (nofile, less descriptorReserve): the API port gets a
-// fifth of them (at least 16, at most 4096) and the device port the rest.
-// It fails when the caps would leave less than the reserve.
+// sixteenth of them (at least 16, at most 4096) and the device port the
+// rest, less one descriptor per API connection for the file it may be
+// serving. It fails when the caps would leave less than that.
 func connectionCaps(device, api, nofile int) (int, int, error) {
 	avail := nofile - descriptorReserve(nofile)
 	if api == 0 {
-		api = min(max(avail/5, 16), 4096)
+		api = min(max(avail/16, 16), 4096)
 		if device > 0 {
-			api = min(max(avail-device, 16), 4096)
+			api = min(max((avail-device)/2, 16), 4096)
 		}
 	}
 	if device == 0 {
-		device = max(avail-api, 16)
+		device = max(avail-2*api, 16)
 	}
-	if device+api > avail {
-		return 0, 0, fmt.Errorf("connection caps: device port %d plus API port %d is over the %d descriptors left of this process's limit of %d after a reserve of %d for the store and files; lower --device-max-conns or --api-max-conns, or raise the limit (ulimit -n)",
+	if device+2*api > avail {
+		return 0, 0, fmt.Errorf("connection caps: device port %d plus API port %d (twice: a connection and the file it serves) is over the %d descriptors left of this process's limit of %d after a reserve of %d for the store and logs; lower --device-max-conns or --api-max-conns, or raise the limit (ulimit -n)",
 			device, api, max(avail, 0), nofile, descriptorReserve(nofile))
 	}
 	return device, api, nil

@@ -22,12 +22,13 @@ func TestConnectionCaps(t *testing.T) {
 		wantDevice, wantAPI int
 		wantErr             bool
 	}{
-		{"derived from 20000", 0, 0, 20000, 14400, 3600, false},
-		{"derived from 1024", 0, 0, 1024, 615, 153, false},
-		{"derived from a million: the API port's share is capped", 0, 0, 1 << 20, 943719 - 4096, 4096, false},
+		{"derived from 20000", 0, 0, 20000, 17228, 1230, false},
+		{"derived from 1024", 0, 0, 1024, 672, 48, false},
+		{"derived from a million: the API port's share is capped", 0, 0, 1 << 20, 1024000, 4096, false},
 		{"device set, API derived", 10000, 0, 20000, 10000, 4096, false},
-		{"API set, device derived", 0, 1000, 20000, 17000, 1000, false},
-		{"both set, fitting", 15000, 3000, 20000, 15000, 3000, false},
+		{"API set, device derived", 0, 1000, 20000, 17688, 1000, false},
+		{"a small API port leaves 19,000 for devices", 0, 128, 20000, 19432, 128, false},
+		{"both set, fitting", 15000, 2000, 20000, 15000, 2000, false},
 		{"both set, over the descriptors left", 17000, 2000, 20000, 0, 0, true},
 		{"a limit too low for any", 0, 0, 200, 0, 0, true},
 	}
@@ -46,8 +47,8 @@ func TestConnectionCaps(t *testing.T) {
 			if d != tt.wantDevice || a != tt.wantAPI {
 				t.Errorf("caps %d, %d; want %d, %d", d, a, tt.wantDevice, tt.wantAPI)
 			}
-			if d+a+descriptorReserve(tt.nofile) > tt.nofile {
-				t.Errorf("caps %d + %d leave less than the reserve of %d descriptors", d, a, descriptorReserve(tt.nofile))
+			if d+2*a+descriptorReserve(tt.nofile) > tt.nofile {
+				t.Errorf("caps %d + 2×%d leave less than the reserve of %d descriptors", d, a, descriptorReserve(tt.nofile))
 			}
 		})
 	}

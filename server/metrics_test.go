@@ -157,8 +157,11 @@ func testMetricsAfterWalkthrough(t *testing.T, backend ferrytest.Backend) {
 	dev1.Close()
 	waitFor(t, 10*time.Second, "a closed stream in /metrics", func() bool {
 		after = scrapeMetrics(t, f)
+		// The stream's own counter rises in its handler, the gRPC one when
+		// the handler has returned.
 		n, _ := after.value("ferry_device_streams_closed_total")
-		return n >= 1
+		handled, _ := after.value("ferry_grpc_server_handled_total", "grpc_service", "ferry.device.v1.DeviceService", "grpc_method", "Sync")
+		return n >= 1 && handled >= 1
 	})
 
 	type series struct {

@@ -73,10 +73,12 @@ func wantConnectUnavailable(t *testing.T, what string, err error, retryAfterHead
 
 // TestStoreOutage: Redis is killed in the middle of a rollout and started
 // again. While it is down, the API answers Unavailable with a retry hint
-// (Connect and gRPC), so do the token issue and enrollment; device streams
-// end Unavailable and new ones are refused so; readiness and gRPC health
-// go down. When it is back, readiness and health come back by themselves,
-// the devices reconnect and finish their jobs, the report acknowledged
+// (Connect and gRPC), so do the token issue and enrollment; an idle device
+// stream stays open (it reads nothing on a timer), one that reports ends
+// Unavailable with the retry hint, and new ones are refused so; readiness
+// and gRPC health go down. When it is back, readiness and health come back
+// by themselves, the stream that stayed open reports on it, the other
+// device reconnects, both finish their jobs, the report acknowledged
 // before the outage is kept, and no job failed for the outage.
 //
 // The devices are protocol-level clients (internal/ferrytest) that
@@ -87,7 +89,6 @@ func TestStoreOutage(t *testing.T) {
 	redis := testredis.Durable(t)
 	f := ferrytest.Start(t, ferrytest.Redis, func(cfg *server.Config) {
 		cfg.RedisURL = redis.URL()
-		cfg.Device.ResyncInterval = 200 * time.Millisecond // streams read the store often
 	})
 	f.Publish(t, testBundle.GetTargetPath())
 	ids := []string{"dev-1", "dev-2", "dev-3"}
@@ -168,14 +169,16 @@ func TestStoreOutage(t *testing.T) {
 		t.Errorf("liveness with the store down: %d, want 200", code)
 	}
 
-	// Open streams end Unavailable, with the retry hint.
-	for _, id := range ids {
-		_, err := devs[id].RecvErr()
-		if status.Code(err) != codes.Unavailable {
-			t.Errorf("%s: stream ended with %v, want Unavailable", id, err)
-		} else if d, ok := grpcRetryDelay(err); !ok || d != server.StoreRetryDelay {
-			t.Errorf("%s: stream's end carries retry hint %v (%v), want %v", id, d, ok, server.StoreRetryDelay)
-		}
+	// A report needs the store: its stream ends Unavailable, with the
+	// retry hint. dev-3's stream, idle, stays open (checked after the outage).
+	devs["dev-2"].SendReport(&devicev1.Report{
+		JobId: deltas["dev-2"].GetJobId(), DesiredVersion: deltas["dev-2"].GetDesiredVersion(), Status: devicev1.JobStatus_JOB_STATUS_SUCCEEDED,
+		Reported: deltasState(deltas["dev-2"]),
+	})
+	if _, err := devs["dev-2"].RecvErr(); status.Code(err) != codes.Unavailable {
+		t.Errorf("dev-2: stream ended with %v, want Unavailable", err)
+	} else if d, ok := grpcRetryDelay(err); !ok || d != server.StoreRetryDelay {
+		t.Errorf("dev-2: stream's end carries retry hint %v (%v), want %v", d, ok, server.StoreRetryDelay)
 	}
 	// A device that reconnects now is refused the same way.
 	stream, err := devicev1.NewDeviceServiceClient(f.DeviceConn(t, f.DeviceTLS(t, "dev-3"))).Sync(ctx)
@@ -243,17 +246,16 @@ func TestStoreOutage(t *testing.T) {
 	})
 	waitFor(t, 5*time.Second, "gRPC health SERVING", func() bool { return health() == healthpb.HealthCheckResponse_SERVING })
 
-	// The devices reconnect (dev-1 is up to date; the others get their job
-	// again) and finish.
+	// dev-3's stream lived through the outage: it reports on it. dev-2
+	// reconnects and gets its job again; dev-1 reconnects up to date.
+	succeed(devs["dev-3"], deltas["dev-3"])
 	up := &devicev1.Hello{AgentVersion: "ferry-agent/test", Reported: deltasState(deltas["dev-1"]), LastAppliedDesiredVersion: deltas["dev-1"].GetDesiredVersion()}
 	devs["dev-1"] = f.OpenDevice(t, "dev-1", up)
-	for _, id := range ids[1:] {
-		devs[id] = f.OpenDevice(t, id, hello)
-		delta := devs[id].Recv().GetDelta()
-		if delta.GetJobId() != deltas[id].GetJobId() {
-			t.Fatalf("%s after the outage: delta %v, want job %s again", id, delta, deltas[id].GetJobId())
-		}
-		succeed(devs[id], delta)
+	devs["dev-2"] = f.OpenDevice(t, "dev-2", hello)
+	if delta := devs["dev-2"].Recv().GetDelta(); delta.GetJobId() != deltas["dev-2"].GetJobId() {
+		t.Fatalf("dev-2 after the outage: delta %v, want job %s again", delta, deltas["dev-2"].GetJobId())
+	} else {
+		succeed(devs["dev-2"], delta)
 	}
 
 	// The refused enrollment did not use the token up.

@@ -452,6 +452,7 @@ func (s *Server) shutdown() {
 	// Keep serving, with health saying so, while probes and load
 	// balancers notice.
 	time.Sleep(s.cfg.ShutdownDelay)
+	s.replica.Leave()
 	s.sessions.closeAll()
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)

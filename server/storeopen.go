@@ -100,6 +100,7 @@ func openRedis(ctx context.Context, cfg Config, log *slog.Logger) (*redis.Store,
 			st, cause = redis.OpenConn(attempt, conn, cfg.RedisPrefix)
 			if cause == nil {
 				cancel()
+				st.SetLogger(log)
 				if cfg.RedisMinReplicas > 0 {
 					st.SetMinReplicas(cfg.RedisMinReplicas, cfg.RedisMinReplicasTimeout)
 				}

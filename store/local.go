@@ -73,6 +73,7 @@ func (l *LocalChanges) SubscribeChanges(ctx context.Context, fn func(id string))
 	}
 	l.subs[&fn] = struct{}{}
 	l.mu.Unlock()
+	fn(AllChanged)
 	<-ctx.Done()
 	l.mu.Lock()
 	delete(l.subs, &fn)

@@ -371,8 +371,15 @@ type Changes interface {
 	// SubscribeChanges calls fn with the id of every changed device this
 	// instance holds (and, while a WatchAll is open, of every changed
 	// device) until ctx ends. fn must not block. It returns when ctx ends.
+	// Once the subscription is in place, and again whenever notices may
+	// have been lost (a broken subscription made again), fn is called with
+	// AllChanged: every device this instance holds may have changed.
 	SubscribeChanges(ctx context.Context, fn func(id string)) error
 }
+
+// AllChanged is the id Changes.SubscribeChanges passes when any device may
+// have changed: no device id is empty.
+const AllChanged = ""
 
 // DesiredWrite is one device's compare-and-set in a batch (see
 // DesiredBatcher): Devices.SetDesired's arguments.

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"sync"
 	"testing"
-	"time"
 
 	"connectrpc.com/connect"
 
@@ -95,7 +94,6 @@ func TestRedisOutageMidRollout(t *testing.T) {
 	redis := testredis.Durable(t)
 	f := ferrytest.Start(t, ferrytest.Redis, func(cfg *server.Config) {
 		cfg.RedisURL = redis.URL()
-		cfg.Device.ResyncInterval = 200 * time.Millisecond // open streams notice the outage
 	})
 	w := newWorldOn(t, f)
 	v2 := w.add(t, "gateway", "2.0.0", 64<<10, tuf.BundleInfo{Hardware: []string{"gw-a"}})

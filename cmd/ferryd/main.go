@@ -100,7 +100,7 @@ func run() error {
 		cfg.Device.StreamWorkers = uint32(n)
 		return err
 	})
-	fs.DurationVar(&cfg.Device.ResyncInterval, "device-resync-interval", cfg.Device.ResyncInterval, "how often every open stream re-reads its device even without a change notice (a lost notice delays a Delta at most this long)")
+	fs.DurationVar(&cfg.Device.ResyncInterval, "device-resync-interval", cfg.Device.ResyncInterval, "how often a stream re-reads its device without a change notice when this instance could not take the device's notices (other streams read on a notice only)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.Usage = func() {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/ferryhq/ferry/store"
 )
 
 // Directed change notices (store.Changes), on Redis 7's sharded pub/sub:
@@ -42,8 +44,7 @@ import (
 //
 // A killed instance leaves its holder entries behind: notices to it are
 // lost (nobody listens) until the device reconnects to an instance that
-// holds it anew and overwrites the entry, and the stream's periodic re-read
-// covers the gap. Its watcher entry expires after watchTTL.
+// holds it anew and overwrites the entry, which reads the device then. Its watcher entry expires after watchTTL.
 
 // Defaults of the notice machinery.
 const (
@@ -180,8 +181,9 @@ func (s *Store) enqueue(id string, h holder) {
 	}
 }
 
-// flushNotices sends the queued notices until the queue is empty. Errors
-// drop the notices they concern: delivery is best effort.
+// flushNotices sends the queued notices until the queue is empty. A batch
+// that fails is tried twice more, then dropped with a warning: delivery is
+// best effort (see store.Changes for what covers a lost notice).
 func (s *Store) flushNotices() {
 	n := &s.n
 	for {
@@ -194,9 +196,21 @@ func (s *Store) flushNotices() {
 			return
 		}
 		n.qmu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		s.send(ctx, batch)
-		cancel()
+		var err error
+		for attempt := range 3 {
+			if attempt > 0 {
+				time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err = s.send(ctx, batch)
+			cancel()
+			if err == nil {
+				break
+			}
+		}
+		if err != nil {
+			s.logger().Warn("change notices dropped", "devices", len(batch), "err", err)
+		}
 	}
 }
 
@@ -424,9 +438,11 @@ func (s *Store) deliver(id string) {
 
 // SubscribeChanges implements store.Changes: it subscribes to this
 // instance's shard channel (and receives the watchers' channel while a
-// WatchAll is open). go-redis reconnects a broken subscription by itself;
-// notices published meanwhile are lost, which the streams' periodic check
-// covers.
+// WatchAll is open). go-redis reconnects a broken subscription by itself
+// (and pings an idle one to find out); notices published meanwhile are
+// lost, so each time the subscription is made again fn is told that every
+// device may have changed (store.AllChanged), as it is once the first one
+// is in place.
 func (s *Store) SubscribeChanges(ctx context.Context, fn func(id string)) error {
 	sub := s.rdb.SSubscribe(ctx, s.noticeChannel(s.Instance()))
 	defer sub.Close()
@@ -445,7 +461,8 @@ func (s *Store) SubscribeChanges(ctx context.Context, fn func(id string)) error 
 		delete(n.subs, &fn)
 		n.mu.Unlock()
 	}()
-	ch := sub.Channel()
+	fn(store.AllChanged)
+	ch := sub.ChannelWithSubscriptions()
 	for {
 		select {
 		case <-ctx.Done():
@@ -454,8 +471,15 @@ func (s *Store) SubscribeChanges(ctx context.Context, fn func(id string)) error 
 			if !ok {
 				return nil
 			}
-			for _, id := range strings.Split(m.Payload, "\n") {
-				fn(id)
+			switch m := m.(type) {
+			case *goredis.Subscription:
+				if m.Kind == "ssubscribe" { // made again after a break
+					fn(store.AllChanged)
+				}
+			case *goredis.Message:
+				for _, id := range strings.Split(m.Payload, "\n") {
+					fn(id)
+				}
 			}
 		}
 	}

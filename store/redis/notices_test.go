@@ -3,6 +3,8 @@ package redis_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,8 +19,13 @@ import (
 
 // servers are the Redis deployments the notice tests run on: one server,
 // and a three-master cluster (sharded pub/sub routes each instance's
-// channel to the master of its slot).
-func servers(t testing.TB) map[string]func() goredis.UniversalClient {
+// channel to the master of its slot). The clients' connections carry
+// clientName, when given.
+func servers(t testing.TB, clientName ...string) map[string]func() goredis.UniversalClient {
+	var cname string
+	if len(clientName) > 0 {
+		cname = clientName[0]
+	}
 	url := testredis.URL(t)
 	seeds := testredis.Cluster(t)
 	return map[string]func() goredis.UniversalClient{
@@ -27,10 +34,11 @@ func servers(t testing.TB) map[string]func() goredis.UniversalClient {
 			if err != nil {
 				t.Fatal(err)
 			}
+			opts.ClientName = cname
 			return goredis.NewClient(opts)
 		},
 		"cluster": func() goredis.UniversalClient {
-			return goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: seeds})
+			return goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: seeds, ClientName: cname})
 		},
 	}
 }
@@ -55,7 +63,7 @@ func (in *instance) total() int {
 	defer in.mu.Unlock()
 	n := 0
 	for id, c := range in.got {
-		if id[0] != '~' { // markers
+		if id != store.AllChanged && id[0] != '~' { // markers
 			n += c
 		}
 	}
@@ -357,5 +365,79 @@ func BenchmarkNoticesPerChange(b *testing.B) {
 				b.ReportMetric(worst, "notices/held-change")
 			})
 		}
+	}
+}
+
+// TestNoticesLostAfterABreak: when Redis drops an instance's subscription,
+// go-redis subscribes again, and the instance is told that every device it
+// holds may have changed (the notices published in between are lost), so
+// its streams read their devices once; notices flow again afterwards.
+func TestNoticesLostAfterABreak(t *testing.T) {
+	// The instance's connections carry a name of their own, so that only its
+	// subscription is broken, not those of other tests on the same servers.
+	cname := fmt.Sprintf("ferry-break-%d", time.Now().UnixNano())
+	for name, client := range servers(t, cname) {
+		t.Run(name, func(t *testing.T) {
+			f := newNoticeFleet(t, client, 1)
+			in, ctx := f.instances[0], f.ctx
+			if got := in.count(store.AllChanged); got != 1 {
+				t.Fatalf("%d AllChanged once subscribed, want 1", got)
+			}
+			killer := client()
+			defer killer.Close()
+			killed := 0
+			kill := func(ctx context.Context, c *goredis.Client) error {
+				list, err := c.ClientList(ctx).Result()
+				if err != nil {
+					return err
+				}
+				for _, line := range strings.Split(list, "\n") {
+					fields := map[string]string{}
+					for _, kv := range strings.Fields(line) {
+						k, v, _ := strings.Cut(kv, "=")
+						fields[k] = v
+					}
+					if fields["name"] == cname && fields["ssub"] != "" && fields["ssub"] != "0" {
+						id, err := strconv.ParseInt(fields["id"], 10, 64)
+						if err != nil {
+							return err
+						}
+						if err := c.ClientKillByFilter(ctx, "ID", strconv.FormatInt(id, 10)).Err(); err != nil {
+							return err
+						}
+						killed++
+					}
+				}
+				return nil
+			}
+			switch c := killer.(type) {
+			case *goredis.ClusterClient:
+				if err := c.ForEachMaster(ctx, kill); err != nil {
+					t.Fatal(err)
+				}
+			case *goredis.Client:
+				if err := kill(ctx, c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if killed != 1 {
+				t.Fatalf("broke %d subscriptions, want the instance's one", killed)
+			}
+			deadline := time.After(15 * time.Second)
+			for in.count(store.AllChanged) < 2 {
+				select {
+				case <-in.seen:
+				case <-deadline:
+					t.Fatal("no AllChanged within 15 s of the subscription's break")
+				}
+			}
+			f.create("dev-after")
+			if err := in.Hold(ctx, "dev-after"); err != nil {
+				t.Fatal(err)
+			}
+			f.write(f.writer, "dev-after")
+			f.settle()
+			f.want("after the break", "dev-after", 1)
+		})
 	}
 }

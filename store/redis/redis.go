@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,6 +37,7 @@ type Store struct {
 	prefix string
 	owned  bool
 	now    func() time.Time
+	log    *slog.Logger // background work's warnings (see SetLogger)
 
 	// minReplicas and waitTimeout: see SetMinReplicas.
 	minReplicas int
@@ -71,6 +73,18 @@ func New(rdb goredis.UniversalClient, prefix string) *Store {
 // with (time.Now by default; see the credential keys). Tests give it their
 // test clock. Call it before the store is used.
 func (s *Store) SetClock(now func() time.Time) { s.now = now }
+
+// SetLogger sets where the store's background work (sending change
+// notices) logs what it gives up on; by default nothing is logged. Call it
+// before the store is used.
+func (s *Store) SetLogger(log *slog.Logger) { s.log = log }
+
+func (s *Store) logger() *slog.Logger {
+	if s.log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.log
+}
 
 // Close closes the client if Open created it.
 func (s *Store) Close() error {

@@ -532,22 +532,25 @@ func testChanges(t *testing.T, s store.Devices) {
 	if err := ch.Hold(ctx, "dev-7"); err != nil {
 		t.Fatal(err)
 	}
-	// The subscription may take a moment to be in place: publish until heard.
-	deadline := time.After(10 * time.Second)
-	for heard := false; !heard; {
-		if err := ch.PublishChange(ctx, "dev-7"); err != nil {
-			t.Fatal(err)
+	// Once the subscription is in place, it says so with AllChanged.
+	select {
+	case id := <-got:
+		if id != store.AllChanged {
+			t.Fatalf("first call with %q, want AllChanged", id)
 		}
-		select {
-		case id := <-got:
-			if id != "dev-7" {
-				t.Fatalf("heard %q, want dev-7", id)
-			}
-			heard = true
-		case <-time.After(50 * time.Millisecond):
-		case <-deadline:
-			t.Fatal("no change notice within 10 s")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no AllChanged within 10 s of subscribing")
+	}
+	if err := ch.PublishChange(ctx, "dev-7"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-got:
+		if id != "dev-7" {
+			t.Fatalf("heard %q, want dev-7", id)
 		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change notice within 10 s")
 	}
 	drain := func() {
 		for {
@@ -562,6 +565,7 @@ func testChanges(t *testing.T, s store.Devices) {
 	// waitFor reads notices until want is heard, and fails on unwanted.
 	waitFor := func(want string, unwanted ...string) {
 		t.Helper()
+		deadline := time.After(10 * time.Second)
 		for {
 			select {
 			case id := <-got:
