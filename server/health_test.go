@@ -76,7 +76,7 @@ func TestReflectionServices(t *testing.T) {
 	}
 	slices.Sort(names)
 	want := []string{
-		"ferry.credentials.v1.CredentialService", "ferry.fleet.v1.AuditService", "ferry.fleet.v1.FleetService", "ferry.fleet.v1.OperatorService",
+		"ferry.credentials.v1.CredentialService", "ferry.credentials.v1.DownloadKeyService", "ferry.fleet.v1.AuditService", "ferry.fleet.v1.FleetService", "ferry.fleet.v1.OperatorService",
 		"ferry.fleet.v1.RolloutService", "ferry.repository.v1.RepositoryService", "grpc.health.v1.Health",
 	}
 	if !slices.Equal(names, want) {

@@ -102,6 +102,7 @@ var apiServiceNames = []string{
 	fleetv1connect.OperatorServiceName,
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
+	credentialsv1connect.DownloadKeyServiceName,
 	grpchealth.HealthV1ServiceName,
 }
 
