@@ -80,19 +80,6 @@ type Server struct {
 	auditKey signature.Signer
 }
 
-// servedNames are the services whose health is reported (on the API port,
-// for both ports).
-var servedNames = []string{
-	devicev1.DeviceService_ServiceDesc.ServiceName,
-	fleetv1connect.FleetServiceName,
-	fleetv1connect.RolloutServiceName,
-	fleetv1connect.AuditServiceName,
-	fleetv1connect.OperatorServiceName,
-	repositoryv1connect.RepositoryServiceName,
-	credentialsv1connect.CredentialServiceName,
-	credentialsv1connect.DownloadKeyServiceName,
-}
-
 // apiServiceNames are the services served on the API port: what reflection
 // lists there. The device service is served on the device port only.
 var apiServiceNames = []string{
@@ -103,8 +90,11 @@ var apiServiceNames = []string{
 	repositoryv1connect.RepositoryServiceName,
 	credentialsv1connect.CredentialServiceName,
 	credentialsv1connect.DownloadKeyServiceName,
-	grpchealth.HealthV1ServiceName,
 }
+
+// servedNames are the services whose health is reported (on the API port,
+// for both ports): the device service and the API port's.
+var servedNames = append([]string{devicev1.DeviceService_ServiceDesc.ServiceName}, apiServiceNames...)
 
 // New validates cfg, creates the development PKI if it is used, opens the
 // store and binds both ports. Close releases all of it if Run is not called.
@@ -320,7 +310,7 @@ func (s *Server) newAPIServer(cert tls.Certificate, devicePool *x509.CertPool, a
 	s.health = grpchealth.NewStaticChecker(servedNames...)
 	mux.Handle(grpchealth.NewHandler(s.health, anonymous))
 	s.healthHandlers(mux)
-	reflector := grpcreflect.NewStaticReflector(apiServiceNames...)
+	reflector := grpcreflect.NewStaticReflector(append(apiServiceNames, grpchealth.HealthV1ServiceName)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, guarded))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, guarded))
 	mux.Handle("/metrics", requireOperator(auth, s.creds.operatorCerts, credentials.RoleViewer,
